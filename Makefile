@@ -1,0 +1,28 @@
+# Parameter Golf toolkit. `make help` lists the targets.
+PYTHON ?= python3
+SHARED ?= ../shared
+NPROC ?= 1
+
+.PHONY: help setup devset test train
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+setup: ## install everything (CPU torch where no CUDA torch exists), then build the devset if no official data
+	@if $(PYTHON) -c "import torch,sys; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null; then \
+		echo "setup: keeping the CUDA torch already installed"; \
+	else $(PYTHON) -m pip install -q torch==2.13.0; fi
+	$(PYTHON) -m pip install -q -r requirements.txt
+	@if ls data/datasets/fineweb10B_sp*/fineweb_val_*.bin >/dev/null 2>&1; then \
+		echo "setup: official data present, devset not needed"; \
+	else $(MAKE) devset; fi
+
+devset: ## build data/datasets/devset_sp{1024,8192} from ../shared (deterministic, skips done work)
+	$(PYTHON) -m data.devset --shared $(SHARED)
+
+test: ## the test suite (CPU, < 20 min on 2 cores)
+	$(PYTHON) -m pytest -q tests
+
+train: ## train: CPU tiny config on the devset by default; NPROC=8 for torchrun on 8 GPUs
+	@if [ "$(NPROC)" = "1" ]; then $(PYTHON) train_gpt.py; \
+	else torchrun --standalone --nproc_per_node=$(NPROC) train_gpt.py; fi
