@@ -8,14 +8,97 @@ Every knob is an env var read once by Hyperparameters; the resolved values are l
 from __future__ import annotations
 
 import glob
+import json
 import math
 import os
+import subprocess
 import sys
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from torch import Tensor
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# -----------------------------------------------------------------------------
+# HYPERPARAMETERS
+# -----------------------------------------------------------------------------
+# One table of defaults (PRESET=record), preset overrides, then env vars override everything.
+# Types follow the defaults; booleans are 0/1. Nothing else in this file reads the environment.
+DEFAULTS: dict[str, object] = dict(
+    PRESET="record", RUN_ID="", SEED=1337, ARCH="gpt",
+    DATA_PATH="./data/datasets/fineweb10B_sp8192", TOKENIZER_PATH="./data/tokenizers/fineweb_8192_bpe.model",
+    DEV_VAL_FILES="",  # optional second val set (e.g. the devset's fineweb_dev shard), scored like the first
+    VOCAB_SIZE=8192, ITERATIONS=20000, MAX_WALLCLOCK_SECONDS=600.0, GPTQ_RESERVE_SECONDS=12.0,
+    TRAIN_BATCH_TOKENS=786432, TRAIN_SEQ_LEN=2048, MICRO_BATCH_TOKENS=131072,
+    VAL_LOSS_EVERY=0, TRAIN_LOG_EVERY=100, WARMUP_STEPS=10, COMPILE=1,
+    # model
+    NUM_LAYERS=11, MODEL_DIM=512, NUM_HEADS=8, NUM_KV_HEADS=4, MLP_MULT=4.0, LEAKY_SLOPE=0.5,
+    ROPE_BASE=10000.0, ROPE_DIMS=16, QK_GAIN_INIT=5.0, LOGIT_SOFTCAP=30.0, TIED_EMBED_INIT_STD=0.005,
+    DOC_MASK=1, ATTN_IMPL="auto", XSA=1, SMEAR=1, ATTN_GATE=1, ATTN_GATE_DIMS=12, UNET=1, SKIP_GATES=1,
+    X0_MIX=1, LN_SCALE=1, PARALLEL_FROM=7, RECUR_START=3, RECUR_END=5, RECUR_EXTRA=2, RECUR_FRAC=0.35,
+    # optimizer
+    MATRIX_LR=0.022, SCALAR_LR=0.02, TIED_EMBED_LR=0.03, MUON_MOMENTUM=0.97, MUON_MOMENTUM_START=0.92,
+    MUON_MOMENTUM_WARMUP_STEPS=1500, MUON_BACKEND_STEPS=5, MUON_ROW_NORM=1, POLAR_EXPRESS=1,
+    MUON_WD=0.095, EMBED_WD=0.085, ADAM_WD=0.02, BETA1=0.9, BETA2=0.95, ADAM_EPS=1e-8, GRAD_CLIP_NORM=0.3,
+    WARMDOWN_FRAC=0.72, WARMDOWN_ITERS=0, LR_FLOOR=0.0,
+    EMA=1, EMA_DECAY=0.9965, EMA_WARMUP=10,
+    # eval
+    EVAL_SEQ_LEN=2048, EVAL_STRIDE=64, EVAL_CROSS_DOC=0, EVAL_BATCH_SEQS=32, EVAL_ONLY=0, ARTIFACT="",
+    PER_TOKEN_OUT="",
+)
+PRESETS: dict[str, dict[str, object]] = {
+    "record": {},
+    # The naive baseline of the challenge (1.2244 on FineWeb): 9x512, sp1024, relu^2, plain Muon,
+    # no EMA, int8 per-row + zlib, non-overlapping 1024-token eval windows that cross documents.
+    "baseline": dict(
+        DATA_PATH="./data/datasets/fineweb10B_sp1024", TOKENIZER_PATH="./data/tokenizers/fineweb_1024_bpe.model",
+        VOCAB_SIZE=1024, GPTQ_RESERVE_SECONDS=0.0, TRAIN_BATCH_TOKENS=524288, TRAIN_SEQ_LEN=1024,
+        NUM_LAYERS=9, MLP_MULT=2.0, LEAKY_SLOPE=0.0, ROPE_DIMS=0, QK_GAIN_INIT=1.5,
+        DOC_MASK=0, XSA=0, SMEAR=0, ATTN_GATE=0, SKIP_GATES=0, LN_SCALE=0, PARALLEL_FROM=-1, RECUR_EXTRA=0,
+        MATRIX_LR=0.04, SCALAR_LR=0.04, TIED_EMBED_LR=0.05, MUON_MOMENTUM=0.95, MUON_MOMENTUM_START=0.85,
+        MUON_MOMENTUM_WARMUP_STEPS=500, MUON_ROW_NORM=0, POLAR_EXPRESS=0, MUON_WD=0.0, EMBED_WD=0.0,
+        ADAM_WD=0.0, GRAD_CLIP_NORM=0.0, WARMDOWN_FRAC=0.0, WARMDOWN_ITERS=1200, EMA=0,
+        EVAL_SEQ_LEN=1024, EVAL_STRIDE=1024, EVAL_CROSS_DOC=1),
+    # CPU default: the record stack, tiny, on the local devset, so `make train` runs anywhere.
+    "tiny": dict(
+        DATA_PATH="./data/datasets/devset_sp1024", TOKENIZER_PATH="./data/tokenizers/fineweb_1024_bpe.model",
+        DEV_VAL_FILES="./data/datasets/devset_sp1024_fineweb_dev/fineweb_val_*.bin",
+        VOCAB_SIZE=1024, ITERATIONS=200, MAX_WALLCLOCK_SECONDS=300.0, GPTQ_RESERVE_SECONDS=5.0,
+        TRAIN_BATCH_TOKENS=8192, TRAIN_SEQ_LEN=256, MICRO_BATCH_TOKENS=8192, TRAIN_LOG_EVERY=20,
+        WARMUP_STEPS=0, COMPILE=0, NUM_LAYERS=5, MODEL_DIM=64, NUM_HEADS=4, NUM_KV_HEADS=2, ROPE_DIMS=8,
+        RECUR_START=1, RECUR_END=2, RECUR_EXTRA=1, PARALLEL_FROM=3, MATRIX_LR=0.04, SCALAR_LR=0.04,
+        TIED_EMBED_LR=0.05, MUON_MOMENTUM_WARMUP_STEPS=50, EVAL_SEQ_LEN=256, EVAL_STRIDE=128,
+        EVAL_BATCH_SEQS=64),
+}
+
+
+class Hyperparameters:
+    def __init__(self, env: dict[str, str] | None = None):
+        env = dict(os.environ if env is None else env)
+        preset = env.get("PRESET") or ("record" if torch.cuda.is_available() else "tiny")
+        if preset not in PRESETS:
+            raise ValueError(f"PRESET={preset!r}: expected one of {sorted(PRESETS)}")
+        values = {**DEFAULTS, **PRESETS[preset], "PRESET": preset}
+        for key, default in values.items():
+            raw = env.get(key)
+            try:
+                value = default if raw is None else type(default)(float(raw) if type(default) is int else raw)
+            except ValueError:
+                raise ValueError(f"{key}={raw!r} is not a valid {type(default).__name__}") from None
+            setattr(self, key.lower(), value)
+        self.run_id = self.run_id or f"{preset}_{uuid.uuid4().hex[:8]}"
+        self.train_files = os.path.join(self.data_path, "fineweb_train_*.bin")
+        self.val_files = os.path.join(self.data_path, "fineweb_val_*.bin")
+        # torchrun's own variables: the process layout, not knobs.
+        self.rank, self.world_size = int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1))
+        self.local_rank = int(env.get("LOCAL_RANK", 0))
+
+    def items(self) -> list[tuple[str, object]]:
+        return sorted((k, v) for k, v in vars(self).items())
 
 # -----------------------------------------------------------------------------
 # TOKENIZER BYTE ACCOUNTING
@@ -96,3 +179,647 @@ def shard_files(pattern: str) -> list[str]:
     if not files:
         raise FileNotFoundError(f"no files match {pattern}")
     return files
+
+
+class TokenLoader:
+    """Training windows of TRAIN_SEQ_LEN+1 tokens, in an order fixed by the seed alone.
+
+    Every shard is cut into non-overlapping windows; each epoch visits all windows in a seeded
+    permutation. Step s takes the next global batch and rank r its slice, so the global batch does
+    not depend on the world size. Documents inside a window are kept apart by the model (BOS)."""
+
+    def __init__(self, pattern: str, seq_len: int, seed: int, rank: int, world_size: int, device: torch.device):
+        self.shards = [load_shard(f) for f in shard_files(pattern)]
+        self.seq_len, self.rank, self.world, self.device = seq_len, rank, world_size, device
+        counts = [(len(s) - 1) // seq_len for s in self.shards]
+        if sum(counts) == 0:
+            raise ValueError(f"{pattern}: fewer than {seq_len + 1} training tokens")
+        self.windows = np.concatenate([np.stack([np.full(c, i), np.arange(c) * seq_len], 1) for i, c in enumerate(counts)])
+        self.rng, self.epoch_order, self.pos = np.random.default_rng(seed), np.empty(0, np.int64), 0
+        self.pool, self.pending = ThreadPoolExecutor(1), None
+
+    def _take(self, n: int) -> np.ndarray:
+        out = []
+        while n > 0:
+            if self.pos == len(self.epoch_order):
+                self.epoch_order, self.pos = self.rng.permutation(len(self.windows)), 0
+            k = min(n, len(self.epoch_order) - self.pos)
+            out.append(self.epoch_order[self.pos:self.pos + k])
+            self.pos, n = self.pos + k, n - k
+        return np.concatenate(out)
+
+    def _build(self, global_seqs: int) -> Tensor:
+        idx = self._take(global_seqs)
+        per_rank = global_seqs // self.world
+        rows = [self.shards[s][o:o + self.seq_len + 1] for s, o in self.windows[idx[self.rank * per_rank:(self.rank + 1) * per_rank]]]
+        batch = torch.from_numpy(np.stack(rows).astype(np.int64))
+        return batch.pin_memory() if self.device.type == "cuda" else batch
+
+    def next_batch(self, global_seqs: int) -> Tensor:
+        """(global_seqs / world, seq_len + 1) int64 on the device; the next batch is built in the background."""
+        batch = (self.pending or self.pool.submit(self._build, global_seqs)).result()
+        self.pending = self.pool.submit(self._build, global_seqs)
+        return batch.to(self.device, non_blocking=True)
+
+# -----------------------------------------------------------------------------
+# MODEL
+# -----------------------------------------------------------------------------
+
+def rms_norm(x: Tensor) -> Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+class CastedLinear(nn.Linear):
+    """fp32 master weight, matmul in the activation dtype. `lora` is the TTT hook: an optional
+    module whose output is added, so adapters run through this same block code."""
+    lora: nn.Module | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.linear(x, self.weight.to(x.dtype))
+        return y if self.lora is None else y + self.lora(x)
+
+
+class Rotary(nn.Module):
+    """RoPE on the first `dims` of each head (partial RoPE); the rest carry no position."""
+
+    def __init__(self, dims: int, base: float):
+        super().__init__()
+        self.dims = dims
+        self.register_buffer("inv_freq", 1.0 / base ** (torch.arange(0, dims, 2).float() / dims), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:  # x: (B, T, H, D)
+        if self.dims == 0:
+            return x
+        t = torch.arange(x.size(1), device=x.device, dtype=torch.float32)
+        freqs = torch.outer(t, self.inv_freq)[None, :, None, :]
+        cos, sin = freqs.cos().to(x.dtype), freqs.sin().to(x.dtype)
+        half = self.dims // 2
+        x1, x2, rest = x[..., :half], x[..., half:self.dims], x[..., self.dims:]
+        return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin, rest), dim=-1)
+
+
+try:  # FA3 (Hopper) when installed; torch's own kernels otherwise
+    from flash_attn_interface import flash_attn_varlen_func
+except ImportError:
+    flash_attn_varlen_func = None
+try:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+except ImportError:
+    create_block_mask = flex_attention = None
+
+
+class AttnMask:
+    """How attention is restricted for one batch, built once per forward and shared by all layers.
+    causal: plain causal (the baseline). Otherwise no token sees a token of an earlier document:
+    doc ids count BOS tokens, so a BOS opens a new document."""
+
+    def __init__(self, ids: Tensor, doc_mask: bool, impl: str):
+        B, T = ids.shape
+        self.impl = impl if doc_mask else "causal"
+        if self.impl == "causal":
+            return
+        docs = (ids == BOS_ID).cumsum(1)
+        if self.impl == "fa3":  # every (row, document) run becomes its own varlen sequence
+            starts = torch.ones_like(ids, dtype=torch.bool)
+            starts[:, 1:] = docs[:, 1:] != docs[:, :-1]
+            lens = torch.diff(torch.nonzero(starts.flatten()).flatten(), append=torch.tensor([B * T], device=ids.device))
+            self.cu = F.pad(lens.cumsum(0), (1, 0)).int()
+            self.max_len = int(lens.max())
+        elif self.impl == "flex":
+            def mask_mod(b, h, q, k):
+                return (k <= q) & (docs[b, q] == docs[b, k])
+            self.block_mask = create_block_mask(mask_mod, B, None, T, T, device=ids.device)
+        else:  # sdpa with an explicit boolean mask (CPU, tests)
+            causal = torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()
+            self.dense = (causal & (docs[:, :, None] == docs[:, None, :]))[:, None]
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: AttnMask) -> Tensor:
+    """q (B,T,H,D), k/v (B,T,Hkv,D) -> (B,T,H,D)."""
+    B, T, H, D = q.shape
+    if mask.impl == "fa3":
+        y = flash_attn_varlen_func(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), mask.cu, mask.cu,
+                                   mask.max_len, mask.max_len, causal=True)
+        return (y[0] if isinstance(y, tuple) else y).view(B, T, H, D)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if mask.impl == "flex":
+        y = flex_attention(q, k, v, block_mask=mask.block_mask, enable_gqa=True)
+    elif mask.impl == "sdpa":
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense, enable_gqa=True)
+    else:
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    return y.transpose(1, 2)
+
+
+class Attention(nn.Module):
+    def __init__(self, h: Hyperparameters):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = h.num_heads, h.num_kv_heads, h.model_dim // h.num_heads
+        if h.model_dim % h.num_heads or h.num_heads % h.num_kv_heads:
+            raise ValueError("MODEL_DIM must divide into NUM_HEADS, and NUM_HEADS into NUM_KV_HEADS")
+        kv_dim = h.num_kv_heads * self.head_dim
+        self.c_q, self.c_k = CastedLinear(h.model_dim, h.model_dim, bias=False), CastedLinear(h.model_dim, kv_dim, bias=False)
+        self.c_v, self.proj = CastedLinear(h.model_dim, kv_dim, bias=False), CastedLinear(h.model_dim, h.model_dim, bias=False)
+        self.proj.zero_init = True
+        self.q_gain = nn.Parameter(torch.full((h.num_heads,), h.qk_gain_init))  # per-head gain after QK RMSNorm
+        self.rotary = Rotary(h.rope_dims or self.head_dim, h.rope_base)
+        self.xsa, self.gate_dims = bool(h.xsa), h.attn_gate_dims if h.attn_gate else 0
+        if self.gate_dims:  # sparse gate: a head's output scaled by a sigmoid of a few input dims
+            self.gate = CastedLinear(self.gate_dims, h.num_heads, bias=False)
+            self.gate.zero_init = True
+
+    def forward(self, x: Tensor, mask: AttnMask) -> Tensor:
+        B, T, C = x.shape
+        q = self.c_q(x).view(B, T, self.heads, self.head_dim)
+        k = self.c_k(x).view(B, T, self.kv_heads, self.head_dim)
+        v = self.c_v(x).view(B, T, self.kv_heads, self.head_dim)
+        q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
+        y = attend(q * self.q_gain.to(q.dtype)[:, None], k, v, mask)
+        if self.xsa:  # remove each head's component along its own value vector
+            g = y.view(B, T, self.kv_heads, -1, self.head_dim)
+            vn = F.normalize(v, dim=-1).unsqueeze(3)
+            y = (g - (g * vn).sum(-1, keepdim=True) * vn).view(B, T, self.heads, self.head_dim)
+        if self.gate_dims:
+            y = y * (2 * torch.sigmoid(self.gate(x[..., :self.gate_dims]))).unsqueeze(-1)
+        return self.proj(y.reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, h: Hyperparameters):
+        super().__init__()
+        hidden = int(h.mlp_mult * h.model_dim)
+        self.fc, self.proj = CastedLinear(h.model_dim, hidden, bias=False), CastedLinear(hidden, h.model_dim, bias=False)
+        self.proj.zero_init, self.slope = True, h.leaky_slope
+
+    def forward(self, x: Tensor) -> Tensor:  # relu^2 (slope 0) or LeakyReLU(slope)^2
+        return self.proj(F.leaky_relu(self.fc(x), self.slope).square())
+
+
+class Block(nn.Module):
+    def __init__(self, h: Hyperparameters, layer: int):
+        super().__init__()
+        self.attn, self.mlp = Attention(h), MLP(h)
+        self.attn_scale, self.mlp_scale = nn.Parameter(torch.ones(h.model_dim)), nn.Parameter(torch.ones(h.model_dim))
+        self.resid_mix = nn.Parameter(torch.stack([torch.ones(h.model_dim), torch.zeros(h.model_dim)])) if h.x0_mix else None
+        self.parallel = 0 <= h.parallel_from <= layer  # GPT-J lanes: attention and MLP read the same input
+        self.norm_scale = 1 / math.sqrt(layer + 1) if h.ln_scale else 1.0
+
+    def forward(self, x: Tensor, x0: Tensor, mask: AttnMask) -> Tensor:
+        if self.resid_mix is not None:
+            mix = self.resid_mix.to(x.dtype)
+            x = mix[0] * x + mix[1] * x0
+        a = self.attn(rms_norm(x) * self.norm_scale, mask)
+        if self.parallel:
+            return x + self.attn_scale.to(x.dtype) * a + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x) * self.norm_scale)
+        x = x + self.attn_scale.to(x.dtype) * a
+        return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x) * self.norm_scale)
+
+
+class GPT(nn.Module):
+    def __init__(self, h: Hyperparameters):
+        super().__init__()
+        self.h, self.softcap = h, h.logit_softcap
+        self.tok_emb = nn.Embedding(h.vocab_size, h.model_dim)
+        self.blocks = nn.ModuleList(Block(h, i) for i in range(h.num_layers))
+        loop = list(range(h.recur_start, h.recur_end + 1)) if h.recur_extra > 0 else []
+        self.orders = {False: list(range(h.num_layers)),
+                       True: list(range(h.recur_start)) + loop * (h.recur_extra + 1) + list(range(h.recur_end + 1, h.num_layers))}
+        self.recur = False  # flipped on at RECUR_FRAC of the training clock; a compiled graph per value
+        n_skip = len(self.orders[bool(loop)]) // 2 if h.unet else 0
+        self.skip_weights = nn.Parameter(torch.ones(n_skip, h.model_dim))
+        self.skip_gates = nn.Parameter(torch.zeros(n_skip, h.model_dim)) if h.skip_gates and n_skip else None
+        self.smear = nn.Parameter(torch.zeros(h.model_dim)) if h.smear else None
+        self.attn_impl = h.attn_impl if h.attn_impl != "auto" else default_attn_impl()
+        nn.init.normal_(self.tok_emb.weight, std=h.tied_embed_init_std)
+        for m in self.modules():
+            if isinstance(m, CastedLinear):
+                nn.init.zeros_(m.weight) if getattr(m, "zero_init", False) else nn.init.orthogonal_(m.weight)
+
+    def hidden(self, ids: Tensor, doc_mask: bool) -> Tensor:
+        """Final-normed hidden states (B, T, D) for input ids (B, T); doc_mask: attention stays
+        inside each document."""
+        x = rms_norm(self.tok_emb(ids))
+        if self.smear is not None:  # blend in the previous token, never across a document start
+            prev = F.pad(x[:, :-1], (0, 0, 1, 0)) * (ids != BOS_ID).unsqueeze(-1).to(x.dtype)
+            x = torch.lerp(x, prev, torch.sigmoid(self.smear).to(x.dtype))
+        mask = AttnMask(ids, doc_mask, self.attn_impl)
+        order, x0, skips = self.orders[self.recur], x, []
+        n_enc = len(order) // 2 if len(self.skip_weights) else len(order)
+        for i in order[:n_enc]:
+            x = self.blocks[i](x, x0, mask)
+            skips.append(x)
+        for j, i in enumerate(order[n_enc:]):
+            if skips and j < len(self.skip_weights):  # U-Net: decoder layer j takes encoder output n_enc-1-j
+                s = self.skip_weights[j].to(x.dtype) * skips.pop()
+                x = x + s if self.skip_gates is None else torch.lerp(s, x, torch.sigmoid(self.skip_gates[j]).to(x.dtype))
+            x = self.blocks[i](x, x0, mask)
+        return rms_norm(x)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        return self.softcap * torch.tanh(F.linear(hidden, self.tok_emb.weight.to(hidden.dtype)) / self.softcap)
+
+    def forward(self, ids: Tensor, targets: Tensor, doc_mask: bool = True) -> Tensor:
+        """Per-token NLL (B, T) in fp32."""
+        logits = self.logits(self.hidden(ids, doc_mask)).float()
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+
+
+def default_attn_impl() -> str:
+    if not torch.cuda.is_available():
+        return "sdpa"
+    return "fa3" if flash_attn_varlen_func is not None else "flex"
+
+# -----------------------------------------------------------------------------
+# MUON (MuonEq-R, Polar Express, sharded across ranks)
+# -----------------------------------------------------------------------------
+# Polar Express (Amsel et al. 2025): per-iteration quintic coefficients, 5 steps, 2% safety margin.
+POLAR_EXPRESS = ((8.156554524902461, -22.48329292557795, 15.878769915207462),
+                 (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+                 (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+                 (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+                 (2.3465413258596377, -1.7097828382687081, 0.42323551169305323))
+NEWTON_SCHULZ = ((3.4445, -4.7750, 2.0315),) * 5  # the baseline's fixed quintic
+
+
+def orthogonalize(G: Tensor, coeffs: tuple[tuple[float, float, float], ...]) -> Tensor:
+    """Approximate U V^T of each matrix in a stack G (N, m, n), in bf16."""
+    X = G.bfloat16()
+    wide = X.size(-2) <= X.size(-1)
+    X = X if wide else X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) * 1.02 + 1e-6)
+    for a, b, c in coeffs:
+        A = X @ X.mT
+        X = a * X + (b * A + c * A @ A) @ X
+    return X if wide else X.mT
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon over stacks of same-shape matrices. With W ranks each stack is reduce-scattered
+    (each rank owns 1/W of the matrices), orthogonalised locally, then all-gathered; the
+    collectives of all stacks are in flight together. MuonEq-R: rows of the Nesterov momentum are
+    normalised before orthogonalisation, so every output unit gets an equal share of the step."""
+
+    def __init__(self, params: list[nn.Parameter], lr: float, momentum: float, steps: int, row_norm: bool,
+                 polar: bool, weight_decay: float, world_size: int = 1):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+        self.coeffs = (POLAR_EXPRESS if polar else NEWTON_SCHULZ)[:steps]
+        self.row_norm, self.world = row_norm, world_size
+        by_shape: dict[tuple[int, ...], list[nn.Parameter]] = {}
+        for p in self.param_groups[0]["params"]:
+            by_shape.setdefault(tuple(p.shape), []).append(p)
+        self.stacks = list(by_shape.values())
+
+    def reduce_grads(self) -> list[tuple[Tensor, object]]:
+        """Launch the gradient reduce-scatters; returns this rank's (grad shard, work handle) per stack."""
+        out = []
+        for ps in self.stacks:
+            n = math.ceil(len(ps) / self.world) * self.world
+            g = torch.stack([p.grad if p.grad is not None else torch.zeros_like(p) for p in ps])
+            if self.world == 1:
+                out.append((g, None))
+                continue
+            g = torch.cat([g, g.new_zeros(n - len(ps), *g.shape[1:])])
+            shard = g.new_empty(n // self.world, *g.shape[1:])
+            out.append((shard, dist.reduce_scatter_tensor(shard, g, op=dist.ReduceOp.AVG, async_op=True)))
+        return out
+
+    @torch.no_grad()
+    def step(self, shards: list[tuple[Tensor, object]], grad_scale: Tensor | None = None) -> None:
+        group = self.param_groups[0]
+        lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
+        gathers = []
+        for i, (ps, (g, work)) in enumerate(zip(self.stacks, shards)):
+            if work is not None:
+                work.wait()
+            if grad_scale is not None:
+                g = g * grad_scale
+            buf = self.state.setdefault(i, {}).setdefault("momentum", torch.zeros_like(g))
+            buf.mul_(mom).add_(g)
+            u = g.add(buf, alpha=mom)  # Nesterov
+            if self.row_norm:
+                u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-7)
+            u = orthogonalize(u, self.coeffs) * max(1.0, u.size(-2) / u.size(-1)) ** 0.5
+            if self.world > 1:
+                full = u.new_empty(u.size(0) * self.world, *u.shape[1:])
+                gathers.append((ps, full, dist.all_gather_into_tensor(full, u.contiguous(), async_op=True)))
+            else:
+                gathers.append((ps, u, None))
+        for ps, u, work in gathers:
+            if work is not None:
+                work.wait()
+            params = list(ps)
+            if wd > 0:
+                torch._foreach_mul_(params, 1 - lr * wd)
+            torch._foreach_add_(params, list(u[:len(params)].to(params[0].dtype).unbind(0)), alpha=-lr)
+
+
+class Optimizers:
+    """Muon for block matrices; fused AdamW for the tied embedding and for scalars/gates/norms."""
+
+    def __init__(self, model: GPT, h: Hyperparameters):
+        matrices = [m.weight for name, m in model.blocks.named_modules()
+                    if isinstance(m, CastedLinear) and not name.endswith("gate")]
+        ids = {id(p) for p in matrices} | {id(model.tok_emb.weight)}
+        scalars = [p for p in model.parameters() if id(p) not in ids]
+        fused = torch.cuda.is_available()
+        self.muon = Muon(matrices, h.matrix_lr, h.muon_momentum, h.muon_backend_steps, bool(h.muon_row_norm),
+                         bool(h.polar_express), h.muon_wd, h.world_size)
+        self.adam = [torch.optim.AdamW([model.tok_emb.weight], lr=h.tied_embed_lr, betas=(h.beta1, h.beta2),
+                                       eps=h.adam_eps, weight_decay=h.embed_wd, fused=fused),
+                     torch.optim.AdamW(scalars, lr=h.scalar_lr, betas=(h.beta1, h.beta2), eps=h.adam_eps,
+                                       weight_decay=h.adam_wd, fused=fused)]
+        self.all = [self.muon, *self.adam]
+        for opt in self.all:
+            for g in opt.param_groups:
+                g["base_lr"] = g["lr"]
+        self.h = h
+
+    def step(self, lr_scale: float, momentum: float) -> None:
+        """Reduce gradients across ranks, clip by the global norm, step every optimizer."""
+        shards = self.muon.reduce_grads()
+        adam_params = [p for opt in self.adam for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        adam_grads = [p.grad for p in adam_params]
+        if self.h.world_size > 1 and adam_grads:
+            flat = torch.cat([g.flatten() for g in adam_grads])
+            dist.all_reduce(flat, op=dist.ReduceOp.AVG)
+            for g, t in zip(adam_grads, flat.split([g.numel() for g in adam_grads])):
+                g.copy_(t.view_as(g))
+        scale = None
+        if self.h.grad_clip_norm > 0:  # the norm of the full averaged gradient, without a host sync
+            for _, work in shards:
+                if work is not None:
+                    work.wait()
+            sq = sum(g.float().square().sum() for g, _ in shards)
+            if self.h.world_size > 1:
+                dist.all_reduce(sq)
+            sq = sq + sum(g.float().square().sum() for g in adam_grads)
+            scale = (self.h.grad_clip_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+            torch._foreach_mul_(adam_grads, scale)
+            shards = [(g, None) for g, _ in shards]
+        for opt in self.all:
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * lr_scale
+        self.muon.param_groups[0]["momentum"] = momentum
+        self.muon.step(shards, scale)
+        for opt in self.adam:
+            opt.step()
+        for opt in self.all:
+            opt.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> list[dict]:
+        return [opt.state_dict() for opt in self.all]
+
+    def load_state_dict(self, states: list[dict]) -> None:
+        for opt, s in zip(self.all, states):
+            opt.load_state_dict(s)
+
+
+class EMA:
+    """fp32 shadow weights on the model's device, updated with foreach ops (no host sync).
+    The decay warms up as (1+t)/(EMA_WARMUP+t), capped at EMA_DECAY, so the average covers a
+    fixed share of a short run instead of keeping the initial weights (a fixed 0.9965 after 247
+    steps still holds 42% of init)."""
+
+    def __init__(self, model: nn.Module, decay: float, warmup: int):
+        self.params = list(model.parameters())
+        self.shadow = [p.detach().float().clone() for p in self.params]
+        self.decay, self.warmup, self.t = decay, warmup, 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.t += 1
+        d = min(self.decay, (1 + self.t) / (self.warmup + self.t))
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1 - d)
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        for p, s in zip(model.parameters(), self.shadow):
+            p.copy_(s)
+
+# -----------------------------------------------------------------------------
+# EVALUATION
+# -----------------------------------------------------------------------------
+
+def eval_windows(n_tokens: int, seq_len: int, stride: int) -> list[tuple[int, int, int]]:
+    """(input_start, input_end, first_scored_target) windows that score every target position
+    1..n_tokens-1 exactly once, each with the longest context the window allows."""
+    out, end = [], min(seq_len, n_tokens - 1)
+    out.append((0, end, 1))
+    while end < n_tokens - 1:
+        new_end = min(end + stride, n_tokens - 1)
+        out.append((max(0, new_end - seq_len), new_end, end + 1))
+        end = new_end
+    return out
+
+
+@torch.no_grad()
+def eval_stream(model: nn.Module, tokens: Tensor, h: Hyperparameters, luts: tuple[Tensor, Tensor, Tensor],
+                device: torch.device, stride: int) -> dict[str, object]:
+    """Score a val stream with sliding windows (stride = EVAL_SEQ_LEN: plain, non-overlapping).
+    Windows are split across ranks; returns summed nll, tokens, bytes and the per-token nll."""
+    L = min(h.eval_seq_len, len(tokens) - 1)
+    wins = eval_windows(len(tokens), L, stride)
+    per = math.ceil(len(wins) / h.world_size)
+    mine = wins[h.rank * per:(h.rank + 1) * per]
+    nll = torch.zeros(len(tokens), dtype=torch.float64, device=device)
+    was_training, _ = model.training, model.eval()
+    for i in range(0, len(mine), h.eval_batch_seqs):
+        chunk = mine[i:i + h.eval_batch_seqs]
+        x = torch.zeros(h.eval_batch_seqs, L + 1, dtype=torch.int64)  # fixed shape: one compiled graph
+        for j, (a, b, _) in enumerate(chunk):
+            x[j, :b - a + 1] = tokens[a:b + 1]
+        x = x.to(device, non_blocking=True)
+        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            loss = model(x[:, :-1], x[:, 1:], doc_mask=not h.eval_cross_doc).double()
+        for j, (a, b, first) in enumerate(chunk):  # target position t sits at column t - a - 1
+            nll[first:b + 1] = loss[j, first - a - 1:b - a]
+    model.train(was_training)
+    if h.world_size > 1:
+        dist.all_reduce(nll)
+    nll = nll[1:].cpu()
+    tgt, prev = tokens[1:], tokens[:-1]
+    n_bytes = int(token_bytes(prev, tgt, luts).sum())
+    loss_sum = float(nll.sum())
+    return dict(loss=loss_sum / len(nll), bpb=loss_sum / math.log(2) / n_bytes, tokens=len(nll), bytes=n_bytes,
+                nll=nll)
+
+
+def load_val(pattern: str, vocab_size: int) -> Tensor:
+    tokens = np.concatenate([load_shard(f) for f in shard_files(pattern)]).astype(np.int64)
+    if tokens.max(initial=0) >= vocab_size:
+        raise ValueError(f"{pattern}: token id {tokens.max()} >= VOCAB_SIZE {vocab_size} (wrong tokenizer?)")
+    return torch.from_numpy(tokens)
+
+# -----------------------------------------------------------------------------
+# TRAINING
+# -----------------------------------------------------------------------------
+
+class Logger:
+    def __init__(self, h: Hyperparameters):
+        self.path = os.path.join("logs", f"{h.run_id}.txt") if h.rank == 0 else None
+        if self.path:
+            os.makedirs("logs", exist_ok=True)
+
+    def __call__(self, msg: str, console: bool = True) -> None:
+        if self.path is None:
+            return
+        if console:
+            print(msg, flush=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            print(msg, file=f)
+
+
+def log_header(log: Logger, h: Hyperparameters) -> None:
+    """The log starts with this file's exact source and the environment, so a log proves its code."""
+    with open(__file__, encoding="utf-8") as f:
+        log(f.read(), console=False)
+    log("=" * 100, console=False)
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    log(f"env: python {sys.version.split()[0]} torch {torch.__version__} cuda {torch.version.cuda} gpus {gpus} "
+        f"world_size {h.world_size}")
+    log("hyperparameters: " + json.dumps(dict(h.items()), sort_keys=True))
+
+
+def lr_scale(frac: float, h: Hyperparameters, step_ms: float) -> float:
+    """Flat, then a linear warmdown over the last WARMDOWN_FRAC of the clock to LR_FLOOR.
+    WARMDOWN_ITERS>0 (the baseline) converts a step count to a clock share at the current ms/step."""
+    wd = h.warmdown_frac
+    if h.warmdown_iters > 0 and h.max_wallclock_seconds > 0:
+        wd = min(1.0, h.warmdown_iters * step_ms / 1000 / train_budget(h))
+    if wd <= 0 or frac < 1 - wd:
+        return 1.0
+    return h.lr_floor + (1 - h.lr_floor) * max(0.0, 1 - frac) / wd
+
+
+def train_budget(h: Hyperparameters) -> float:
+    """Seconds of training steps: the cap minus the GPTQ calibration reserve (inside the cap)."""
+    return h.max_wallclock_seconds - h.gptq_reserve_seconds if h.max_wallclock_seconds > 0 else math.inf
+
+
+def warmup_compile(model: nn.Module, step_fn, h: Hyperparameters, device: torch.device, seqs: int) -> None:
+    """Compile every graph the run will use (recurrence off and on) on random tokens, so no training
+    data is read before the clock starts. The caller restores weights and optimizer state after."""
+    g = torch.Generator().manual_seed(h.seed)
+    for recur in sorted({False, bool(h.recur_extra)}):
+        model.recur = recur
+        for _ in range(h.warmup_steps):
+            x = torch.randint(0, h.vocab_size, (seqs, h.train_seq_len + 1), generator=g)
+            x[:, 0] = BOS_ID
+            step_fn(x.to(device))
+    model.recur = False
+
+
+def main() -> None:
+    h = Hyperparameters()
+    if h.world_size > 1:
+        dist.init_process_group("nccl", device_id=torch.device("cuda", h.local_rank))
+    device = torch.device("cuda", h.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(h.seed)
+    log = Logger(h)
+    log_header(log, h)
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=h.tokenizer_path)
+    if sp.vocab_size() != h.vocab_size:
+        raise ValueError(f"{h.tokenizer_path} has {sp.vocab_size()} pieces, VOCAB_SIZE={h.vocab_size}")
+    luts = build_byte_luts(sp, h.vocab_size)
+    vals = {"val": load_val(h.val_files, h.vocab_size)}
+    if h.dev_val_files and glob.glob(h.dev_val_files):
+        vals["dev"] = load_val(h.dev_val_files, h.vocab_size)
+
+    model = GPT(h).to(device)
+    log(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, attention {model.attn_impl}, "
+        f"layer order {model.orders[bool(h.recur_extra)]}")
+    compiled = torch.compile(model, dynamic=False) if h.compile and device.type == "cuda" else model
+    if not h.eval_only:
+        train(h, model, compiled, device, log)
+    for name, tokens in vals.items():
+        for path, stride in [("plain", h.eval_seq_len), ("sliding", h.eval_stride)][:1 + (h.eval_stride < h.eval_seq_len)]:
+            t0 = time.perf_counter()
+            r = eval_stream(compiled, tokens, h, luts, device, stride)
+            log(f"eval {name} {path}: val_loss {r['loss']:.6f} val_bpb {r['bpb']:.6f} tokens {r['tokens']} "
+                f"bytes {r['bytes']} seconds {time.perf_counter() - t0:.1f}")
+    if h.world_size > 1:
+        dist.destroy_process_group()
+
+
+def train(h: Hyperparameters, model: GPT, compiled: nn.Module, device: torch.device, log: Logger) -> None:
+    global_seqs = h.train_batch_tokens // h.train_seq_len
+    if global_seqs % h.world_size:
+        raise ValueError(f"TRAIN_BATCH_TOKENS/TRAIN_SEQ_LEN={global_seqs} sequences do not split over {h.world_size} ranks")
+    local = global_seqs // h.world_size
+    micro = max(1, min(local, h.micro_batch_tokens // h.train_seq_len))
+    while local % micro:
+        micro -= 1
+    accum = local // micro
+    log(f"batch: {global_seqs} seqs x {h.train_seq_len} global, {local} per rank, {accum} micro-batches of {micro}")
+    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def step_fn(batch: Tensor, opt: Optimizers, lr: float = 1.0, mom: float = h.muon_momentum) -> Tensor:
+        total = torch.zeros((), device=device)
+        for x in batch.split(micro):
+            with torch.autocast(**amp):
+                loss = compiled(x[:, :-1], x[:, 1:], doc_mask=bool(h.doc_mask)).mean()
+            (loss / accum).backward()
+            total += loss.detach() / accum
+        opt.step(lr, mom)
+        return total
+
+    if h.warmup_steps > 0:
+        init = {k: v.clone() for k, v in model.state_dict().items()}
+        scratch = Optimizers(model, h)
+        t0 = time.perf_counter()
+        warmup_compile(model, lambda x: step_fn(x, scratch), h, device, local)
+        model.load_state_dict(init)
+        log(f"warmup: compiled in {time.perf_counter() - t0:.1f}s on random tokens, weights restored")
+    opt = Optimizers(model, h)
+    ema = EMA(model, h.ema_decay, h.ema_warmup) if h.ema else None
+    loader = TokenLoader(h.train_files, h.train_seq_len, h.seed, h.rank, h.world_size, device)
+    budget = train_budget(h)
+    train_s, step, step_ms = 0.0, 0, 0.0
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    while True:
+        train_s = time.perf_counter() - t0
+        stop = torch.tensor(float(step >= h.iterations or train_s >= budget), device=device)
+        if h.world_size > 1:  # every rank stops on the same step
+            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+        if stop.item():
+            break
+        frac = max(train_s / budget, step / h.iterations)  # whichever limit ends the run first
+        if h.recur_extra and not model.recur and frac >= h.recur_frac:
+            model.recur = True
+            log(f"step {step}: depth recurrence on, order {model.orders[True]}")
+        mom_frac = min(1.0, step / max(1, h.muon_momentum_warmup_steps))
+        mom = h.muon_momentum_start + (h.muon_momentum - h.muon_momentum_start) * mom_frac
+        scale = lr_scale(frac, h, step_ms)
+        loss = step_fn(loader.next_batch(global_seqs), opt, scale, mom)
+        if ema is not None:
+            ema.update()
+        step += 1
+        step_ms = 1000 * (time.perf_counter() - t0) / step
+        if step % h.train_log_every == 0 or step == 1:
+            tok_s = step * h.train_batch_tokens / (time.perf_counter() - t0)
+            eta = min(budget - train_s, (h.iterations - step) * step_ms / 1000)
+            log(f"step {step} train_loss {loss.item():.4f} lr_scale {scale:.3f} tok/s {tok_s:,.0f} "
+                f"ms/step {step_ms:.1f} elapsed {time.perf_counter() - t0:.1f}s eta {eta:.0f}s")
+    sync()
+    train_s = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+    log(f"train: {step} steps in {train_s:.1f}s, {1000 * train_s / max(step, 1):.1f} ms/step, peak memory {peak:.1f} GiB")
+    if ema is not None:
+        ema.copy_to(model)
+    cap = h.max_wallclock_seconds
+    log(f"compliance train: train_seconds {train_s:.1f} reserve {h.gptq_reserve_seconds:.1f} cap {cap:.0f} "
+        f"held {cap <= 0 or train_s <= cap - h.gptq_reserve_seconds + 1.0}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ShardError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
