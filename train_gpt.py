@@ -696,9 +696,11 @@ def train_budget(h: Hyperparameters) -> float:
     return h.max_wallclock_seconds - h.gptq_reserve_seconds if h.max_wallclock_seconds > 0 else math.inf
 
 
-def warmup_compile(model: nn.Module, step_fn, h: Hyperparameters, device: torch.device, seqs: int) -> None:
-    """Compile every graph the run will use (recurrence off and on) on random tokens, so no training
-    data is read before the clock starts. The caller restores weights and optimizer state after."""
+def warmup_and_restore(model: GPT, step_fn, h: Hyperparameters, device: torch.device, seqs: int) -> None:
+    """Compile every graph the run will use (recurrence off and on) with real optimizer steps on
+    random tokens, so no training data is read before the clock; then put the weights back. The
+    optimizer used here is a scratch one: the run's optimizer and EMA are created afterwards."""
+    init = {k: v.clone() for k, v in model.state_dict().items()}
     g = torch.Generator().manual_seed(h.seed)
     for recur in sorted({False, bool(h.recur_extra)}):
         model.recur = recur
@@ -707,6 +709,8 @@ def warmup_compile(model: nn.Module, step_fn, h: Hyperparameters, device: torch.
             x[:, 0] = BOS_ID
             step_fn(x.to(device))
     model.recur = False
+    model.load_state_dict(init)
+    model.zero_grad(set_to_none=True)
 
 
 def main() -> None:
@@ -745,7 +749,8 @@ def main() -> None:
         dist.destroy_process_group()
 
 
-def train(h: Hyperparameters, model: GPT, compiled: nn.Module, device: torch.device, log: Logger) -> None:
+def train(h: Hyperparameters, model: GPT, compiled: nn.Module, device: torch.device, log: Logger) -> dict[str, object]:
+    """Train under the clock; returns steps, seconds and the logged (step, loss) history."""
     global_seqs = h.train_batch_tokens // h.train_seq_len
     if global_seqs % h.world_size:
         raise ValueError(f"TRAIN_BATCH_TOKENS/TRAIN_SEQ_LEN={global_seqs} sequences do not split over {h.world_size} ranks")
@@ -768,17 +773,14 @@ def train(h: Hyperparameters, model: GPT, compiled: nn.Module, device: torch.dev
         return total
 
     if h.warmup_steps > 0:
-        init = {k: v.clone() for k, v in model.state_dict().items()}
-        scratch = Optimizers(model, h)
-        t0 = time.perf_counter()
-        warmup_compile(model, lambda x: step_fn(x, scratch), h, device, local)
-        model.load_state_dict(init)
+        scratch, t0 = Optimizers(model, h), time.perf_counter()
+        warmup_and_restore(model, lambda x: step_fn(x, scratch), h, device, local)
         log(f"warmup: compiled in {time.perf_counter() - t0:.1f}s on random tokens, weights restored")
     opt = Optimizers(model, h)
     ema = EMA(model, h.ema_decay, h.ema_warmup) if h.ema else None
     loader = TokenLoader(h.train_files, h.train_seq_len, h.seed, h.rank, h.world_size, device)
     budget = train_budget(h)
-    train_s, step, step_ms = 0.0, 0, 0.0
+    train_s, step, step_ms, history = 0.0, 0, 0.0, []
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
     t0 = time.perf_counter()
@@ -804,7 +806,8 @@ def train(h: Hyperparameters, model: GPT, compiled: nn.Module, device: torch.dev
         if step % h.train_log_every == 0 or step == 1:
             tok_s = step * h.train_batch_tokens / (time.perf_counter() - t0)
             eta = min(budget - train_s, (h.iterations - step) * step_ms / 1000)
-            log(f"step {step} train_loss {loss.item():.4f} lr_scale {scale:.3f} tok/s {tok_s:,.0f} "
+            history.append((step, loss.item()))
+            log(f"step {step} train_loss {history[-1][1]:.4f} lr_scale {scale:.3f} tok/s {tok_s:,.0f} "
                 f"ms/step {step_ms:.1f} elapsed {time.perf_counter() - t0:.1f}s eta {eta:.0f}s")
     sync()
     train_s = time.perf_counter() - t0
@@ -815,6 +818,7 @@ def train(h: Hyperparameters, model: GPT, compiled: nn.Module, device: torch.dev
     cap = h.max_wallclock_seconds
     log(f"compliance train: train_seconds {train_s:.1f} reserve {h.gptq_reserve_seconds:.1f} cap {cap:.0f} "
         f"held {cap <= 0 or train_s <= cap - h.gptq_reserve_seconds + 1.0}")
+    return dict(steps=step, train_seconds=train_s, history=history)
 
 
 if __name__ == "__main__":

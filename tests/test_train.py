@@ -1,0 +1,163 @@
+"""Training half of train_gpt.py on tiny CPU configs with real tokens (FineWeb train-pool docs)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+import torch
+
+import train_gpt as tg
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
+SP1024 = SHARED / "data/tokenizers/fineweb_1024_bpe.model"
+TINY = dict(PRESET="tiny", MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2", NUM_LAYERS="4", ROPE_DIMS="4",
+            RECUR_START="1", RECUR_END="2", RECUR_EXTRA="1", PARALLEL_FROM="2", TRAIN_SEQ_LEN="64",
+            TRAIN_BATCH_TOKENS="1024", MICRO_BATCH_TOKENS="1024", EVAL_SEQ_LEN="64", EVAL_STRIDE="32",
+            EVAL_BATCH_SEQS="16", MAX_WALLCLOCK_SECONDS="0", GPTQ_RESERVE_SECONDS="0", TRAIN_LOG_EVERY="1",
+            ATTN_GATE_DIMS="8", DEV_VAL_FILES="")
+
+
+def write_shard(path: Path, tokens: np.ndarray) -> None:
+    header = np.zeros(tg.HEADER_INTS, dtype="<i4")
+    header[:3] = tg.SHARD_MAGIC, tg.SHARD_VERSION, len(tokens)
+    path.write_bytes(header.tobytes() + tokens.astype("<u2").tobytes())
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """Train shard: 200 real FineWeb train-pool docs; val shard: the first 40 FineWeb dev docs."""
+    out = tmp_path_factory.mktemp("tiny_data")
+    sp = spm.SentencePieceProcessor(model_file=str(SP1024))
+    docs = [json.loads(line)["text"] for line in open(SHARED / "data/fineweb_dev/fineweb_train_docs.jsonl")]
+    write_shard(out / "fineweb_train_000000.bin", np.concatenate([[tg.BOS_ID] + sp.encode(d) for d in docs]))
+    val = np.asarray(tg.load_shard(str(SHARED / "data/fineweb_dev/fineweb_val_sp1024.bin")))
+    cut = np.flatnonzero(val == tg.BOS_ID)[40]
+    write_shard(out / "fineweb_val_000000.bin", val[:cut])
+    return out
+
+
+def hparams(data: Path, **over: str) -> tg.Hyperparameters:
+    return tg.Hyperparameters({**TINY, "DATA_PATH": str(data), "TOKENIZER_PATH": str(SP1024), **over})
+
+
+def run_train(h: tg.Hyperparameters) -> tuple[tg.GPT, dict]:
+    torch.manual_seed(h.seed)
+    model = tg.GPT(h)
+    return model, tg.train(h, model, model, torch.device("cpu"), lambda *a, **k: None)
+
+
+def test_loss_falls_over_30_steps(tiny_data):
+    _, r = run_train(hparams(tiny_data, ITERATIONS="30"))
+    losses = [l for _, l in r["history"]]
+    assert r["steps"] == 30 and len(losses) == 30
+    assert np.mean(losses[-5:]) < losses[0] - 1.0, losses
+
+
+def test_warmup_restore_is_exact(tiny_data):
+    """A run with compile warm-up ends bitwise where a run without it ends: weights restored,
+    optimizer and EMA state fresh."""
+    a, _ = run_train(hparams(tiny_data, ITERATIONS="3", WARMUP_STEPS="0"))
+    b, _ = run_train(hparams(tiny_data, ITERATIONS="3", WARMUP_STEPS="2"))
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
+def test_warmup_leaves_weights_and_reads_no_data(tiny_data):
+    h = hparams(tiny_data, WARMUP_STEPS="2")
+    model = tg.GPT(h)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt, seen = tg.Optimizers(model, h), []
+
+    def step(x):
+        seen.append(x)
+        model(x[:, :-1], x[:, 1:]).mean().backward()
+        opt.step(1.0, 0.95)
+
+    tg.warmup_and_restore(model, step, h, torch.device("cpu"), 4)
+    assert len(seen) == 4 and not model.recur  # two steps per graph: recurrence off and on
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_loader_deterministic_and_world_size_independent(tiny_data):
+    def batches(seed: int, rank: int = 0, world: int = 1) -> list[torch.Tensor]:
+        ld = tg.TokenLoader(str(tiny_data / "fineweb_train_*.bin"), 64, seed, rank, world, torch.device("cpu"))
+        return [ld.next_batch(8) for _ in range(3)]
+    a, b, c = batches(1), batches(1), batches(2)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+    halves = zip(batches(1, 0, 2), batches(1, 1, 2))
+    assert all(torch.equal(torch.cat(pair), full) for pair, full in zip(halves, a))
+
+
+def test_bos_isolates_documents(tiny_data):
+    """Record preset: changing the previous document's tokens changes no logit of the next one."""
+    h = hparams(tiny_data)
+    torch.manual_seed(0)
+    model = tg.GPT(h)
+    for p in model.parameters():  # random weights everywhere (zero-init layers would hide leaks)
+        p.data.normal_(0, 0.2)
+    model.recur = True
+    ids = torch.randint(4, 1024, (1, 64))
+    ids[0, 0] = ids[0, 40] = tg.BOS_ID
+    other = ids.clone()
+    other[0, 1:40] = torch.randint(4, 1024, (39,))
+    with torch.no_grad():
+        la, lb = model.logits(model.hidden(ids, True)), model.logits(model.hidden(other, True))
+    assert not torch.allclose(la[0, :40], lb[0, :40])
+    torch.testing.assert_close(la[0, 40:], lb[0, 40:], rtol=0, atol=1e-5)
+
+
+SWITCHES = ["XSA=0", "SMEAR=0", "ATTN_GATE=0", "UNET=0", "SKIP_GATES=0", "X0_MIX=0", "LN_SCALE=0",
+            "PARALLEL_FROM=-1", "RECUR_EXTRA=0", "DOC_MASK=0", "MUON_ROW_NORM=0", "POLAR_EXPRESS=0", "EMA=0",
+            "ROPE_DIMS=0", "LEAKY_SLOPE=0", "GRAD_CLIP_NORM=0"]
+
+
+@pytest.mark.parametrize("switch", SWITCHES)
+def test_feature_switch_builds_and_trains(tiny_data, switch):
+    key, value = switch.split("=")
+    _, r = run_train(hparams(tiny_data, ITERATIONS="6", **{key: value}))
+    losses = [l for _, l in r["history"]]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_baseline_parameter_count():
+    h = tg.Hyperparameters({"PRESET": "baseline"})
+    assert sum(p.numel() for p in tg.GPT(h).parameters()) == 17_059_912
+
+
+def test_presets_and_env_override():
+    h = tg.Hyperparameters({"PRESET": "record"})
+    assert (h.num_layers, h.model_dim, h.vocab_size, h.rope_dims, h.parallel_from) == (11, 512, 8192, 16, 7)
+    assert tg.Hyperparameters({"PRESET": "baseline", "NUM_LAYERS": "5"}).num_layers == 5
+    with pytest.raises(ValueError, match="PRESET"):
+        tg.Hyperparameters({"PRESET": "nope"})
+
+
+def test_lr_schedule():
+    h = tg.Hyperparameters({"PRESET": "record", "LR_FLOOR": "0.1"})
+    assert tg.lr_scale(0.2, h, 100.0) == 1.0
+    assert tg.lr_scale(1.0, h, 100.0) == pytest.approx(0.1)
+    assert tg.lr_scale(1 - h.warmdown_frac / 2, h, 100.0) == pytest.approx(0.55)
+
+
+def test_cli_run_logs_source_and_compliance(tiny_data, tmp_path):
+    env = {**os.environ, **TINY, "DATA_PATH": str(tiny_data), "TOKENIZER_PATH": str(SP1024), "ITERATIONS": "4",
+           "RUN_ID": "cli_test", "TRAIN_LOG_EVERY": "2"}
+    r = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    log = (tmp_path / "logs/cli_test.txt").read_text()
+    assert log.startswith((ROOT / "train_gpt.py").read_text())
+    assert "compliance train:" in log and "eval val sliding:" in log
+
+
+def test_cli_bad_tokenizer_is_one_line_error(tiny_data, tmp_path):
+    env = {**os.environ, **TINY, "DATA_PATH": str(tiny_data), "TOKENIZER_PATH": str(SHARED / "data/tokenizers/fineweb_8192_bpe.model")}
+    r = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode != 0
+    assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
