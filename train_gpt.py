@@ -294,6 +294,11 @@ class AttnMask:
             self.dense = (causal & (docs[:, :, None] == docs[:, None, :]))[:, None]
 
 
+@torch.compiler.disable  # built eagerly (block masks, varlen offsets); the layers stay compiled
+def make_mask(ids: Tensor, doc_mask: bool, impl: str) -> AttnMask:
+    return AttnMask(ids, doc_mask, impl)
+
+
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: AttnMask) -> Tensor:
     """q (B,T,H,D), k/v (B,T,Hkv,D) -> (B,T,H,D)."""
     B, T, H, D = q.shape
@@ -402,7 +407,7 @@ class GPT(nn.Module):
         if self.smear is not None:  # blend in the previous token, never across a document start
             prev = F.pad(x[:, :-1], (0, 0, 1, 0)) * (ids != BOS_ID).unsqueeze(-1).to(x.dtype)
             x = torch.lerp(x, prev, torch.sigmoid(self.smear).to(x.dtype))
-        mask = AttnMask(ids, doc_mask, self.attn_impl)
+        mask = make_mask(ids, doc_mask, self.attn_impl)
         order, x0, skips = self.orders[self.recur], x, []
         n_enc = len(order) // 2 if len(self.skip_weights) else len(order)
         for i in order[:n_enc]:

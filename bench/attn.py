@@ -1,0 +1,70 @@
+"""Attention candidates for the record model's shape on one GPU: fwd+bwd time and TFLOP/s.
+
+Doc-masked (correct for the record preset): flex_attention with a document block mask, SDPA with
+a dense boolean mask, FA3 varlen when installed. Plain causal SDPA (flash) crosses documents and is
+listed as the speed reference only. Documents are cut at the BOS positions of a real val shard.
+Usage: python bench/attn.py SHARD [--batch 48 --seq 2048] -> JSON on stdout
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import train_gpt as tg  # noqa: E402
+
+
+def time_ms(fn, reps: int = 20) -> float:
+    for _ in range(3):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(reps):
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("shard")
+    ap.add_argument("--batch", type=int, default=48)
+    ap.add_argument("--seq", type=int, default=2048)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--kv-heads", type=int, default=4)
+    ap.add_argument("--head-dim", type=int, default=64)
+    a = ap.parse_args()
+    B, T, H, KV, D = a.batch, a.seq, a.heads, a.kv_heads, a.head_dim
+    tokens = torch.from_numpy(tg.load_shard(a.shard)[: B * T].astype("int64")).view(B, T).cuda()
+    q = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(B, T, KV, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(B, T, KV, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    grad = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16)
+    causal_flops = 3 * 2 * 2 * B * H * D * T * T / 2  # fwd+bwd, QK^T and AV, causal half
+    attend = torch.compile(tg.attend)
+    impls = ["causal", "flex", "sdpa"] + (["fa3"] if tg.flash_attn_varlen_func else [])
+    rows = {}
+    for impl in impls:
+        def run():
+            mask = tg.AttnMask(tokens, impl != "causal", impl)
+            attend(q, k, v, mask).backward(grad)
+        try:
+            ms = time_ms(run)
+            rows[impl] = dict(ms=round(ms, 3), causal_tflops=round(causal_flops / ms / 1e9, 1),
+                              doc_correct=impl != "causal")
+        except Exception as e:  # report, keep measuring the others
+            rows[impl] = dict(error=f"{type(e).__name__}: {e}"[:300])
+        mask_ms = time_ms(lambda: tg.AttnMask(tokens, impl != "causal", impl)) if "ms" in rows[impl] else None
+        rows[impl]["mask_build_ms"] = mask_ms and round(mask_ms, 3)
+    docs = int((tokens == tg.BOS_ID).sum())
+    print(json.dumps(dict(shape=dict(B=B, T=T, H=H, KV=KV, D=D), docs_in_batch=docs,
+                          gpu=torch.cuda.get_device_name(), torch=torch.__version__, results=rows), indent=1))
+
+
+if __name__ == "__main__":
+    main()
