@@ -266,6 +266,14 @@ try:
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 except ImportError:
     create_block_mask = flex_attention = None
+try:  # torch's own flash varlen kernel (2.10+); its causal flag changed name between releases
+    import inspect
+    from torch.nn.attention.varlen import varlen_attn
+    _VARLEN_ARGS = inspect.signature(varlen_attn).parameters
+    VARLEN_CAUSAL = {"window_size": (-1, 0)} if "window_size" in _VARLEN_ARGS else {"is_causal": True}
+    VARLEN_GQA = "enable_gqa" in _VARLEN_ARGS
+except ImportError:
+    varlen_attn = None
 
 
 class AttnMask:
@@ -279,12 +287,11 @@ class AttnMask:
         if self.impl == "causal":
             return
         docs = (ids == BOS_ID).cumsum(1)
-        if self.impl == "fa3":  # every (row, document) run becomes its own varlen sequence
+        if self.impl in ("fa3", "varlen"):  # every (row, document) run becomes its own sequence
             starts = torch.ones_like(ids, dtype=torch.bool)
             starts[:, 1:] = docs[:, 1:] != docs[:, :-1]
-            lens = torch.diff(torch.nonzero(starts.flatten()).flatten(), append=torch.tensor([B * T], device=ids.device))
-            self.cu = F.pad(lens.cumsum(0), (1, 0)).int()
-            self.max_len = int(lens.max())
+            self.cu = F.pad(torch.nonzero(starts.flatten()).flatten(), (0, 1), value=B * T).int()
+            self.max_len = T  # an upper bound is enough and needs no host sync
         elif self.impl == "flex":
             def mask_mod(b, h, q, k):
                 return (k <= q) & (docs[b, q] == docs[b, k])
@@ -306,6 +313,12 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: AttnMask) -> Tensor:
         y = flash_attn_varlen_func(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), mask.cu, mask.cu,
                                    mask.max_len, mask.max_len, causal=True)
         return (y[0] if isinstance(y, tuple) else y).view(B, T, H, D)
+    if mask.impl == "varlen":
+        if not VARLEN_GQA:
+            k, v = k.repeat_interleave(H // k.size(2), 2), v.repeat_interleave(H // v.size(2), 2)
+        y = varlen_attn(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), mask.cu, mask.cu, mask.max_len,
+                        mask.max_len, **VARLEN_CAUSAL, **({"enable_gqa": True} if VARLEN_GQA else {}))
+        return y.view(B, T, H, D)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     if mask.impl == "flex":
         y = flex_attention(q, k, v, block_mask=mask.block_mask, enable_gqa=True)
@@ -367,17 +380,19 @@ class Block(nn.Module):
         self.attn_scale, self.mlp_scale = nn.Parameter(torch.ones(h.model_dim)), nn.Parameter(torch.ones(h.model_dim))
         self.resid_mix = nn.Parameter(torch.stack([torch.ones(h.model_dim), torch.zeros(h.model_dim)])) if h.x0_mix else None
         self.parallel = 0 <= h.parallel_from <= layer  # GPT-J lanes: attention and MLP read the same input
-        self.norm_scale = 1 / math.sqrt(layer + 1) if h.ln_scale else 1.0
+        # a buffer, not a float: blocks then differ only in weights and share one compiled graph
+        self.register_buffer("norm_scale", torch.tensor(1 / math.sqrt(layer + 1) if h.ln_scale else 1.0), persistent=False)
 
     def forward(self, x: Tensor, x0: Tensor, mask: AttnMask) -> Tensor:
         if self.resid_mix is not None:
             mix = self.resid_mix.to(x.dtype)
             x = mix[0] * x + mix[1] * x0
-        a = self.attn(rms_norm(x) * self.norm_scale, mask)
+        s = self.norm_scale.to(x.dtype)
+        a = self.attn(rms_norm(x) * s, mask)
         if self.parallel:
-            return x + self.attn_scale.to(x.dtype) * a + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x) * self.norm_scale)
+            return x + self.attn_scale.to(x.dtype) * a + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x) * s)
         x = x + self.attn_scale.to(x.dtype) * a
-        return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x) * self.norm_scale)
+        return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x) * s)
 
 
 class GPT(nn.Module):
@@ -423,16 +438,29 @@ class GPT(nn.Module):
     def logits(self, hidden: Tensor) -> Tensor:
         return self.softcap * torch.tanh(F.linear(hidden, self.tok_emb.weight.to(hidden.dtype)) / self.softcap)
 
+    def nll(self, hidden: Tensor, targets: Tensor) -> Tensor:
+        logits = self.logits(hidden).float()
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+
     def forward(self, ids: Tensor, targets: Tensor, doc_mask: bool = True) -> Tensor:
         """Per-token NLL (B, T) in fp32."""
-        logits = self.logits(self.hidden(ids, doc_mask)).float()
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+        return self.nll(self.hidden(ids, doc_mask), targets)
+
+    def compile_parts(self) -> None:
+        """Compile each block and the loss head, not the whole unrolled stack: the blocks share two
+        graphs (sequential, parallel), so compile time does not grow with depth or recurrence."""
+        torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
+        for block in self.blocks:
+            block.compile(dynamic=False)
+        self.nll = torch.compile(self.nll, dynamic=False)
 
 
 def default_attn_impl() -> str:
     if not torch.cuda.is_available():
         return "sdpa"
-    return "fa3" if flash_attn_varlen_func is not None else "flex"
+    if flash_attn_varlen_func is not None:
+        return "fa3"
+    return "varlen" if varlen_attn is not None else "flex"
 
 # -----------------------------------------------------------------------------
 # MUON (MuonEq-R, Polar Express, sharded across ranks)
@@ -741,20 +769,21 @@ def main() -> None:
     model = GPT(h).to(device)
     log(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, attention {model.attn_impl}, "
         f"layer order {model.orders[bool(h.recur_extra)]}")
-    compiled = torch.compile(model, dynamic=False) if h.compile and device.type == "cuda" else model
+    if h.compile and device.type == "cuda":
+        model.compile_parts()
     if not h.eval_only:
-        train(h, model, compiled, device, log)
+        train(h, model, device, log)
     for name, tokens in vals.items():
         for path, stride in [("plain", h.eval_seq_len), ("sliding", h.eval_stride)][:1 + (h.eval_stride < h.eval_seq_len)]:
             t0 = time.perf_counter()
-            r = eval_stream(compiled, tokens, h, luts, device, stride)
+            r = eval_stream(model, tokens, h, luts, device, stride)
             log(f"eval {name} {path}: val_loss {r['loss']:.6f} val_bpb {r['bpb']:.6f} tokens {r['tokens']} "
                 f"bytes {r['bytes']} seconds {time.perf_counter() - t0:.1f}")
     if h.world_size > 1:
         dist.destroy_process_group()
 
 
-def train(h: Hyperparameters, model: GPT, compiled: nn.Module, device: torch.device, log: Logger) -> dict[str, object]:
+def train(h: Hyperparameters, model: GPT, device: torch.device, log: Logger) -> dict[str, object]:
     """Train under the clock; returns steps, seconds and the logged (step, loss) history."""
     global_seqs = h.train_batch_tokens // h.train_seq_len
     if global_seqs % h.world_size:
@@ -771,7 +800,7 @@ def train(h: Hyperparameters, model: GPT, compiled: nn.Module, device: torch.dev
         total = torch.zeros((), device=device)
         for x in batch.split(micro):
             with torch.autocast(**amp):
-                loss = compiled(x[:, :-1], x[:, 1:], doc_mask=bool(h.doc_mask)).mean()
+                loss = model(x[:, :-1], x[:, 1:], doc_mask=bool(h.doc_mask)).mean()
             (loss / accum).backward()
             total += loss.detach() / accum
         opt.step(lr, mom)

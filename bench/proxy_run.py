@@ -90,8 +90,12 @@ def main() -> None:
     log_path = ROOT / "logs" / f"{name}.txt"
     log = log_path.read_text() if log_path.exists() else ""
     (out / f"{name}.log").write_text(log + "\n--- stderr ---\n" + proc.stderr[-20000:])
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "train_gpt.py"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
+    # the device copy has no .git: the caller writes the commit to .devdata/COMMIT before the call
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    stamp = ROOT / ".devdata/COMMIT"
+    commit = git.stdout.strip() if git.returncode == 0 else (stamp.read_text().strip() if stamp.exists() else "unknown")
+    dirty = git.returncode == 0 and bool(subprocess.run(["git", "status", "--porcelain", "train_gpt.py"], cwd=ROOT,
+                                                        capture_output=True, text=True).stdout.strip())
     row = dict(name=name, command=" ".join(env_pairs + cmd[1:] if nproc > 1 else env_pairs + ["python", "train_gpt.py"]),
                git_commit=commit, train_gpt_dirty=dirty, returncode=proc.returncode, wall_seconds=round(time.time() - t0, 1),
                **parse(log))
