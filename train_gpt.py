@@ -8,14 +8,20 @@ Every knob is an env var read once by Hyperparameters; the resolved values are l
 from __future__ import annotations
 
 import glob
+import importlib
 import json
+import lzma
 import math
 import os
-import subprocess
+import re
+import struct
 import sys
 import time
 import uuid
+import zlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -48,7 +54,14 @@ DEFAULTS: dict[str, object] = dict(
     EMA=1, EMA_DECAY=0.9965, EMA_WARMUP=10,
     # eval
     EVAL_SEQ_LEN=2048, EVAL_STRIDE=64, EVAL_CROSS_DOC=0, EVAL_BATCH_SEQS=32, EVAL_ONLY=0, ARTIFACT="",
+    EVAL_PATHS="sliding,ttt", PRE_EXPORT_PATHS="sliding", EVAL_BUDGET_SECONDS=600.0,
     PER_TOKEN_OUT="",
+    # export: GPTQ (or RTN) + SDClip per tensor class, LQER on the worst tensors, smallest codec
+    QUANT="gptq", CALIB="train", CALIB_BATCHES=16, MATRIX_BITS=6, EMBED_BITS=7, ATTN_CLIP=13.0, MLP_CLIP=11.5,
+    EMBED_CLIP=14.0, LQER_TOP=3, LQER_RANK=4, CODECS="brotli,zstd,lzma", SIZE_CAP=16_000_000,
+    # score-first TTT: per-document LoRA (reset per doc, chunk by chunk) and/or phased global SGD
+    TTT_LORA=1, TTT_GLOBAL=1, TTT_CHUNK=256, TTT_DOCS=32, TTT_RANK=8, TTT_ALPHA=16.0, TTT_TARGETS="c_q,c_v,fc",
+    TTT_LR=0.003, TTT_PHASES=4, TTT_EPOCHS=1, TTT_SGD_LR=0.003,
 )
 PRESETS: dict[str, dict[str, object]] = {
     "record": {},
@@ -62,7 +75,9 @@ PRESETS: dict[str, dict[str, object]] = {
         MATRIX_LR=0.04, SCALAR_LR=0.04, TIED_EMBED_LR=0.05, MUON_MOMENTUM=0.95, MUON_MOMENTUM_START=0.85,
         MUON_MOMENTUM_WARMUP_STEPS=500, MUON_ROW_NORM=0, POLAR_EXPRESS=0, MUON_WD=0.0, EMBED_WD=0.0,
         ADAM_WD=0.0, GRAD_CLIP_NORM=0.0, WARMDOWN_FRAC=0.0, WARMDOWN_ITERS=1200, EMA=0,
-        EVAL_SEQ_LEN=1024, EVAL_STRIDE=1024, EVAL_CROSS_DOC=1),
+        QUANT="rtn", MATRIX_BITS=8, EMBED_BITS=8, ATTN_CLIP=20.0, MLP_CLIP=20.0, EMBED_CLIP=20.0, LQER_TOP=0,
+        CODECS="zlib",
+        EVAL_SEQ_LEN=1024, EVAL_STRIDE=1024, EVAL_CROSS_DOC=1, EVAL_PATHS="plain", PRE_EXPORT_PATHS="plain"),
     # CPU default: the record stack, tiny, on the local devset, so `make train` runs anywhere.
     "tiny": dict(
         DATA_PATH="./data/datasets/devset_sp1024", TOKENIZER_PATH="./data/tokenizers/fineweb_1024_bpe.model",
@@ -72,7 +87,8 @@ PRESETS: dict[str, dict[str, object]] = {
         WARMUP_STEPS=0, COMPILE=0, NUM_LAYERS=5, MODEL_DIM=64, NUM_HEADS=4, NUM_KV_HEADS=2, ROPE_DIMS=8,
         RECUR_START=1, RECUR_END=2, RECUR_EXTRA=1, PARALLEL_FROM=3, MATRIX_LR=0.04, SCALAR_LR=0.04,
         TIED_EMBED_LR=0.05, MUON_MOMENTUM_WARMUP_STEPS=50, EVAL_SEQ_LEN=256, EVAL_STRIDE=128,
-        EVAL_BATCH_SEQS=64),
+        EVAL_BATCH_SEQS=64, EVAL_PATHS="sliding", PRE_EXPORT_PATHS="plain", TTT_DOCS=64, CALIB_BATCHES=4,
+        CODECS="zstd,brotli,lzma"),
 }
 
 
@@ -232,7 +248,10 @@ def rms_norm(x: Tensor) -> Tensor:
 class CastedLinear(nn.Linear):
     """fp32 master weight, matmul in the activation dtype. `lora` is the TTT hook: an optional
     module whose output is added, so adapters run through this same block code."""
-    lora: nn.Module | None = None
+
+    def __init__(self, d_in: int, d_out: int, bias: bool = False):
+        super().__init__(d_in, d_out, bias=bias)
+        self.lora: nn.Module | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         y = F.linear(x, self.weight.to(x.dtype))
@@ -684,6 +703,561 @@ def load_val(pattern: str, vocab_size: int) -> Tensor:
     return torch.from_numpy(tokens)
 
 # -----------------------------------------------------------------------------
+# HESSIANS
+# -----------------------------------------------------------------------------
+
+class HessianCollector:
+    """Accumulates H = sum x^T x (fp32, on the activations' device) over calibration forward passes.
+
+    Keys are state_dict weight names. Modules chosen by `select(name, module)` (default: every
+    nn.Linear) record their input; `head_inputs` maps a weight name to a module whose *output* feeds
+    that weight as a head; where the head input is computed functionally (the tied embedding fed by
+    a final rms_norm), call add("tok_emb.weight", hidden) yourself. Hook the uncompiled, unwrapped
+    model so names match its state_dict. Sums, not means: GPTQ does not care about the scale of H,
+    so ranks can all-reduce these as they are.
+    """
+
+    def __init__(self, model: nn.Module, select: Callable[[str, nn.Module], bool] | None = None,
+                 head_inputs: dict[str, nn.Module] | None = None):
+        select = select or (lambda name, m: isinstance(m, nn.Linear))
+        self.h: dict[str, Tensor] = {}
+        self.handles = [m.register_forward_pre_hook(lambda m, args, n=f"{name}.weight": self.add(n, args[0]))
+                        for name, m in model.named_modules() if select(name, m)]
+        self.handles += [m.register_forward_hook(lambda m, args, out, n=wname: self.add(n, out))
+                         for wname, m in (head_inputs or {}).items()]
+
+    @torch.no_grad()
+    def add(self, name: str, x: Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        if name not in self.h:
+            self.h[name] = torch.zeros(x.shape[1], x.shape[1], device=x.device)
+        self.h[name].addmm_(x.T, x)
+
+    def hessians(self) -> dict[str, Tensor]:
+        return self.h
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+# -----------------------------------------------------------------------------
+# QUANTIZERS
+# -----------------------------------------------------------------------------
+# Per-row symmetric scales with SDClip: step = clip_k * row_std / qmax. With k ~ 12 the grid spans
+# +-k sigma, so almost nothing is clipped: k is really a step-size knob trading artifact bytes
+# (entropy ~ log2(sigma/step) bits per weight) against error. Codes are clamped to [-qmax, qmax], not
+# [-qmax-1, qmax]: the extra negative code would only serve weights below -k sigma (next to none), and a
+# symmetric grid keeps rounding unbiased for sign-symmetric weights. Same choice as the records.
+
+def row_scales(W: Tensor, bits: int, clip_k: float) -> Tensor:
+    qmax = 2 ** (bits - 1) - 1
+    # floor at fp16's smallest normal so a constant row cannot give a zero (or subnormal) scale
+    return (clip_k * W.float().std(dim=1) / qmax).clamp_min(2.0 ** -14).half()
+
+
+def rtn_quantize(W: Tensor, bits: int, clip_k: float) -> tuple[Tensor, Tensor]:
+    """Round-to-nearest baseline with GPTQ's scales: (int8 codes (out,in), fp16 scales (out,))."""
+    scale, qmax = row_scales(W, bits, clip_k), 2 ** (bits - 1) - 1
+    return torch.clamp(torch.round(W.float() / scale.float()[:, None]), -qmax, qmax).to(torch.int8), scale
+
+
+@torch.no_grad()
+def gptq_quantize(W: Tensor, H: Tensor, bits: int, clip_k: float, block: int = 128, damp: float = 0.01,
+                  act_order: bool = True) -> tuple[Tensor, Tensor]:
+    """GPTQ (Frantar et al. 2023): quantize columns one at a time, pushing each column's error onto the
+    not-yet-quantized columns through the upper Cholesky factor of H^-1; lazy batch updates per block.
+    Minimizes ||W X - Q X||_F for H = X^T X. Runs on H's device; returns (int8 (out,in), fp16 (out,))."""
+    W = W.detach().to(H.device, torch.float32).clone()
+    H = H.detach().float().clone()
+    rows, cols = W.shape
+    scale, qmax = row_scales(W, bits, clip_k), 2 ** (bits - 1) - 1
+    s = scale.float()
+    dead = H.diagonal() == 0  # inputs never active in calibration: weight is irrelevant, zero it
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    perm = torch.argsort(H.diagonal(), descending=True) if act_order else torch.arange(cols, device=H.device)
+    W, H = W[:, perm], H[perm][:, perm]  # act-order: big-activation columns first, while many remain to absorb error
+    eye, mean_diag = torch.eye(cols, device=H.device), H.diagonal().mean()
+    for _ in range(4):  # damping regularizes an ill-conditioned H; grow it if Cholesky still fails
+        L, info = torch.linalg.cholesky_ex(H + damp * mean_diag * eye)
+        if info == 0:
+            break
+        damp *= 10
+    else:
+        raise RuntimeError("gptq: Hessian is not positive definite even with damping")
+    U = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+    Q = torch.empty(rows, cols, dtype=torch.int8, device=H.device)
+    for i in range(0, cols, block):
+        j = min(i + block, cols)
+        Wb, Ub, Eb = W[:, i:j].clone(), U[i:j, i:j], torch.empty(rows, j - i, device=H.device)
+        for c in range(j - i):
+            q = torch.clamp(torch.round(Wb[:, c] / s), -qmax, qmax)
+            Q[:, i + c] = q.to(torch.int8)
+            Eb[:, c] = (Wb[:, c] - q * s) / Ub[c, c]
+            Wb[:, c:] -= Eb[:, c:c + 1] * Ub[c:c + 1, c:]
+        W[:, j:] -= Eb @ U[i:j, j:]  # one matmul per block instead of one rank-1 update per column
+    return Q[:, torch.argsort(perm)].contiguous(), scale
+
+
+@dataclass
+class QuantConfig:
+    # (class, regex searched in the tensor name, bits, clip_k): first match wins, the last catches all.
+    # Defaults are the merged record's (PR #1855): int6 matrices, attn k=13, MLP k=11.5, int7 tied
+    # embedding k=14; 12.85 is the single matrix k used before per-class clips.
+    classes: tuple[tuple[str, str, int, float], ...] = (
+        ("embed", r"emb", 7, 14.0), ("attn", r"attn", 6, 13.0), ("mlp", r"mlp", 6, 11.5), ("matrix", r"", 6, 12.85))
+    small_numel: int = 65_536  # float tensors this small, and all non-matrices, are stored fp16
+    lqer_top: int = 0  # LQER: low-rank error correction on this many tensors (3 in the record)
+    lqer_rank: int = 4
+
+
+def quantize_state(state: dict[str, Tensor], hessians: dict[str, Tensor], cfg: QuantConfig = QuantConfig()) -> dict:
+    """state_dict -> {name: entry}. Large float matrices get GPTQ (RTN where no Hessian saw them):
+    entry = {dtype, cls, bits, q int8, scale fp16 [, lqer]}; everything else {dtype, t} in fp16
+    (floats) or as is (ints, bools). All tensors come back on the CPU."""
+    out = {}
+    for name, t in state.items():
+        t, e = t.detach(), {"dtype": str(t.dtype).removeprefix("torch.")}
+        if t.is_floating_point() and t.ndim == 2 and t.numel() > cfg.small_numel:
+            cls, _, bits, k = next(c for c in cfg.classes if re.search(c[1], name))
+            H = hessians.get(name)  # a Hessian with no active input at all would zero the matrix: use RTN
+            use_gptq = H is not None and bool((H.diagonal() > 0).any())
+            q, s = gptq_quantize(t, H, bits, k) if use_gptq else rtn_quantize(t, bits, k)
+            e.update(cls=cls, bits=bits, q=q.cpu(), scale=s.cpu())
+        else:
+            e["t"] = (t.half() if t.is_floating_point() else t).cpu()
+        out[name] = e
+    # LQER (Zhang et al. 2024): E = W - deq(Q) ~ A B with A = U_r S_r, B = V_r^T from a rank-r SVD, on the
+    # tensors with the largest error ||E||_F. A^T and B are stored int8 with one fp16 scale
+    # per row (per rank component), a few KB per tensor. Records used int2/int4 group-64 factors instead.
+    quantized = [n for n, e in out.items() if "q" in e and cfg.lqer_top]
+    errs = {n: state[n].detach().float().cpu() - _deq(out[n]["q"], out[n]["scale"]) for n in quantized}
+    err = {n: float(errs[n].norm()) for n in quantized}  # absolute ||E||_F, as the records rank them
+    for name in sorted(err, key=err.get, reverse=True)[:cfg.lqer_top]:
+        U, S, Vh = torch.linalg.svd(errs[name], full_matrices=False)
+        r = min(cfg.lqer_rank, S.numel())
+        out[name]["lqer"] = [*_int8_rows((U[:, :r] * S[:r]).T), *_int8_rows(Vh[:r])]
+    return out
+
+
+def _int8_rows(x: Tensor) -> list[Tensor]:
+    x = x.contiguous()  # decoded factors are contiguous; same layout keeps the LQER matmul bitwise reproducible
+    scale = (x.abs().amax(dim=1) / 127).clamp_min(2.0 ** -14).half()
+    return [torch.round(x / scale.float()[:, None]).clamp(-127, 127).to(torch.int8), scale]
+
+
+def _deq(q: Tensor, scale: Tensor) -> Tensor:
+    return q.float() * scale.float()[:, None]
+
+
+def dequantize_state(qstate: dict) -> dict[str, Tensor]:
+    """Entries -> tensors in their original dtypes (deterministic: same qstate, same bits)."""
+    out = {}
+    for name, e in qstate.items():
+        dtype = getattr(torch, e["dtype"])
+        if "t" in e:
+            out[name] = e["t"].to(dtype)
+            continue
+        w = _deq(e["q"], e["scale"])
+        if "lqer" in e:
+            qa, sa, qb, sb = e["lqer"]
+            w = w + _deq(qa, sa).T @ _deq(qb, sb)
+        out[name] = w.to(dtype)
+    return out
+
+# -----------------------------------------------------------------------------
+# BIT PACKING
+# -----------------------------------------------------------------------------
+# Dense big-endian packing of two's-complement codes: n values take ceil(n*bits/8) bytes (6 bits:
+# four values in three bytes). It is the smallest fixed-rate layout, but byte-oriented codecs model it
+# badly: on SDClip int6 codes brotli-11 lands within ~1% of the order-0 entropy with one byte per
+# value and ~20% above it on packed bits. So the artifact keeps one byte per value unless `pack` wins.
+
+def pack_bits(q: Tensor, bits: int) -> bytes:
+    a = q.detach().cpu().numpy().astype(np.int8).reshape(-1)
+    if a.size and (a.min() < -(1 << (bits - 1)) or a.max() >= 1 << (bits - 1)):
+        raise ValueError(f"pack_bits: values outside the signed {bits}-bit range")
+    return np.packbits(np.unpackbits(a.view(np.uint8)[:, None], axis=1)[:, 8 - bits:]).tobytes()
+
+
+def unpack_bits(buf: bytes, bits: int, n: int) -> Tensor:
+    b = np.unpackbits(np.frombuffer(buf, np.uint8), count=n * bits).reshape(n, bits)
+    # packbits left-aligns each value in its byte; an arithmetic shift back sign-extends it
+    return torch.from_numpy(np.packbits(b, axis=1).reshape(n).view(np.int8) >> (8 - bits))
+
+# -----------------------------------------------------------------------------
+# ARTIFACT
+# -----------------------------------------------------------------------------
+# bytes = prefix (magic, version, codec id, body length, CRC32 of body), uncompressed,
+#       + body = codec(u32 header length | JSON header | payload).
+# The header holds the caller's meta and, per tensor, dtype/class/bits and each array's (offset,
+# nbytes, dtype, shape) in the payload. Arrays are grouped by kind (codes by bit width, LQER factors,
+# then fp16) so the codec sees homogeneous runs. `shuffle` byte-transposes multi-byte arrays (fp16
+# scales and small tensors: ~2-3% smaller); `pack` bit-packs the codes.
+
+class ArtifactError(ValueError):
+    """A model artifact that cannot be decoded; the message says which check failed."""
+
+
+MAGIC, VERSION, PREFIX = b"PGQ1", 1, struct.Struct("<4sBBII")
+CODECS = {"zstd": 1, "brotli": 2, "lzma": 3, "zlib": 4}
+
+
+def _codec(name: str) -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]] | None:
+    """(compress, decompress) at maximum effort, or None when the module is not installed."""
+    if name == "lzma":
+        return lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), lzma.decompress
+    if name == "zlib":
+        return lambda b: zlib.compress(b, 9), zlib.decompress
+    try:
+        mod = importlib.import_module({"zstd": "zstandard", "brotli": "brotli"}[name])
+    except ImportError:
+        return None
+    if name == "zstd":
+        return lambda b: mod.ZstdCompressor(level=22).compress(b), lambda b: mod.ZstdDecompressor().decompress(b)
+    return lambda b: mod.compress(b, quality=11), mod.decompress
+
+
+def _arrays(e: dict) -> list[tuple[str, Tensor, int]]:
+    """(role, tensor, bits or 0) of one entry; bits > 0 marks low-bit codes that `pack` may pack."""
+    if "t" in e:
+        return [("t", e["t"], 0)]
+    lq = list(zip(("lqa", "lqa_s", "lqb", "lqb_s"), e.get("lqer", [])))
+    return [("q", e["q"], e["bits"]), ("scale", e["scale"], 0)] + [(r, t, 0) for r, t in lq]
+
+
+def _serialize(qstate: dict, meta: dict, shuffle: bool, pack: bool) -> bytes:
+    items = [(n, role, t, bits) for n, e in qstate.items() for role, t, bits in _arrays(e)]
+    items.sort(key=lambda it: (it[3] == 0, -it[3], it[2].element_size()))  # codes by width, int8, then wider
+    table = {n: {k: e[k] for k in ("dtype", "cls", "bits") if k in e} | {"arrays": {}} for n, e in qstate.items()}
+    chunks, offset = [], 0
+    for name, role, t, bits in items:
+        a = t.contiguous().numpy()
+        if pack and bits:
+            b = pack_bits(t, bits)
+        elif shuffle and a.itemsize > 1:
+            b = a.reshape(-1).view(np.uint8).reshape(-1, a.itemsize).T.tobytes()
+        else:
+            b = a.tobytes()
+        table[name]["arrays"][role] = [offset, len(b), str(a.dtype), list(a.shape)]
+        chunks.append(b)
+        offset += len(b)
+    header = json.dumps({"meta": meta, "shuffle": shuffle, "pack": pack, "tensors": table}, separators=(",", ":"))
+    header += " " * (-(len(header) + 4) % 16)  # payload starts 16-aligned whatever the flags: lzma's size depends on it
+    return struct.pack("<I", len(header)) + header.encode() + b"".join(chunks)
+
+
+def _wrap(raw: bytes, codec: str) -> bytes:
+    body = _codec(codec)[0](raw)
+    return PREFIX.pack(MAGIC, VERSION, CODECS[codec], len(body), zlib.crc32(body)) + body
+
+
+def encode_artifact(qstate: dict, meta: dict, codecs: tuple[str, ...] = tuple(CODECS),
+                    log: Callable[[str], None] = print) -> tuple[bytes, list[tuple[str, bool, bool, int]]]:
+    """Compress every (codec, shuffle, pack) combination in parallel; return the smallest artifact and
+    all candidates as (codec, shuffle, pack, bytes). A codec whose module is missing is logged, skipped."""
+    available = [c for c in codecs if _codec(c) is not None]
+    for c in set(codecs) - set(available):
+        log(f"export: codec {c} not installed, skipped")
+    if not available:
+        raise RuntimeError(f"export: none of the codecs {codecs} is installed")
+    raws = {(s, p): _serialize(qstate, meta, s, p) for s in (False, True) for p in (False, True)}
+    combos = [(c, s, p) for c in available for (s, p) in raws]
+    with ThreadPoolExecutor(len(combos)) as pool:  # the codecs release the GIL while compressing
+        blobs = list(pool.map(lambda csp: _wrap(raws[csp[1:]], csp[0]), combos))
+    best = min(range(len(blobs)), key=lambda i: len(blobs[i]))
+    return blobs[best], [(*csp, len(b)) for csp, b in zip(combos, blobs)]
+
+
+def decode_artifact(buf: bytes) -> tuple[dict, dict]:
+    """Inverse of encode_artifact: (qstate, meta). Raises ArtifactError naming the failed check."""
+    if len(buf) < PREFIX.size:
+        raise ArtifactError(f"artifact truncated: {len(buf)} bytes, shorter than its {PREFIX.size}-byte prefix")
+    magic, version, codec_id, n, crc = PREFIX.unpack_from(buf)
+    if magic != MAGIC:
+        raise ArtifactError(f"artifact has bad magic {magic!r} (expected {MAGIC!r}): not a model artifact")
+    if version != VERSION:
+        raise ArtifactError(f"artifact format version {version} is not supported (expected {VERSION})")
+    codec = next((c for c, i in CODECS.items() if i == codec_id), None)
+    if codec is None:
+        raise ArtifactError(f"artifact names unknown codec id {codec_id}")
+    body = buf[PREFIX.size:]
+    if len(body) != n:
+        raise ArtifactError(f"artifact truncated or padded: prefix says {n} body bytes, found {len(body)}")
+    if zlib.crc32(body) != crc:
+        raise ArtifactError(f"artifact corrupted: CRC32 of the body is {zlib.crc32(body):08x}, prefix says {crc:08x}")
+    if _codec(codec) is None:
+        raise ArtifactError(f"artifact needs codec {codec}, whose module is not installed")
+    try:
+        raw = _codec(codec)[1](body)
+        (hlen,) = struct.unpack_from("<I", raw)
+        header = json.loads(raw[4:4 + hlen])
+    except Exception as e:  # after a good CRC this means an encoder/decoder mismatch
+        raise ArtifactError(f"artifact body does not decode with {codec}: {e!r}") from None
+    payload, qstate = memoryview(raw)[4 + hlen:], {}
+    for name, info in header["tensors"].items():
+        e = {k: v for k, v in info.items() if k != "arrays"}
+        for role, (off, nbytes, dtype, shape) in info["arrays"].items():
+            if off + nbytes > len(payload):
+                raise ArtifactError(f"artifact payload ends before tensor {name}.{role}")
+            b, dt, count = payload[off:off + nbytes], np.dtype(dtype), int(np.prod(shape))
+            if header["pack"] and role == "q":
+                t = unpack_bits(b, info["bits"], count)
+            else:
+                a = np.frombuffer(b, np.uint8)
+                if header["shuffle"] and dt.itemsize > 1:
+                    a = a.reshape(dt.itemsize, -1).T
+                t = torch.from_numpy(np.ascontiguousarray(a).view(dt).copy())
+            e[role] = t.reshape(shape)
+        if "lqa" in e:
+            e["lqer"] = [e.pop(r) for r in ("lqa", "lqa_s", "lqb", "lqb_s")]
+        qstate[name] = e
+    return qstate, header["meta"]
+
+
+def artifact_report(buf: bytes, codecs: tuple[str, ...] = tuple(CODECS)) -> list[dict]:
+    """Where the bytes go. One row per tensor class (count, params, bits, fixed-rate bytes of codes,
+    their order-0 entropy in bytes, bytes of scales and LQER factors), then one row per codec candidate
+    (re-encoded: this recompresses everything, so it takes as long as an export)."""
+    qstate, meta = decode_artifact(buf)
+    rows: dict[str, dict] = {}
+    for e in qstate.values():
+        cls, t = e.get("cls", "fp16" if "t" in e and e["t"].is_floating_point() else "raw"), e.get("q", e.get("t"))
+        r = rows.setdefault(cls, {"class": cls, "count": 0, "params": 0, "bits": e.get("bits", 8 * t.element_size()),
+                                  "value_bytes": 0, "entropy_bytes": 0, "scale_bytes": 0, "lqer_bytes": 0})
+        r["count"], r["params"] = r["count"] + 1, r["params"] + t.numel()
+        r["value_bytes"] += -(-t.numel() * r["bits"] // 8)
+        if "q" in e:
+            p = np.bincount(t.numpy().reshape(-1).astype(np.int64) + 128) / t.numel()
+            r["entropy_bytes"] += int(-(p[p > 0] * np.log2(p[p > 0])).sum() * t.numel() / 8)
+            r["scale_bytes"] += e["scale"].numel() * 2
+            r["lqer_bytes"] += sum(x.numel() * x.element_size() for x in e.get("lqer", []))
+    cands = encode_artifact(qstate, meta, codecs, log=lambda s: None)[1] if codecs else []
+    return list(rows.values()) + [{"codec": c, "shuffle": s, "pack": p, "bytes": n} for c, s, p, n in cands]
+
+# Hyperparameters an artifact must carry to rebuild its model (the rest are run settings).
+MODEL_KEYS = ("arch", "vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "leaky_slope",
+              "rope_base", "rope_dims", "qk_gain_init", "logit_softcap", "tied_embed_init_std", "doc_mask", "xsa",
+              "smear", "attn_gate", "attn_gate_dims", "unet", "skip_gates", "x0_mix", "ln_scale", "parallel_from",
+              "recur_start", "recur_end", "recur_extra")
+
+
+def quant_config(h: Hyperparameters) -> QuantConfig:
+    return QuantConfig(classes=(("embed", r"emb", h.embed_bits, h.embed_clip), ("attn", r"attn", h.matrix_bits, h.attn_clip),
+                                ("mlp", r"mlp", h.matrix_bits, h.mlp_clip), ("matrix", r"", h.matrix_bits, h.mlp_clip)),
+                       lqer_top=h.lqer_top, lqer_rank=h.lqer_rank)
+
+
+@torch.no_grad()
+def calibrate(model: GPT, h: Hyperparameters, batches, device: torch.device) -> dict[str, Tensor]:
+    """H = sum X^T X of every quantized matrix's input (the tied embedding's input is the final
+    hidden state), over `batches` of token windows; summed over ranks."""
+    hc = HessianCollector(model, lambda n, m: isinstance(m, CastedLinear) and n.startswith("blocks.") and not n.endswith("gate"))
+    with torch.compiler.set_stance("force_eager"), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+        for x in batches:
+            hc.add("tok_emb.weight", model.hidden(x[:, :-1], bool(h.doc_mask)))
+    hc.remove()
+    hs = hc.hessians()
+    if h.world_size > 1:
+        for t in hs.values():
+            dist.all_reduce(t)
+    return hs
+
+
+@torch.no_grad()
+def selfgen_batches(model: GPT, h: Hyperparameters, device: torch.device, n: int, seqs: int, length: int = 256):
+    """CALIB=selfgen: sequences sampled from the model itself (BOS then T=1 sampling), so calibration
+    needs no data at all."""
+    g = torch.Generator(device=device).manual_seed(h.seed + h.rank)
+    for _ in range(n):
+        x = torch.full((seqs, 1), BOS_ID, dtype=torch.int64, device=device)
+        with torch.compiler.set_stance("force_eager"), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            for _ in range(length):
+                probs = torch.softmax(model.logits(model.hidden(x, bool(h.doc_mask))[:, -1]).float(), -1)
+                x = torch.cat([x, torch.multinomial(probs, 1, generator=g)], 1)
+        yield x
+
+
+def export_artifact(model: GPT, hessians: dict[str, Tensor], h: Hyperparameters, path: str, log: Logger) -> int:
+    """Quantize, encode with every codec, write the smallest to `path` (rank 0). Returns its bytes."""
+    t0 = time.perf_counter()
+    tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False  # GPTQ wants fp32
+    q = quantize_state(model.state_dict(), hessians if h.quant == "gptq" else {}, quant_config(h))
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    meta = {"format": "parameter-golf gpt", "hyperparameters": {k: getattr(h, k) for k in MODEL_KEYS}}
+    blob, candidates = encode_artifact(q, meta, tuple(h.codecs.split(",")), log)
+    for codec, shuffle, pack, n in sorted(candidates, key=lambda c: c[3]):
+        log(f"codec {codec} shuffle {int(shuffle)} pack {int(pack)}: {n} bytes")
+    if h.rank == 0:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path + ".tmp", "wb") as f:
+            f.write(blob)
+        os.replace(path + ".tmp", path)
+    code = os.path.getsize(__file__)
+    log(f"export: {h.quant} {sum('q' in e for e in q.values())} quantized tensors, {len(candidates)} candidates in "
+        f"{time.perf_counter() - t0:.1f}s")
+    log(f"artifact: {len(blob)} bytes code {code} bytes total {len(blob) + code} bytes "
+        f"margin {h.size_cap - len(blob) - code} cap_held {len(blob) + code <= h.size_cap}")
+    return len(blob)
+
+
+def load_artifact(path: str, h: Hyperparameters, device: torch.device) -> tuple[GPT, Hyperparameters]:
+    """Rebuild the model an artifact describes from this file's classes, with its dequantized weights."""
+    try:
+        with open(path, "rb") as f:
+            qstate, meta = decode_artifact(f.read())
+    except OSError as e:
+        raise ArtifactError(f"{path}: cannot read ({e.strerror})") from None
+    hm = Hyperparameters.__new__(Hyperparameters)
+    hm.__dict__.update({**vars(h), **meta["hyperparameters"]})
+    model = GPT(hm).to(device)
+    missing = set(model.state_dict()) ^ set(qstate)
+    if missing:
+        raise ArtifactError(f"{path}: tensors do not match the model it describes: {sorted(missing)[:4]}")
+    model.load_state_dict({k: v.to(device) for k, v in dequantize_state(qstate).items()})
+    model.recur = bool(hm.recur_extra)
+    return model, hm
+
+# -----------------------------------------------------------------------------
+# TEST-TIME TRAINING (score first, then update)
+# -----------------------------------------------------------------------------
+# Documents are scored chunk by chunk. Per-document LoRA adapters (reset for every document) take
+# an optimizer step on a chunk only after its loss is recorded; phased global SGD updates the base
+# weights on documents of finished phases only. Adapters hook into CastedLinear.lora, so TTT runs
+# through the same blocks as training. `on_score`/`on_update` let tests audit the order of events.
+
+class BatchedLoRA(nn.Module):
+    """A rank-r adapter per batch row (one per document): y += alpha/r * (x A_b^T) B_b^T."""
+
+    def __init__(self, n: int, d_in: int, d_out: int, rank: int, alpha: float, device: torch.device):
+        super().__init__()
+        self.A = nn.Parameter(torch.randn(n, rank, d_in, device=device) / math.sqrt(d_in))
+        self.B = nn.Parameter(torch.zeros(n, d_out, rank, device=device))  # starts as the identity edit
+        self.scale = alpha / rank
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x @ self.A.mT.to(x.dtype)) @ self.B.mT.to(x.dtype) * self.scale
+
+
+def doc_spans(tokens: Tensor) -> list[tuple[int, int]]:
+    """(s, e): document inputs tokens[s:e]; its targets are tokens[s+1:e+1], the last one being the
+    next document's BOS (the end-of-document prediction), so spans cover targets 1..N-1 once."""
+    starts = torch.nonzero(tokens == BOS_ID).flatten().tolist()
+    starts = [0] + [x for x in starts if x > 0] if not starts or starts[0] != 0 else starts
+    ends = starts[1:] + [len(tokens) - 1]
+    return [(s, e) for s, e in zip(starts, ends) if e > s]
+
+
+def attach_lora(model: GPT, h: Hyperparameters, n: int, device: torch.device) -> list[nn.Parameter]:
+    targets = h.ttt_targets.split(",")
+    params = []
+    for name, m in model.blocks.named_modules():
+        if isinstance(m, CastedLinear) and name.split(".")[-1] in targets:
+            m.lora = BatchedLoRA(n, m.in_features, m.out_features, h.ttt_rank, h.ttt_alpha, device)
+            params += list(m.lora.parameters())
+    return params
+
+
+def detach_lora(model: GPT) -> None:
+    for m in model.modules():
+        if isinstance(m, CastedLinear):
+            m.lora = None
+
+
+def score_docs(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], nll: Tensor, h: Hyperparameters,
+               device: torch.device, on_score=None, on_update=None) -> None:
+    """Score documents in batches of TTT_DOCS, chunk by chunk, with per-document LoRA if TTT_LORA."""
+    C, L, amp = h.ttt_chunk, h.eval_seq_len, device.type == "cuda"
+    for i in range(0, len(spans), h.ttt_docs):
+        batch = spans[i:i + h.ttt_docs]
+        lora = attach_lora(model, h, len(batch), device) if h.ttt_lora else []
+        opt = torch.optim.Adam(lora, lr=h.ttt_lr, betas=(0.9, 0.99)) if lora else None
+        n_chunks = max(math.ceil((e - s) / C) for s, e in batch)
+        for c in range(n_chunks):
+            rows = []  # (row, doc start, window a..b local, first scored local target, last)
+            for r, (s, e) in enumerate(batch):
+                lo, hi = c * C + 1, min((c + 1) * C, e - s)
+                if lo <= hi:
+                    rows.append((r, s, max(0, hi - L), hi, lo))
+            W = max(b - a for _, _, a, b, _ in rows)
+            W = min(L, C * 2 ** math.ceil(math.log2(max(1, W / C))))  # few distinct widths
+            x = torch.full((len(batch), W + 1), BOS_ID, dtype=torch.int64)
+            for r, s, a, b, _ in rows:
+                x[r, :b - a + 1] = tokens[s + a:s + b + 1]
+            x = x.to(device)
+            last = c == n_chunks - 1
+            with torch.set_grad_enabled(bool(lora) and not last), torch.autocast(device.type, torch.bfloat16, enabled=amp):
+                loss = model(x[:, :-1], x[:, 1:])
+            total = loss.new_zeros(())
+            for r, s, a, b, lo in rows:  # local target j sits at column j - 1 - a
+                seg = loss[r, lo - 1 - a:b - a]
+                nll[s + lo:s + b + 1] = seg.detach().double()
+                total = total + seg.mean()
+                if on_score:
+                    on_score(s + lo, s + b)
+            if lora and not last:
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                opt.step()
+                if on_update:
+                    on_update([(s + lo, s + b) for _, s, _, b, lo in rows])
+        detach_lora(model)
+
+
+def global_sgd(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], h: Hyperparameters,
+               device: torch.device, on_update=None) -> None:
+    """TTT_EPOCHS of SGD on the base weights over already-scored documents; ranks average grads."""
+    opt = torch.optim.SGD(model.parameters(), lr=h.ttt_sgd_lr, momentum=0.9)
+    seqs = [(s, min(s + h.eval_seq_len, e)) for s0, e in spans for s in range(s0, e, h.eval_seq_len)]
+    mine = seqs[h.rank::h.world_size]
+    steps = math.ceil(len(seqs) / h.world_size / h.eval_batch_seqs)
+    for _ in range(h.ttt_epochs):
+        for k in range(steps):
+            chunk = mine[k * h.eval_batch_seqs:(k + 1) * h.eval_batch_seqs]
+            x = torch.full((max(1, len(chunk)), h.eval_seq_len + 1), BOS_ID, dtype=torch.int64)
+            keep = torch.zeros(x.shape[0], h.eval_seq_len)
+            for j, (a, b) in enumerate(chunk):
+                x[j, :b - a + 1], keep[j, :b - a] = tokens[a:b + 1], 1
+            x, keep = x.to(device), keep.to(device)
+            with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+                loss = (model(x[:, :-1], x[:, 1:]) * keep).sum() / keep.sum().clamp_min(1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if h.world_size > 1:
+                for p in model.parameters():
+                    dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
+            opt.step()
+            if on_update:
+                on_update([(a + 1, b) for a, b in chunk])
+    model.zero_grad(set_to_none=True)
+
+
+def eval_ttt(model: GPT, tokens: Tensor, h: Hyperparameters, luts: tuple[Tensor, Tensor, Tensor],
+             device: torch.device, on_score=None, on_update=None) -> dict[str, object]:
+    """Score-first TTT over the whole stream. The base weights are restored afterwards."""
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    spans, nll = doc_spans(tokens), torch.zeros(len(tokens), dtype=torch.float64, device=device)
+    phases = max(1, h.ttt_phases if h.ttt_global else 1)
+    per = math.ceil(len(spans) / phases)
+    was_training = model.training
+    model.eval()  # no dropout anywhere; eval() only marks that no training step uses these batches' order
+    for p in range(phases):
+        phase = spans[p * per:(p + 1) * per]
+        order = sorted(phase, key=lambda se: se[1] - se[0])  # similar lengths share a batch
+        score_docs(model, tokens, order[h.rank::h.world_size], nll, h, device, on_score, on_update)
+        if h.ttt_global and p < phases - 1:
+            global_sgd(model, tokens, phase, h, device, on_update)
+    model.load_state_dict(base)
+    model.train(was_training)
+    if h.world_size > 1:
+        dist.all_reduce(nll)
+    nll = nll[1:].cpu()
+    n_bytes = int(token_bytes(tokens[:-1], tokens[1:], luts).sum())
+    return dict(loss=float(nll.sum()) / len(nll), bpb=float(nll.sum()) / math.log(2) / n_bytes, tokens=len(nll),
+                bytes=n_bytes, nll=nll)
+
+# -----------------------------------------------------------------------------
 # TRAINING
 # -----------------------------------------------------------------------------
 
@@ -769,18 +1343,51 @@ def main() -> None:
     model = GPT(h).to(device)
     log(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, attention {model.attn_impl}, "
         f"layer order {model.orders[bool(h.recur_extra)]}")
+    artifact = h.artifact or os.path.join("artifacts", f"{h.run_id}.pgq")
+    if not h.eval_only:
+        if h.compile and device.type == "cuda":
+            model.compile_parts()
+        hessians = train(h, model, device, log)["hessians"]
+        model.recur = bool(h.recur_extra)  # the network as trained: recurrence was on at the end
+        run_evals(model, h, vals, luts, device, log, h.pre_export_paths, tag="pre_")
+        export_artifact(model, hessians, h, artifact, log)
+        del model, hessians
+    if h.world_size > 1:
+        dist.barrier()
+    model, h = load_artifact(artifact, h, device)  # the score always comes from the artifact on disk
     if h.compile and device.type == "cuda":
         model.compile_parts()
-    if not h.eval_only:
-        train(h, model, device, log)
-    for name, tokens in vals.items():
-        for path, stride in [("plain", h.eval_seq_len), ("sliding", h.eval_stride)][:1 + (h.eval_stride < h.eval_seq_len)]:
-            t0 = time.perf_counter()
-            r = eval_stream(model, tokens, h, luts, device, stride)
-            log(f"eval {name} {path}: val_loss {r['loss']:.6f} val_bpb {r['bpb']:.6f} tokens {r['tokens']} "
-                f"bytes {r['bytes']} seconds {time.perf_counter() - t0:.1f}")
+    run_evals(model, h, vals, luts, device, log, h.eval_paths)
     if h.world_size > 1:
         dist.destroy_process_group()
+
+
+def run_evals(model: GPT, h: Hyperparameters, vals: dict[str, Tensor], luts: tuple[Tensor, Tensor, Tensor],
+              device: torch.device, log: Logger, paths: str, tag: str = "") -> dict[str, dict]:
+    """Every requested eval path on every val set; logs one line each and the eval-clock compliance
+    line for the primary set (everything that reads its tokens is inside the clock)."""
+    results, spent = {}, 0.0
+    for name, tokens in vals.items():
+        for path in paths.split(","):
+            t0 = time.perf_counter()
+            if path in ("plain", "sliding"):
+                r = eval_stream(model, tokens, h, luts, device, h.eval_seq_len if path == "plain" else h.eval_stride)
+            elif path == "ttt":
+                with torch.compiler.set_stance("force_eager"):  # many small shapes: eager beats recompiling
+                    r = eval_ttt(model, tokens, h, luts, device)
+            else:
+                raise ValueError(f"EVAL_PATHS: unknown path {path!r}")
+            r["seconds"] = time.perf_counter() - t0
+            spent += r["seconds"] if name == "val" else 0.0
+            results[f"{name}/{tag}{path}"] = r
+            log(f"eval {name} {tag}{path}: val_loss {r['loss']:.6f} val_bpb {r['bpb']:.6f} tokens {r['tokens']} "
+                f"bytes {r['bytes']} seconds {r['seconds']:.1f}")
+    if h.per_token_out and not tag and h.rank == 0:
+        np.save(h.per_token_out, results[f"val/{paths.split(',')[-1]}"]["nll"].numpy().astype(np.float32))
+    if not tag:
+        log(f"compliance eval: eval_seconds {spent:.1f} budget {h.eval_budget_seconds:.0f} "
+            f"held {spent <= h.eval_budget_seconds} (this val set; see bench for the full-val projection)")
+    return results
 
 
 def train(h: Hyperparameters, model: GPT, device: torch.device, log: Logger) -> dict[str, object]:
@@ -849,15 +1456,22 @@ def train(h: Hyperparameters, model: GPT, device: torch.device, log: Logger) -> 
     log(f"train: {step} steps in {train_s:.1f}s, {1000 * train_s / max(step, 1):.1f} ms/step, peak memory {peak:.1f} GiB")
     if ema is not None:
         ema.copy_to(model)
-    cap = h.max_wallclock_seconds
-    log(f"compliance train: train_seconds {train_s:.1f} reserve {h.gptq_reserve_seconds:.1f} cap {cap:.0f} "
-        f"held {cap <= 0 or train_s <= cap - h.gptq_reserve_seconds + 1.0}")
-    return dict(steps=step, train_seconds=train_s, history=history)
+    hessians = {}
+    if h.quant == "gptq":  # calibration reads training data: it runs on the clock, in the reserve
+        batches = (loader.next_batch(global_seqs)[:micro] for _ in range(h.calib_batches)) if h.calib == "train" \
+            else selfgen_batches(model, h, device, h.calib_batches, micro)
+        hessians = calibrate(model, h, batches, device)
+        sync()
+    used = time.perf_counter() - t0 - train_s
+    total, cap = train_s + used, h.max_wallclock_seconds
+    log(f"compliance train: train_seconds {train_s:.1f} calibration_seconds {used:.1f} reserve {h.gptq_reserve_seconds:.1f} "
+        f"total {total:.1f} cap {cap:.0f} held {cap <= 0 or total <= cap}")
+    return dict(steps=step, train_seconds=train_s, history=history, hessians=hessians)
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (ShardError, FileNotFoundError, ValueError) as e:
+    except (ShardError, ArtifactError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

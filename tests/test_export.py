@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import export_section as ex  # the one import to switch to train_gpt when the section is merged
+import train_gpt as ex
 
 SHARED = os.environ.get("SHARED_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
 TRAIN_DOCS = os.path.join(SHARED, "data", "fineweb_dev", "fineweb_train_docs.jsonl")
