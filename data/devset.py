@@ -1,0 +1,95 @@
+"""Build the dev set from the shared data (what `make devset` runs).
+
+    python -m data.devset --shared ../shared [--workers W] [--variants sp1024,sp8192] [--out data/datasets]
+
+For each variant, in OUT (default data/datasets) and its sibling tokenizers/ folder:
+  devset_<variant>/fineweb_train_*.bin   all of <shared>/data/proxy/*.jsonl.xz, in sorted file order
+  devset_<variant>/fineweb_val_000000.bin  <shared>/data/proxy_val/proxy_val.jsonl.xz (the primary proxy score)
+  devset_<variant>_fineweb_dev/fineweb_val_000000.bin  a byte-identical copy of the real FineWeb dev shard
+  ../tokenizers/fineweb_<V>_bpe.model    the tokenizer
+Training documents that also occur in proxy_val or the FineWeb dev docs are refused. A variant whose
+manifest matches its inputs and whose shards are whole is skipped, so re-running is cheap.
+"""
+from __future__ import annotations
+
+import argparse
+import filecmp
+import glob
+import os
+import shutil
+import sys
+import time
+
+from data.prepare import PrepareError, prepare, read_manifest, summary, up_to_date
+from data.shards import check_shard
+from train_gpt import ShardError
+
+TOKENIZERS = {"sp1024": "fineweb_1024_bpe.model", "sp8192": "fineweb_8192_bpe.model"}
+
+
+def copy_if_different(src: str, dst: str) -> None:
+    """Make dst a byte-identical copy of src (via a temp file, so a crash leaves no half copy)."""
+    if os.path.isfile(dst) and filecmp.cmp(src, dst, shallow=False):
+        return
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    tmp = f"{dst}.tmp{os.getpid()}"
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def build_variant(shared: str, variant: str, out: str, workers: int) -> str:
+    """Build (or confirm) one variant; return its summary line."""
+    data = os.path.join(shared, "data")
+    tokenizer = os.path.join(data, "tokenizers", TOKENIZERS[variant])
+    train = sorted(glob.glob(os.path.join(data, "proxy", "*.jsonl.xz")))
+    val = [os.path.join(data, "proxy_val", "proxy_val.jsonl.xz")]
+    holdout = [os.path.join(data, "fineweb_dev", "fineweb_val_docs.jsonl")]
+    dev_shard = os.path.join(data, "fineweb_dev", f"fineweb_val_{variant}.bin")
+    if not train:
+        raise PrepareError(f"{os.path.join(data, 'proxy')}: no *.jsonl.xz files (is --shared right?)")
+    for path in [tokenizer, *val, *holdout, dev_shard]:
+        if not os.path.isfile(path):
+            raise PrepareError(f"{path}: no such file (is --shared right?)")
+
+    dest = os.path.join(out, f"devset_{variant}")
+    t0 = time.perf_counter()
+    if up_to_date(dest, train, tokenizer, val, holdout):
+        state = "up to date"
+    else:
+        prepare(train, dest, tokenizer, val, holdout, workers=workers)
+        state = f"built in {time.perf_counter() - t0:.1f} s"
+
+    dev_copy = os.path.join(out, f"devset_{variant}_fineweb_dev", "fineweb_val_000000.bin")
+    copy_if_different(dev_shard, dev_copy)
+    dev_tokens, dev_docs = check_shard(dev_copy, int(variant[2:]))
+    copy_if_different(tokenizer, os.path.join(os.path.dirname(os.path.abspath(out)), "tokenizers",
+                                              TOKENIZERS[variant]))
+    return (f"devset_{variant} ({state}): {summary(read_manifest(dest))}; "
+            f"fineweb_dev {dev_docs:,} docs {dev_tokens:,} tokens")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data.devset", description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", default="../shared",
+                        help="folder holding data/{proxy,proxy_val,fineweb_dev,tokenizers}")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--variants", default="sp1024,sp8192")
+    parser.add_argument("--out", default=os.path.join("data", "datasets"))
+    args = parser.parse_args(argv)
+    variants = args.variants.split(",")
+    unknown = sorted(set(variants) - set(TOKENIZERS))
+    if unknown:
+        parser.error(f"unknown variant(s) {','.join(unknown)}; choose from {','.join(TOKENIZERS)}")
+    t0 = time.perf_counter()
+    try:
+        for variant in variants:
+            print(build_variant(args.shared, variant, args.out, args.workers), flush=True)
+    except (PrepareError, ShardError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"devset: done in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

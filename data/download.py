@@ -1,0 +1,156 @@
+"""Download the published challenge data from the Hugging Face hub into the official layout.
+
+    python -m data.download --variant sp1024|sp8192 --train-shards N [--repo-id R] [--remote-root P] [--out data]
+
+Like openai/parameter-golf's data/cached_challenge_fineweb.py, it is driven by <root>/manifest.json:
+its "datasets" entry fineweb10B_<variant> gives the shard counts (stats.files_val, stats.files_train)
+and the name of its "tokenizers" entry, whose model_path/vocab_path are the tokenizer files. It
+fetches all val shards, the first N train shards and the tokenizer into
+    OUT/manifest.json, OUT/datasets/fineweb10B_<variant>/fineweb_{val,train}_NNNNNN.bin, OUT/tokenizers/
+Files already present and whole are skipped (a second run makes no request). Each file is
+downloaded into OUT/datasets/.download (an interrupted download restarts there), validated (shards
+with data.shards.check_shard), and only then moved into place; a bad one is deleted and reported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+
+from huggingface_hub import hf_hub_download
+
+from data.prepare import PrepareError, load_tokenizer
+from data.shards import check_shard
+from train_gpt import HEADER_BYTES, ShardError, read_shard_header
+
+# willdepueoai/parameter-golf publishes only sp1024; the sp8192 records download from kevclark's copy
+# (MATCHED_FINEWEB_REPO_ID=kevclark/parameter-golf in their READMEs), same layout under datasets/.
+REPO_IDS = {"sp1024": "willdepueoai/parameter-golf", "sp8192": "kevclark/parameter-golf"}
+REMOTE_ROOT = "datasets"
+
+
+Validator = Callable[[str], object]
+
+
+class DownloadError(Exception):
+    """A failed or invalid download; the message is one line."""
+
+
+class Hub:
+    """Fetches `root/<path>` of a dataset repo into OUT, validating each file before it lands."""
+
+    def __init__(self, repo_id: str, root: str, out: str):
+        self.repo_id, self.root, self.out = repo_id, root.strip("/"), out
+        self.stage = os.path.join(out, "datasets", ".download")
+        self.downloaded = 0
+
+    def remote(self, path: str) -> str:
+        return f"{self.root}/{path}" if self.root else path
+
+    def fetch(self, path: str, validate: Validator, present_ok: Validator | None = None, force: bool = False) -> str:
+        """OUT/<path>, downloaded unless already there and passing present_ok (default: validate).
+        A validator raises ShardError, PrepareError or ValueError on a bad file."""
+        if os.path.isabs(path) or ".." in path.split("/"):
+            raise DownloadError(f"{self.repo_id}: manifest names a path outside the data folder: {path}")
+        local = os.path.join(self.out, path)
+        if not force and os.path.isfile(local) and _passes(present_ok or validate, local):
+            return local
+        try:
+            staged = hf_hub_download(self.repo_id, self.remote(path), repo_type="dataset", local_dir=self.stage)
+        except Exception as e:  # network, HTTP and hub errors alike: report them in one line
+            first = next((ln for ln in str(e).splitlines() if ln.strip()), "")
+            raise DownloadError(f"{self.remote(path)} from {self.repo_id}: {type(e).__name__}: {first}") from None
+        try:
+            validate(staged)
+        except (ShardError, PrepareError, ValueError) as e:
+            os.remove(staged)
+            why = str(e).replace(f"{staged}: ", "")
+            raise DownloadError(f"{self.remote(path)} from {self.repo_id} is invalid, deleted: {why}") from None
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        os.replace(staged, local)
+        self.downloaded += 1
+        return local
+
+
+def _passes(validate: Validator, path: str) -> bool:
+    try:
+        validate(path)
+        return True
+    except (ShardError, PrepareError, ValueError):
+        return False
+
+
+def _load_json(path: str):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)  # a JSONDecodeError is a ValueError
+
+
+def _check_manifest(path: str) -> None:
+    manifest = _load_json(path)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("datasets"), list):
+        raise ValueError("no datasets list")
+
+
+def _entry(entries: list, name: str) -> dict | None:
+    return next((e for e in entries if isinstance(e, dict) and e.get("name") == name), None)
+
+
+def download(variant: str, train_shards: int, repo_id: str, root: str, out: str) -> str:
+    hub = Hub(repo_id, root, out)
+    dataset = f"fineweb10B_{variant}"
+    manifest = _load_json(hub.fetch("manifest.json", _check_manifest))
+    if _entry(manifest["datasets"], dataset) is None:  # a manifest kept from another repo or an older upload
+        manifest = _load_json(hub.fetch("manifest.json", _check_manifest, force=True))
+    entry = _entry(manifest["datasets"], dataset)
+    if entry is None:
+        raise DownloadError(f"{dataset} is not in {hub.remote('manifest.json')} of {repo_id}")
+    stats = entry.get("stats") or {}
+    n_train, n_val = int(stats.get("files_train", 0)), int(stats.get("files_val", 0))
+    if not 0 <= train_shards <= n_train:
+        raise DownloadError(f"--train-shards {train_shards}: {repo_id} has {n_train} {dataset} train shards")
+    tokenizer = _entry(manifest.get("tokenizers") or [], entry.get("tokenizer_name"))
+    artifacts = [tokenizer[k] for k in ("model_path", "vocab_path", "path") if tokenizer and tokenizer.get(k)]
+    if not artifacts:
+        raise DownloadError(f"{repo_id}: no tokenizer files for {dataset} in its manifest")
+    vocab = int(entry.get("vocab_size") or variant[2:])
+
+    def check_model(path: str) -> None:
+        if load_tokenizer(path).vocab_size() != vocab:
+            raise ValueError(f"tokenizer does not have {vocab} pieces")
+
+    shards = [f"datasets/{dataset}/fineweb_val_{i:06d}.bin" for i in range(n_val)]
+    shards += [f"datasets/{dataset}/fineweb_train_{i:06d}.bin" for i in range(train_shards)]
+    tokens = 0
+    for path in shards:  # a shard already in place was checked when it landed: header and size suffice now
+        local = hub.fetch(path, lambda p: check_shard(p, vocab), read_shard_header)
+        tokens += (os.path.getsize(local) - HEADER_BYTES) // 2
+    for path in artifacts:
+        hub.fetch(path, check_model if path.endswith(".model") else lambda p: None)
+    shutil.rmtree(hub.stage, ignore_errors=True)
+    return (f"{dataset}: {n_val} val + {train_shards} train shards ({tokens:,} tokens) and "
+            f"{', '.join(os.path.basename(a) for a in artifacts)} in {out} ({hub.downloaded} file(s) downloaded)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data.download", description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", choices=sorted(REPO_IDS), required=True)
+    parser.add_argument("--train-shards", type=int, required=True, help="download the first N train shards")
+    parser.add_argument("--repo-id", help="hub dataset repo (default: " +
+                        ", ".join(f"{r} for {v}" for v, r in REPO_IDS.items()) + ")")
+    parser.add_argument("--remote-root", default=REMOTE_ROOT, help="folder of manifest.json in the repo")
+    parser.add_argument("--out", default="data")
+    args = parser.parse_args(argv)
+    try:
+        print(download(args.variant, args.train_shards, args.repo_id or REPO_IDS[args.variant],
+                       args.remote_root, args.out))
+    except (DownloadError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

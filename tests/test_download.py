@@ -1,0 +1,159 @@
+"""data.download against a local stand-in for the Hugging Face hub.
+
+The server answers what huggingface_hub's hf_hub_download (2.x) asks of a dataset repo: HEAD and GET
+/datasets/<repo>/resolve/<revision>/<path>, with the X-Repo-Commit, ETag and Content-Length headers it
+requires (file_download.get_hf_file_metadata), and 404 + X-Error-Code: EntryNotFound for a missing file.
+It can break a transfer off halfway: http_get then retries (with a Range header once it has written
+some of the file; a file smaller than its 10 MB chunk is fetched again whole, which is what happens here).
+The downloader runs as a subprocess with HF_ENDPOINT pointing here and HF_HOME in tmp.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data.shards import check_shard, write_shard
+
+REPO_ID = "golf/test-data"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+DATASET = "datasets/fineweb10B_sp1024"  # under the remote root, and under OUT
+
+
+class Hub(BaseHTTPRequestHandler):
+    files: dict[str, bytes] = {}  # path in the repo -> content
+    cut: set[str] = set()  # paths whose next GET breaks off halfway
+    requests: list[str] = []
+
+    def _resolve(self, body: bool) -> None:
+        self.requests.append(f"{self.command} {self.path}")
+        prefix = f"/datasets/{REPO_ID}/resolve/main/"
+        name = self.path[len(prefix):] if self.path.startswith(prefix) else None
+        data = self.files.get(name)
+        if data is None:
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.send_header("X-Repo-Commit", COMMIT)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", COMMIT)
+        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if body and name in self.cut:
+            self.cut.discard(name)
+            self.wfile.write(data[:len(data) // 2])  # then the connection closes: a broken transfer
+        elif body:
+            self.wfile.write(data)
+
+    def do_HEAD(self) -> None:
+        self._resolve(body=False)
+
+    def do_GET(self) -> None:
+        self._resolve(body=True)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def hub(shared, tmp_path):
+    """Serve a small hub-shaped repo: manifest, 1 val + 3 train shards, the real sp1024 tokenizer."""
+    rng = np.random.default_rng(0)
+    files = {}
+    for name in ["fineweb_val_000000.bin"] + [f"fineweb_train_{i:06d}.bin" for i in range(3)]:
+        tokens = rng.integers(2, 1024, 5000)
+        tokens[::500] = 1
+        write_shard(str(tmp_path / name), tokens)
+        files[f"datasets/{DATASET}/{name}"] = (tmp_path / name).read_bytes()
+    tok = shared / "data" / "tokenizers"
+    for name in ["fineweb_1024_bpe.model", "fineweb_1024_bpe.vocab"]:
+        files[f"datasets/tokenizers/{name}"] = (tok / name).read_bytes()
+    manifest = {  # the shape openai/parameter-golf's export writes (download_hf_docs_and_tokenize.py)
+        "version": "10B", "num_docs": 8, "num_val_docs": 2, "shard_size": 100_000_000, "append_eos": False,
+        "tokenizers": [{"name": "sp_bpe_1024", "kind": "sentencepiece_bpe", "vocab_size": 1024, "bos_id": 1,
+                        "eos_id": 2, "model_path": "tokenizers/fineweb_1024_bpe.model",
+                        "vocab_path": "tokenizers/fineweb_1024_bpe.vocab"}],
+        "datasets": [{"name": "fineweb10B_sp1024", "tokenizer_name": "sp_bpe_1024", "vocab_size": 1024,
+                      "path": DATASET, "stats": {"files_train": 3, "files_val": 1}}],
+    }
+    files["datasets/manifest.json"] = json.dumps(manifest).encode()
+    Hub.files, Hub.cut, Hub.requests = files, set(), []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}  # HF_HUB_OFFLINE too
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}", HF_HOME=str(tmp_path / "hf_home"),
+               HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_DISABLE_TELEMETRY="1", NO_PROXY="127.0.0.1")
+    yield files, env
+    server.shutdown()
+    server.server_close()
+
+
+def download(run_cli, env, out: Path, train_shards: int):
+    return run_cli("data.download", "--variant", "sp1024", "--train-shards", str(train_shards),
+                   "--repo-id", REPO_ID, "--out", out, env=env)
+
+
+def test_download_layout_validation_and_noop_rerun(hub, tmp_path, run_cli):
+    files, env = hub
+    out = tmp_path / "data"
+    val = f"datasets/{DATASET}/fineweb_val_000000.bin"
+    Hub.cut.add(val)
+    proc = download(run_cli, env, out, 2)
+    assert proc.returncode == 0, proc.stderr
+    assert sum(r == f"GET /datasets/{REPO_ID}/resolve/main/{val}" for r in Hub.requests) == 2  # retried
+    assert "1 val + 2 train shards (15,000 tokens)" in proc.stdout and "6 file(s) downloaded" in proc.stdout
+    local = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert local == {"manifest.json", "tokenizers/fineweb_1024_bpe.model", "tokenizers/fineweb_1024_bpe.vocab",
+                     "datasets/fineweb10B_sp1024/fineweb_val_000000.bin",
+                     "datasets/fineweb10B_sp1024/fineweb_train_000000.bin",
+                     "datasets/fineweb10B_sp1024/fineweb_train_000001.bin"}  # no staging left behind
+    for path in local:
+        assert (out / path).read_bytes() == files[f"datasets/{path}"]
+        if path.endswith(".bin"):
+            assert check_shard(str(out / path), 1024) == (5000, 10)
+
+    Hub.requests.clear()
+    proc = download(run_cli, env, out, 2)
+    assert proc.returncode == 0 and "0 file(s) downloaded" in proc.stdout, proc.stderr
+    assert Hub.requests == []  # everything present and whole: not one request
+
+    # a missing shard and a truncated one are fetched again; nothing else is
+    (out / DATASET / "fineweb_train_000000.bin").unlink()
+    with open(out / DATASET / "fineweb_train_000001.bin", "r+b") as f:
+        f.truncate(3000)
+    proc = download(run_cli, env, out, 2)
+    assert proc.returncode == 0 and "2 file(s) downloaded" in proc.stdout, proc.stderr
+    assert {r.split()[1].rsplit("/", 1)[1] for r in Hub.requests} == {"fineweb_train_000000.bin",
+                                                                       "fineweb_train_000001.bin"}
+    for i in range(2):
+        assert check_shard(str(out / DATASET / f"fineweb_train_{i:06d}.bin"), 1024) == (5000, 10)
+
+
+def test_corrupt_shard_is_deleted_and_reported(hub, tmp_path, run_cli, one_line_error):
+    files, env = hub
+    name = f"datasets/{DATASET}/fineweb_train_000002.bin"
+    bad = bytearray(files[name])
+    bad[0:4] = np.int32(12345).tobytes()
+    files[name] = bytes(bad)
+    out = tmp_path / "data"
+    proc = download(run_cli, env, out, 3)
+    one_line_error(proc, "fineweb_train_000002.bin", "invalid, deleted", "bad magic 12345")
+    assert not list(out.rglob("fineweb_train_000002.bin"))  # neither in place nor in the staging folder
+    assert check_shard(str(out / DATASET / "fineweb_train_000001.bin"), 1024) == (5000, 10)  # the rest landed
+
+
+def test_errors_are_one_line(hub, tmp_path, run_cli, one_line_error):
+    _, env = hub
+    one_line_error(download(run_cli, env, tmp_path / "a", 4), "--train-shards 4", "has 3")
+    proc = run_cli("data.download", "--variant", "sp1024", "--train-shards", "1", "--repo-id", "golf/missing",
+                   "--out", tmp_path / "b", env=env)
+    one_line_error(proc, "datasets/manifest.json from golf/missing")
