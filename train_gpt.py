@@ -8,6 +8,7 @@ Every knob is an env var read once by Hyperparameters; the resolved values are l
 from __future__ import annotations
 
 import glob
+import hashlib
 import importlib
 import json
 import lzma
@@ -1278,9 +1279,11 @@ class Logger:
 
 def log_header(log: Logger, h: Hyperparameters) -> None:
     """The log starts with this file's exact source and the environment, so a log proves its code."""
-    with open(__file__, encoding="utf-8") as f:
-        log(f.read(), console=False)
+    with open(__file__, "rb") as f:
+        code = f.read()
+    log(code.decode("utf-8"), console=False)
     log("=" * 100, console=False)
+    log(f"code: {os.path.basename(__file__)} {len(code)} bytes sha256 {hashlib.sha256(code).hexdigest()}")
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     log(f"env: python {sys.version.split()[0]} torch {torch.__version__} cuda {torch.version.cuda} gpus {gpus} "
         f"world_size {h.world_size}")
