@@ -311,6 +311,7 @@ class AttnMask:
             starts = torch.ones_like(ids, dtype=torch.bool)
             starts[:, 1:] = docs[:, 1:] != docs[:, :-1]
             self.cu = F.pad(torch.nonzero(starts.flatten()).flatten(), (0, 1), value=B * T).int()
+            torch._dynamo.maybe_mark_dynamic(self.cu, 0)  # one graph for any number of documents
             self.max_len = T  # an upper bound is enough and needs no host sync
         elif self.impl == "flex":
             def mask_mod(b, h, q, k):
@@ -1350,7 +1351,7 @@ def main() -> None:
     if not h.eval_only:
         if h.compile and device.type == "cuda":
             model.compile_parts()
-        hessians = train(h, model, device, log)["hessians"]
+        hessians = train(h, model, device, log, vals["val"], luts)["hessians"]
         model.recur = bool(h.recur_extra)  # the network as trained: recurrence was on at the end
         run_evals(model, h, vals, luts, device, log, h.pre_export_paths, tag="pre_")
         export_artifact(model, hessians, h, artifact, log)
@@ -1393,8 +1394,10 @@ def run_evals(model: GPT, h: Hyperparameters, vals: dict[str, Tensor], luts: tup
     return results
 
 
-def train(h: Hyperparameters, model: GPT, device: torch.device, log: Logger) -> dict[str, object]:
-    """Train under the clock; returns steps, seconds and the logged (step, loss) history."""
+def train(h: Hyperparameters, model: GPT, device: torch.device, log: Logger, val: Tensor | None = None,
+          luts: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, object]:
+    """Train under the clock; returns steps, seconds, the logged (step, loss) history and the
+    calibration Hessians. With VAL_LOSS_EVERY, `val` is scored (plain) every that many steps."""
     global_seqs = h.train_batch_tokens // h.train_seq_len
     if global_seqs % h.world_size:
         raise ValueError(f"TRAIN_BATCH_TOKENS/TRAIN_SEQ_LEN={global_seqs} sequences do not split over {h.world_size} ranks")
@@ -1430,7 +1433,8 @@ def train(h: Hyperparameters, model: GPT, device: torch.device, log: Logger) -> 
     t0 = time.perf_counter()
     while True:
         train_s = time.perf_counter() - t0
-        stop = torch.tensor(float(step >= h.iterations or train_s >= budget), device=device)
+        # stop when the next step would end past the budget, so the cap holds to within one step's noise
+        stop = torch.tensor(float(step >= h.iterations or train_s + step_ms / 1000 >= budget), device=device)
         if h.world_size > 1:  # every rank stops on the same step
             dist.all_reduce(stop, op=dist.ReduceOp.MAX)
         if stop.item():
@@ -1447,6 +1451,12 @@ def train(h: Hyperparameters, model: GPT, device: torch.device, log: Logger) -> 
             ema.update()
         step += 1
         step_ms = 1000 * (time.perf_counter() - t0) / step
+        if h.val_loss_every and step % h.val_loss_every == 0 and val is not None:
+            sync()
+            t_val = time.perf_counter()
+            r = eval_stream(model, val, h, luts, device, h.eval_seq_len)
+            log(f"step {step} val_loss {r['loss']:.4f} val_bpb {r['bpb']:.4f} elapsed {t_val - t0:.1f}s")
+            t0 += time.perf_counter() - t_val  # validation reads no training data: off the clock
         if step % h.train_log_every == 0 or step == 1:
             tok_s = step * h.train_batch_tokens / (time.perf_counter() - t0)
             eta = min(budget - train_s, (h.iterations - step) * step_ms / 1000)
