@@ -1,6 +1,6 @@
 """A slow, obviously-correct reference of the n-gram mixture: plain dicts, one token at a time.
 
-Same math as ngram_section (interpolated Witten-Bell over context lengths 0..order-1 on a uniform
+Same math as train_gpt.NgramMixer (interpolated Witten-Bell over context lengths 0..order-1 on a uniform
 floor, contexts stopped at the last BOS unless cross_bos, mixture weight from the model's entropy
 and the longest context with data) but with exact tuple contexts instead of hashes and the plainest
 possible semantics: predict position t from the counts of tokens[:t], then add token t.
