@@ -1388,12 +1388,13 @@ def eval_ngram(model: GPT, tokens: Tensor, h: Hyperparameters, luts: tuple[Tenso
 # through the same blocks as training. `on_score`/`on_update` let tests audit the order of events.
 
 class BatchedLoRA(nn.Module):
-    """A rank-r adapter per batch row (one per document): y += alpha/r * (x A_b^T) B_b^T."""
+    """A rank-r adapter per batch row (one per document): y += alpha/r * (x A_b^T) B_b^T. Its init comes
+    from a seeded generator, so a score never depends on the global RNG state."""
 
-    def __init__(self, n: int, d_in: int, d_out: int, rank: int, alpha: float, device: torch.device):
+    def __init__(self, n: int, d_in: int, d_out: int, rank: int, alpha: float, g: torch.Generator):
         super().__init__()
-        self.A = nn.Parameter(torch.randn(n, rank, d_in, device=device) / math.sqrt(d_in))
-        self.B = nn.Parameter(torch.zeros(n, d_out, rank, device=device))  # starts as the identity edit
+        self.A = nn.Parameter(torch.randn(n, rank, d_in, generator=g) / math.sqrt(d_in))
+        self.B = nn.Parameter(torch.zeros(n, d_out, rank))  # starts as the identity edit
         self.scale = alpha / rank
 
     def forward(self, x: Tensor) -> Tensor:
@@ -1410,11 +1411,11 @@ def doc_spans(tokens: Tensor) -> list[tuple[int, int]]:
 
 
 def attach_lora(model: GPT, h: Hyperparameters, n: int, device: torch.device) -> list[nn.Parameter]:
-    targets = h.ttt_targets.split(",")
+    targets, g = h.ttt_targets.split(","), torch.Generator().manual_seed(h.seed)  # same init every batch
     params = []
     for name, m in model.blocks.named_modules():
         if isinstance(m, CastedLinear) and name.split(".")[-1] in targets:
-            m.lora = BatchedLoRA(n, m.in_features, m.out_features, h.ttt_rank, h.ttt_alpha, device)
+            m.lora = BatchedLoRA(n, m.in_features, m.out_features, h.ttt_rank, h.ttt_alpha, g).to(device)
             params += list(m.lora.parameters())
     return params
 

@@ -153,7 +153,21 @@ def test_cli_run_logs_source_and_compliance(tiny_data, tmp_path):
     assert r.returncode == 0, r.stderr
     log = (tmp_path / "logs/cli_test.txt").read_text()
     assert log.startswith((ROOT / "train_gpt.py").read_text())
-    assert "compliance train:" in log and "eval val sliding:" in log
+    assert "compliance train:" in log and "compliance eval:" in log
+    final = [l for l in log.splitlines() if l.startswith("eval val sliding:")]
+    assert len(final) == 1 and (tmp_path / "artifacts/cli_test.pgq").exists()
+    # EVAL_ONLY re-scores the artifact from disk: the same numbers, and PER_TOKEN_OUT holds them per token
+    env.update(EVAL_ONLY="1", ARTIFACT="artifacts/cli_test.pgq", RUN_ID="cli_eval", PER_TOKEN_OUT="nll.npy")
+    r = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    again = [l for l in (tmp_path / "logs/cli_eval.txt").read_text().splitlines() if l.startswith("eval val sliding:")]
+    assert again[0].split(" seconds ")[0] == final[0].split(" seconds ")[0]
+    nll = np.load(tmp_path / "nll.npy")
+    tokens = int(final[0].split(" tokens ")[1].split()[0])
+    loss = float(final[0].split("val_loss ")[1].split()[0])
+    assert nll.shape == (tokens,) and nll.dtype == np.float32
+    assert float(nll.astype(np.float64).mean()) == pytest.approx(loss, abs=1e-5)
 
 
 def test_cli_bad_tokenizer_is_one_line_error(tiny_data, tmp_path):

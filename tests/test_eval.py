@@ -1,0 +1,142 @@
+"""Eval legality probes on a tiny CPU model (issue 5): causality for every path, score before update
+for TTT, every target scored exactly once, and BPB totals equal to data.check_bpb's."""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+import torch
+
+import train_gpt as tg
+from data.check_bpb import check_docs
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
+SP1024 = str(SHARED / "data/tokenizers/fineweb_1024_bpe.model")
+DEV = str(SHARED / "data/fineweb_dev/fineweb_val_sp1024.bin")
+TINY = dict(PRESET="tiny", MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2", NUM_LAYERS="3", ROPE_DIMS="4",
+            RECUR_START="0", RECUR_END="1", RECUR_EXTRA="1", PARALLEL_FROM="2", ATTN_GATE_DIMS="8",
+            EVAL_SEQ_LEN="48", EVAL_STRIDE="16", EVAL_BATCH_SEQS="8", TTT_CHUNK="16", TTT_DOCS="3", TTT_PHASES="2",
+            TTT_LR="0.01", TTT_SGD_LR="0.01", NGRAM_CHUNK="64")
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    h = tg.Hyperparameters(TINY)
+    model = tg.GPT(h)
+    for p in model.parameters():  # random weights everywhere: zero-init layers would hide leaks
+        p.data.normal_(0, 0.2)
+    model.recur = True
+    luts = tg.build_byte_luts(spm.SentencePieceProcessor(model_file=SP1024), 1024)
+    tokens = torch.from_numpy(np.asarray(tg.load_shard(DEV))[:300].astype(np.int64))
+    assert int((tokens == tg.BOS_ID).sum()) >= 1
+    tokens[[100, 180, 230]] = tg.BOS_ID  # several short documents
+    return h, model, luts, tokens
+
+
+def run_path(path: str, model, tokens, h, luts):
+    if path == "ttt":
+        return tg.eval_ttt(model, tokens, h, luts, CPU)
+    if path == "ngram":
+        return tg.eval_ngram(model, tokens, h, luts, CPU)
+    return tg.eval_stream(model, tokens, h, luts, CPU, h.eval_seq_len if path == "plain" else h.eval_stride)
+
+
+@pytest.mark.parametrize("path", ["plain", "sliding", "ttt", "ngram"])
+def test_causality(setup, path):
+    """Perturbing tokens at positions >= t leaves the NLL of every target before t unchanged."""
+    h, model, luts, tokens = setup
+    base = run_path(path, model, tokens, h, luts)["nll"]
+    for t in (37, 150, 231):
+        other = tokens.clone()
+        free = torch.arange(t, len(tokens))
+        free = free[tokens[free] != tg.BOS_ID]  # keep document boundaries (TTT batches by doc length)
+        other[free] = torch.randint(4, 1024, (len(free),), generator=torch.Generator().manual_seed(t))
+        nll = run_path(path, model, other, h, luts)["nll"]
+        # nll[i] scores target position i + 1: positions < t are nll[:t - 1]
+        torch.testing.assert_close(nll[:t - 1], base[:t - 1], rtol=0, atol=1e-6)
+        assert not torch.allclose(nll[t:], base[t:])  # the probe can see a change
+
+
+def test_ttt_changes_scores_and_restores_weights(setup):
+    h, model, luts, tokens = setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = tg.eval_ttt(model, tokens, tg.Hyperparameters({**TINY, "TTT_LORA": "0", "TTT_GLOBAL": "0"}), luts, CPU)
+    ttt = tg.eval_ttt(model, tokens, h, luts, CPU)
+    assert not torch.allclose(plain["nll"], ttt["nll"])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_ttt_scores_before_every_update(setup):
+    """Instrumented TTT loop: every target position used by an optimizer step (LoRA or global SGD)
+    has had its loss recorded before that step; every target is scored exactly once."""
+    h, model, luts, tokens = setup
+    clock, scored, violations, updates = [0], {}, [], [0]
+
+    def on_score(lo, hi):
+        for t in range(lo, hi + 1):
+            assert t not in scored, f"target {t} scored twice"
+            scored[t] = clock[0]
+        clock[0] += 1
+
+    def on_update(ranges):
+        updates[0] += 1
+        for lo, hi in ranges:
+            violations.extend(t for t in range(lo, hi + 1) if t not in scored or scored[t] >= clock[0])
+        clock[0] += 1
+
+    tg.eval_ttt(model, tokens, h, luts, CPU, on_score, on_update)
+    assert updates[0] > 0 and not violations
+    assert sorted(scored) == list(range(1, len(tokens)))
+
+
+@pytest.mark.parametrize("n,L,stride", [(2, 8, 4), (100, 16, 16), (101, 16, 5), (1000, 64, 64), (999, 64, 7), (50, 64, 8)])
+def test_windows_score_every_target_once(n, L, stride):
+    count = np.zeros(n, dtype=int)
+    for a, b, first in tg.eval_windows(n, min(L, n - 1), stride):
+        assert b - a <= L and first > a  # at least one token of context, window no longer than L
+        count[first:b + 1] += 1
+    assert count[0] == 0 and (count[1:] == 1).all()
+
+
+def test_doc_spans_cover_every_target_once(setup):
+    *_, tokens = setup
+    count = np.zeros(len(tokens), dtype=int)
+    for s, e in tg.doc_spans(tokens):
+        count[s + 1:e + 1] += 1
+    assert count[0] == 0 and (count[1:] == 1).all()
+
+
+def test_bpb_bytes_equal_check_bpb_totals():
+    """The eval's byte total over the first 60 FineWeb dev docs equals data.check_bpb's, which is
+    itself checked against the tokenizer's own decoding."""
+    sp = spm.SentencePieceProcessor(model_file=SP1024)
+    texts = [json.loads(line)["text"] for line in open(SHARED / "data/fineweb_dev/fineweb_val_docs.jsonl")][:60]
+    report = check_docs(sp, texts)
+    assert report.matched == report.docs == 60
+    val = np.asarray(tg.load_shard(DEV))
+    cut = np.flatnonzero(val == tg.BOS_ID)[60]
+    tokens = torch.from_numpy(val[:cut].astype(np.int64))
+    assert len(tokens) == report.tokens
+    h = tg.Hyperparameters({**TINY, "EVAL_SEQ_LEN": "256", "EVAL_STRIDE": "256", "EVAL_BATCH_SEQS": "32"})
+    r = tg.eval_stream(tg.GPT(h), tokens, h, tg.build_byte_luts(sp, 1024), CPU, 256)
+    assert r["bytes"] == report.bytes and r["tokens"] == len(tokens) - 1
+    assert r["bpb"] == pytest.approx(r["loss"] * r["tokens"] / np.log(2) / report.bytes, rel=1e-12)
+
+
+def test_ngram_path_reduces_to_sliding_when_its_weight_is_zero(setup):
+    h, model, luts, tokens = setup
+    off = tg.Hyperparameters({**TINY, "NGRAM_ALPHA": "-1000,0,0,0"})
+    sliding = tg.eval_stream(model, tokens, h, luts, CPU, h.eval_stride)["nll"]
+    torch.testing.assert_close(tg.eval_ngram(model, tokens, off, luts, CPU)["nll"], sliding, rtol=0, atol=1e-5)
+
+
+def test_ngram_path_does_not_depend_on_chunking(setup):
+    h, model, luts, tokens = setup
+    a = tg.eval_ngram(model, tokens, h, luts, CPU)["nll"]
+    b = tg.eval_ngram(model, tokens, tg.Hyperparameters({**TINY, "NGRAM_CHUNK": "16"}), luts, CPU)["nll"]
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
