@@ -2,8 +2,14 @@
 PYTHON ?= python3
 SHARED ?= ../shared
 NPROC ?= 1
+ARTIFACT ?=
+LOG ?=
+DIR ?=
+NAME ?=
+LOGS ?=
+REFERENCE ?=
 
-.PHONY: help setup devset test train
+.PHONY: help setup devset test train verify-artifact submission check-submission bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -23,6 +29,18 @@ devset: ## build data/datasets/devset_sp{1024,8192} from ../shared (deterministi
 test: ## the test suite (CPU, < 20 min on 2 cores)
 	$(PYTHON) -m pytest -q tests
 
-train: ## train: CPU tiny config on the devset by default; NPROC=8 for torchrun on 8 GPUs
+train: ## train + export + eval: CPU tiny config by default; NPROC=8 for torchrun on 8 GPUs (env vars pass through)
 	@if [ "$(NPROC)" = "1" ]; then $(PYTHON) train_gpt.py; \
 	else torchrun --standalone --nproc_per_node=$(NPROC) train_gpt.py; fi
+
+verify-artifact: ## ARTIFACT=path [LOG=log]: size, decode, rebuild, re-evaluate and compare in a fresh process
+	$(PYTHON) -m quant.verify $(ARTIFACT) --code train_gpt.py $(if $(LOG),--log $(LOG))
+
+submission: ## NAME=... LOGS="a.txt b.txt c.txt" [REFERENCE=dir]: write submissions/<date>_<NAME>/
+	$(PYTHON) -m submissions.make --name $(NAME) --logs $(LOGS) $(if $(REFERENCE),--reference $(REFERENCE))
+
+check-submission: ## DIR=...: PASS/FAIL table for a submission folder (ours or the official records layout)
+	$(PYTHON) -m submissions.check $(DIR)
+
+bench: ## NAME=... [ARGS="KEY=VALUE ..."]: one proxy-protocol run -> bench/out/NAME.json (GPU)
+	$(PYTHON) bench/proxy_run.py $(NAME) $(ARGS)
