@@ -9,7 +9,7 @@ NAME ?=
 LOGS ?=
 REFERENCE ?=
 
-.PHONY: help setup devset test train verify-artifact submission check-submission bench
+.PHONY: help setup devset test train pack verify-artifact submission check-submission bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ test: ## the test suite (CPU, < 20 min on 2 cores)
 train: ## train + export + eval: CPU tiny config by default; NPROC=8 for torchrun on 8 GPUs (env vars pass through)
 	@if [ "$(NPROC)" = "1" ]; then $(PYTHON) train_gpt.py; \
 	else torchrun --standalone --nproc_per_node=$(NPROC) train_gpt.py; fi
+
+pack: ## write packed/train_gpt.py: minified + lzma self-extracting copy (fewer code bytes; runs identically)
+	$(PYTHON) -m quant.pack train_gpt.py --out packed/train_gpt.py
 
 verify-artifact: ## ARTIFACT=path [LOG=log]: size, decode, rebuild, re-evaluate and compare in a fresh process
 	$(PYTHON) -m quant.verify $(ARTIFACT) --code train_gpt.py $(if $(LOG),--log $(LOG))

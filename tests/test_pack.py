@@ -1,0 +1,32 @@
+"""CODE_PACK: the self-extracting copy of train_gpt.py runs the same computation as the source."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from quant.pack import pack
+from tests.test_train import SP1024, TINY, tiny_data  # noqa: F401  (fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script: Path, cwd: Path, data: Path, run_id: str) -> list[str]:
+    env = {**os.environ, **TINY, "DATA_PATH": str(data), "TOKENIZER_PATH": str(SP1024), "ITERATIONS": "3",
+           "RUN_ID": run_id, "CODECS": "zlib"}
+    r = subprocess.run([sys.executable, str(script)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    log = (cwd / "logs" / f"{run_id}.txt").read_text()
+    assert log.startswith(script.read_text())  # each log embeds the file that actually ran
+    return [l.split(" seconds ")[0].split(" tok/s ")[0] for l in log.splitlines()
+            if l.startswith(("step ", "eval ", "artifact:"))]
+
+
+def test_packed_copy_gives_the_same_losses(tiny_data, tmp_path):
+    src = (ROOT / "train_gpt.py").read_text()
+    packed = tmp_path / "packed" / "train_gpt.py"
+    packed.parent.mkdir()
+    packed.write_text(pack(src))
+    assert len(packed.read_bytes()) < len(src.encode()) / 2
+    a, b = run(ROOT / "train_gpt.py", tmp_path, tiny_data, "src"), run(packed, tmp_path, tiny_data, "packed")
+    strip = lambda lines: [l.split(" code ")[0] for l in lines]  # artifact line: same model bytes, other code bytes
+    assert strip(a) == strip(b) and any(l.startswith("eval val") for l in a)
