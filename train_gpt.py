@@ -690,11 +690,16 @@ def eval_stream(model: nn.Module, tokens: Tensor, h: Hyperparameters, luts: tupl
         for j, (a, b, first) in enumerate(chunk):  # target position t sits at column t - a - 1
             nll[first:b + 1] = loss[j, first - a - 1:b - a]
     model.train(was_training)
+    return totals(nll, tokens, luts, h)
+
+
+def totals(nll: Tensor, tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor], h: Hyperparameters) -> dict[str, object]:
+    """Sum each rank's per-position NLL (each position is scored on exactly one rank), then the
+    loss, bytes and bpb over every target 1..N-1 of the stream."""
     if h.world_size > 1:
         dist.all_reduce(nll)
     nll = nll[1:].cpu()
-    tgt, prev = tokens[1:], tokens[:-1]
-    n_bytes = int(token_bytes(prev, tgt, luts).sum())
+    n_bytes = int(token_bytes(tokens[:-1], tokens[1:], luts).sum())
     loss_sum = float(nll.sum())
     return dict(loss=loss_sum / len(nll), bpb=loss_sum / math.log(2) / n_bytes, tokens=len(nll), bytes=n_bytes,
                 nll=nll)
@@ -1371,12 +1376,7 @@ def eval_ngram(model: GPT, tokens: Tensor, h: Hyperparameters, luts: tuple[Tenso
         mixer.update(tokens[done:chunk[-1][1] + 1].to(device))  # every rank inserts the whole scored chunk
         done = chunk[-1][1] + 1
     model.train(was_training)
-    if h.world_size > 1:
-        dist.all_reduce(nll)
-    nll = nll[1:].cpu()
-    n_bytes = int(token_bytes(tokens[:-1], tokens[1:], luts).sum())
-    return dict(loss=float(nll.sum()) / len(nll), bpb=float(nll.sum()) / math.log(2) / n_bytes, tokens=len(nll),
-                bytes=n_bytes, nll=nll)
+    return totals(nll, tokens, luts, h)
 
 
 # -----------------------------------------------------------------------------
@@ -1511,12 +1511,7 @@ def eval_ttt(model: GPT, tokens: Tensor, h: Hyperparameters, luts: tuple[Tensor,
             global_sgd(model, tokens, phase, h, device, on_update)
     model.load_state_dict(base)
     model.train(was_training)
-    if h.world_size > 1:
-        dist.all_reduce(nll)
-    nll = nll[1:].cpu()
-    n_bytes = int(token_bytes(tokens[:-1], tokens[1:], luts).sum())
-    return dict(loss=float(nll.sum()) / len(nll), bpb=float(nll.sum()) / math.log(2) / n_bytes, tokens=len(nll),
-                bytes=n_bytes, nll=nll)
+    return totals(nll, tokens, luts, h)
 
 # -----------------------------------------------------------------------------
 # TRAINING
