@@ -1485,9 +1485,10 @@ def global_sgd(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], h: Hype
                 loss = (model(x[:, :-1], x[:, 1:]) * keep).sum() / keep.sum().clamp_min(1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if h.world_size > 1:
+            if h.world_size > 1:  # every rank runs the same graph, so the same grads are None
                 for p in model.parameters():
-                    dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
             opt.step()
             if on_update:
                 on_update([(a + 1, b) for a, b in chunk])
