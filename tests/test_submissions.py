@@ -1,0 +1,255 @@
+"""submissions/: a folder made from two real tiny CPU runs of train_gpt.py checks PASS; tampered copies
+FAIL with the reason named; official-layout folders get SKIPs, not crashes; the Welch test is right."""
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+from scipy import stats
+
+import train_gpt as tg
+from submissions import check, make
+from submissions.logs import LogError, parse_log
+
+ROOT = Path(__file__).resolve().parents[1]
+# tests/test_train.py's TINY config, with one eval pass (stride = window) and a real wallclock cap
+TINY = dict(PRESET="tiny", MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2", NUM_LAYERS="4", ROPE_DIMS="4",
+            RECUR_START="1", RECUR_END="2", RECUR_EXTRA="1", PARALLEL_FROM="2", TRAIN_SEQ_LEN="64",
+            TRAIN_BATCH_TOKENS="1024", MICRO_BATCH_TOKENS="1024", EVAL_SEQ_LEN="64", EVAL_STRIDE="64",
+            EVAL_BATCH_SEQS="16", MAX_WALLCLOCK_SECONDS="600", GPTQ_RESERVE_SECONDS="0", TRAIN_LOG_EVERY="1",
+            ATTN_GATE_DIMS="8", DEV_VAL_FILES="", ITERATIONS="4")
+
+
+def write_shard(path: Path, tokens: np.ndarray) -> None:
+    header = np.zeros(tg.HEADER_INTS, dtype="<i4")
+    header[:3] = tg.SHARD_MAGIC, tg.SHARD_VERSION, len(tokens)
+    path.write_bytes(header.tobytes() + tokens.astype("<u2").tobytes())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, shared) -> Path:
+    """Seeds 1 and 2 of train_gpt.py, run as subprocesses in a tmp cwd (logs/, artifacts/ land there) on
+    200 real FineWeb train-pool docs and 8 dev docs. Both run one frozen copy of the script, so edits
+    made to the repo's train_gpt.py meanwhile cannot give the two logs different sources."""
+    out = tmp_path_factory.mktemp("runs")
+    sp = spm.SentencePieceProcessor(model_file=str(shared / "data/tokenizers/fineweb_1024_bpe.model"))
+    docs = [json.loads(line)["text"] for line in open(shared / "data/fineweb_dev/fineweb_train_docs.jsonl")]
+    (out / "data").mkdir()
+    write_shard(out / "data/fineweb_train_000000.bin", np.concatenate([[tg.BOS_ID] + sp.encode(d) for d in docs]))
+    val = np.asarray(tg.load_shard(str(shared / "data/fineweb_dev/fineweb_val_sp1024.bin")))
+    write_shard(out / "data/fineweb_val_000000.bin", val[:np.flatnonzero(val == tg.BOS_ID)[8]])
+    shutil.copyfile(ROOT / "train_gpt.py", out / "train_gpt.py")
+    env = {**os.environ, **TINY, "DATA_PATH": "data", "OMP_NUM_THREADS": "1",
+           "TOKENIZER_PATH": str(shared / "data/tokenizers/fineweb_1024_bpe.model")}
+    procs = [subprocess.Popen([sys.executable, "train_gpt.py"], cwd=out, env={**env, "SEED": s, "RUN_ID": f"seed{s}"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for s in ("1", "2")]
+    for p in procs:  # in parallel: each is one thread, mostly waiting on Python
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    return out
+
+
+@pytest.fixture(scope="module")
+def folder(runs, run_cli) -> Path:
+    r = run_cli("submissions.make", "--name", "tiny-two-seeds", "--logs", runs / "logs/seed1.txt",
+                runs / "logs/seed2.txt", "--out", runs / "submissions", "--artifacts", runs / "artifacts",
+                "--reference-bpb", "4.1,4.2,4.15", "--author", "Test", "--github-id", "test",
+                "--label", "proxy (tiny CPU, not FineWeb)", "--date", "2026-01-02")
+    assert r.returncode == 0, r.stderr
+    return runs / "submissions/2026-01-02_tiny-two-seeds"
+
+
+def status(rows: list, name: str) -> tuple[str, str]:
+    return next((s, why) for n, s, why in rows if n == name)
+
+
+def test_make_writes_numbers_from_the_logs(runs, folder, run_cli):
+    logs = [parse_log(runs / f"logs/seed{s}.txt") for s in (1, 2)]
+    assert (folder / "train_gpt.py").read_bytes() == (runs / "train_gpt.py").read_bytes()
+    for log in logs:
+        assert (folder / f"train_seed{log['seed']}.txt").read_bytes() == Path(log["path"]).read_bytes()
+    meta = json.loads((folder / "submission.json").read_text())
+    assert meta["seeds"] == [1, 2] and meta["val_bpb"] == round(np.mean([l["val_bpb"] for l in logs]), 8)
+    assert meta["val_bpb_std"] == round(float(np.std([l["val_bpb"] for l in logs], ddof=1)), 8)
+    for log in logs:
+        r = meta["seed_results"][str(log["seed"])]
+        assert (r["val_bpb"], r["val_loss"], r["artifact_bytes"], r["steps"]) == \
+               (log["val_bpb"], log["val_loss"], log["artifact_bytes"], log["steps"])
+        assert r["artifact_sha256"] == hashlib.sha256((runs / f"artifacts/seed{log['seed']}.pgq").read_bytes()).hexdigest()
+    assert meta["bytes_code"] == (runs / "train_gpt.py").stat().st_size
+    assert meta["bytes_total"] == max(l["total_bytes"] for l in logs)
+    assert meta["significance"]["delta_bpb"] == pytest.approx(meta["val_bpb"] - 4.15, abs=1e-7)
+    reqs = [l for l in (folder / "requirements.txt").read_text().splitlines() if not l.startswith("#")]
+    assert reqs[:3] == ["numpy", "sentencepiece", f"torch=={logs[0]['env']['torch'].split('+')[0]}"]
+    assert {"brotli", "zstandard"} <= set(reqs)
+    assert (folder / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    readme = (folder / "README.md").read_text()
+    label = "proxy (tiny CPU, not FineWeb)"
+    assert readme.count(label) >= 4 and label in meta["name"] and meta["label"] == label
+    assert f"| 1 | {logs[0]['val_bpb']:.6f} |" in readme and "for SEED in 1 2; do" in readme
+    r = run_cli("submissions.check", folder, "--artifacts", runs / "artifacts")
+    assert r.returncode == 0, r.stdout
+    assert r.stdout.splitlines()[-1].startswith("PASS") and " FAIL " not in r.stdout
+
+
+def tampered(folder: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / folder.name
+    shutil.copytree(folder, copy)
+    return copy
+
+
+def test_edited_log_score_fails(folder, tmp_path, run_cli):
+    copy = tampered(folder, tmp_path)
+    log = copy / "train_seed2.txt"
+    text = log.read_text()
+    line = re.search(r"^eval val sliding: .*$", text, re.M).group(0)
+    bpb = re.search(r"val_bpb (\S+)", line).group(1)
+    log.write_text(text.replace(line, line.replace(f"val_bpb {bpb}", f"val_bpb {float(bpb) - 0.01:.6f}")))
+    s, why = status(check.check(copy), "scores vs logs")
+    assert s == "FAIL" and "train_seed2.txt: val_bpb logged" in why and "final eval line inconsistent" in why
+    r = run_cli("submissions.check", copy)
+    assert r.returncode == 1 and "FAIL: 1 of 11 checks failed (scores vs logs)" in r.stdout
+
+
+def test_changed_code_fails(folder, tmp_path):
+    copy = tampered(folder, tmp_path)
+    with open(copy / "train_gpt.py", "a") as f:
+        f.write("# one more line\n")
+    rows = check.check(copy)
+    s, why = status(rows, "code")
+    assert s == "FAIL" and "differs from the source embedded in train_seed1.txt" in why
+    assert status(rows, "size")[0] == "FAIL"  # the shipped bytes no longer equal the counted ones
+
+
+def test_over_budget_artifact_fails(folder, tmp_path):
+    """The checker trusts the log's artifact line for the model's bytes (the artifact is not shipped):
+    a log whose export came out 1 byte over the cap fails, even with submission.json agreeing with it."""
+    copy = tampered(folder, tmp_path)
+    log, meta = copy / "train_seed1.txt", json.loads((copy / "submission.json").read_text())
+    code = meta["bytes_code"]
+    big = 16_000_001 - code
+    text = re.sub(r"^artifact: .*$", f"artifact: {big} bytes code {code} bytes total 16000001 bytes margin -1 "
+                                     f"cap_held False", log.read_text(), flags=re.M)
+    log.write_text(text)
+    meta["seed_results"]["1"]["artifact_bytes"] = meta["artifact_bytes_max"] = big
+    meta["bytes_total"] = 16_000_001
+    (copy / "submission.json").write_text(json.dumps(meta))
+    s, why = status(check.check(copy), "size")
+    assert s == "FAIL" and "= 16,000,001 > 16,000,000" in why and "bytes_total 16,000,001 > 16,000,000" in why
+    assert "!=" not in why  # JSON and log agree: only the cap fails
+
+
+def test_make_refuses_bad_sets(runs, tmp_path, run_cli, one_line_error):
+    one = runs / "logs/seed1.txt"
+    one_line_error(run_cli("submissions.make", "--name", "x", "--logs", one, one, "--out", tmp_path), "seeds repeat")
+    # seed 2 re-written as a run of another script: its source and code: line changed together
+    source, rest = parse_log(runs / "logs/seed2.txt")["source"], (runs / "logs/seed2.txt").read_text()
+    other = source + "# edited\n"
+    raw = other.encode()
+    text = other + rest[len(source):]
+    text = re.sub(r"^code: .*$", f"code: train_gpt.py {len(raw)} bytes sha256 {hashlib.sha256(raw).hexdigest()}",
+                  text, count=1, flags=re.M)
+    (tmp_path / "other.txt").write_text(text)
+    one_line_error(run_cli("submissions.make", "--name", "x", "--logs", one, tmp_path / "other.txt", "--out", tmp_path),
+                   "different train_gpt.py sources")
+    one_line_error(run_cli("submissions.make", "--name", "x", "--logs", ROOT / "README.md", "--out", tmp_path),
+                   "not a train_gpt.py log of this toolkit")
+    one_line_error(run_cli("submissions.check", tmp_path / "nope"), "not a directory")
+
+
+def test_parse_log_names_what_is_missing(runs, tmp_path):
+    text = (runs / "logs/seed1.txt").read_text()
+    (tmp_path / "cut.txt").write_text(text[:text.index("\nartifact: ") + 1])
+    with pytest.raises(LogError, match="no 'artifact:' line"):
+        parse_log(tmp_path / "cut.txt")
+    (tmp_path / "twice.txt").write_text(text + text)  # a reused RUN_ID appends a second run
+    with pytest.raises(LogError, match="holds 2 runs"):
+        parse_log(tmp_path / "twice.txt")
+    log = parse_log(runs / "logs/seed1.txt")
+    assert log["source_intact"] and log["eval_path"] == "sliding" and "val/pre_plain" in log["evals"]
+    assert len(log["train_curve"]) == 4 and log["compliance_train"]["cap"] == 600 and log["compliance_train"]["held"]
+
+
+def official_folder(tmp_path: Path, bytes_total: int) -> Path:
+    """An official-records-layout folder: logs of another script (top level and logs/), merged-record-style JSON
+    with a mean rounded to 5 decimals and a population std."""
+    d = tmp_path / "records/track_10min_16mb/2026-01-01_Other"
+    (d / "logs").mkdir(parents=True)
+    (d / "README.md").write_text("# other\n")
+    (d / "train_gpt.py").write_text("import numpy\nimport torch\n")
+    (d / "requirements.txt").write_text("numpy\ntorch\n")
+    (d / "train_seed7.log").write_text("step:1/20000 train_loss:9.0 train_time:0ms\nfinal val_bpb:1.10001\n")
+    (d / "logs/train1.txt").write_text("=" * 100 + "\nhyperparameters\n" + "=" * 100 + "\nval_bpb:1.10003\n")
+    bpb = [1.10001, 1.10003]
+    (d / "submission.json").write_text(json.dumps(dict(
+        author="a", github_id="a", name="other", date="2026-01-01", track="10min_16mb", val_bpb=1.10002,
+        val_bpb_std=round(float(np.std(bpb)), 5), seeds=[7, 1], bytes_total=bytes_total,
+        seed_results={"7": dict(val_bpb=bpb[0], artifact_bytes=bytes_total - 100, eval_time_s=500.0),
+                      "1": dict(val_bpb=bpb[1], artifact_bytes=bytes_total - 200, eval_time_s=510.0)}), indent=2))
+    return d
+
+
+def test_official_layout_skips_what_needs_our_logs(tmp_path):
+    rows = check.check(official_folder(tmp_path, 15_900_000))
+    for name in ("logs", "code", "scores vs logs", "train time"):
+        s, why = status(rows, name)
+        assert s == "SKIP" and "not a train_gpt.py log of this toolkit" in why, (name, why)
+    for name in ("files", "seeds", "json mean", "size", "eval time", "requirements"):
+        assert status(rows, name)[0] == "PASS", status(rows, name)
+    assert status(rows, "json fields")[0] == "WARN"  # e.g. no bytes_code, no steps per seed: not failures
+    s, why = status(check.check(official_folder(tmp_path / "over", 16_000_050)), "size")
+    assert s == "FAIL" and "bytes_total 16,000,050 > 16,000,000" in why
+
+
+def test_welch_math_on_fixed_numbers():
+    # [1,2,3] vs [4,5,6]: t = -3 / sqrt(1/3 + 1/3) = -3.674235, Welch df = 4, one-sided p = 0.010656
+    r = make.welch([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
+    assert r["t"] == pytest.approx(-3.674234614) and r["df"] == pytest.approx(4.0)
+    assert r["p"] == pytest.approx(0.0106558206, rel=1e-6)
+    # unequal variances: the Welch-Satterthwaite df by hand, p from the t distribution
+    a, b, margin = [0.10, 0.12, 0.11, 0.13], [0.20, 0.30, 0.25], 0.05
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    t = (np.mean(a) + margin - np.mean(b)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    r = make.welch(a, b, margin)
+    assert r["t"] == pytest.approx(t) and r["df"] == pytest.approx(df) and r["p"] == pytest.approx(stats.t.cdf(t, df))
+    assert make.welch([1.0], [2.0, 3.0])["p"] is None  # one seed: no variance, no test
+
+
+def fake_logs(bpb: list[float], per_token: float = 3.0) -> list[dict]:
+    """Minimal parsed logs: val_loss = val_bpb * ln 2 * bytes / tokens, on one val set."""
+    tokens, n_bytes = 1_000_000, int(3_000_000 * per_token / 3.0)
+    return [dict(val_bpb=b, val_loss=b * math.log(2) * n_bytes / tokens,
+                 final={"val": dict(tokens=tokens, bytes=n_bytes)}) for b in bpb]
+
+
+def test_record_bar_needs_margin_and_significance():
+    ref = dict(source="fixed", val_bpb=[1.0800, 1.0805, 1.0795])
+    # 0.01 bpb better = 0.0208 nats at 3 bytes/token, seed spread 0.0005: meets the bar
+    s = make.significance(fake_logs([1.0700, 1.0705, 1.0695]), ref)
+    assert s["delta_nats"] == pytest.approx(-0.01 * math.log(2) * 3.0, abs=1e-8) and s["meets_record_bar"]
+    assert s["p_nats_improvement_over_threshold"] < 0.01
+    # 0.001 bpb better: clearly better (p_bpb small) but under 0.005 nats: does not meet the bar
+    s = make.significance(fake_logs([1.0790, 1.07905, 1.07895]), ref)
+    assert s["p_bpb_improvement"] < 0.05 and not s["meets_record_bar"]
+    assert s["p_nats_improvement_over_threshold"] > 0.5
+
+
+def test_requirements_are_derived_from_imports():
+    src = ("import os\nimport numpy as np\nfrom torch import nn\ntry:\n    import brotli\nexcept ImportError:\n"
+           "    brotli = None\ndef f(name):\n    import sentencepiece\n    try:\n"
+           "        return importlib.import_module({'zstd': 'zstandard'}[name])\n    except ImportError:\n"
+           "        return None\n")
+    assert make.imports_of(src) == {"brotli": True, "numpy": False, "sentencepiece": False, "torch": False,
+                                    "zstandard": True}
+    real = make.imports_of((ROOT / "train_gpt.py").read_text())
+    assert {m for m, opt in real.items() if not opt} == {"numpy", "sentencepiece", "torch"}
+    assert {"brotli", "zstandard"} <= {m for m, opt in real.items() if opt}
