@@ -8,6 +8,11 @@ DIR ?=
 NAME ?=
 LOGS ?=
 REFERENCE ?=
+REFERENCE_BPB ?=
+ARTIFACTS ?=
+LABEL ?=
+AUTHOR ?=
+GITHUB_ID ?=
 
 .PHONY: help setup devset test train pack verify-artifact submission check-submission bench
 
@@ -39,11 +44,11 @@ pack: ## write packed/train_gpt.py: minified + lzma self-extracting copy (fewer 
 verify-artifact: ## ARTIFACT=path [LOG=log]: size, decode, rebuild, re-evaluate and compare in a fresh process
 	$(PYTHON) -m quant.verify $(ARTIFACT) --code train_gpt.py $(if $(LOG),--log $(LOG))
 
-submission: ## NAME=... LOGS="a.txt b.txt c.txt" [REFERENCE=dir]: write submissions/<date>_<NAME>/
-	$(PYTHON) -m submissions.make --name $(NAME) --logs $(LOGS) $(if $(REFERENCE),--reference $(REFERENCE))
+submission: ## NAME=... LOGS="a.txt b.txt c.txt" [REFERENCE=dir | REFERENCE_BPB=x,y,z] [ARTIFACTS=artifacts] [LABEL="..."]
+	$(PYTHON) -m submissions.make --name $(NAME) --logs $(LOGS) $(if $(REFERENCE),--reference $(REFERENCE)) $(if $(REFERENCE_BPB),--reference-bpb $(REFERENCE_BPB)) $(if $(ARTIFACTS),--artifacts $(ARTIFACTS)) $(if $(LABEL),--label "$(LABEL)") $(if $(AUTHOR),--author "$(AUTHOR)") $(if $(GITHUB_ID),--github-id $(GITHUB_ID))
 
-check-submission: ## DIR=...: PASS/FAIL table for a submission folder (ours or the official records layout)
-	$(PYTHON) -m submissions.check $(DIR)
+check-submission: ## DIR=... [ARTIFACTS=artifacts]: PASS/FAIL table for a submission folder (ours or the official records layout)
+	$(PYTHON) -m submissions.check $(DIR) $(if $(ARTIFACTS),--artifacts $(ARTIFACTS))
 
 bench: ## NAME=... [ARGS="KEY=VALUE ..."]: one proxy-protocol run -> bench/out/NAME.json (GPU)
 	$(PYTHON) bench/proxy_run.py $(NAME) $(ARGS)
