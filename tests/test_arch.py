@@ -1,4 +1,4 @@
-"""Alternative blocks (issue 8, arch_section.py): causality, document isolation, shapes, learnability,
+"""Alternative blocks (issue 8, train_gpt.py ALTERNATIVE BLOCKS): causality, document isolation, shapes, learnability,
 and each design's defining property (scan == recurrence, PSE == attention over slots, memory tokens
 conv-only), on tiny CPU configs."""
 import math
@@ -11,15 +11,11 @@ from torch import nn
 
 import train_gpt as tg
 
-# MERGE: once arch_section.py is pasted into train_gpt.py this becomes `arch = tg`.
-try:
-    import arch_section as arch
-except ImportError:
-    arch = tg
+arch = tg  # the blocks live in train_gpt.py's ALTERNATIVE BLOCKS section
 
 ARCHS = ("worker", "pse", "scan")
 # The tiny config of tests/test_train.py, less what only the training loop reads.
-TINY = dict(PRESET="tiny", MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2", NUM_LAYERS="2", ROPE_DIMS="4",
+TINY = dict(PRESET="tiny", MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2", NUM_LAYERS="2", ROPE_DIMS="4", RECUR_START="0", RECUR_END="1",
             ATTN_GATE_DIMS="8", DEV_VAL_FILES="")
 # Small values, so T=50 crosses several worker and chunk boundaries and every scale matters.
 KNOBS = dict(worker_interval=4, worker_kernel=4, pse_scales=4, pse_max_halflife=64.0, scan_chunk=8)
@@ -35,11 +31,7 @@ def one_thread():
 
 
 def hparams(arch_name: str, **knobs) -> tg.Hyperparameters:
-    h = tg.Hyperparameters({**TINY, "ARCH": arch_name})
-    # MERGE: once DEFAULTS has WORKER_INTERVAL etc., these can go through the env dict instead.
-    for k, v in {**KNOBS, **knobs}.items():
-        setattr(h, k, v)
-    return h
+    return tg.Hyperparameters({**TINY, "ARCH": arch_name, **{k.upper(): str(v) for k, v in {**KNOBS, **knobs}.items()}})
 
 
 def init_like_gpt(model: nn.Module) -> None:
@@ -85,14 +77,9 @@ def sample_ids(B: int, T: int, gen: torch.Generator, bos_at=(0, 13, 30)) -> torc
     return ids
 
 
-def gpt_with(h: tg.Hyperparameters, monkeypatch) -> tg.GPT:
-    """The full GPT (smear, U-Net skips, recurrence) with the arch's blocks.
-    MERGE: becomes plain tg.GPT(h) once GPT builds BLOCKS[h.arch] and calls make_arch_mask."""
-    model = tg.GPT(h)
-    model.blocks = nn.ModuleList(arch.BLOCKS[h.arch](h, i) for i in range(h.num_layers))
-    init_like_gpt(model)
-    monkeypatch.setattr(tg, "make_mask", lambda ids, dm, impl: arch.make_arch_mask(ids, dm, impl, h))
-    return model
+def gpt_with(h: tg.Hyperparameters, monkeypatch=None) -> tg.GPT:
+    """The full GPT (smear, U-Net skips, recurrence) built with the arch's blocks."""
+    return tg.GPT(h)
 
 
 def assert_causal(fn, ids: torch.Tensor, cuts, gen: torch.Generator) -> None:
@@ -267,3 +254,19 @@ def test_worker_memory_tokens_are_conv_only():
         mixed = block.resid_mix[0] * x + block.resid_mix[1] * x0
     worker = torch.arange(50) % 4 == 3
     assert torch.allclose(y[:, ~worker], mixed[:, ~worker]) and not torch.allclose(y[:, worker], mixed[:, worker])
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_exports_and_reloads_through_the_artifact(name, tmp_path):
+    """Each arch goes through the same export path: quantize, encode, write, read back, rebuild."""
+    h = hparams(name, recur_extra=0, codecs="zlib")
+    model = tg.GPT(h)
+    randomize(model)
+    path = str(tmp_path / f"{name}.pgq")
+    tg.export_artifact(model, {}, h, path, lambda *a, **k: None)
+    again, hm = tg.load_artifact(path, h, torch.device("cpu"))
+    assert hm.arch == name and type(again.blocks[0]) is type(model.blocks[0])
+    ids = sample_ids(2, 40, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = model.logits(model.hidden(ids, True)), again.logits(again.hidden(ids, True))
+    assert (a - b).abs().max() < 0.5  # int6/int8 weights: close, not equal
