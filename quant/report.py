@@ -1,0 +1,68 @@
+"""Where an artifact's bytes go: per tensor class, and what each codec would make of it.
+
+    python -m quant.report ARTIFACT [--codecs brotli,zstd,lzma,zlib | --no-recompress]
+
+Rows come from train_gpt.artifact_report. Per class: tensors, parameters, bits per value, bytes of the
+codes at that fixed rate, their order-0 entropy in bytes (what an ideal codec of independent values
+reaches), fp16 scale bytes and LQER factor bytes. Per codec candidate (codec x byte shuffle x bit
+packing): the artifact's size when re-encoded, which takes as long as an export; --no-recompress skips it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import train_gpt as tg
+
+CLASS_COLS = ("class", "count", "params", "bits", "value_bytes", "entropy_bytes", "scale_bytes", "lqer_bytes")
+CODEC_COLS = ("codec", "shuffle", "pack", "bytes", "vs_file")
+
+
+def table(rows: list[dict], cols: tuple[str, ...]) -> str:
+    """First column left-aligned, the others right-aligned; ints with thousands separators."""
+    cell = lambda v: str(int(v)) if isinstance(v, bool) else f"{v:,}" if isinstance(v, int) else str(v)
+    cells = [list(cols)] + [[cell(r.get(c, "")) for c in cols] for r in rows]
+    width = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, width)))
+                     for row in cells)
+
+
+def report(buf: bytes, codecs: tuple[str, ...]) -> str:
+    rows = tg.artifact_report(buf, codecs)
+    classes = [r for r in rows if "class" in r]
+    total = {"class": "total", **{c: sum(r[c] for r in classes) for c in CLASS_COLS[1:] if c != "bits"}}
+    out = [table(classes + [total], CLASS_COLS)]
+    cands = sorted((r for r in rows if "codec" in r), key=lambda r: r["bytes"])
+    if cands:
+        out.append(table([{**r, "vs_file": f"{r['bytes'] - len(buf):+,}"} for r in cands], CODEC_COLS))
+    return "\n\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m quant.report", description=__doc__.splitlines()[0])
+    ap.add_argument("artifact")
+    ap.add_argument("--codecs", default=",".join(tg.CODECS), help="codecs to re-encode with (default: all)")
+    ap.add_argument("--no-recompress", action="store_true", help="only the per-class rows (fast)")
+    args = ap.parse_args(argv)
+    codecs = () if args.no_recompress else tuple(c for c in args.codecs.split(",") if c)
+    unknown = set(codecs) - set(tg.CODECS)
+    if unknown:
+        ap.error(f"--codecs: unknown {sorted(unknown)}, expected some of {list(tg.CODECS)}")
+    try:
+        with open(args.artifact, "rb") as f:
+            buf = f.read()
+        text = report(buf, codecs)
+    except OSError as e:
+        print(f"error: {args.artifact}: cannot read ({e.strerror})", file=sys.stderr)
+        return 1
+    except tg.ArtifactError as e:
+        print(f"error: {args.artifact}: {e}", file=sys.stderr)
+        return 1
+    codec = next(c for c, i in tg.CODECS.items() if i == buf[len(tg.MAGIC) + 1])  # decoded above: the id is valid
+    print(f"{args.artifact}: {len(buf):,} bytes, {codec}")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
