@@ -14,7 +14,7 @@ LABEL ?=
 AUTHOR ?=
 GITHUB_ID ?=
 
-.PHONY: help setup devset test train pack verify-artifact submission check-submission bench
+.PHONY: help setup devset test train pack verify-artifact report-artifact submission check-submission bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -41,8 +41,11 @@ train: ## train + export + eval: CPU tiny config by default; NPROC=8 for torchru
 pack: ## write packed/train_gpt.py: minified + lzma self-extracting copy (fewer code bytes; runs identically)
 	$(PYTHON) -m quant.pack train_gpt.py --out packed/train_gpt.py
 
-verify-artifact: ## ARTIFACT=path [LOG=log]: size, decode, rebuild, re-evaluate and compare in a fresh process
-	$(PYTHON) -m quant.verify $(ARTIFACT) --code train_gpt.py $(if $(LOG),--log $(LOG))
+verify-artifact: ## ARTIFACT=path [LOG=log] [CODE=file] [VAL=glob TOKENIZER=model] [DEVICE=cpu|cuda]: size, decode, rebuild, re-score, compare
+	$(PYTHON) -m quant.verify $(ARTIFACT) --code $(or $(CODE),train_gpt.py) $(if $(LOG),--log $(LOG)) $(if $(VAL),--val '$(VAL)') $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) $(if $(DEVICE),--device $(DEVICE))
+
+report-artifact: ## ARTIFACT=path: bytes per tensor class and what each codec would give
+	$(PYTHON) -m quant.report $(ARTIFACT)
 
 submission: ## NAME=... LOGS="a.txt b.txt c.txt" [REFERENCE=dir | REFERENCE_BPB=x,y,z] [ARTIFACTS=artifacts] [LABEL="..."]
 	$(PYTHON) -m submissions.make --name $(NAME) --logs $(LOGS) $(if $(REFERENCE),--reference $(REFERENCE)) $(if $(REFERENCE_BPB),--reference-bpb $(REFERENCE_BPB)) $(if $(ARTIFACTS),--artifacts $(ARTIFACTS)) $(if $(LABEL),--label "$(LABEL)") $(if $(AUTHOR),--author "$(AUTHOR)") $(if $(GITHUB_ID),--github-id $(GITHUB_ID))

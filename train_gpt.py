@@ -112,6 +112,8 @@ class Hyperparameters:
             setattr(self, key.lower(), value)
         if self.recur_extra > 0 and not 0 <= self.recur_start <= self.recur_end < self.num_layers:
             raise ValueError(f"RECUR_START..RECUR_END={self.recur_start}..{self.recur_end} is not a span of {self.num_layers} layers")
+        if self.ttt_chunk > self.eval_seq_len:
+            raise ValueError(f"TTT_CHUNK={self.ttt_chunk} > EVAL_SEQ_LEN={self.eval_seq_len}: a chunk must fit its window")
         if self.arch not in ("gpt", "worker", "pse", "scan"):
             raise ValueError(f"ARCH={self.arch!r}: expected gpt, worker, pse or scan")
         self.run_id = self.run_id or f"{preset}_{uuid.uuid4().hex[:8]}"
@@ -1364,7 +1366,7 @@ def export_artifact(model: GPT, hessians: dict[str, Tensor], h: Hyperparameters,
     tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False  # GPTQ wants fp32
     q = quantize_state(model.state_dict(), hessians if h.quant == "gptq" else {}, quant_config(h))
     torch.backends.cuda.matmul.allow_tf32 = tf32
-    meta = {"format": "parameter-golf gpt", "hyperparameters": {k: getattr(h, k) for k in MODEL_KEYS}}
+    meta = {"format": "parameter-golf gpt", "preset": h.preset, "hyperparameters": {k: getattr(h, k) for k in MODEL_KEYS}}
     blob, candidates = encode_artifact(q, meta, tuple(h.codecs.split(",")), log)
     for codec, shuffle, pack, n in sorted(candidates, key=lambda c: c[3]):
         log(f"codec {codec} shuffle {int(shuffle)} pack {int(pack)}: {n} bytes")
@@ -1377,7 +1379,7 @@ def export_artifact(model: GPT, hessians: dict[str, Tensor], h: Hyperparameters,
     log(f"export: {h.quant} {sum('q' in e for e in q.values())} quantized tensors, {len(candidates)} candidates in "
         f"{time.perf_counter() - t0:.1f}s")
     log(f"artifact: {len(blob)} bytes code {code} bytes total {len(blob) + code} bytes "
-        f"margin {h.size_cap - len(blob) - code} cap_held {len(blob) + code <= h.size_cap}")
+        f"margin {h.size_cap - len(blob) - code} cap_held {len(blob) + code <= h.size_cap} sha256 {hashlib.sha256(blob).hexdigest()}")
     return len(blob)
 
 
@@ -1911,7 +1913,7 @@ def run_evals(model: GPT, h: Hyperparameters, vals: dict[str, Tensor], luts: tup
             r["seconds"] = time.perf_counter() - t0
             spent += r["seconds"] if name == "val" else 0.0
             results[f"{name}/{tag}{path}"] = r
-            log(f"eval {name} {tag}{path}: val_loss {r['loss']:.6f} val_bpb {r['bpb']:.6f} tokens {r['tokens']} "
+            log(f"eval {name} {tag}{path}: val_loss {r['loss']:.8f} val_bpb {r['bpb']:.8f} tokens {r['tokens']} "
                 f"bytes {r['bytes']} seconds {r['seconds']:.1f}")
     if h.per_token_out and not tag and h.rank == 0:
         np.save(h.per_token_out, results[f"val/{paths.split(',')[-1]}"]["nll"].numpy().astype(np.float32))

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(script: Path, cwd: Path, data: Path, run_id: str) -> list[str]:
-    env = {**os.environ, **TINY, "DATA_PATH": str(data), "TOKENIZER_PATH": str(SP1024), "ITERATIONS": "3",
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **TINY, "DATA_PATH": str(data), "TOKENIZER_PATH": str(SP1024), "ITERATIONS": "3",
            "RUN_ID": run_id, "CODECS": "zlib"}
     r = subprocess.run([sys.executable, str(script)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr

@@ -146,7 +146,7 @@ def test_lr_schedule():
 
 
 def test_cli_run_logs_source_and_compliance(tiny_data, tmp_path):
-    env = {**os.environ, **TINY, "DATA_PATH": str(tiny_data), "TOKENIZER_PATH": str(SP1024), "ITERATIONS": "4",
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **TINY, "DATA_PATH": str(tiny_data), "TOKENIZER_PATH": str(SP1024), "ITERATIONS": "4",
            "RUN_ID": "cli_test", "TRAIN_LOG_EVERY": "2"}
     r = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=600)
@@ -171,7 +171,7 @@ def test_cli_run_logs_source_and_compliance(tiny_data, tmp_path):
 
 
 def test_cli_bad_tokenizer_is_one_line_error(tiny_data, tmp_path):
-    env = {**os.environ, **TINY, "DATA_PATH": str(tiny_data), "TOKENIZER_PATH": str(SHARED / "data/tokenizers/fineweb_8192_bpe.model")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **TINY, "DATA_PATH": str(tiny_data), "TOKENIZER_PATH": str(SHARED / "data/tokenizers/fineweb_8192_bpe.model")}
     r = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.returncode != 0
     assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
