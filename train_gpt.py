@@ -112,7 +112,7 @@ class Hyperparameters:
             setattr(self, key.lower(), value)
         if self.recur_extra > 0 and not 0 <= self.recur_start <= self.recur_end < self.num_layers:
             raise ValueError(f"RECUR_START..RECUR_END={self.recur_start}..{self.recur_end} is not a span of {self.num_layers} layers")
-        if self.ttt_chunk > self.eval_seq_len:
+        if "ttt" in f"{self.eval_paths},{self.pre_export_paths}".split(",") and self.ttt_chunk > self.eval_seq_len:
             raise ValueError(f"TTT_CHUNK={self.ttt_chunk} > EVAL_SEQ_LEN={self.eval_seq_len}: a chunk must fit its window")
         if self.arch not in ("gpt", "worker", "pse", "scan"):
             raise ValueError(f"ARCH={self.arch!r}: expected gpt, worker, pse or scan")
