@@ -13,6 +13,17 @@ if str(REPO) not in sys.path:  # `pytest` as well as `python -m pytest` must imp
     sys.path.insert(0, str(REPO))
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test's tensors are tiny: one intra-op thread avoids oversubscription (two threads on two
+    shared cores ran some tests 10x slower). Subprocess runs set OMP_NUM_THREADS=1 for the same reason."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     """../shared beside the repository (SHARED_DIR overrides); skips the test when it is absent."""

@@ -21,14 +21,6 @@ TINY = dict(PRESET="tiny", MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2", NUM_
 KNOBS = dict(worker_interval=4, worker_kernel=4, pse_scales=4, pse_max_halflife=64.0, scan_chunk=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These ops are tiny: one thread avoids oversubscription stalls when the CPU is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def hparams(arch_name: str, **knobs) -> tg.Hyperparameters:
     return tg.Hyperparameters({**TINY, "ARCH": arch_name, **{k.upper(): str(v) for k, v in {**KNOBS, **knobs}.items()}})

@@ -14,14 +14,6 @@ TRAIN_DOCS = os.path.join(SHARED, "data", "fineweb_dev", "fineweb_train_docs.jso
 SP1024 = os.path.join(SHARED, "data", "tokenizers", "fineweb_1024_bpe.model")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: intra-op threads only add overhead (5x slower on a busy 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def out_err(W: torch.Tensor, Wq: torch.Tensor, H: torch.Tensor) -> float:
     """||W X^T - Wq X^T||_F^2 for H = X^T X."""

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -22,14 +21,6 @@ SP8192 = DATA / "fineweb_dev/fineweb_val_sp8192.bin"
 TOK1024 = DATA / "tokenizers/fineweb_1024_bpe.model"
 pytestmark = pytest.mark.skipif(not SP1024.exists() or not SP8192.exists(), reason="needs ../shared devset")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Thousands of tiny ops: threads only add overhead (and contend on a shared 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize("shard,vocab,n,order,chunk,cross_bos", [

@@ -47,14 +47,6 @@ class Run:
         return line.split(" seconds ")[0]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """In-process torch on one thread too (restored after): two threads on two busy cores run ~10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def run(tiny_data, tmp_path_factory) -> Run:
