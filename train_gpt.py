@@ -1,5 +1,6 @@
-"""Parameter Golf training script: recurrent parallel-residual GPT, MuonEq-R, GPU EMA,
-int6 GPTQ export, sliding-window and score-first TTT eval.
+"""Parameter Golf training script: recurrent parallel-residual GPT (or ARCH=worker|pse|scan), MuonEq-R,
+GPU EMA, int6 GPTQ export scored from the artifact on disk, sliding-window, score-first TTT and legal
+n-gram-mixture eval.
 
 Run:  torchrun --standalone --nproc_per_node=8 train_gpt.py       (PRESET=record, sp8192)
       python train_gpt.py                                          (CPU: tiny config on the devset)
