@@ -947,23 +947,29 @@ def eval_stream(model: nn.Module, tokens: Tensor, h: Hyperparameters, luts: tupl
     """Score a val stream with sliding windows (stride = EVAL_SEQ_LEN: plain, non-overlapping).
     Windows are split across ranks; returns summed nll, tokens, bytes and the per-token nll."""
     L = min(h.eval_seq_len, len(tokens) - 1)
-    wins = eval_windows(len(tokens), L, stride)
-    per = math.ceil(len(wins) / h.world_size)
-    mine = wins[h.rank * per:(h.rank + 1) * per]
     nll = torch.zeros(len(tokens), dtype=torch.float64, device=device)
     was_training, _ = model.training, model.eval()
-    for i in range(0, len(mine), h.eval_batch_seqs):
-        chunk = mine[i:i + h.eval_batch_seqs]
-        x = torch.zeros(h.eval_batch_seqs, L + 1, dtype=torch.int64)  # fixed shape: one compiled graph
-        for j, (a, b, _) in enumerate(chunk):
-            x[j, :b - a + 1] = tokens[a:b + 1]
+    for part, x in rank_batches(tokens, eval_windows(len(tokens), L, stride), h, L):
         x = x.to(device, non_blocking=True)
         with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
             loss = model(x[:, :-1], x[:, 1:], doc_mask=not h.eval_cross_doc).double()
-        for j, (a, b, first) in enumerate(chunk):  # target position t sits at column t - a - 1
+        for j, (a, b, first) in enumerate(part):  # target position t sits at column t - a - 1
             nll[first:b + 1] = loss[j, first - a - 1:b - a]
     model.train(was_training)
     return totals(nll, tokens, luts, h)
+
+
+def rank_batches(tokens: Tensor, wins: list[tuple[int, int, int]], h: Hyperparameters, width: int):
+    """This rank's contiguous share of `wins`, in batches of EVAL_BATCH_SEQS windows: yields the
+    windows and their (EVAL_BATCH_SEQS, width + 1) ids, zero-padded to one shape (one compiled graph)."""
+    per = math.ceil(len(wins) / h.world_size)
+    mine = wins[h.rank * per:(h.rank + 1) * per]
+    for i in range(0, len(mine), h.eval_batch_seqs):
+        part = mine[i:i + h.eval_batch_seqs]
+        x = torch.zeros(h.eval_batch_seqs, width + 1, dtype=torch.int64)
+        for j, (a, b, _) in enumerate(part):
+            x[j, :b - a + 1] = tokens[a:b + 1]
+        yield part, x
 
 
 def totals(nll: Tensor, tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor], h: Hyperparameters) -> dict[str, object]:
@@ -976,6 +982,15 @@ def totals(nll: Tensor, tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor], h: 
     loss_sum = float(nll.sum())
     return dict(loss=loss_sum / len(nll), bpb=loss_sum / math.log(2) / n_bytes, tokens=len(nll), bytes=n_bytes,
                 nll=nll)
+
+
+def tokenizer_luts(h: Hyperparameters) -> tuple[Tensor, Tensor, Tensor]:
+    """Byte LUTs of TOKENIZER_PATH, refusing a tokenizer whose vocabulary is not VOCAB_SIZE."""
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=h.tokenizer_path)
+    if sp.vocab_size() != h.vocab_size:
+        raise ValueError(f"{h.tokenizer_path} has {sp.vocab_size()} pieces, VOCAB_SIZE={h.vocab_size}")
+    return build_byte_luts(sp, h.vocab_size)
 
 
 def load_val(pattern: str, vocab_size: int) -> Tensor:
@@ -1631,19 +1646,13 @@ def eval_ngram(model: GPT, tokens: Tensor, h: Hyperparameters, luts: tuple[Tenso
     was_training = model.training
     model.eval()
     for c in range(0, len(wins), per_chunk):
-        chunk = wins[c:c + per_chunk]
-        per = math.ceil(len(chunk) / h.world_size)
-        mine = chunk[h.rank * per:(h.rank + 1) * per]
-        rows = []
-        for i in range(0, len(mine), h.eval_batch_seqs):
-            part = mine[i:i + h.eval_batch_seqs]
-            x = torch.zeros(h.eval_batch_seqs, L, dtype=torch.int64)
-            for j, (a, b, _) in enumerate(part):
-                x[j, :b - a] = tokens[a:b]
+        chunk, rows, mine = wins[c:c + per_chunk], [], []
+        for part, x in rank_batches(tokens, chunk, h, L):
             with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-                hid = model.hidden(x.to(device), not h.eval_cross_doc)
+                hid = model.hidden(x[:, :-1].to(device), not h.eval_cross_doc)
             sel = torch.cat([hid[j, first - a - 1:b - a] for j, (a, b, first) in enumerate(part)])
             rows.append(torch.log_softmax(model.logits(sel).float(), -1))
+            mine += part
         if mine:
             s, e = mine[0][2], mine[-1][1] + 1
             nll[s:e] = mixer.score(tokens[s:e].to(device), torch.cat(rows), prefix=tokens[done:s].to(device))
@@ -1704,6 +1713,7 @@ def score_docs(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], nll: Te
                device: torch.device, on_score=None, on_update=None) -> None:
     """Score documents in batches of TTT_DOCS, chunk by chunk, with per-document LoRA if TTT_LORA."""
     C, L, amp = h.ttt_chunk, h.eval_seq_len, device.type == "cuda"
+    model.requires_grad_(False)  # only the adapters learn here: no backward work for the base weights
     for i in range(0, len(spans), h.ttt_docs):
         batch = spans[i:i + h.ttt_docs]
         lora = attach_lora(model, h, len(batch), device) if h.ttt_lora else []
@@ -1738,6 +1748,7 @@ def score_docs(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], nll: Te
                 if on_update:
                     on_update([(s + lo, s + b) for _, s, _, b, lo in rows])
         detach_lora(model)
+    model.requires_grad_(True)
 
 
 def global_sgd(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], h: Hyperparameters,
@@ -1864,11 +1875,7 @@ def main() -> None:
     torch.manual_seed(h.seed)
     log = Logger(h)
     log_header(log, h)
-    import sentencepiece as spm
-    sp = spm.SentencePieceProcessor(model_file=h.tokenizer_path)
-    if sp.vocab_size() != h.vocab_size:
-        raise ValueError(f"{h.tokenizer_path} has {sp.vocab_size()} pieces, VOCAB_SIZE={h.vocab_size}")
-    luts = build_byte_luts(sp, h.vocab_size)
+    luts = tokenizer_luts(h)
     vals = {"val": load_val(h.val_files, h.vocab_size)}
     if h.dev_val_files and glob.glob(h.dev_val_files):
         vals["dev"] = load_val(h.dev_val_files, h.vocab_size)

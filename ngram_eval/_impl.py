@@ -11,18 +11,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from train_gpt import NgramMixer  # noqa: F401  (the fast implementation lives in train_gpt.py)
-
-SHARD_MAGIC, HEADER_BYTES = 20240520, 1024
-
+from train_gpt import NgramMixer, load_shard  # noqa: F401  (the fast implementation lives in train_gpt.py)
 
 def read_tokens(path: str, limit: int | None = None) -> Tensor:
-    """Tokens of an official-format shard (256 x int32 header, then uint16), as int64."""
-    header = np.fromfile(path, dtype="<i4", count=256)
-    if header.size < 256 or header[0] != SHARD_MAGIC:
-        raise ValueError(f"{path}: not an official shard (magic {header[:1]})")
-    n = int(header[2]) if limit is None else min(int(header[2]), limit)
-    return torch.from_numpy(np.fromfile(path, dtype="<u2", count=n, offset=HEADER_BYTES).astype(np.int64))
+    """Tokens of an official-format shard (validated by train_gpt.load_shard), as int64."""
+    return torch.from_numpy(np.asarray(load_shard(path)[:limit]).astype(np.int64))
 
 
 def target_bytes(tokens: Tensor, tokenizer: str, vocab_size: int) -> Tensor:

@@ -35,7 +35,6 @@ import time
 from dataclasses import dataclass
 from types import ModuleType
 
-import sentencepiece as spm
 import torch
 
 CAP = 16_000_000  # the challenge's limit in decimal bytes, not the run's SIZE_CAP knob
@@ -212,10 +211,7 @@ def rebuild(tg: ModuleType, args: argparse.Namespace, meta: dict, log: RunLog | 
 
 def evaluate(tg: ModuleType, model, h, path: str, device: torch.device) -> tuple[dict, Row]:
     try:  # the same inputs train_gpt.main() builds for its final eval
-        sp = spm.SentencePieceProcessor(model_file=h.tokenizer_path)
-        if sp.vocab_size() != h.vocab_size:
-            raise ValueError(f"{h.tokenizer_path} has {sp.vocab_size()} pieces, VOCAB_SIZE={h.vocab_size}")
-        luts = tg.build_byte_luts(sp, h.vocab_size)
+        luts = tg.tokenizer_luts(h)
         tokens = tg.load_val(h.val_files, h.vocab_size)
     except (OSError, ValueError, RuntimeError) as e:  # ShardError is a ValueError
         raise Fatal("eval", f"{' '.join(str(e).split())} (pass --val GLOB --tokenizer MODEL)") from None
