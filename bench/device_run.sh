@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the proxy-300 protocol (../shared/docs/proxy.md), from the repo root:
-#   bash bench/device_run.sh PRESET SEED [NPROC] [KEY=VALUE ...]
+#   [NAME=run_name] [RUN_TIMEOUT=560] bash bench/device_run.sh PRESET SEED [NPROC] [KEY=VALUE ...]
 # Needs carried .devdata/shared/data (proxy, proxy_val, fineweb_dev, tokenizers), .whl (brotli,
 # zstandard) and .devdata/COMMIT (git rev-parse HEAD, written before the call). Builds the devset for
 # the preset's tokenizer with 16 workers, then runs train + export + every eval via bench/proxy_run.py,
@@ -16,8 +16,8 @@ case $preset in
   *) echo "error: PRESET must be record or baseline" >&2; exit 2 ;;
 esac
 python3 -m data.devset --shared .devdata/shared --workers 16 --variants $variant | tail -1 || exit 1
-name=${preset}_proxy300_n${nproc}_s${seed}
-python3 bench/proxy_run.py "$name" --nproc "$nproc" --out "$OUT" PRESET=$preset SEED=$seed \
+name=${NAME:-${preset}_proxy300_n${nproc}_s${seed}}
+python3 bench/proxy_run.py "$name" --nproc "$nproc" --out "$OUT" --timeout "${RUN_TIMEOUT:-560}" PRESET=$preset SEED=$seed \
   DATA_PATH=data/datasets/devset_$variant TOKENIZER_PATH=data/tokenizers/fineweb_${variant#sp}_bpe.model \
   DEV_VAL_FILES="data/datasets/devset_${variant}_fineweb_dev/fineweb_val_*.bin" \
   TRAIN_BATCH_TOKENS=$batch MAX_WALLCLOCK_SECONDS=300 "$@"

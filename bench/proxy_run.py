@@ -1,6 +1,6 @@
 """Run train_gpt.py once (proxy protocol, ../shared/docs/proxy.md) and turn its log into a JSON row.
 
-Usage: python bench/proxy_run.py NAME [--nproc N] [--out DIR] [KEY=VALUE ...]
+Usage: python bench/proxy_run.py NAME [--nproc N] [--out DIR] [--timeout S] [KEY=VALUE ...]
 The KEY=VALUE pairs are env vars for train_gpt.py. The row holds the exact command, the git commit,
 steps, ms/step, tokens/s, MFU (model FLOPs incl. causal attention / 798e12 per GPU, the bf16 matmul
 rate measured on this H100), peak memory, artifact bytes, every eval line, and the compliance lines.
@@ -8,6 +8,7 @@ rate measured on this H100), peak memory, artifact bytes, every eval line, and t
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -72,7 +73,7 @@ def parse(log: str) -> dict:
 
 def main() -> None:
     name, args = sys.argv[1], sys.argv[2:]
-    nproc, out = 1, Path(os.environ.get("OUT", ROOT / "bench/out"))
+    nproc, out, timeout = 1, Path(os.environ.get("OUT", ROOT / "bench/out")), None
     env_pairs = []
     while args:
         a = args.pop(0)
@@ -80,16 +81,26 @@ def main() -> None:
             nproc = int(args.pop(0))
         elif a == "--out":
             out = Path(args.pop(0))
+        elif a == "--timeout":  # kill the run but keep its partial log: a device call's limit loses everything
+            timeout = float(args.pop(0))
         else:
             env_pairs.append(a)
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **dict(p.split("=", 1) for p in env_pairs), "RUN_ID": name}
     cmd = [sys.executable, "train_gpt.py"] if nproc == 1 else ["torchrun", "--standalone", f"--nproc_per_node={nproc}", "train_gpt.py"]
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+        returncode = proc.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        returncode = 124
     log_path = ROOT / "logs" / f"{name}.txt"
     log = log_path.read_text() if log_path.exists() else ""
-    (out / f"{name}.log").write_text(log + "\n--- stderr ---\n" + proc.stderr[-20000:])
+    (out / f"{name}.log").write_text(log + "\n--- stderr ---\n" + stderr[-20000:])
     # the device copy has no .git: the caller writes the commit to .devdata/COMMIT before the call
     git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     stamp = ROOT / ".devdata/COMMIT"
@@ -97,10 +108,10 @@ def main() -> None:
     dirty = git.returncode == 0 and bool(subprocess.run(["git", "status", "--porcelain", "train_gpt.py"], cwd=ROOT,
                                                         capture_output=True, text=True).stdout.strip())
     row = dict(name=name, command=" ".join(env_pairs + cmd[1:] if nproc > 1 else env_pairs + ["python", "train_gpt.py"]),
-               git_commit=commit, train_gpt_dirty=dirty, returncode=proc.returncode, wall_seconds=round(time.time() - t0, 1),
+               git_commit=commit, train_gpt_dirty=dirty, returncode=returncode, wall_seconds=round(time.time() - t0, 1),
                **parse(log))
-    if proc.returncode:
-        row["stderr_tail"] = proc.stderr[-3000:]
+    if returncode:
+        row["stderr_tail"] = stderr[-3000:]
     (out / f"{name}.json").write_text(json.dumps(row, indent=1))
     print(json.dumps({k: v for k, v in row.items() if k not in ("hyperparameters", "log_tail")}, indent=1))
 
