@@ -1383,6 +1383,7 @@ def export_artifact(model: GPT, hessians: dict[str, Tensor], h: Hyperparameters,
     tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False  # GPTQ wants fp32
     q = quantize_state(model.state_dict(), hessians if h.quant == "gptq" else {}, quant_config(h))
     torch.backends.cuda.matmul.allow_tf32 = tf32
+    t_quant = time.perf_counter() - t0
     meta = {"format": "parameter-golf gpt", "preset": h.preset, "hyperparameters": {k: getattr(h, k) for k in MODEL_KEYS}}
     blob, candidates = encode_artifact(q, meta, tuple(h.codecs.split(",")), log)
     for codec, shuffle, pack, n in sorted(candidates, key=lambda c: c[3]):
@@ -1393,8 +1394,8 @@ def export_artifact(model: GPT, hessians: dict[str, Tensor], h: Hyperparameters,
             f.write(blob)
         os.replace(path + ".tmp", path)
     code = os.path.getsize(__file__)
-    log(f"export: {h.quant} {sum('q' in e for e in q.values())} quantized tensors, {len(candidates)} candidates in "
-        f"{time.perf_counter() - t0:.1f}s")
+    log(f"export: {h.quant} {sum('q' in e for e in q.values())} quantized tensors in {t_quant:.1f}s, "
+        f"{len(candidates)} candidates encoded in {time.perf_counter() - t0 - t_quant:.1f}s")
     log(f"artifact: {len(blob)} bytes code {code} bytes total {len(blob) + code} bytes "
         f"margin {h.size_cap - len(blob) - code} cap_held {len(blob) + code <= h.size_cap} sha256 {hashlib.sha256(blob).hexdigest()}")
     return len(blob)
@@ -1900,6 +1901,9 @@ def main() -> None:
     run_evals(model, h, vals, luts, device, log, h.eval_paths)
     if h.world_size > 1:
         dist.destroy_process_group()
+    total = os.path.getsize(artifact) + os.path.getsize(__file__)
+    if total > h.size_cap:  # scored and logged first, so an over-cap run still loses nothing
+        raise ArtifactError(f"{artifact}: artifact + code = {total:,} bytes > SIZE_CAP {h.size_cap:,}: not a valid submission")
 
 
 def run_evals(model: GPT, h: Hyperparameters, vals: dict[str, Tensor], luts: tuple[Tensor, Tensor, Tensor],

@@ -63,7 +63,8 @@ def parse(log: str) -> dict:
         row["evals"][f"{name}/{path}"] = dict(loss=float(loss), bpb=float(bpb), tokens=int(toks), bytes=int(byts),
                                               seconds=float(secs))
     for key, pat in [("artifact_bytes", r"^artifact: (\d+) bytes"), ("code_bytes", r"code (\d+) bytes"),
-                     ("total_bytes", r"total (\d+) bytes"), ("export_seconds", r"^export: .* in ([\d.]+)s")]:
+                     ("total_bytes", r"total (\d+) bytes"), ("quantize_seconds", r"^export: .* tensors in ([\d.]+)s"),
+                     ("encode_seconds", r"^export: .* encoded in ([\d.]+)s")]:
         if m := re.search(pat, log, re.M):
             row[key] = float(m.group(1)) if "." in m.group(1) else int(m.group(1))
     row["compliance"] = re.findall(r"^compliance .*$", log, re.M)

@@ -168,6 +168,12 @@ def test_cli_run_logs_source_and_compliance(tiny_data, tmp_path):
     loss = float(final[0].split("val_loss ")[1].split()[0])
     assert nll.shape == (tokens,) and nll.dtype == np.float32
     assert float(nll.astype(np.float64).mean()) == pytest.approx(loss, abs=1e-5)
+    # an artifact over SIZE_CAP is still scored, then the run fails with one line
+    env.update(SIZE_CAP="100000", RUN_ID="cli_cap", PER_TOKEN_OUT="")
+    r = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 1 and r.stderr.strip().startswith("error:") and "SIZE_CAP" in r.stderr
+    assert "eval val sliding:" in (tmp_path / "logs/cli_cap.txt").read_text()
 
 
 def test_cli_bad_tokenizer_is_one_line_error(tiny_data, tmp_path):
