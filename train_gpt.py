@@ -66,7 +66,7 @@ DEFAULTS: dict[str, object] = dict(
     TTT_LORA=1, TTT_GLOBAL=1, TTT_CHUNK=256, TTT_DOCS=32, TTT_RANK=8, TTT_ALPHA=16.0, TTT_TARGETS="c_q,c_v,fc",
     TTT_LR=0.003, TTT_PHASES=4, TTT_EPOCHS=1, TTT_SGD_LR=0.003,
     # legal n-gram cache mixed into the sliding-window model (EVAL_PATHS=...,ngram)
-    NGRAM_ORDER=6, NGRAM_ALPHA="-3,0.25,0.1,0.25", NGRAM_CHUNK=32768,
+    NGRAM_ORDER=6, NGRAM_ALPHA="-3,0.25,0.1,0.25", NGRAM_CHUNK=32768, NGRAM_GATE_LR=0.05,  # 0: fixed gate
 )
 PRESETS: dict[str, dict[str, object]] = {
     "record": {},
@@ -80,7 +80,7 @@ PRESETS: dict[str, dict[str, object]] = {
         MATRIX_LR=0.04, SCALAR_LR=0.04, TIED_EMBED_LR=0.05, MUON_MOMENTUM=0.95, MUON_MOMENTUM_START=0.85,
         MUON_MOMENTUM_WARMUP_STEPS=500, MUON_ROW_NORM=0, POLAR_EXPRESS=0, MUON_WD=0.0, EMBED_WD=0.0,
         ADAM_WD=0.0, GRAD_CLIP_NORM=0.0, WARMDOWN_FRAC=0.0, WARMDOWN_ITERS=1200, EMA=0,
-        QUANT="rtn", MATRIX_BITS=8, EMBED_BITS=8, ATTN_CLIP=20.0, MLP_CLIP=20.0, EMBED_CLIP=20.0, LQER_TOP=0,
+        QUANT="rtn", MATRIX_BITS=8, EMBED_BITS=8, ATTN_CLIP=0.0, MLP_CLIP=0.0, EMBED_CLIP=0.0, LQER_TOP=0,
         CODECS="zlib",
         EVAL_SEQ_LEN=1024, EVAL_STRIDE=1024, EVAL_CROSS_DOC=1, EVAL_PATHS="plain", PRE_EXPORT_PATHS="plain"),
     # CPU default: the record stack, tiny, on the local devset, so `make train` runs anywhere (~5 min
@@ -1048,9 +1048,12 @@ class HessianCollector:
 # symmetric grid keeps rounding unbiased for sign-symmetric weights. Same choice as the records.
 
 def row_scales(W: Tensor, bits: int, clip_k: float) -> Tensor:
+    """SDClip: clip = clip_k x row std; clip_k = 0 clips at the row's max |w| (no clipping, as the
+    official baseline's int8 export does: without weight decay its rows carry outliers past 20 std)."""
     qmax = 2 ** (bits - 1) - 1
+    clip = clip_k * W.float().std(dim=1) if clip_k > 0 else W.float().abs().amax(dim=1)
     # floor at fp16's smallest normal so a constant row cannot give a zero (or subnormal) scale
-    return (clip_k * W.float().std(dim=1) / qmax).clamp_min(2.0 ** -14).half()
+    return (clip / qmax).clamp_min(2.0 ** -14).half()
 
 
 def rtn_quantize(W: Tensor, bits: int, clip_k: float) -> tuple[Tensor, Tensor]:
@@ -1341,6 +1344,78 @@ MODEL_KEYS = ("arch", "vocab_size", "num_layers", "model_dim", "num_heads", "num
               "pse_max_halflife", "scan_chunk")
 
 
+def _code_bytes(counts: Tensor) -> float:
+    """Order-0 entropy of a tensor's codes in bytes: what a strong codec gets on GPTQ codes, which
+    carry almost no structure beyond their histogram."""
+    c = counts[counts > 0].double()
+    return float(-(c * torch.log2(c / c.sum())).sum() / 8)
+
+
+def prune_to_fit(qstate: dict, state: dict[str, Tensor], excess: int) -> int:
+    """Zero the +-1 codes whose loss adds the least squared weight error, s^2 (r^2 - (r - q)^2) with
+    r = w / s, until the codes' order-0 entropy falls by `excess` bytes. Entries with an LQER
+    correction are left alone (their correction was fitted to the unpruned codes). Returns the number
+    of codes zeroed (qstate is changed in place), or -1, changing nothing, if no pruning saves enough."""
+    cands = {}  # name -> (sorted costs of the +1 codes, of the -1 codes, histogram)
+    for n, e in qstate.items():
+        if "q" in e and "lqer" not in e:
+            q, s = e["q"], e["scale"].float()[:, None]
+            cost = s ** 2 * ((state[n].float().cpu() / s) ** 2 - (state[n].float().cpu() / s - q) ** 2)
+            cands[n] = (cost[q == 1].sort()[0], cost[q == -1].sort()[0], torch.bincount(q.flatten().long() + 128, minlength=256))
+
+    def saved(tau: float) -> float:
+        total = 0.0
+        for cp, cm, hist in cands.values():
+            kp, km = int(torch.searchsorted(cp, tau, right=True)), int(torch.searchsorted(cm, tau, right=True))
+            after = hist.clone()
+            after[129] -= kp
+            after[127] -= km
+            after[128] += kp + km
+            total += _code_bytes(hist) - _code_bytes(after)
+        return total
+
+    costs = torch.cat([c for cp, cm, _ in cands.values() for c in (cp, cm)]).sort()[0]
+    if not len(costs) or saved(float(costs[-1])) < excess:
+        return -1
+    lo, hi = 0, len(costs) - 1  # smallest index whose threshold saves enough
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if saved(float(costs[mid])) >= excess else (mid + 1, hi)
+    tau, zeroed = float(costs[lo]), 0
+    for n in cands:
+        e = qstate[n]
+        s = e["scale"].float()[:, None]
+        w = state[n].float().cpu() / s
+        kill = (e["q"].abs() == 1) & (s ** 2 * (w ** 2 - (w - e["q"]) ** 2) <= tau)
+        e["q"] = e["q"].masked_fill(kill, 0)
+        zeroed += int(kill.sum())
+    return zeroed
+
+
+def fit_artifact(qstate: dict, state: dict[str, Tensor], meta: dict, codecs: tuple[str, ...], budget: int,
+                 log: Callable[[str], None]) -> tuple[bytes, list]:
+    """encode_artifact, then while the smallest blob is over `budget` bytes (SIZE_CAP minus the code),
+    prune the cheapest +-1 codes and encode again. The entropy estimate is corrected each round by the
+    bytes the codec really saved per estimated byte. Four rounds at most; the caller's cap check
+    reports a miss."""
+    blob, candidates = encode_artifact(qstate, meta, codecs, log)
+    rate = 1.0  # real bytes saved per estimated byte
+    for _ in range(4):
+        excess = len(blob) - budget
+        if excess <= 0:
+            break
+        ask = int(excess / rate * 1.05) + 1024
+        n = prune_to_fit(qstate, state, ask)
+        if n < 0:
+            log(f"export: {excess:,} bytes over the cap and zeroing every +-1 code would not fit it")
+            break
+        before = len(blob)
+        blob, candidates = encode_artifact(qstate, meta, codecs, log)
+        rate = min(1.0, max(0.1, (before - len(blob)) / ask))
+        log(f"export: {excess:,} bytes over the cap: zeroed {n:,} +-1 codes, {before - len(blob):,} bytes saved")
+    return blob, candidates
+
+
 def quant_config(h: Hyperparameters) -> QuantConfig:
     return QuantConfig(classes=(("embed", r"emb", h.embed_bits, h.embed_clip), ("attn", r"attn", h.matrix_bits, h.attn_clip),
                                 ("mlp", r"mlp", h.matrix_bits, h.mlp_clip), ("matrix", r"", h.matrix_bits, h.mlp_clip)),
@@ -1381,11 +1456,13 @@ def export_artifact(model: GPT, hessians: dict[str, Tensor], h: Hyperparameters,
     """Quantize, encode with every codec, write the smallest to `path` (rank 0). Returns its bytes."""
     t0 = time.perf_counter()
     tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False  # GPTQ wants fp32
-    q = quantize_state(model.state_dict(), hessians if h.quant == "gptq" else {}, quant_config(h))
+    state = model.state_dict()
+    q = quantize_state(state, hessians if h.quant == "gptq" else {}, quant_config(h))
     torch.backends.cuda.matmul.allow_tf32 = tf32
     t_quant = time.perf_counter() - t0
     meta = {"format": "parameter-golf gpt", "preset": h.preset, "hyperparameters": {k: getattr(h, k) for k in MODEL_KEYS}}
-    blob, candidates = encode_artifact(q, meta, tuple(h.codecs.split(",")), log)
+    code = os.path.getsize(__file__)
+    blob, candidates = fit_artifact(q, state, meta, tuple(h.codecs.split(",")), h.size_cap - code, log)
     for codec, shuffle, pack, n in sorted(candidates, key=lambda c: c[3]):
         log(f"codec {codec} shuffle {int(shuffle)} pack {int(pack)}: {n} bytes")
     if h.rank == 0:
@@ -1393,7 +1470,6 @@ def export_artifact(model: GPT, hessians: dict[str, Tensor], h: Hyperparameters,
         with open(path + ".tmp", "wb") as f:
             f.write(blob)
         os.replace(path + ".tmp", path)
-    code = os.path.getsize(__file__)
     log(f"export: {h.quant} {sum('q' in e for e in q.values())} quantized tensors in {t_quant:.1f}s, "
         f"{len(candidates)} candidates encoded in {time.perf_counter() - t0 - t_quant:.1f}s")
     log(f"artifact: {len(blob)} bytes code {code} bytes total {len(blob) + code} bytes "
@@ -1437,6 +1513,8 @@ def load_artifact(path: str, h: Hyperparameters, device: torch.device) -> tuple[
 # Mixture: p = (1 - a) p_model + a p_ngram, a = sigmoid(w0 + w1 H_model + w2 log1p(c(h_top)) + w3 n_top)
 # where H_model is the model's entropy at t, h_top the longest context with data and n_top = its
 # n-gram order (L + 1); a = 0 while the tables are empty. Nothing in a depends on the candidate token.
+# With NGRAM_GATE_LR > 0 the four w are learned online: each update() first fits them (Adam) to the
+# mixed NLL of the positions scored since the last one, so the gate for a chunk knows only earlier chunks.
 #
 # Table: one sorted int64 array of keys (L << 59) + g * V + v (L the context length, g the hash of
 # the L-token context, v the next token) with exact counts, ended by a sentinel. All continuations of
@@ -1478,13 +1556,23 @@ def _earlier_equal(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return rank, perm, start
 
 
+GATE_STEPS = 8  # Adam steps on the gate per update(): one pass over a chunk is cheap next to scoring it
+
+
 class NgramMixer:
     def __init__(self, vocab_size: int, order: int = 6, device: str | torch.device = "cpu",
                  alpha: tuple[float, float, float, float] = (-3.0, 0.25, 0.1, 0.25),
-                 cross_bos: bool = False, bos_id: int = 1):
+                 cross_bos: bool = False, bos_id: int = 1, gate_lr: float = 0.0,
+                 reduce: Callable[[Tensor], None] | None = None):
+        """gate_lr > 0: alpha is learned online. Every update() first takes GATE_STEPS Adam steps on
+        the mean mixed NLL of the positions score() gave since the last update() (already scored),
+        so a gate only ever reflects earlier chunks. `reduce` sums a tensor over ranks in place
+        (each rank scores a slice; all keep one gate)."""
         assert 1 <= order <= 16, "the context length must fit in the key's level bits"
         self.V, self.n, self.dev = vocab_size, order, torch.device(device)
         self.alpha, self.cross_bos, self.bos = tuple(alpha), cross_bos, bos_id
+        self.gate_lr, self.reduce, self.seen = gate_lr, reduce, []
+        self.adam = (torch.zeros(4, dtype=torch.float64, device=self.dev),) * 2 + (0,)
         m = 2**NGRAM_LEVEL_SHIFT // vocab_size  # g * V + v < 2^59 and g * (V+1) + V < 2^63 for every g < m
         while any(pow(b, m - 1, m) != 1 for b in (2, 3, 5, 7)):  # (probable) prime: a better spread
             m -= 1
@@ -1596,7 +1684,33 @@ class NgramMixer:
         Does not change the tables: call update() with the whole chunk once it is scored."""
         tokens = tokens.to(self.dev, torch.long)
         logp, ent = self.model_stats(tokens, model_logprobs.to(self.dev))
-        return self.mix_nll(logp, ent, *self.ngram_stats(tokens, prefix))
+        stats = self.ngram_stats(tokens, prefix)
+        if self.gate_lr > 0:
+            self.seen.append((logp, ent, *stats))
+        return self.mix_nll(logp, ent, *stats)
+
+    def learn_gate(self) -> None:
+        """GATE_STEPS Adam steps on alpha over the positions scored since the last call (see __init__)."""
+        seen, self.seen = self.seen, []
+        lp, ent, p, c, o = (torch.cat(x) for x in zip(*seen)) if seen else [torch.zeros(0, device=self.dev)] * 5
+        keep = o > 0  # a = 0 where the tables have no context: no gradient there
+        f = torch.stack([torch.ones_like(p), ent, torch.log1p(c.double()), o.double()], 1).double()[keep]
+        lp, lpn = lp.double()[keep], torch.log(p.double()[keep])
+        w, (m, v, t) = torch.tensor(self.alpha, dtype=torch.float64, device=self.dev), self.adam
+        for _ in range(GATE_STEPS):
+            with torch.enable_grad():  # eval runs under no_grad
+                w.requires_grad_(True)
+                z = f @ w  # log a and log(1 - a) as logsigmoids: finite gradients where a saturates
+                loss = -torch.logaddexp(F.logsigmoid(-z) + lp, F.logsigmoid(z) + lpn).sum()
+                g = torch.cat([torch.autograd.grad(loss, w)[0], keep.sum().double()[None]])
+            if self.reduce:
+                self.reduce(g)
+            if g[4] == 0:
+                break
+            t, g = t + 1, g[:4] / g[4]
+            m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+            w = w.detach() - self.gate_lr * (m / (1 - 0.9 ** t)) / ((v / (1 - 0.999 ** t)).sqrt() + 1e-8)
+        self.alpha, self.adam = tuple(w.detach().tolist()), (m, v, t)
 
     def distribution(self, tokens: Tensor, model_logprobs: Tensor | None = None,
                      prefix: Tensor | None = None) -> Tensor:
@@ -1612,7 +1726,10 @@ class NgramMixer:
 
     # --- table -----------------------------------------------------------------------------------
     def update(self, tokens: Tensor) -> None:
-        """Insert the stream tokens that follow everything inserted so far (a whole, already-scored chunk)."""
+        """Insert the stream tokens that follow everything inserted so far (a whole, already-scored chunk);
+        with gate_lr > 0, learn the gate from what was scored first."""
+        if self.gate_lr > 0:
+            self.learn_gate()
         ext = torch.cat([self.tail, tokens.to(self.dev, torch.long)])
         _, k, valid = self._keys(ext, self.tail.numel())
         self._merge(*torch.unique(k[valid], return_counts=True))
@@ -1641,7 +1758,8 @@ def eval_ngram(model: GPT, tokens: Tensor, h: Hyperparameters, luts: tuple[Tenso
     chunk, then every rank inserts the whole chunk. The model's full log-softmax feeds the mixture."""
     L = min(h.eval_seq_len, len(tokens) - 1)
     wins = eval_windows(len(tokens), L, h.eval_stride)
-    mixer = NgramMixer(h.vocab_size, h.ngram_order, device, alpha=tuple(float(a) for a in h.ngram_alpha.split(",")))
+    mixer = NgramMixer(h.vocab_size, h.ngram_order, device, alpha=tuple(float(a) for a in h.ngram_alpha.split(",")),
+                       gate_lr=h.ngram_gate_lr, reduce=dist.all_reduce if h.world_size > 1 else None)
     nll, done = torch.zeros(len(tokens), dtype=torch.float64, device=device), 0
     per_chunk = max(1, h.ngram_chunk // max(1, h.eval_stride))
     was_training = model.training

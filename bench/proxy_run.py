@@ -62,6 +62,8 @@ def parse(log: str) -> dict:
             r"^eval (\S+) (\S+): val_loss ([\d.]+) val_bpb ([\d.]+) tokens (\d+) bytes (\d+) seconds ([\d.]+)", log, re.M):
         row["evals"][f"{name}/{path}"] = dict(loss=float(loss), bpb=float(bpb), tokens=int(toks), bytes=int(byts),
                                               seconds=float(secs))
+    if m := re.search(r"^code: train_gpt.py (\d+) bytes sha256 ([0-9a-f]{64})", log, re.M):
+        row["code_sha256"] = m.group(2)
     for key, pat in [("artifact_bytes", r"^artifact: (\d+) bytes"), ("code_bytes", r"code (\d+) bytes"),
                      ("total_bytes", r"total (\d+) bytes"), ("quantize_seconds", r"^export: .* tensors in ([\d.]+)s"),
                      ("encode_seconds", r"^export: .* encoded in ([\d.]+)s")]:
@@ -102,12 +104,13 @@ def main() -> None:
     log_path = ROOT / "logs" / f"{name}.txt"
     log = log_path.read_text() if log_path.exists() else ""
     (out / f"{name}.log").write_text(log + "\n--- stderr ---\n" + stderr[-20000:])
-    # the device copy has no .git: the caller writes the commit to .devdata/COMMIT before the call
-    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    # the caller stamps the commit in .devdata/COMMIT before a device call: the device's copy may carry a
+    # stale .git, so the stamp wins; the log's code sha256 (parsed below) pins the file that really ran
     stamp = ROOT / ".devdata/COMMIT"
-    commit = git.stdout.strip() if git.returncode == 0 else (stamp.read_text().strip() if stamp.exists() else "unknown")
-    dirty = git.returncode == 0 and bool(subprocess.run(["git", "status", "--porcelain", "train_gpt.py"], cwd=ROOT,
-                                                        capture_output=True, text=True).stdout.strip())
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    commit = stamp.read_text().strip() if stamp.exists() else git.stdout.strip() if git.returncode == 0 else "unknown"
+    dirty = not stamp.exists() and git.returncode == 0 and bool(subprocess.run(
+        ["git", "status", "--porcelain", "train_gpt.py"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
     row = dict(name=name, command=" ".join(env_pairs + cmd[1:] if nproc > 1 else env_pairs + ["python", "train_gpt.py"]),
                git_commit=commit, train_gpt_dirty=dirty, returncode=returncode, wall_seconds=round(time.time() - t0, 1),
                **parse(log))

@@ -149,6 +149,17 @@ def test_hessian_collector_is_x_transpose_x():
     lin(x)
     torch.testing.assert_close(hc.hessians()["0.weight"], 2 * x.reshape(-1, 8).T @ x.reshape(-1, 8))
 
+def test_clip_zero_keeps_row_outliers():
+    """clip_k = 0 (the baseline preset's int8) scales each row by its max |w|: an outlier 40 std out
+    comes back within half a step, where a 20-std clip would cut it to less than half its size."""
+    W = torch.randn(4, 4096, generator=torch.Generator().manual_seed(0))
+    W[1, 7] = 40.0
+    q, s = ex.rtn_quantize(W, 8, 0.0)
+    assert abs(float(deq(q, s)[1, 7]) - 40.0) <= float(s[1]) / 2 + 1e-3
+    assert (deq(q, s) - W).abs().max() <= s.float().max() / 2 + 1e-3
+    q20, s20 = ex.rtn_quantize(W, 8, 20.0)
+    assert float(deq(q20, s20)[1, 7]) < 25.0
+
 # ---------------------------------------------------------------- bit packing
 
 @pytest.mark.parametrize("bits", range(2, 9))
@@ -209,6 +220,37 @@ def test_quantize_state_classes_and_lqer():
         if "lqer" in e:  # the rank-4 correction reduces the weight error it was fitted to
             W = state[name].float()
             assert (W - d2[name].float()).norm() < (W - d0[name].float()).norm()
+
+
+def test_fit_artifact_prunes_the_cheapest_codes_to_the_budget():
+    import copy
+    state, q = toy_qstate(lqer_top=1)
+    meta, log = {"format": "test"}, []
+    full, _ = ex.encode_artifact(copy.deepcopy(q), meta, ("zlib",))
+    budget = int(len(full) * 0.97)
+    fit = copy.deepcopy(q)
+    blob, _ = ex.fit_artifact(fit, state, meta, ("zlib",), budget, log.append)
+    assert len(blob) <= budget and any("over the cap: zeroed" in line for line in log)
+    g, err_fit, err_rand = torch.Generator().manual_seed(0), 0.0, 0.0
+    for name, e in q.items():
+        if "q" not in e:
+            continue
+        changed = e["q"] != fit[name]["q"]
+        assert (e["q"][changed].abs() == 1).all() and (fit[name]["q"][changed] == 0).all()
+        assert not ("lqer" in e and changed.any())
+        # the same number of +-1 codes zeroed at random costs more weight error
+        ones = torch.nonzero(e["q"].flatten().abs() == 1).flatten()
+        rand = e["q"].flatten().clone()
+        rand[ones[torch.randperm(len(ones), generator=g)[:int(changed.sum())]]] = 0
+        W = state[name].float()
+        err_fit += float((W - ex._deq(fit[name]["q"], e["scale"])).pow(2).sum())
+        err_rand += float((W - ex._deq(rand.view_as(e["q"]), e["scale"])).pow(2).sum())
+    assert err_fit < err_rand
+    # a budget no pruning can meet changes nothing and says so
+    again = copy.deepcopy(q)
+    blob, _ = ex.fit_artifact(again, state, meta, ("zlib",), 1000, log.append)
+    assert len(blob) == len(full) and "would not fit" in log[-1]
+    assert_qstate_equal(again, q)
 
 
 def assert_qstate_equal(a, b):

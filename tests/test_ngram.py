@@ -75,15 +75,32 @@ def test_hash_collisions_merge_contexts_but_stay_normalised():
     assert (P.gather(1, tokens[2500:2600, None])[:, 0] - p).abs().max() < 1e-12
 
 
-def test_probes_pass_on_our_mixer():
-    tokens = read_tokens(str(SP1024), 200)
-    scorer = probe.MixerScorer(1024, order=6, chunk=100)
-    norm = probe.probe_normalisation(scorer, tokens, [60, 150], 1024)  # in the first chunk, and after an update
+@pytest.mark.parametrize("gate_lr", [0.0, 0.5])  # fixed gate, and a gate learned online (fast, to move it)
+def test_probes_pass_on_our_mixer(gate_lr):
+    tokens = read_tokens(str(SP1024), 240)
+    scorer = probe.MixerScorer(1024, order=6, chunk=60, gate_lr=gate_lr)
+    norm = probe.probe_normalisation(scorer, tokens, [50, 200], 1024)  # in the first chunk, and after 3 updates
     assert norm.status == "PASS", norm.detail
-    caus = probe.probe_causality(scorer, tokens, [30, 101, 170], 1024)
+    caus = probe.probe_causality(scorer, tokens, [30, 101, 170, 230], 1024)
     assert caus.status == "PASS", caus.detail
-    first = probe.probe_score_first(probe.MixerScorer(1024, order=6, chunk=256), read_tokens(str(SP1024), 3000))
+    first = probe.probe_score_first(probe.MixerScorer(1024, order=6, chunk=256, gate_lr=gate_lr),
+                                    read_tokens(str(SP1024), 3000))
     assert first.status == "PASS", first.detail
+
+
+@pytest.mark.parametrize("start,lr", [((-8.0, 0.0, 0.0, 0.0), 0.05), ((-3.0, 0.25, 0.1, 0.25), 0.5)])
+def test_online_gate_beats_a_bad_fixed_gate(start, lr):
+    """The fake model is weak, so the n-gram should carry most of the mass: starting with it nearly
+    off, or at the default gate, the learned gate scores the same real stream better than the fixed
+    one and stays finite at a large step; score() never moves it, update() does."""
+    tokens, model = read_tokens(str(SP1024), 20000), FakeModel(1024)
+    fixed = run_stream(NgramMixer(1024, 6, alpha=start), tokens, model, 1000)[1:].mean()
+    mixer = NgramMixer(1024, 6, alpha=start, gate_lr=lr)
+    learned = run_stream(mixer, tokens, model, 1000)[1:].mean()
+    assert learned < fixed - 0.01 and mixer.alpha != start
+    before = mixer.alpha
+    mixer.score(tokens[1:50], model.logprobs(tokens[:49]))
+    assert mixer.alpha == before
 
 
 def test_normalisation_probe_rejects_seed003():
