@@ -140,8 +140,7 @@ def build_byte_luts(sp, vocab_size: int) -> tuple[Tensor, Tensor, Tensor]:
     """(base_bytes int16, has_leading_space bool, is_boundary bool), each of length vocab_size."""
     if sp.vocab_size() > vocab_size:
         raise ValueError(f"tokenizer has {sp.vocab_size()} pieces but VOCAB_SIZE={vocab_size}")
-    base = np.zeros(vocab_size, dtype=np.int16)
-    space = np.zeros(vocab_size, dtype=np.bool_)
+    base, space = np.zeros(vocab_size, dtype=np.int16), np.zeros(vocab_size, dtype=np.bool_)
     boundary = np.ones(vocab_size, dtype=np.bool_)  # ids past the tokenizer never occur; 0 bytes
     for i in range(sp.vocab_size()):
         if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
@@ -210,11 +209,9 @@ def shard_files(pattern: str) -> list[str]:
 
 
 class TokenLoader:
-    """Training windows of TRAIN_SEQ_LEN+1 tokens, in an order fixed by the seed alone.
-
-    Every shard is cut into non-overlapping windows; each epoch visits all windows in a seeded
-    permutation. Step s takes the next global batch and rank r its slice, so the global batch does
-    not depend on the world size. Documents inside a window are kept apart by the model (BOS)."""
+    """Non-overlapping TRAIN_SEQ_LEN+1 windows of every shard, each epoch in a seeded permutation. Step s
+    takes the next global batch and rank r its slice, so the batch depends on the seed alone, not on the
+    world size. Documents inside a window are kept apart by the model (BOS)."""
 
     def __init__(self, pattern: str, seq_len: int, seed: int, rank: int, world_size: int, device: torch.device):
         self.shards = [load_shard(f) for f in shard_files(pattern)]
@@ -279,8 +276,6 @@ class Rotary(nn.Module):
         self.register_buffer("inv_freq", 1.0 / base ** (torch.arange(0, dims, 2).float() / dims), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:  # x: (B, T, H, D)
-        if self.dims == 0:
-            return x
         t = torch.arange(x.size(1), device=x.device, dtype=torch.float32)
         freqs = torch.outer(t, self.inv_freq)[None, :, None, :]
         cos, sin = freqs.cos().to(x.dtype), freqs.sin().to(x.dtype)
@@ -405,26 +400,44 @@ class MLP(nn.Module):
         return self.proj(F.leaky_relu(self.fc(x), self.slope).square())
 
 
-class Block(nn.Module):
+class _Lanes(nn.Module):
+    """What every block (Block and the ARCH alternatives) shares: x0 mixing, per-channel branch scales,
+    depth-scaled pre-norms, and the sequential attention-then-MLP residual over self.attn and self.mlp."""
+    attention: type[nn.Module] = Attention
+
     def __init__(self, h: Hyperparameters, layer: int):
         super().__init__()
-        self.attn, self.mlp = Attention(h), MLP(h)
         self.attn_scale, self.mlp_scale = nn.Parameter(torch.ones(h.model_dim)), nn.Parameter(torch.ones(h.model_dim))
         self.resid_mix = nn.Parameter(torch.stack([torch.ones(h.model_dim), torch.zeros(h.model_dim)])) if h.x0_mix else None
-        self.parallel = 0 <= h.parallel_from <= layer  # GPT-J lanes: attention and MLP read the same input
         # a buffer, not a float: blocks then differ only in weights and share one compiled graph
         self.register_buffer("norm_scale", torch.tensor(1 / math.sqrt(layer + 1) if h.ln_scale else 1.0), persistent=False)
+        self.attn, self.mlp = self.attention(h), MLP(h)
+
+    def mix(self, x: Tensor, x0: Tensor) -> Tensor:
+        if self.resid_mix is None:
+            return x
+        mix = self.resid_mix.to(x.dtype)
+        return mix[0] * x + mix[1] * x0
+
+    def norm(self, x: Tensor) -> Tensor:
+        return rms_norm(x) * self.norm_scale.to(x.dtype)
+
+    def branches(self, x: Tensor, a: Tensor) -> Tensor:
+        x = x + self.attn_scale.to(x.dtype) * a
+        return x + self.mlp_scale.to(x.dtype) * self.mlp(self.norm(x))
+
+
+class Block(_Lanes):
+    def __init__(self, h: Hyperparameters, layer: int):
+        super().__init__(h, layer)
+        self.parallel = 0 <= h.parallel_from <= layer  # GPT-J lanes: attention and MLP read the same input
 
     def forward(self, x: Tensor, x0: Tensor, mask: AttnMask) -> Tensor:
-        if self.resid_mix is not None:
-            mix = self.resid_mix.to(x.dtype)
-            x = mix[0] * x + mix[1] * x0
-        s = self.norm_scale.to(x.dtype)
-        a = self.attn(rms_norm(x) * s, mask)
+        x = self.mix(x, x0)
+        a = self.attn(self.norm(x), mask)
         if self.parallel:
-            return x + self.attn_scale.to(x.dtype) * a + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x) * s)
-        x = x + self.attn_scale.to(x.dtype) * a
-        return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x) * s)
+            return x + self.attn_scale.to(x.dtype) * a + self.mlp_scale.to(x.dtype) * self.mlp(self.norm(x))
+        return self.branches(x, a)
 
 
 # -----------------------------------------------------------------------------
@@ -487,30 +500,6 @@ def blelloch_scan(a: Tensor, b: Tensor) -> Tensor:
     return s[:, :n]
 
 
-class _Lanes(nn.Module):
-    """What the alternative blocks share with Block: x0 mixing, per-channel branch scales, depth-scaled
-    pre-norms, and the sequential attention-then-MLP residual (subclasses set self.mlp)."""
-
-    def __init__(self, h: Hyperparameters, layer: int):
-        super().__init__()
-        self.attn_scale, self.mlp_scale = nn.Parameter(torch.ones(h.model_dim)), nn.Parameter(torch.ones(h.model_dim))
-        self.resid_mix = nn.Parameter(torch.stack([torch.ones(h.model_dim), torch.zeros(h.model_dim)])) if h.x0_mix else None
-        self.register_buffer("norm_scale", torch.tensor(1 / math.sqrt(layer + 1) if h.ln_scale else 1.0), persistent=False)
-
-    def mix(self, x: Tensor, x0: Tensor) -> Tensor:
-        if self.resid_mix is None:
-            return x
-        mix = self.resid_mix.to(x.dtype)
-        return mix[0] * x + mix[1] * x0
-
-    def norm(self, x: Tensor) -> Tensor:
-        return rms_norm(x) * self.norm_scale.to(x.dtype)
-
-    def branches(self, x: Tensor, a: Tensor) -> Tensor:
-        x = x + self.attn_scale.to(x.dtype) * a
-        return x + self.mlp_scale.to(x.dtype) * self.mlp(self.norm(x))
-
-
 # --- WorkerTransformer: sparse workers, conv-only memory ------------------------------------------
 
 def causal_dwconv(x: Tensor, w: Tensor, docs: Tensor | None) -> Tensor:
@@ -526,18 +515,16 @@ def causal_dwconv(x: Tensor, w: Tensor, docs: Tensor | None) -> Tensor:
 
 
 class WorkerBlock(_Lanes):
-    """Positions t with t % k == k-1 (k = WORKER_INTERVAL) are workers: each sits after k-1 memory
-    tokens. Every position gets a causal depthwise conv (WORKER_KERNEL taps), which is how a worker
-    gathers its memory tokens and how memory tokens read the previous worker (a kernel >= k reaches
-    it from every memory position). Only workers then run attention, over the workers alone (causal,
-    document-masked; RoPE positions count workers), and the MLP, updated in place: T is unchanged
-    while attention cost falls by k^2, MLP cost and the KV cache by k. The attention output gate is
-    Attention's own sigmoid gate (ATTN_GATE=1, the default), which the seed credits for stable sparse updates."""
+    """Positions t with t % k == k-1 (k = WORKER_INTERVAL) are workers, each after k-1 memory tokens.
+    Every position gets a causal depthwise conv (WORKER_KERNEL taps): how a worker gathers its memory and
+    memory reads the previous worker (a kernel >= k reaches it from every memory position). Only workers
+    then run attention, over the workers alone (causal, document-masked; RoPE positions count workers),
+    and the MLP, in place: T is unchanged while attention cost falls by k^2, MLP cost and the KV cache by
+    k. The output gate is Attention's sigmoid gate (ATTN_GATE=1), credited for stable sparse updates."""
 
     def __init__(self, h: Hyperparameters, layer: int):
         super().__init__(h, layer)
         self.k = h.worker_interval
-        self.attn, self.mlp = Attention(h), MLP(h)
         self.conv = nn.Parameter(torch.zeros(h.model_dim, h.worker_kernel))  # zero: starts as the identity, like proj
 
     def forward(self, x: Tensor, x0: Tensor, mask: ArchMask) -> Tensor:
@@ -575,15 +562,14 @@ def pse_slots(ids: Tensor, docs: Tensor | None, vocab: int, log2_decay: Tensor) 
 
 
 class PSEAttention(nn.Module):
-    """The query at t attends over the slots active at t: the ids seen at positions <= t (itself
-    included) in its document. A slot's key/value is the block input at its last occurrence plus its
-    EMA bank of occurrences at PSE_SCALES half-lives geometric from 1 to PSE_MAX_HALFLIFE: the bank
-    enters the score through per-head, per-scale weights read from the query token (c_u) and the value
-    through ema_v. No RoPE: recency and frequency come only from the banks.
-    Attention over slots == attention over positions tau <= t that are their id's latest occurrence
-    at t, so it runs as masked dense attention: O(T^2 (D + H*S)) compute (no fused kernel), memory
-    O(B*H*PSE_QUERY_CHUNK*T) (chunks are recomputed in backward). Decoding state: per distinct id,
-    its k, v, bank and last time, so O(distinct ids) per step, not O(T)."""
+    """The query at t attends over the slots active at t: the ids seen at positions <= t (itself included)
+    in its document. A slot's key/value is the block input at its last occurrence plus its EMA bank of
+    occurrences at PSE_SCALES half-lives geometric from 1 to PSE_MAX_HALFLIFE: the bank enters the score
+    through per-head, per-scale weights read from the query token (c_u) and the value through ema_v. No
+    RoPE: recency and frequency come only from the banks. Attention over slots == attention over positions
+    tau <= t that are their id's latest occurrence at t, so it runs as masked dense attention:
+    O(T^2 (D + H*S)) compute (no fused kernel), memory O(B*H*PSE_QUERY_CHUNK*T) (chunks are recomputed in
+    backward). Decoding state: per distinct id, its k, v, bank and last time: O(distinct ids) per step, not O(T)."""
 
     def __init__(self, h: Hyperparameters):
         super().__init__()
@@ -632,10 +618,7 @@ class PSEAttention(nn.Module):
 
 class PSEBlock(_Lanes):
     """Block with PSEAttention in place of Attention (ATTN_GATE, XSA and RoPE do not apply)."""
-
-    def __init__(self, h: Hyperparameters, layer: int):
-        super().__init__(h, layer)
-        self.attn, self.mlp = PSEAttention(h), MLP(h)
+    attention = PSEAttention
 
     def forward(self, x: Tensor, x0: Tensor, mask: ArchMask) -> Tensor:
         x = self.mix(x, x0)
@@ -657,7 +640,6 @@ class ScanBlock(_Lanes):
     def __init__(self, h: Hyperparameters, layer: int):
         super().__init__(h, layer)
         self.chunk = h.scan_chunk
-        self.attn, self.mlp = Attention(h), MLP(h)
         self.pool = nn.Parameter(torch.zeros(h.model_dim))  # T1 attention-pool query; zero: mean pool at init
         self.summ = CastedLinear(h.model_dim, 2 * h.model_dim)  # pooled chunk -> (gate logits, contribution)
         self.inject = nn.Parameter(torch.zeros(h.model_dim))  # zero: starts as a chunk-local Block
@@ -711,8 +693,7 @@ class GPT(nn.Module):
                 nn.init.zeros_(m.weight) if getattr(m, "zero_init", False) else nn.init.orthogonal_(m.weight)
 
     def hidden(self, ids: Tensor, doc_mask: bool) -> Tensor:
-        """Final-normed hidden states (B, T, D) for input ids (B, T); doc_mask: attention stays
-        inside each document."""
+        """Final-normed hidden states (B, T, D) for ids (B, T); doc_mask: attention stays inside documents."""
         x = rms_norm(self.tok_emb(ids))
         if self.smear is not None:  # blend in the previous token, never across a document start
             prev = F.pad(x[:, :-1], (0, 0, 1, 0)) * (ids != BOS_ID).unsqueeze(-1).to(x.dtype)
@@ -895,19 +876,11 @@ class Optimizers:
         for opt in self.all:
             opt.zero_grad(set_to_none=True)
 
-    def state_dict(self) -> list[dict]:
-        return [opt.state_dict() for opt in self.all]
-
-    def load_state_dict(self, states: list[dict]) -> None:
-        for opt, s in zip(self.all, states):
-            opt.load_state_dict(s)
-
 
 class EMA:
-    """fp32 shadow weights on the model's device, updated with foreach ops (no host sync).
-    The decay warms up as (1+t)/(EMA_WARMUP+t), capped at EMA_DECAY, so the average covers a
-    fixed share of a short run instead of keeping the initial weights (a fixed 0.9965 after 247
-    steps still holds 42% of init)."""
+    """fp32 shadow weights on the model's device, updated with foreach ops (no host sync). The decay
+    warms up as (1+t)/(EMA_WARMUP+t), capped at EMA_DECAY, so the average covers a fixed share of a short
+    run instead of keeping the initial weights (a fixed 0.9965 after 247 steps still holds 42% of init)."""
 
     def __init__(self, model: nn.Module, decay: float, warmup: int):
         self.params = list(model.parameters())
@@ -980,8 +953,7 @@ def totals(nll: Tensor, tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor], h: 
     nll = nll[1:].cpu()
     n_bytes = int(token_bytes(tokens[:-1], tokens[1:], luts).sum())
     loss_sum = float(nll.sum())
-    return dict(loss=loss_sum / len(nll), bpb=loss_sum / math.log(2) / n_bytes, tokens=len(nll), bytes=n_bytes,
-                nll=nll)
+    return dict(loss=loss_sum / len(nll), bpb=loss_sum / math.log(2) / n_bytes, tokens=len(nll), bytes=n_bytes, nll=nll)
 
 
 def tokenizer_luts(h: Hyperparameters) -> tuple[Tensor, Tensor, Tensor]:
@@ -1004,15 +976,12 @@ def load_val(pattern: str, vocab_size: int) -> Tensor:
 # -----------------------------------------------------------------------------
 
 class HessianCollector:
-    """Accumulates H = sum x^T x (fp32, on the activations' device) over calibration forward passes.
-
-    Keys are state_dict weight names. Modules chosen by `select(name, module)` (default: every
-    nn.Linear) record their input; `head_inputs` maps a weight name to a module whose *output* feeds
-    that weight as a head; where the head input is computed functionally (the tied embedding fed by
-    a final rms_norm), call add("tok_emb.weight", hidden) yourself. Hook the uncompiled, unwrapped
-    model so names match its state_dict. Sums, not means: GPTQ does not care about the scale of H,
-    so ranks can all-reduce these as they are.
-    """
+    """Accumulates H = sum x^T x (fp32, on the activations' device) per state_dict weight name over
+    calibration passes: the input of each module `select(name, module)` picks (default: every nn.Linear),
+    the output of each module of `head_inputs` ({weight name: module whose output feeds it as a head}),
+    and whatever add() is given (a head input computed functionally: the tied embedding's final rms_norm).
+    Hook the uncompiled, unwrapped model so names match. Sums, not means: GPTQ ignores H's scale, so ranks
+    can all-reduce them as they are."""
 
     def __init__(self, model: nn.Module, select: Callable[[str, nn.Module], bool] | None = None,
                  head_inputs: dict[str, nn.Module] | None = None):
@@ -1266,8 +1235,7 @@ def encode_artifact(qstate: dict, meta: dict, codecs: tuple[str, ...] = tuple(CO
     combos = [(c, s, p) for c in available for (s, p) in raws]
     with ThreadPoolExecutor(len(combos)) as pool:  # the codecs release the GIL while compressing
         blobs = list(pool.map(lambda csp: _wrap(raws[csp[1:]], csp[0]), combos))
-    best = min(range(len(blobs)), key=lambda i: len(blobs[i]))
-    return blobs[best], [(*csp, len(b)) for csp, b in zip(combos, blobs)]
+    return min(blobs, key=len), [(*csp, len(b)) for csp, b in zip(combos, blobs)]
 
 
 def decode_artifact(buf: bytes) -> tuple[dict, dict]:
@@ -1394,10 +1362,9 @@ def prune_to_fit(qstate: dict, state: dict[str, Tensor], excess: int) -> int:
 
 def fit_artifact(qstate: dict, state: dict[str, Tensor], meta: dict, codecs: tuple[str, ...], budget: int,
                  log: Callable[[str], None]) -> tuple[bytes, list]:
-    """encode_artifact, then while the smallest blob is over `budget` bytes (SIZE_CAP minus the code),
-    prune the cheapest +-1 codes and encode again. The entropy estimate is corrected each round by the
-    bytes the codec really saved per estimated byte. Four rounds at most; the caller's cap check
-    reports a miss."""
+    """encode_artifact, then while the smallest blob is over `budget` bytes (SIZE_CAP minus the code), prune
+    the cheapest +-1 codes and encode again. The entropy estimate is corrected each round by the bytes the
+    codec really saved per estimated byte. Four rounds at most; the caller's cap check reports a miss."""
     blob, candidates = encode_artifact(qstate, meta, codecs, log)
     rate = 1.0  # real bytes saved per estimated byte
     for _ in range(4):
@@ -1440,8 +1407,7 @@ def calibrate(model: GPT, h: Hyperparameters, batches, device: torch.device) -> 
 
 @torch.no_grad()
 def selfgen_batches(model: GPT, h: Hyperparameters, device: torch.device, n: int, seqs: int, length: int = 256):
-    """CALIB=selfgen: sequences sampled from the model itself (BOS then T=1 sampling), so calibration
-    needs no data at all."""
+    """CALIB=selfgen: sequences sampled from the model itself (BOS, then T=1): calibration reads no data."""
     g = torch.Generator(device=device).manual_seed(h.seed + h.rank)
     for _ in range(n):
         x = torch.full((seqs, 1), BOS_ID, dtype=torch.int64, device=device)
@@ -1564,10 +1530,8 @@ class NgramMixer:
                  alpha: tuple[float, float, float, float] = (-3.0, 0.25, 0.1, 0.25),
                  cross_bos: bool = False, bos_id: int = 1, gate_lr: float = 0.0,
                  reduce: Callable[[Tensor], None] | None = None):
-        """gate_lr > 0: alpha is learned online. Every update() first takes GATE_STEPS Adam steps on
-        the mean mixed NLL of the positions score() gave since the last update() (already scored),
-        so a gate only ever reflects earlier chunks. `reduce` sums a tensor over ranks in place
-        (each rank scores a slice; all keep one gate)."""
+        """gate_lr > 0: alpha is learned online from already-scored chunks (learn_gate). `reduce` sums a
+        tensor over ranks in place (each rank scores a slice; all keep one gate)."""
         assert 1 <= order <= 16, "the context length must fit in the key's level bits"
         self.V, self.n, self.dev = vocab_size, order, torch.device(device)
         self.alpha, self.cross_bos, self.bos = tuple(alpha), cross_bos, bos_id
@@ -1690,7 +1654,8 @@ class NgramMixer:
         return self.mix_nll(logp, ent, *stats)
 
     def learn_gate(self) -> None:
-        """GATE_STEPS Adam steps on alpha over the positions scored since the last call (see __init__)."""
+        """GATE_STEPS Adam steps on alpha, on the mean mixed NLL of the positions score() gave since the
+        last call: already scored, so a gate only ever reflects earlier chunks."""
         seen, self.seen = self.seen, []
         lp, ent, p, c, o = (torch.cat(x) for x in zip(*seen)) if seen else [torch.zeros(0, device=self.dev)] * 5
         keep = o > 0  # a = 0 where the tables have no context: no gradient there
@@ -1762,8 +1727,7 @@ def eval_ngram(model: GPT, tokens: Tensor, h: Hyperparameters, luts: tuple[Tenso
                        gate_lr=h.ngram_gate_lr, reduce=dist.all_reduce if h.world_size > 1 else None)
     nll, done = torch.zeros(len(tokens), dtype=torch.float64, device=device), 0
     per_chunk = max(1, h.ngram_chunk // max(1, h.eval_stride))
-    was_training = model.training
-    model.eval()
+    was_training, _ = model.training, model.eval()
     for c in range(0, len(wins), per_chunk):
         chunk, rows, mine = wins[c:c + per_chunk], [], []
         for part, x in rank_batches(tokens, chunk, h, L):
