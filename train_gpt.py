@@ -1364,8 +1364,10 @@ def fit_artifact(qstate: dict, state: dict[str, Tensor], meta: dict, codecs: tup
                  log: Callable[[str], None]) -> tuple[bytes, list]:
     """encode_artifact, then while the smallest blob is over `budget` bytes (SIZE_CAP minus the code), prune
     the cheapest +-1 codes and encode again. The entropy estimate is corrected each round by the bytes the
-    codec really saved per estimated byte. Four rounds at most; the caller's cap check reports a miss."""
+    codec really saved per estimated byte. Rounds re-encode only the winning (codec, shuffle, pack): one
+    brotli-11 pass is about a minute. Four rounds at most; the caller's cap check reports a miss."""
     blob, candidates = encode_artifact(qstate, meta, codecs, log)
+    codec, shuffle, pack, _ = min(candidates, key=lambda c: c[3])
     rate = 1.0  # real bytes saved per estimated byte
     for _ in range(4):
         excess = len(blob) - budget
@@ -1377,7 +1379,7 @@ def fit_artifact(qstate: dict, state: dict[str, Tensor], meta: dict, codecs: tup
             log(f"export: {excess:,} bytes over the cap and zeroing every +-1 code would not fit it")
             break
         before = len(blob)
-        blob, candidates = encode_artifact(qstate, meta, codecs, log)
+        blob = _wrap(_serialize(qstate, meta, shuffle, pack), codec)
         rate = min(1.0, max(0.1, (before - len(blob)) / ask))
         log(f"export: {excess:,} bytes over the cap: zeroed {n:,} +-1 codes, {before - len(blob):,} bytes saved")
     return blob, candidates
