@@ -1324,16 +1324,18 @@ def prune_to_fit(qstate: dict, state: dict[str, Tensor], excess: int) -> int:
     r = w / s, until the codes' order-0 entropy falls by `excess` bytes. Entries with an LQER
     correction are left alone (their correction was fitted to the unpruned codes). Returns the number
     of codes zeroed (qstate is changed in place), or -1, changing nothing, if no pruning saves enough."""
-    cands = {}  # name -> (sorted costs of the +1 codes, of the -1 codes, histogram)
+    cands = {}  # name -> (cost of zeroing each code, sorted costs of the +1 codes, of the -1 codes, histogram)
     for n, e in qstate.items():
         if "q" in e and "lqer" not in e:
             q, s = e["q"], e["scale"].float()[:, None]
-            cost = s ** 2 * ((state[n].float().cpu() / s) ** 2 - (state[n].float().cpu() / s - q) ** 2)
-            cands[n] = (cost[q == 1].sort()[0], cost[q == -1].sort()[0], torch.bincount(q.flatten().long() + 128, minlength=256))
+            r = state[n].float().cpu() / s
+            cost = s ** 2 * (r ** 2 - (r - q) ** 2)
+            cands[n] = (cost, cost[q == 1].sort()[0], cost[q == -1].sort()[0],
+                        torch.bincount(q.flatten().long() + 128, minlength=256))
 
     def saved(tau: float) -> float:
         total = 0.0
-        for cp, cm, hist in cands.values():
+        for _, cp, cm, hist in cands.values():
             kp, km = int(torch.searchsorted(cp, tau, right=True)), int(torch.searchsorted(cm, tau, right=True))
             after = hist.clone()
             after[129] -= kp
@@ -1342,7 +1344,7 @@ def prune_to_fit(qstate: dict, state: dict[str, Tensor], excess: int) -> int:
             total += _code_bytes(hist) - _code_bytes(after)
         return total
 
-    costs = torch.cat([c for cp, cm, _ in cands.values() for c in (cp, cm)]).sort()[0]
+    costs = torch.cat([c for _, cp, cm, _ in cands.values() for c in (cp, cm)]).sort()[0]
     if not len(costs) or saved(float(costs[-1])) < excess:
         return -1
     lo, hi = 0, len(costs) - 1  # smallest index whose threshold saves enough
@@ -1350,11 +1352,9 @@ def prune_to_fit(qstate: dict, state: dict[str, Tensor], excess: int) -> int:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if saved(float(costs[mid])) >= excess else (mid + 1, hi)
     tau, zeroed = float(costs[lo]), 0
-    for n in cands:
+    for n, (cost, *_) in cands.items():
         e = qstate[n]
-        s = e["scale"].float()[:, None]
-        w = state[n].float().cpu() / s
-        kill = (e["q"].abs() == 1) & (s ** 2 * (w ** 2 - (w - e["q"]) ** 2) <= tau)
+        kill = (e["q"].abs() == 1) & (cost <= tau)
         e["q"] = e["q"].masked_fill(kill, 0)
         zeroed += int(kill.sum())
     return zeroed
