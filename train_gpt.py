@@ -1537,8 +1537,9 @@ class NgramMixer:
         assert 1 <= order <= 16, "the context length must fit in the key's level bits"
         self.V, self.n, self.dev = vocab_size, order, torch.device(device)
         self.alpha, self.cross_bos, self.bos = tuple(alpha), cross_bos, bos_id
-        self.gate_lr, self.reduce, self.seen = gate_lr, reduce, []
-        self.adam = (torch.zeros(4, dtype=torch.float64, device=self.dev),) * 2 + (0,)
+        self.reduce, self.seen = reduce, []
+        self.gate = torch.zeros(4, dtype=torch.float64, device=self.dev, requires_grad=True)  # alpha while learning
+        self.gate_opt = torch.optim.Adam([self.gate], lr=gate_lr) if gate_lr > 0 else None
         m = 2**NGRAM_LEVEL_SHIFT // vocab_size  # g * V + v < 2^59 and g * (V+1) + V < 2^63 for every g < m
         while any(pow(b, m - 1, m) != 1 for b in (2, 3, 5, 7)):  # (probable) prime: a better spread
             m -= 1
@@ -1627,9 +1628,14 @@ class NgramMixer:
         return tuple(x[n0:] for x in self._ngram(ext, t0))
 
     # --- mixture ---------------------------------------------------------------------------------
+    @staticmethod
+    def gate_features(entropy: Tensor, top_count: Tensor, top_order: Tensor) -> Tensor:
+        """[n, 4] float64 (1, H_model, log1p(c(h_top)), n_top): the gate is sigmoid(features @ alpha)."""
+        return torch.stack([torch.ones_like(entropy), entropy, torch.log1p(top_count), top_order], 1).double()
+
     def mix_weight(self, entropy: Tensor, top_count: Tensor, top_order: Tensor) -> Tensor:
-        w0, w1, w2, w3 = self.alpha
-        z = w0 + w1 * entropy.double() + w2 * torch.log1p(top_count.double()) + w3 * top_order
+        z = self.gate_features(entropy.double(), top_count.double(), top_order.double()) @ top_count.new_tensor(
+            self.alpha, dtype=torch.float64)
         return torch.where(top_order > 0, torch.sigmoid(z), 0.0)
 
     def mix_nll(self, logp_true: Tensor, entropy: Tensor, p_ngram: Tensor, top_count: Tensor,
@@ -1651,7 +1657,7 @@ class NgramMixer:
         tokens = tokens.to(self.dev, torch.long)
         logp, ent = self.model_stats(tokens, model_logprobs.to(self.dev))
         stats = self.ngram_stats(tokens, prefix)
-        if self.gate_lr > 0:
+        if self.gate_opt:
             self.seen.append((logp, ent, *stats))
         return self.mix_nll(logp, ent, *stats)
 
@@ -1661,23 +1667,22 @@ class NgramMixer:
         seen, self.seen = self.seen, []
         lp, ent, p, c, o = (torch.cat(x) for x in zip(*seen)) if seen else [torch.zeros(0, device=self.dev)] * 5
         keep = o > 0  # a = 0 where the tables have no context: no gradient there
-        f = torch.stack([torch.ones_like(p), ent, torch.log1p(c.double()), o.double()], 1).double()[keep]
+        f = self.gate_features(ent.double(), c.double(), o.double())[keep]
         lp, lpn = lp.double()[keep], torch.log(p.double()[keep])
-        w, (m, v, t) = torch.tensor(self.alpha, dtype=torch.float64, device=self.dev), self.adam
+        with torch.no_grad():
+            self.gate.copy_(torch.tensor(self.alpha))  # alpha is the gate everywhere else (sweeps may set it)
         for _ in range(GATE_STEPS):
             with torch.enable_grad():  # eval runs under no_grad
-                w.requires_grad_(True)
-                z = f @ w  # log a and log(1 - a) as logsigmoids: finite gradients where a saturates
+                z = f @ self.gate  # log a and log(1 - a) as logsigmoids: finite gradients where a saturates
                 loss = -torch.logaddexp(F.logsigmoid(-z) + lp, F.logsigmoid(z) + lpn).sum()
-                g = torch.cat([torch.autograd.grad(loss, w)[0], keep.sum().double()[None]])
+                g = torch.cat([torch.autograd.grad(loss, self.gate)[0], keep.sum().double()[None]])
             if self.reduce:
                 self.reduce(g)
             if g[4] == 0:
                 break
-            t, g = t + 1, g[:4] / g[4]
-            m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
-            w = w.detach() - self.gate_lr * (m / (1 - 0.9 ** t)) / ((v / (1 - 0.999 ** t)).sqrt() + 1e-8)
-        self.alpha, self.adam = tuple(w.detach().tolist()), (m, v, t)
+            self.gate.grad = g[:4] / g[4]  # the mean over every rank's scored positions
+            self.gate_opt.step()
+        self.alpha = tuple(self.gate.tolist())
 
     def distribution(self, tokens: Tensor, model_logprobs: Tensor | None = None,
                      prefix: Tensor | None = None) -> Tensor:
@@ -1695,7 +1700,7 @@ class NgramMixer:
     def update(self, tokens: Tensor) -> None:
         """Insert the stream tokens that follow everything inserted so far (a whole, already-scored chunk);
         with gate_lr > 0, learn the gate from what was scored first."""
-        if self.gate_lr > 0:
+        if self.gate_opt:
             self.learn_gate()
         ext = torch.cat([self.tail, tokens.to(self.dev, torch.long)])
         _, k, valid = self._keys(ext, self.tail.numel())
