@@ -60,7 +60,7 @@ DEFAULTS: dict[str, object] = dict(
     EVAL_PATHS="sliding,ttt", PRE_EXPORT_PATHS="sliding", EVAL_BUDGET_SECONDS=600.0,
     PER_TOKEN_OUT="",
     # export: GPTQ (or RTN) + SDClip per tensor class, LQER on the worst tensors, smallest codec
-    QUANT="gptq", CALIB="train", CALIB_BATCHES=16, MATRIX_BITS=6, EMBED_BITS=7, ATTN_CLIP=13.0, MLP_CLIP=11.5,
+    QUANT="gptq", CALIB="train", CALIB_BATCHES=16, MATRIX_BITS=6, EMBED_BITS=7, ATTN_CLIP=13.0, MLP_CLIP=12.5,
     EMBED_CLIP=14.0, LQER_TOP=3, LQER_RANK=4, CODECS="brotli,zstd,lzma", SIZE_CAP=16_000_000,
     # score-first TTT: per-document LoRA (reset per doc, chunk by chunk) and/or phased global SGD
     TTT_LORA=1, TTT_GLOBAL=1, TTT_CHUNK=256, TTT_DOCS=32, TTT_RANK=8, TTT_ALPHA=16.0, TTT_TARGETS="c_q,c_v,fc",
@@ -1344,7 +1344,7 @@ def prune_to_fit(qstate: dict, state: dict[str, Tensor], excess: int) -> int:
             total += _code_bytes(hist) - _code_bytes(after)
         return total
 
-    costs = torch.cat([c for _, cp, cm, _ in cands.values() for c in (cp, cm)]).sort()[0]
+    costs = torch.cat([c for _, cp, cm, _ in cands.values() for c in (cp, cm)] or [torch.zeros(0)]).sort()[0]
     if not len(costs) or saved(float(costs[-1])) < excess:
         return -1
     lo, hi = 0, len(costs) - 1  # smallest index whose threshold saves enough

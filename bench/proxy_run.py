@@ -1,7 +1,8 @@
 """Run train_gpt.py once (proxy protocol, ../shared/docs/proxy.md) and turn its log into a JSON row.
 
-Usage: python bench/proxy_run.py NAME [--nproc N] [--out DIR] [--timeout S] [KEY=VALUE ...]
-The KEY=VALUE pairs are env vars for train_gpt.py. The row holds the exact command, the git commit,
+Usage: python bench/proxy_run.py NAME [--nproc N] [--out DIR] [--timeout S] [--script PATH] [KEY=VALUE ...]
+The KEY=VALUE pairs are env vars for train_gpt.py; --script runs another copy of it (packed/train_gpt.py
+from `make pack`: its own bytes are the counted code). The row holds the exact command, the git commit,
 steps, ms/step, tokens/s, MFU (model FLOPs incl. causal attention / 798e12 per GPU, the bf16 matmul
 rate measured on this H100), peak memory, artifact bytes, every eval line, and the compliance lines.
 """
@@ -76,7 +77,7 @@ def parse(log: str) -> dict:
 
 def main() -> None:
     name, args = sys.argv[1], sys.argv[2:]
-    nproc, out, timeout = 1, Path(os.environ.get("OUT", ROOT / "bench/out")), None
+    nproc, out, timeout, script = 1, Path(os.environ.get("OUT", ROOT / "bench/out")), None, "train_gpt.py"
     env_pairs = []
     while args:
         a = args.pop(0)
@@ -86,11 +87,13 @@ def main() -> None:
             out = Path(args.pop(0))
         elif a == "--timeout":  # kill the run but keep its partial log: a device call's limit loses everything
             timeout = float(args.pop(0))
+        elif a == "--script":
+            script = args.pop(0)
         else:
             env_pairs.append(a)
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **dict(p.split("=", 1) for p in env_pairs), "RUN_ID": name}
-    cmd = [sys.executable, "train_gpt.py"] if nproc == 1 else ["torchrun", "--standalone", f"--nproc_per_node={nproc}", "train_gpt.py"]
+    cmd = [sys.executable, script] if nproc == 1 else ["torchrun", "--standalone", f"--nproc_per_node={nproc}", script]
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -110,8 +113,8 @@ def main() -> None:
     git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     commit = stamp.read_text().strip() if stamp.exists() else git.stdout.strip() if git.returncode == 0 else "unknown"
     dirty = not stamp.exists() and git.returncode == 0 and bool(subprocess.run(
-        ["git", "status", "--porcelain", "train_gpt.py"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
-    row = dict(name=name, command=" ".join(env_pairs + cmd[1:] if nproc > 1 else env_pairs + ["python", "train_gpt.py"]),
+        ["git", "status", "--porcelain", "train_gpt.py", "quant/pack.py"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
+    row = dict(name=name, command=" ".join(env_pairs + cmd[1:] if nproc > 1 else env_pairs + ["python", script]),
                git_commit=commit, train_gpt_dirty=dirty, returncode=returncode, wall_seconds=round(time.time() - t0, 1),
                **parse(log))
     if returncode:

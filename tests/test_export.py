@@ -251,6 +251,10 @@ def test_fit_artifact_prunes_the_cheapest_codes_to_the_budget():
     blob, _ = ex.fit_artifact(again, state, meta, ("zlib",), 1000, log.append)
     assert len(blob) == len(full) and "would not fit" in log[-1]
     assert_qstate_equal(again, q)
+    # nothing prunable (every quantized tensor carries LQER, as in a tiny model): the same clear line
+    only_lqer = {n: e for n, e in copy.deepcopy(q).items() if "q" not in e or "lqer" in e}
+    ex.fit_artifact(only_lqer, state, meta, ("zlib",), 1000, log.append)
+    assert "would not fit" in log[-1]
 
 
 def assert_qstate_equal(a, b):
