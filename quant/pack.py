@@ -34,6 +34,19 @@ def pack(src: str) -> str:
     return STUB.format(blob=base64.b85encode(blob))
 
 
+def unpack(text: str) -> str | None:
+    """The minified source inside a packed file (None if `text` is not one): what tools read to see
+    its imports. It may only parse on the Python that packed it (3.12 unparses nested f-string quotes)."""
+    head, _, rest = text.partition("b85decode(")
+    if head != STUB.split("b85decode(")[0] or not rest.startswith(("b'", 'b"')):
+        return None
+    try:
+        blob = rest[2:rest.index(rest[1], 2)]  # the b85 alphabet has no quotes
+        return lzma.decompress(base64.b85decode(blob)).decode("utf-8")
+    except (ValueError, SyntaxError, lzma.LZMAError, UnicodeDecodeError):
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m quant.pack", description=__doc__.splitlines()[0])
     ap.add_argument("source", nargs="?", default="train_gpt.py")

@@ -86,7 +86,8 @@ def load(folder: Path) -> dict:
             ctx["foreign"].append(path)
             continue
         try:
-            ctx["logs"].append(parse_log(path))
+            scored = (ctx["meta"] or {}).get("eval_path")  # the path submission.json says is the score
+            ctx["logs"].append(parse_log(path, scored if isinstance(scored, str) else None))
         except LogError as e:
             ctx["broken"].append(str(e))
     ctx["ours"] = bool(ctx["logs"] or ctx["broken"])  # this toolkit's folder: its logs are the evidence

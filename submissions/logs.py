@@ -81,9 +81,10 @@ def _held(line: str, key: str, where: str) -> bool:
     return value == "True"
 
 
-def parse_log(path: str | Path) -> dict:
-    """Everything a submission needs from one log. Raises LogError (one line) when the file is not a
-    log of this toolkit, holds more than one run, or lacks a line the submission needs."""
+def parse_log(path: str | Path, score_path: str | None = None) -> dict:
+    """Everything a submission needs from one log. The score is the last final (post-export) eval of
+    the val set, or its `score_path` eval (e.g. sliding) when given. Raises LogError (one line) when the
+    file is not a log of this toolkit, holds more than one run, or lacks a line the submission needs."""
     where = str(path)
     split = split_source(read_text(path))
     if split is None:
@@ -110,9 +111,10 @@ def parse_log(path: str | Path) -> dict:
                       ("compliance_eval", "compliance eval:")):
         if log[key] is None:
             raise LogError(f"{where}: no '{what}' line (run unfinished, or an EVAL_ONLY log)")
-    final = {k.split("/")[0]: k for k in log["evals"] if "/pre_" not in k}  # dicts keep order: last wins
+    final = {k.split("/")[0]: k for k in log["evals"]  # dicts keep order: last wins
+             if "/pre_" not in k and score_path in (None, k.split("/", 1)[1])}
     if "val" not in final:
-        raise LogError(f"{where}: no final 'eval val <path>:' line (the score from the artifact on disk)")
+        raise LogError(f"{where}: no final 'eval val {score_path or '<path>'}:' line (the score from the artifact on disk)")
     pre = {k.split("/")[0]: k for k in log["evals"] if "/pre_" in k}
     h = log["hyperparameters"]
     for key in ("seed", "run_id", "preset", "world_size"):

@@ -28,6 +28,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from quant.pack import unpack
 from submissions.logs import LogError, find_logs, parse_log
 
 SIZE_CAP = 16_000_000
@@ -36,8 +37,9 @@ DIGITS = 8  # JSON rounding of means and stds; the logs print 6 decimals, so thi
 TRACK = "10min_16mb"
 # Keys train_gpt.py derives or torchrun sets: never env vars of the reproduce command.
 DERIVED = {"run_id", "seed", "rank", "local_rank", "world_size", "train_files", "val_files"}
-# May differ between seeds' logs (where the data lay on each machine); everything else must match.
-LOCAL = {"data_path", "tokenizer_path", "dev_val_files", "artifact", "per_token_out"}
+# May differ between seeds' logs (where the data lay on each machine; extra eval paths reported beside
+# the scored one); everything else must match.
+LOCAL = {"data_path", "tokenizer_path", "dev_val_files", "artifact", "per_token_out", "eval_paths", "pre_export_paths"}
 KEY_HPARAMS = ("preset", "vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult",
                "train_seq_len", "train_batch_tokens", "iterations", "max_wallclock_seconds", "gptq_reserve_seconds",
                "warmdown_frac", "matrix_lr", "scalar_lr", "tied_embed_lr", "muon_wd", "ema_decay", "recur_start",
@@ -49,9 +51,13 @@ class SubmissionError(ValueError):
     """Input that cannot become a submission; the message says why."""
 
 
-def load_logs(paths: list[str]) -> list[dict]:
-    """Parse the logs and refuse any set that is not n seeds of one script and one config."""
-    logs = [parse_log(p) for p in paths]
+def load_logs(paths: list[str], score_path: str | None = None) -> list[dict]:
+    """Parse the logs and refuse any set that is not n seeds of one script, one config and one scored path."""
+    logs = [parse_log(p, score_path) for p in paths]
+    scored = Counter(log["eval_path"] for log in logs)
+    if len(scored) > 1:
+        listing = ", ".join(f"{Path(l['path']).name}={l['eval_path']}" for l in logs)
+        raise SubmissionError(f"logs end with different eval paths ({listing}); name the scored one with --score-path")
     for log in logs:
         if not log["source_intact"]:
             raise SubmissionError(f"{log['path']}: embedded source does not match its code: line (edited log?)")
@@ -191,8 +197,13 @@ def _r(x: float | None) -> float | None:
 def imports_of(source: str) -> dict[str, bool]:
     """Top-level modules the source imports beyond the stdlib -> optional (every import of it sits in a
     try whose handler catches ImportError). Sees import, from-import (absolute) and
-    importlib.import_module(<expr>) with string constants in <expr>, dict values included."""
-    tree = ast.parse(source)
+    importlib.import_module(<expr>) with string constants in <expr>, dict values included. A packed
+    train_gpt.py (quant.pack) is read through to the source it carries."""
+    source = unpack(source) or source
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:  # minified by a newer Python (3.12 f-strings) than this one
+        return _scan_imports(source)
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
     found: dict[str, bool] = {}
     for node in ast.walk(tree):
@@ -207,6 +218,23 @@ def imports_of(source: str) -> dict[str, bool]:
             continue
         for top in {n.split(".")[0] for n in names} - set(sys.stdlib_module_names):
             found[top] = found.get(top, True) and _guarded(node, parents)
+    return dict(sorted(found.items()))
+
+
+def _scan_imports(source: str) -> dict[str, bool]:
+    """imports_of for ast.unparse output this Python cannot parse: one statement per line, so an import is
+    optional when the nearest less-indented line above it is `try:`."""
+    lines, found = source.splitlines(), {}
+    for i, line in enumerate(lines):
+        m = re.match(r"( *)(?:import ([\w., ]+)$|from (\w[\w.]*) import |.*import_module\((.*)\))", line)
+        if not m:
+            continue
+        names = ([n.split(" as ")[0].strip() for n in m.group(2).split(",")] if m.group(2) else [m.group(3)]
+                 if m.group(3) else re.findall(r"'\s*:\s*'([\w.]+)'", m.group(4)) or re.findall(r"^'([\w.]+)'$", m.group(4)))
+        indent = len(m.group(1))
+        above = next((l for l in reversed(lines[:i]) if len(l) - len(l.lstrip()) < indent), "")
+        for top in {n.split(".")[0] for n in names} - set(sys.stdlib_module_names):
+            found[top] = found.get(top, True) and above.strip() == "try:"
     return dict(sorted(found.items()))
 
 
@@ -383,6 +411,7 @@ def readme(meta: dict, logs: list[dict], args: argparse.Namespace, command: str,
     h = logs[0]["hyperparameters"]
     label = args.label
     tag = f" [{label}]" if label else ""
+    pre_path = logs[0]["pre_export"].get("val", {}).get("path", "").removeprefix("pre_")  # may differ from the scored one
     out = [f"# {meta['name']}", ""]
     if label:
         out += [f"> **{label}.** Every number below is from runs labelled \"{label}\"; "
@@ -393,7 +422,7 @@ def readme(meta: dict, logs: list[dict], args: argparse.Namespace, command: str,
             f"| val_bpb, mean of {len(logs)} seeds | **{fmt(meta['val_bpb'], 8)}** (std {fmt(meta['val_bpb_std'], 8)}) |",
             f"| val_loss (nats/token), mean | {fmt(meta['val_loss'], 8)} (std {fmt(meta['val_loss_std'], 8)}) |",
             f"| scored eval path | `{meta['eval_path']}`, on the artifact read back from disk |",
-            f"| pre-export val_bpb, mean | {fmt(meta.get('pre_quant_val_bpb'), 8)} |",
+            f"| pre-export val_bpb ({pre_path or 'n/a'}), mean | {fmt(meta.get('pre_quant_val_bpb'), 8)} |",
             f"| artifact bytes, max | {meta['artifact_bytes_max']:,} |",
             f"| code bytes (train_gpt.py) | {meta['bytes_code']:,} |",
             f"| total bytes, max | {meta['bytes_total']:,} (margin {SIZE_CAP - meta['bytes_total']:,} under {SIZE_CAP:,}) |",
@@ -401,7 +430,7 @@ def readme(meta: dict, logs: list[dict], args: argparse.Namespace, command: str,
             f"| train seconds incl. calibration, max | {max(l['train_seconds'] for l in logs):.1f} |",
             f"| eval seconds, max | {max(l['eval_seconds'] for l in logs):.1f} |", "",
             f"## Per seed{tag}", "",
-            "| seed | val_bpb | val_loss | pre-export val_bpb | steps | ms/step | train s | eval s | artifact bytes "
+            f"| seed | val_bpb | val_loss | pre-export val_bpb ({pre_path or 'n/a'}) | steps | ms/step | train s | eval s | artifact bytes "
             "| total bytes | log |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for l in logs:
@@ -482,7 +511,7 @@ def make(args: argparse.Namespace) -> Path:
     date = args.date or datetime.date.today().isoformat()
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
         raise SubmissionError(f"--date {date!r}: expected YYYY-MM-DD")
-    logs = load_logs(args.logs)
+    logs = load_logs(args.logs, args.score_path)
     ref = load_reference(args.reference, args.reference_bpb)
     shas = check_artifacts(logs, Path(args.artifacts)) if args.artifacts else {}
     sig = significance(logs, ref) if ref else None
@@ -515,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     ref = p.add_mutually_exclusive_group()
     ref.add_argument("--reference", help="submission folder to compare against (ours or official layout)")
     ref.add_argument("--reference-bpb", help="the reference's per-seed val_bpb, comma-separated")
+    p.add_argument("--score-path", help="eval path that is the score (default: each log's last final eval)")
     p.add_argument("--artifacts", help="folder with <RUN_ID>.pgq: check sizes, decode, record sha256")
     p.add_argument("--out", default="submissions", help="parent folder (default: submissions)")
     p.add_argument("--author", default="", help="submission.json author")

@@ -165,6 +165,34 @@ def test_make_refuses_bad_sets(runs, tmp_path, run_cli, one_line_error):
     one_line_error(run_cli("submissions.check", tmp_path / "nope"), "not a directory")
 
 
+def test_score_path_names_the_scored_eval(runs, tmp_path, run_cli, one_line_error):
+    """Seed 1 also reports an extra path after its scored one: make refuses the ambiguous set until
+    --score-path names the score, and check then reads that path (not the last line) back from the logs."""
+    text = (runs / "logs/seed1.txt").read_text()
+    line = re.search(r"^eval val sliding: .*$", text, re.M).group(0)
+    (tmp_path / "seed1.txt").write_text(text.replace(line, line + "\n" + line.replace("sliding", "ngram")
+                                                     .replace("val_bpb ", "val_bpb 0")))
+    logs = [tmp_path / "seed1.txt", runs / "logs/seed2.txt"]
+    one_line_error(run_cli("submissions.make", "--name", "x", "--logs", *logs, "--out", tmp_path),
+                   "different eval paths", "seed1.txt=ngram", "--score-path")
+    r = run_cli("submissions.make", "--name", "x", "--logs", *logs, "--out", tmp_path, "--score-path", "sliding",
+                "--date", "2026-01-02")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "2026-01-02_x/submission.json").read_text())
+    assert meta["eval_path"] == "sliding"
+    assert meta["seed_results"]["1"]["val_bpb"] == parse_log(runs / "logs/seed1.txt")["val_bpb"]
+    assert status(check.check(tmp_path / "2026-01-02_x"), "scores vs logs")[0] == "PASS"
+
+
+def test_packed_code_is_read_through(tmp_path):
+    """A packed train_gpt.py (what a submission ships to save code bytes) has the imports of the source
+    it carries; the line scan used when this Python cannot parse that source agrees with the AST."""
+    from quant.pack import minify, pack, unpack
+    src = (ROOT / "train_gpt.py").read_text()
+    assert unpack(pack(src)) == minify(src) and unpack(src) is None
+    assert make.imports_of(pack(src)) == make.imports_of(src) == make._scan_imports(minify(src))
+
+
 def test_parse_log_names_what_is_missing(runs, tmp_path):
     text = (runs / "logs/seed1.txt").read_text()
     (tmp_path / "cut.txt").write_text(text[:text.index("\nartifact: ") + 1])
@@ -253,3 +281,11 @@ def test_requirements_are_derived_from_imports():
     real = make.imports_of((ROOT / "train_gpt.py").read_text())
     assert {m for m, opt in real.items() if not opt} == {"numpy", "sentencepiece", "torch"}
     assert {"brotli", "zstandard"} <= {m for m, opt in real.items() if opt}
+
+
+@pytest.mark.parametrize("folder", sorted(p.parent for p in (ROOT / "submissions").glob("*/submission.json")),
+                         ids=lambda p: p.name)
+def test_committed_folders_pass_the_check(folder):
+    """Every folder shipped under submissions/ still passes check-submission (its logs, code and JSON agree)."""
+    rows = check.check(folder)
+    assert all(s in ("PASS", "SKIP") for _, s, _ in rows), rows
