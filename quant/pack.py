@@ -2,7 +2,7 @@
 
     python -m quant.pack [train_gpt.py] [--out packed/train_gpt.py]
 
-Minify = parse and unparse (drops comments and formatting) and drop docstrings; the result is
+Minify = drop comments, docstrings and blank lines (the same bytes on any Python); the result is
 compressed with lzma (stdlib, so it runs wherever Python does) and wrapped in a two-line stub that
 decompresses and executes it. The packed file is what ships and what runs: it embeds its own source
 in the log and counts its own size, exactly as the plain file does.
@@ -12,21 +12,55 @@ from __future__ import annotations
 import argparse
 import ast
 import base64
+import io
 import lzma
 import os
 import sys
+import tokenize
 
 STUB = 'import lzma,base64\nexec(compile(lzma.decompress(base64.b85decode({blob!r})),"train_gpt.py","exec"))\n'
 
 
-def minify(src: str) -> str:
-    tree = ast.parse(src)
-    for node in ast.walk(tree):
+def _docstrings(src: str, lines: list[str]) -> tuple[set[int], dict[int, str]]:
+    """Rows of docstrings that stand on their own lines, and a `pass` for bodies that were only one."""
+    drop, repl = set(), {}
+    for node in ast.walk(ast.parse(src)):
         body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
-                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
-            node.body = body[1:] or [ast.Pass()]  # a docstring is never needed at run time
-    return ast.unparse(tree) + "\n"
+        if not (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            continue
+        d = body[0]
+        if lines[d.lineno - 1][:d.col_offset].strip() or lines[d.end_lineno - 1][d.end_col_offset:].strip():
+            continue  # shares a line with code: keep it
+        drop.update(range(d.lineno, d.end_lineno + 1))
+        if len(body) == 1:
+            repl[d.lineno] = " " * d.col_offset + "pass"
+    return drop, repl
+
+
+def minify(src: str) -> str:
+    """Drop comments, docstrings, blank lines and trailing blanks, keeping every other character as
+    written: the result is the same on every Python that can read the source (ast.unparse is not: 3.12
+    writes f-strings that 3.11 cannot parse)."""
+    lines = src.splitlines()
+    inside, starts, cut = set(), set(), {}  # rows inside / starting a multi-line token; comment columns
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.start[0] < tok.end[0]:
+            starts.add(tok.start[0])
+            inside.update(range(tok.start[0] + 1, tok.end[0] + 1))
+        if tok.type == tokenize.COMMENT:
+            cut[tok.start[0]] = tok.start[1]
+    drop, repl = _docstrings(src, lines)
+    out = []
+    for row, line in enumerate(lines, 1):
+        if row in repl or row in inside and row not in drop:
+            out.append(repl.get(row, line))
+        elif row not in drop:
+            line = line[:cut.get(row, len(line))]
+            line = line if row in starts else line.rstrip()
+            if line.strip():
+                out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def pack(src: str) -> str:
@@ -36,7 +70,8 @@ def pack(src: str) -> str:
 
 def unpack(text: str) -> str | None:
     """The minified source inside a packed file (None if `text` is not one): what tools read to see
-    its imports. It may only parse on the Python that packed it (3.12 unparses nested f-string quotes)."""
+    its imports. Files packed before minify kept the source text may only parse on the Python that
+    packed them (3.12's ast.unparse nests f-string quotes)."""
     head, _, rest = text.partition("b85decode(")
     if head != STUB.split("b85decode(")[0] or not rest.startswith(("b'", 'b"')):
         return None

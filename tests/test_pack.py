@@ -1,10 +1,11 @@
 """CODE_PACK: the self-extracting copy of train_gpt.py runs the same computation as the source."""
+import ast
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from quant.pack import pack
+from quant.pack import minify, pack
 from tests.test_train import SP1024, TINY, tiny_data  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,3 +31,23 @@ def test_packed_copy_gives_the_same_losses(tiny_data, tmp_path):
     a, b = run(ROOT / "train_gpt.py", tmp_path, tiny_data, "src"), run(packed, tmp_path, tiny_data, "packed")
     strip = lambda lines: [l.split(" code ")[0] for l in lines]  # artifact line: same model bytes, other code bytes
     assert strip(a) == strip(b) and any(l.startswith("eval val") for l in a)
+
+
+def test_minify_keeps_the_program_and_only_the_program():
+    """minify changes no statement: its AST is the source's with docstrings removed (a docstring-only
+    body becomes `pass`), strings that span lines (and blank lines or '#' inside them) are untouched."""
+    def without_docstrings(tree: ast.AST) -> str:
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                    and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+        return ast.dump(tree)
+    tricky = ('def f(x):  # comment\n    """Doc.\n\n    more."""\n    s = """a  \n\n# not a comment\n  b"""\n'
+              '    return s + f"{x!r:>4}" + "#"  # trailing\n\n\nclass C:\n    """Only a docstring."""\n')
+    for src in (tricky, (ROOT / "train_gpt.py").read_text()):
+        out = minify(src)
+        assert without_docstrings(ast.parse(out)) == without_docstrings(ast.parse(src))
+        assert "Doc." not in out and "\n\n" not in out.replace('"""a  \n\n', "")
+    out = minify(tricky)
+    assert '"""a  \n\n# not a comment\n  b"""' in out and "# comment" not in out and "# trailing" not in out
