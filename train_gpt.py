@@ -42,7 +42,7 @@ DEFAULTS: dict[str, object] = dict(
     DATA_PATH="./data/datasets/fineweb10B_sp8192", TOKENIZER_PATH="./data/tokenizers/fineweb_8192_bpe.model",
     DEV_VAL_FILES="",  # optional second val set (e.g. the devset's fineweb_dev shard), scored like the first
     VOCAB_SIZE=8192, ITERATIONS=20000, MAX_WALLCLOCK_SECONDS=600.0, GPTQ_RESERVE_SECONDS=12.0,
-    TRAIN_BATCH_TOKENS=786432, TRAIN_SEQ_LEN=2048, MICRO_BATCH_TOKENS=131072,
+    TRAIN_BATCH_TOKENS=786432, TRAIN_SEQ_LEN=2048, MICRO_BATCH_TOKENS=131072, LOADER="shuffle",  # or stream
     VAL_LOSS_EVERY=0, TRAIN_LOG_EVERY=100, WARMUP_STEPS=10, COMPILE=1,
     # model
     NUM_LAYERS=11, MODEL_DIM=512, NUM_HEADS=8, NUM_KV_HEADS=4, MLP_MULT=4.0, LEAKY_SLOPE=0.5,
@@ -74,7 +74,7 @@ PRESETS: dict[str, dict[str, object]] = {
     # no EMA, int8 per-row + zlib, non-overlapping 1024-token eval windows that cross documents.
     "baseline": dict(
         DATA_PATH="./data/datasets/fineweb10B_sp1024", TOKENIZER_PATH="./data/tokenizers/fineweb_1024_bpe.model",
-        VOCAB_SIZE=1024, GPTQ_RESERVE_SECONDS=0.0, TRAIN_BATCH_TOKENS=524288, TRAIN_SEQ_LEN=1024,
+        VOCAB_SIZE=1024, GPTQ_RESERVE_SECONDS=0.0, TRAIN_BATCH_TOKENS=524288, TRAIN_SEQ_LEN=1024, LOADER="stream",
         NUM_LAYERS=9, MLP_MULT=2.0, LEAKY_SLOPE=0.0, ROPE_DIMS=0, QK_GAIN_INIT=1.5,
         DOC_MASK=0, XSA=0, SMEAR=0, ATTN_GATE=0, SKIP_GATES=0, LN_SCALE=0, PARALLEL_FROM=-1, RECUR_EXTRA=0,
         MATRIX_LR=0.04, SCALAR_LR=0.04, TIED_EMBED_LR=0.05, MUON_MOMENTUM=0.95, MUON_MOMENTUM_START=0.85,
@@ -118,6 +118,8 @@ class Hyperparameters:
             raise ValueError(f"TTT_CHUNK={self.ttt_chunk} > EVAL_SEQ_LEN={self.eval_seq_len}: a chunk must fit its window")
         if self.arch not in ("gpt", "worker", "pse", "scan"):
             raise ValueError(f"ARCH={self.arch!r}: expected gpt, worker, pse or scan")
+        if self.loader not in ("shuffle", "stream"):
+            raise ValueError(f"LOADER={self.loader!r}: expected shuffle or stream")
         self.run_id = self.run_id or f"{preset}_{uuid.uuid4().hex[:8]}"
         self.train_files = os.path.join(self.data_path, "fineweb_train_*.bin")
         self.val_files = os.path.join(self.data_path, "fineweb_val_*.bin")
@@ -211,11 +213,16 @@ def shard_files(pattern: str) -> list[str]:
 class TokenLoader:
     """Non-overlapping TRAIN_SEQ_LEN+1 windows of every shard, each epoch in a seeded permutation. Step s
     takes the next global batch and rank r its slice, so the batch depends on the seed alone, not on the
-    world size. Documents inside a window are kept apart by the model (BOS)."""
+    world size. Documents inside a window are kept apart by the model (BOS). stream=True reads like the
+    official baseline instead: the shards in order as one wrapping stream, each rank a contiguous span of
+    seqs x seq_len + 1 tokens per step (on a corpus stored source by source, as the proxy is, the order
+    changes the score: the last sources seen weigh most)."""
 
-    def __init__(self, pattern: str, seq_len: int, seed: int, rank: int, world_size: int, device: torch.device):
+    def __init__(self, pattern: str, seq_len: int, seed: int, rank: int, world_size: int, device: torch.device,
+                 stream: bool = False):
         self.shards = [load_shard(f) for f in shard_files(pattern)]
-        self.seq_len, self.rank, self.world, self.device = seq_len, rank, world_size, device
+        self.seq_len, self.rank, self.world, self.device, self.stream = seq_len, rank, world_size, device, stream
+        self.at = (0, 0)  # stream position: shard, token
         counts = [(len(s) - 1) // seq_len for s in self.shards]
         if sum(counts) == 0:
             raise ValueError(f"{pattern}: fewer than {seq_len + 1} training tokens")
@@ -233,11 +240,27 @@ class TokenLoader:
             self.pos, n = self.pos + k, n - k
         return np.concatenate(out)
 
+    def _stream(self, n: int) -> np.ndarray:
+        out, (i, pos) = [], self.at
+        while n > 0:
+            part = self.shards[i][pos:pos + n]
+            out.append(part)
+            n, pos = n - len(part), pos + len(part)
+            if pos == len(self.shards[i]):
+                i, pos = (i + 1) % len(self.shards), 0
+        self.at = (i, pos)
+        return np.concatenate(out)
+
     def _build(self, global_seqs: int) -> Tensor:
-        idx = self._take(global_seqs)
         per_rank = global_seqs // self.world
-        rows = [self.shards[s][o:o + self.seq_len + 1] for s, o in self.windows[idx[self.rank * per_rank:(self.rank + 1) * per_rank]]]
-        batch = torch.from_numpy(np.stack(rows).astype(np.int64))
+        if self.stream:
+            span = per_rank * self.seq_len + 1
+            local = torch.from_numpy(self._stream(span * self.world)[self.rank * span:(self.rank + 1) * span].astype(np.int64))
+            batch = local.unfold(0, self.seq_len + 1, self.seq_len).contiguous()
+        else:
+            idx = self._take(global_seqs)
+            rows = [self.shards[s][o:o + self.seq_len + 1] for s, o in self.windows[idx[self.rank * per_rank:(self.rank + 1) * per_rank]]]
+            batch = torch.from_numpy(np.stack(rows).astype(np.int64))
         return batch.pin_memory() if self.device.type == "cuda" else batch
 
     def next_batch(self, global_seqs: int) -> Tensor:
@@ -2056,7 +2079,7 @@ def train(h: Hyperparameters, model: GPT, device: torch.device, log: Logger, val
         log(f"warmup: compiled in {time.perf_counter() - t0:.1f}s on random tokens, weights restored")
     opt = Optimizers(model, h)
     ema = EMA(model, h.ema_decay, h.ema_warmup) if h.ema else None
-    loader = TokenLoader(h.train_files, h.train_seq_len, h.seed, h.rank, h.world_size, device)
+    loader = TokenLoader(h.train_files, h.train_seq_len, h.seed, h.rank, h.world_size, device, h.loader == "stream")
     budget = train_budget(h)
     train_s, step, step_ms, history = 0.0, 0, 0.0, []
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

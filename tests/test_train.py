@@ -94,6 +94,23 @@ def test_loader_deterministic_and_world_size_independent(tiny_data):
     assert all(torch.equal(torch.cat(pair), full) for pair, full in zip(halves, a))
 
 
+def test_stream_loader_reads_like_the_official_baseline(tiny_data):
+    """LOADER=stream: the shards in order as one wrapping stream; per step each rank takes the next
+    contiguous seqs x seq_len + 1 tokens after the ranks before it; rows overlap by one token (x, y shift)."""
+    files = tg.shard_files(str(tiny_data / "fineweb_train_*.bin"))
+    flat = torch.from_numpy(np.concatenate([tg.load_shard(f) for f in files]).astype(np.int64))
+    L, seqs, world = 64, 4, 2
+    span = seqs // world * L + 1
+    loaders = [tg.TokenLoader(str(tiny_data / "fineweb_train_*.bin"), L, 0, r, world, torch.device("cpu"), stream=True)
+               for r in range(world)]
+    steps = len(flat) // (span * world) + 2  # past the end: the stream wraps to the first shard
+    for step in range(steps):
+        for r, ld in enumerate(loaders):
+            start = step * span * world + r * span
+            want = torch.cat([flat, flat])[start:start + span]
+            assert torch.equal(ld.next_batch(seqs), want.unfold(0, L + 1, L))
+
+
 def test_bos_isolates_documents(tiny_data):
     """Record preset: changing the previous document's tokens changes no logit of the next one."""
     h = hparams(tiny_data)
