@@ -39,14 +39,13 @@ def setup():
 
 
 def run_path(path: str, model, tokens, h, luts):
-    if path == "ttt":
-        return tg.eval_ttt(model, tokens, h, luts, CPU)
-    if path == "ngram":
-        return tg.eval_ngram(model, tokens, h, luts, CPU)
-    return tg.eval_stream(model, tokens, h, luts, CPU, h.eval_seq_len if path == "plain" else h.eval_stride)
+    if path in ("ttt", "ttt_ngram"):
+        return tg.eval_ttt(model, tokens, h, luts, CPU, ngram=path == "ttt_ngram")
+    return tg.eval_stream(model, tokens, h, luts, CPU, h.eval_seq_len if path == "plain" else h.eval_stride,
+                          ngram=path == "ngram")
 
 
-@pytest.mark.parametrize("path", ["plain", "sliding", "ttt", "ngram"])
+@pytest.mark.parametrize("path", ["plain", "sliding", "ttt", "ngram", "ttt_ngram"])
 def test_causality(setup, path):
     """Perturbing tokens at positions >= t leaves the NLL of every target before t unchanged."""
     h, model, luts, tokens = setup
@@ -71,11 +70,28 @@ def test_ttt_changes_scores_and_restores_weights(setup):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_ttt_scores_before_every_update(setup):
+@pytest.mark.parametrize("ngram", [False, True])
+def test_ttt_scores_before_every_update(setup, ngram, monkeypatch):
     """Instrumented TTT loop: every target position used by an optimizer step (LoRA or global SGD)
-    has had its loss recorded before that step; every target is scored exactly once."""
+    has had its loss recorded before that step; every target is scored exactly once. ttt_ngram: the
+    n-gram post-pass scores every target once, in stream order, each against tables of earlier tokens
+    only, and the totals are those of the ttt path."""
     h, model, luts, tokens = setup
     clock, scored, violations, updates = [0], {}, [], [0]
+    events = []  # the mixer's calls: ("score", first target, end) / ("update", first token, end)
+    score, update = tg.NgramMixer.score, tg.NgramMixer.update
+
+    def log_score(self, toks, stats, prefix=None):
+        start = sum(e - s for k, s, e in events if k == "update") + len(prefix)
+        events.append(("score", start, start + len(toks)))
+        return score(self, toks, stats, prefix)
+
+    def log_update(self, toks):
+        start = sum(e - s for k, s, e in events if k == "update")
+        events.append(("update", start, start + len(toks)))
+        update(self, toks)
+    monkeypatch.setattr(tg.NgramMixer, "score", log_score)
+    monkeypatch.setattr(tg.NgramMixer, "update", log_update)
 
     def on_score(lo, hi):
         for t in range(lo, hi + 1):
@@ -89,9 +105,22 @@ def test_ttt_scores_before_every_update(setup):
             violations.extend(t for t in range(lo, hi + 1) if t not in scored or scored[t] >= clock[0])
         clock[0] += 1
 
-    tg.eval_ttt(model, tokens, h, luts, CPU, on_score, on_update)
+    r = tg.eval_ttt(model, tokens, h, luts, CPU, on_score, on_update, ngram=ngram)
     assert updates[0] > 0 and not violations
     assert sorted(scored) == list(range(1, len(tokens)))
+    ttt = tg.eval_ttt(model, tokens, h, luts, CPU)
+    assert r["tokens"] == ttt["tokens"] == len(tokens) - 1 and r["bytes"] == ttt["bytes"]
+    assert r["loss"] == pytest.approx(float(r["nll"].mean()), rel=1e-12) and bool((r["nll"] > 0).all())
+    if ngram:
+        scored_to, inserted_to = 1, 0
+        for kind, s, e in events:
+            if kind == "score":  # contiguous, in stream order, against tables of earlier tokens only
+                assert s == scored_to and inserted_to <= s
+                scored_to = e
+            else:  # only scored tokens enter the tables
+                assert s == inserted_to and e <= scored_to
+                inserted_to = e
+        assert scored_to == inserted_to == len(tokens) and sum(k == "score" for k, _, _ in events) > 2
 
 
 @pytest.mark.parametrize("n,L,stride", [(2, 8, 4), (100, 16, 16), (101, 16, 5), (1000, 64, 64), (999, 64, 7), (50, 64, 8)])
@@ -128,16 +157,18 @@ def test_bpb_bytes_equal_check_bpb_totals():
     assert r["bpb"] == pytest.approx(r["loss"] * r["tokens"] / np.log(2) / report.bytes, rel=1e-12)
 
 
-def test_ngram_path_reduces_to_sliding_when_its_weight_is_zero(setup):
+def test_ngram_paths_reduce_to_the_model_when_its_weight_is_zero(setup):
+    """Gate forced to 0 (a huge negative bias, no learning): ngram is sliding, ttt_ngram is ttt."""
     h, model, luts, tokens = setup
     off = tg.Hyperparameters({**TINY, "NGRAM_ALPHA": "-1000,0,0,0", "NGRAM_GATE_LR": "0"})
-    sliding = tg.eval_stream(model, tokens, h, luts, CPU, h.eval_stride)["nll"]
-    torch.testing.assert_close(tg.eval_ngram(model, tokens, off, luts, CPU)["nll"], sliding, rtol=0, atol=1e-5)
+    for path, base in (("ngram", "sliding"), ("ttt_ngram", "ttt")):
+        mixed, model_only = run_path(path, model, tokens, off, luts)["nll"], run_path(base, model, tokens, h, luts)["nll"]
+        torch.testing.assert_close(mixed, model_only, rtol=0, atol=1e-6)
 
 
 def test_ngram_path_does_not_depend_on_chunking(setup):
     """With a fixed gate the chunk size is only a schedule (a learned gate learns per chunk, by design)."""
     h, model, luts, tokens = setup
-    a = tg.eval_ngram(model, tokens, tg.Hyperparameters({**TINY, "NGRAM_GATE_LR": "0"}), luts, CPU)["nll"]
-    b = tg.eval_ngram(model, tokens, tg.Hyperparameters({**TINY, "NGRAM_CHUNK": "16", "NGRAM_GATE_LR": "0"}), luts, CPU)["nll"]
+    a = run_path("ngram", model, tokens, tg.Hyperparameters({**TINY, "NGRAM_GATE_LR": "0"}), luts)["nll"]
+    b = run_path("ngram", model, tokens, tg.Hyperparameters({**TINY, "NGRAM_CHUNK": "16", "NGRAM_GATE_LR": "0"}), luts)["nll"]
     torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
