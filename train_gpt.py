@@ -1752,12 +1752,13 @@ def mix_ngram(stats: Tensor, tokens: Tensor, h: Hyperparameters) -> Tensor:
 
 class BatchedLoRA(nn.Module):
     """A rank-r adapter per batch row (one per document): y += alpha/r * (x A_b^T) B_b^T. Its init comes
-    from a seeded generator, so a score never depends on the global RNG state."""
+    from a seeded generator, so a score never depends on the global RNG state; A0 keeps it for reset_lora."""
 
     def __init__(self, n: int, d_in: int, d_out: int, rank: int, alpha: float, g: torch.Generator):
         super().__init__()
         self.A = nn.Parameter(torch.randn(n, rank, d_in, generator=g) / math.sqrt(d_in))
         self.B = nn.Parameter(torch.zeros(n, d_out, rank))  # starts as the identity edit
+        self.register_buffer("A0", self.A.detach().clone(), persistent=False)
         self.scale = alpha / rank
 
     def forward(self, x: Tensor) -> Tensor:
@@ -1773,62 +1774,72 @@ def doc_spans(tokens: Tensor) -> list[tuple[int, int]]:
     return [(s, e) for s, e in zip(starts, ends) if e > s]
 
 
-def attach_lora(model: GPT, h: Hyperparameters, n: int, device: torch.device) -> list[nn.Parameter]:
-    targets, g = h.ttt_targets.split(","), torch.Generator().manual_seed(h.seed)  # same init every batch
-    params = []
-    for name, m in model.blocks.named_modules():
-        if isinstance(m, CastedLinear) and name.split(".")[-1] in targets:
-            m.lora = BatchedLoRA(n, m.in_features, m.out_features, h.ttt_rank, h.ttt_alpha, g).to(device)
-            params += list(m.lora.parameters())
-    return params
+def make_lora(model: GPT, h: Hyperparameters, device: torch.device) -> list[tuple[CastedLinear, BatchedLoRA]]:
+    """A TTT_DOCS-row adapter per TTT_TARGETS linear, made once per eval_ttt: the same modules and
+    shapes for every batch, so a compiled model does not recompile per batch."""
+    targets, g = h.ttt_targets.split(","), torch.Generator().manual_seed(h.seed)
+    return [(m, BatchedLoRA(h.ttt_docs, m.in_features, m.out_features, h.ttt_rank, h.ttt_alpha, g).to(device))
+            for name, m in model.blocks.named_modules() if isinstance(m, CastedLinear) and name.split(".")[-1] in targets]
 
 
-def detach_lora(model: GPT) -> None:
-    for m in model.modules():
-        if isinstance(m, CastedLinear):
-            m.lora = None
+@torch.no_grad()
+def reset_lora(loras: list[tuple[CastedLinear, BatchedLoRA]], m: int, seed: int) -> None:
+    """In place, the init a fresh set of adapters for a batch of m documents gets: B = 0 and A as drawn
+    by a generator seeded with SEED (A0 for a full batch; rows past m are padding)."""
+    g = torch.Generator().manual_seed(seed)
+    for _, lora in loras:
+        n, r, d = lora.A.shape
+        lora.A[:m] = lora.A0 if m == n else (torch.randn(m, r, d, generator=g) / math.sqrt(d)).to(lora.A.device)
+        lora.B.zero_()
 
 
 def score_docs(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], stats: Tensor, h: Hyperparameters,
-               device: torch.device, on_score=None, on_update=None) -> None:
-    """Score documents in batches of TTT_DOCS, chunk by chunk, with per-document LoRA if TTT_LORA.
+               device: torch.device, loras: list[tuple[CastedLinear, BatchedLoRA]], on_score=None, on_update=None) -> None:
+    """Score documents in batches of TTT_DOCS, chunk by chunk, with the per-document adapters `loras`
+    (reset per batch; none without TTT_LORA). A forward always has TTT_DOCS rows (missing documents are
+    BOS padding, out of the scores and the loss) and one of a few widths: few compiled graphs.
     stats [1 or 2, N]: each target's NLL (and the model's entropy there, for the n-gram gate)."""
-    C, L, amp = h.ttt_chunk, h.eval_seq_len, device.type == "cuda"
+    C, L, n, amp = h.ttt_chunk, h.eval_seq_len, h.ttt_docs, device.type == "cuda"
     model.requires_grad_(False)  # only the adapters learn here: no backward work for the base weights
-    for i in range(0, len(spans), h.ttt_docs):
-        batch = spans[i:i + h.ttt_docs]
-        lora = attach_lora(model, h, len(batch), device) if h.ttt_lora else []
-        opt = torch.optim.Adam(lora, lr=h.ttt_lr, betas=(0.9, 0.99)) if lora else None
+    for m, lora in loras:
+        m.lora = lora
+    params = [p for _, lora in loras for p in lora.parameters()]
+    for i in range(0, len(spans), n):
+        batch = spans[i:i + n]
+        reset_lora(loras, len(batch), h.seed)
+        opt = torch.optim.Adam(params, lr=h.ttt_lr, betas=(0.9, 0.99)) if params else None  # fresh state
         n_chunks = max(math.ceil((e - s) / C) for s, e in batch)
         for c in range(n_chunks):
-            rows = []  # (row, doc start, window a..b local, first scored local target, last)
+            rows = []  # (row, doc start, window a..b local, first scored local target)
             for r, (s, e) in enumerate(batch):
                 lo, hi = c * C + 1, min((c + 1) * C, e - s)
                 if lo <= hi:
                     rows.append((r, s, max(0, hi - L), hi, lo))
             W = max(b - a for _, _, a, b, _ in rows)
             W = min(L, C * 2 ** math.ceil(math.log2(max(1, W / C))))  # few distinct widths
-            x = torch.full((len(batch), W + 1), BOS_ID, dtype=torch.int64)
-            for r, s, a, b, _ in rows:
-                x[r, :b - a + 1] = tokens[s + a:s + b + 1]
-            x = x.to(device)
-            last = c == n_chunks - 1
-            with torch.set_grad_enabled(bool(lora) and not last), torch.autocast(device.type, torch.bfloat16, enabled=amp):
-                out = model(x[:, :-1], x[:, 1:], entropy=len(stats) == 2).view(len(stats), len(batch), W)
-            total = out.new_zeros(())
+            x, w, cols, pos = torch.full((n, W + 1), BOS_ID, dtype=torch.int64), torch.zeros(n, W), [], []
             for r, s, a, b, lo in rows:  # local target j sits at column j - 1 - a
-                seg = out[:, r, lo - 1 - a:b - a]
-                stats[:, s + lo:s + b + 1] = seg.detach().double()
-                total = total + seg[0].mean()
-                if on_score:
+                x[r, :b - a + 1] = tokens[s + a:s + b + 1]
+                w[r, lo - 1 - a:b - a] = 1 / (b - lo + 1)  # the loss: the sum of each document's mean NLL
+                cols.append(torch.arange(r * W + lo - 1 - a, r * W + b - a))
+                pos.append(torch.arange(s + lo, s + b + 1))
+            x, w, cols, pos = (t.to(device) for t in (x, w.flatten(), torch.cat(cols), torch.cat(pos)))
+            # grad on even for the last chunk (no step; `del out` frees it): one compiled graph per width
+            with torch.autocast(device.type, torch.bfloat16, enabled=amp):
+                out = model(x[:, :-1], x[:, 1:], entropy=len(stats) == 2).view(len(stats), n * W)
+            stats[:, pos] = out[:, cols].detach().double()
+            if on_score:
+                for _, s, _, b, lo in rows:
                     on_score(s + lo, s + b)
-            if lora and not last:
+            if params and c < n_chunks - 1:
                 opt.zero_grad(set_to_none=True)
-                total.backward()
+                (out[0] * w).sum().backward()
                 opt.step()
                 if on_update:
                     on_update([(s + lo, s + b) for _, s, _, b, lo in rows])
-        detach_lora(model)
+            del out
+    for m, _ in loras:
+        m.lora = None
     model.requires_grad_(True)
 
 
@@ -1842,7 +1853,7 @@ def global_sgd(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], h: Hype
     for _ in range(h.ttt_epochs):
         for k in range(steps):
             chunk = mine[k * h.eval_batch_seqs:(k + 1) * h.eval_batch_seqs]
-            x = torch.full((max(1, len(chunk)), h.eval_seq_len + 1), BOS_ID, dtype=torch.int64)
+            x = torch.full((h.eval_batch_seqs, h.eval_seq_len + 1), BOS_ID, dtype=torch.int64)  # one shape
             keep = torch.zeros(x.shape[0], h.eval_seq_len)
             for j, (a, b) in enumerate(chunk):
                 x[j, :b - a + 1], keep[j, :b - a] = tokens[a:b + 1], 1
@@ -1869,12 +1880,12 @@ def eval_ttt(model: GPT, tokens: Tensor, h: Hyperparameters, luts: tuple[Tensor,
     spans, stats = doc_spans(tokens), torch.zeros(1 + ngram, len(tokens), dtype=torch.float64, device=device)
     phases = max(1, h.ttt_phases if h.ttt_global else 1)
     per = math.ceil(len(spans) / phases)
-    was_training = model.training
+    was_training, loras = model.training, make_lora(model, h, device) if h.ttt_lora else []
     model.eval()  # no dropout anywhere; eval() only marks that no training step uses these batches' order
     for p in range(phases):
         phase = spans[p * per:(p + 1) * per]
         order = sorted(phase, key=lambda se: se[1] - se[0])  # similar lengths share a batch
-        score_docs(model, tokens, order[h.rank::h.world_size], stats, h, device, on_score, on_update)
+        score_docs(model, tokens, order[h.rank::h.world_size], stats, h, device, loras, on_score, on_update)
         if h.ttt_global and p < phases - 1:
             global_sgd(model, tokens, phase, h, device, on_update)
     model.load_state_dict(base)
@@ -1999,8 +2010,7 @@ def run_evals(model: GPT, h: Hyperparameters, vals: dict[str, Tensor], luts: tup
                 stride = h.eval_seq_len if path == "plain" else h.eval_stride
                 r = eval_stream(model, tokens, h, luts, device, stride, ngram=path == "ngram")
             elif path in ("ttt", "ttt_ngram"):
-                with torch.compiler.set_stance("force_eager"):  # many small shapes: eager beats recompiling
-                    r = eval_ttt(model, tokens, h, luts, device, ngram=path == "ttt_ngram")
+                r = eval_ttt(model, tokens, h, luts, device, ngram=path == "ttt_ngram")
             else:
                 raise ValueError(f"EVAL_PATHS: unknown path {path!r}")
             r["seconds"] = time.perf_counter() - t0

@@ -1,6 +1,8 @@
 """Eval legality probes on a tiny CPU model (issue 5): causality for every path, score before update
 for TTT, every target scored exactly once, and BPB totals equal to data.check_bpb's."""
+import copy
 import json
+import math
 import os
 from pathlib import Path
 
@@ -68,6 +70,81 @@ def test_ttt_changes_scores_and_restores_weights(setup):
     ttt = tg.eval_ttt(model, tokens, h, luts, CPU)
     assert not torch.allclose(plain["nll"], ttt["nll"])
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def reference_ttt(model, tokens, h):
+    """The TTT semantics one document at a time, without batching, padding or width buckets: a document's
+    adapters start as its row of a SEED-seeded draw for its batch (m documents, m rows per adapter);
+    each chunk is scored with up to EVAL_SEQ_LEN tokens of context, then Adam steps on its mean NLL;
+    global SGD runs on each finished phase (tg.global_sgd)."""
+    model, nll = copy.deepcopy(model), torch.zeros(len(tokens), dtype=torch.float64)
+    C, L, spans, phases = h.ttt_chunk, h.eval_seq_len, tg.doc_spans(tokens), h.ttt_phases if h.ttt_global else 1
+    per = math.ceil(len(spans) / phases)
+    targets = [m for name, m in model.blocks.named_modules()
+               if isinstance(m, tg.CastedLinear) and name.split(".")[-1] in h.ttt_targets.split(",")]
+    for p in range(phases):
+        order = sorted(spans[p * per:(p + 1) * per], key=lambda se: se[1] - se[0])
+        model.requires_grad_(False)
+        for i in range(0, len(order), h.ttt_docs):
+            batch, g = order[i:i + h.ttt_docs], torch.Generator().manual_seed(h.seed)
+            inits = [torch.randn(len(batch), h.ttt_rank, m.in_features, generator=g) / math.sqrt(m.in_features)
+                     for m in targets]
+            for r, (s, e) in enumerate(batch):
+                for m, A in zip(targets, inits):
+                    m.lora = tg.BatchedLoRA(1, m.in_features, m.out_features, h.ttt_rank, h.ttt_alpha, torch.Generator())
+                    m.lora.A.data = A[r:r + 1].clone()
+                opt = torch.optim.Adam([q for m in targets for q in m.lora.parameters()], lr=h.ttt_lr, betas=(0.9, 0.99))
+                for lo in range(1, e - s + 1, C):
+                    hi = min(lo + C - 1, e - s)
+                    a = max(0, hi - L)
+                    loss = model(tokens[None, s + a:s + hi], tokens[None, s + a + 1:s + hi + 1])[0, lo - 1 - a:]
+                    nll[s + lo:s + hi + 1] = loss.detach().double()
+                    opt.zero_grad()
+                    loss.mean().backward()
+                    opt.step()
+        for m in targets:
+            m.lora = None
+        model.requires_grad_(True)
+        if p < phases - 1:
+            tg.global_sgd(model, tokens, spans[p * per:(p + 1) * per], h, CPU)
+    return nll[1:]
+
+
+@pytest.mark.parametrize("cfg", [{}, {"TTT_DOCS": "2", "TTT_PHASES": "1"},
+                                 {"TTT_CHUNK": "8", "EVAL_SEQ_LEN": "40", "TTT_DOCS": "5", "TTT_GLOBAL": "0"}])
+def test_ttt_equals_one_document_at_a_time(setup, cfg):
+    """Batched TTT (TTT_DOCS padded rows, adapters made once and reset per batch, width buckets, one
+    masked loss) computes what scoring each document alone does: full and short (padded) batches,
+    several widths, windows that slide past EVAL_SEQ_LEN, with and without global SGD."""
+    h, model, luts, tokens = setup
+    longer = torch.from_numpy(np.asarray(tg.load_shard(DEV))[:1100].astype(np.int64))
+    longer[[100, 180, 230, 350, 360, 600, 700, 1000]] = tg.BOS_ID
+    for toks in (tokens, longer):
+        hc = tg.Hyperparameters({**TINY, **cfg})
+        torch.testing.assert_close(tg.eval_ttt(model, toks, hc, luts, CPU)["nll"], reference_ttt(model, toks, hc),
+                                   rtol=1e-6, atol=1e-6)
+
+
+def test_ttt_compiles_a_few_graphs_once(setup):
+    """With the blocks and loss head compiled as compile_parts does (dynamo's eager backend: the same
+    guards), TTT builds one graph per width bucket and block kind, and a second stream builds none."""
+    h, model, luts, tokens = setup
+    model = copy.deepcopy(model)
+    for block in model.blocks:
+        block.compile(backend="eager", dynamic=False)
+    model.nll = torch.compile(model.nll, backend="eager", dynamic=False)
+    from torch._dynamo.utils import counters
+    counters.clear()
+    tg.eval_ttt(model, tokens, h, luts, CPU)
+    first = counters["stats"]["unique_graphs"]
+    counters.clear()
+    other = tokens.flip(0)
+    other[0] = tg.BOS_ID
+    tg.eval_ttt(model, other, h, luts, CPU)
+    again = counters["stats"]["unique_graphs"]
+    torch._dynamo.reset()
+    # widths 16, 32, 48 x block kinds (first block, later sequential, parallel) + heads, + global SGD's few
+    assert first <= 16 and again == 0, (first, again)
 
 
 @pytest.mark.parametrize("ngram", [False, True])
