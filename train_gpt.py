@@ -1,6 +1,6 @@
 """Parameter Golf training script: recurrent parallel-residual GPT (or ARCH=worker|pse|scan), MuonEq-R,
 GPU EMA, int6 GPTQ export scored from the artifact on disk, sliding-window, score-first TTT and legal
-n-gram-mixture eval.
+n-gram-mixture eval (over the sliding-window model or over TTT).
 
 Run:  torchrun --standalone --nproc_per_node=8 train_gpt.py       (PRESET=record, sp8192)
       python train_gpt.py                                          (CPU: tiny config on the devset)
@@ -65,7 +65,7 @@ DEFAULTS: dict[str, object] = dict(
     # score-first TTT: per-document LoRA (reset per doc, chunk by chunk) and/or phased global SGD
     TTT_LORA=1, TTT_GLOBAL=1, TTT_CHUNK=256, TTT_DOCS=32, TTT_RANK=8, TTT_ALPHA=16.0, TTT_TARGETS="c_q,c_v,fc",
     TTT_LR=0.003, TTT_PHASES=4, TTT_EPOCHS=1, TTT_SGD_LR=0.003,
-    # legal n-gram cache mixed into the sliding-window model (EVAL_PATHS=...,ngram)
+    # legal n-gram cache mixed into the sliding-window model (EVAL_PATHS=...,ngram) or into TTT (ttt_ngram)
     NGRAM_ORDER=6, NGRAM_ALPHA="-3,0.25,0.1,0.25", NGRAM_CHUNK=32768, NGRAM_GATE_LR=0.05,  # 0: fixed gate
 )
 PRESETS: dict[str, dict[str, object]] = {
@@ -114,7 +114,7 @@ class Hyperparameters:
             setattr(self, key.lower(), value)
         if self.recur_extra > 0 and not 0 <= self.recur_start <= self.recur_end < self.num_layers:
             raise ValueError(f"RECUR_START..RECUR_END={self.recur_start}..{self.recur_end} is not a span of {self.num_layers} layers")
-        if "ttt" in f"{self.eval_paths},{self.pre_export_paths}".split(",") and self.ttt_chunk > self.eval_seq_len:
+        if {"ttt", "ttt_ngram"} & {*f"{self.eval_paths},{self.pre_export_paths}".split(",")} and self.ttt_chunk > self.eval_seq_len:
             raise ValueError(f"TTT_CHUNK={self.ttt_chunk} > EVAL_SEQ_LEN={self.eval_seq_len}: a chunk must fit its window")
         if self.arch not in ("gpt", "worker", "pse", "scan"):
             raise ValueError(f"ARCH={self.arch!r}: expected gpt, worker, pse or scan")
@@ -738,13 +738,17 @@ class GPT(nn.Module):
     def logits(self, hidden: Tensor) -> Tensor:
         return self.softcap * torch.tanh(F.linear(hidden, self.tok_emb.weight.to(hidden.dtype)) / self.softcap)
 
-    def nll(self, hidden: Tensor, targets: Tensor) -> Tensor:
+    def nll(self, hidden: Tensor, targets: Tensor, entropy: bool = False) -> Tensor:
         logits = self.logits(hidden).float()
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+        nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+        if not entropy:
+            return nll
+        ent = torch.special.entr(logits.detach().log_softmax(-1).exp()).sum(-1)  # as NgramMixer.model_stats
+        return torch.stack([nll, ent])
 
-    def forward(self, ids: Tensor, targets: Tensor, doc_mask: bool = True) -> Tensor:
-        """Per-token NLL (B, T) in fp32."""
-        return self.nll(self.hidden(ids, doc_mask), targets)
+    def forward(self, ids: Tensor, targets: Tensor, doc_mask: bool = True, entropy: bool = False) -> Tensor:
+        """Per-token NLL (B, T) in fp32; entropy=True: (2, B, T), the NLL and the model's entropy there."""
+        return self.nll(self.hidden(ids, doc_mask), targets, entropy)
 
     def compile_parts(self) -> None:
         """Compile each block and the loss head, not the whole unrolled stack: the blocks share two
@@ -939,20 +943,21 @@ def eval_windows(n_tokens: int, seq_len: int, stride: int) -> list[tuple[int, in
 
 @torch.no_grad()
 def eval_stream(model: nn.Module, tokens: Tensor, h: Hyperparameters, luts: tuple[Tensor, Tensor, Tensor],
-                device: torch.device, stride: int) -> dict[str, object]:
-    """Score a val stream with sliding windows (stride = EVAL_SEQ_LEN: plain, non-overlapping).
-    Windows are split across ranks; returns summed nll, tokens, bytes and the per-token nll."""
+                device: torch.device, stride: int, ngram: bool = False) -> dict[str, object]:
+    """Score a val stream with sliding windows (stride = EVAL_SEQ_LEN: plain, non-overlapping), mixed
+    with the n-gram cache if ngram. Windows are split across ranks; returns totals()."""
     L = min(h.eval_seq_len, len(tokens) - 1)
-    nll = torch.zeros(len(tokens), dtype=torch.float64, device=device)
+    stats = torch.zeros(1 + ngram, len(tokens), dtype=torch.float64, device=device)
     was_training, _ = model.training, model.eval()
     for part, x in rank_batches(tokens, eval_windows(len(tokens), L, stride), h, L):
         x = x.to(device, non_blocking=True)
         with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-            loss = model(x[:, :-1], x[:, 1:], doc_mask=not h.eval_cross_doc).double()
+            out = model(x[:, :-1], x[:, 1:], doc_mask=not h.eval_cross_doc, entropy=ngram)
+        out = out.double().view(len(stats), len(x), -1)
         for j, (a, b, first) in enumerate(part):  # target position t sits at column t - a - 1
-            nll[first:b + 1] = loss[j, first - a - 1:b - a]
+            stats[:, first:b + 1] = out[:, j, first - a - 1:b - a]
     model.train(was_training)
-    return totals(nll, tokens, luts, h)
+    return totals(stats, tokens, luts, h)
 
 
 def rank_batches(tokens: Tensor, wins: list[tuple[int, int, int]], h: Hyperparameters, width: int):
@@ -968,12 +973,13 @@ def rank_batches(tokens: Tensor, wins: list[tuple[int, int, int]], h: Hyperparam
         yield part, x
 
 
-def totals(nll: Tensor, tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor], h: Hyperparameters) -> dict[str, object]:
-    """Sum each rank's per-position NLL (each position is scored on exactly one rank), then the
+def totals(stats: Tensor, tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor], h: Hyperparameters) -> dict[str, object]:
+    """Sum each rank's per-position stats (each position is scored on exactly one rank): [1, N] the NLL,
+    or [2, N] the model's NLL and entropy, to be mixed with the n-gram cache (mix_ngram). Then the
     loss, bytes and bpb over every target 1..N-1 of the stream."""
     if h.world_size > 1:
-        dist.all_reduce(nll)
-    nll = nll[1:].cpu()
+        dist.all_reduce(stats)
+    nll = (stats[0] if len(stats) == 1 else mix_ngram(stats, tokens.to(stats.device), h))[1:].cpu()
     n_bytes = int(token_bytes(tokens[:-1], tokens[1:], luts).sum())
     loss_sum = float(nll.sum())
     return dict(loss=loss_sum / len(nll), bpb=loss_sum / math.log(2) / n_bytes, tokens=len(nll), bytes=n_bytes, nll=nll)
@@ -1523,11 +1529,9 @@ def load_artifact(path: str, h: Hyperparameters, device: torch.device) -> tuple[
 # Documents: BOS (id 1) starts each document; by default a context never reaches past the last BOS
 # before t (it may start with that BOS). cross_bos=True lets contexts run across documents. The
 # counts are always over the whole stream (a cache across documents).
-# Multi-rank: walk val in global chunks in the same order on every rank. Rank r scores its slice
-# chunk[a:b] with score(chunk[a:b], logprobs, prefix=chunk[:a]) (earlier tokens: context only), then
-# every rank calls update(chunk) with the FULL chunk, so the tables stay identical and hold exactly
-# the chunks before the one being scored. Ranks hold all val tokens already; if one holds only its
-# slice, all-gather the chunk first (the caller's job).
+# Eval (mix_ngram): a post-pass in stream order over what the model gave each target (log p(y) and
+# entropy: score() takes those or the full log-softmax), so the model may score out of order (TTT)
+# and split across ranks: the per-token stats are summed over ranks, then every rank runs the same pass.
 # Cost: memory 24 bytes per distinct (L, context, token) entry (x2 while merging); update() is
 # O(table size), so update in chunks of >= 32K tokens (results do not depend on the chunk size).
 
@@ -1553,14 +1557,12 @@ GATE_STEPS = 8  # Adam steps on the gate per update(): one pass over a chunk is 
 class NgramMixer:
     def __init__(self, vocab_size: int, order: int = 6, device: str | torch.device = "cpu",
                  alpha: tuple[float, float, float, float] = (-3.0, 0.25, 0.1, 0.25),
-                 cross_bos: bool = False, bos_id: int = 1, gate_lr: float = 0.0,
-                 reduce: Callable[[Tensor], None] | None = None):
-        """gate_lr > 0: alpha is learned online from already-scored chunks (learn_gate). `reduce` sums a
-        tensor over ranks in place (each rank scores a slice; all keep one gate)."""
+                 cross_bos: bool = False, bos_id: int = 1, gate_lr: float = 0.0):
+        """gate_lr > 0: alpha is learned online from already-scored chunks (learn_gate)."""
         assert 1 <= order <= 16, "the context length must fit in the key's level bits"
         self.V, self.n, self.dev = vocab_size, order, torch.device(device)
         self.alpha, self.cross_bos, self.bos = tuple(alpha), cross_bos, bos_id
-        self.reduce, self.seen = reduce, []
+        self.seen = []
         self.gate = torch.zeros(4, dtype=torch.float64, device=self.dev, requires_grad=True)  # alpha while learning
         self.gate_opt = torch.optim.Adam([self.gate], lr=gate_lr) if gate_lr > 0 else None
         m = 2**NGRAM_LEVEL_SHIFT // vocab_size  # g * V + v < 2^59 and g * (V+1) + V < 2^63 for every g < m
@@ -1670,15 +1672,17 @@ class NgramMixer:
 
     @staticmethod
     def model_stats(tokens: Tensor, model_logprobs: Tensor) -> tuple[Tensor, Tensor]:
+        """All the mixture needs of the model's log-softmax [T, V]: log p(y) and the entropy, [T] each."""
         lp = model_logprobs.float()
         return lp.gather(1, tokens[:, None].long())[:, 0], torch.special.entr(lp.exp()).sum(1)
 
-    def score(self, tokens: Tensor, model_logprobs: Tensor, prefix: Tensor | None = None) -> Tensor:
-        """Mixed NLL [T] (float64, nats) of tokens; model_logprobs [T, V] = the model's log-softmax at
-        those positions; prefix = stream tokens after the last update() and before tokens[0].
-        Does not change the tables: call update() with the whole chunk once it is scored."""
+    def score(self, tokens: Tensor, model: Tensor | tuple[Tensor, Tensor], prefix: Tensor | None = None) -> Tensor:
+        """Mixed NLL [T] (float64, nats) of tokens; model = the model's log-softmax [T, V] at those
+        positions, or its model_stats (log p(y), entropy); prefix = stream tokens after the last update()
+        and before tokens[0]. Does not change the tables: call update() with the whole chunk once it is scored."""
         tokens = tokens.to(self.dev, torch.long)
-        logp, ent = self.model_stats(tokens, model_logprobs.to(self.dev))
+        logp, ent = self.model_stats(tokens, model.to(self.dev)) if isinstance(model, Tensor) else \
+            (x.to(self.dev) for x in model)
         stats = self.ngram_stats(tokens, prefix)
         if self.gate_opt:
             self.seen.append((logp, ent, *stats))
@@ -1698,12 +1702,10 @@ class NgramMixer:
             with torch.enable_grad():  # eval runs under no_grad
                 z = f @ self.gate  # log a and log(1 - a) as logsigmoids: finite gradients where a saturates
                 loss = -torch.logaddexp(F.logsigmoid(-z) + lp, F.logsigmoid(z) + lpn).sum()
-                g = torch.cat([torch.autograd.grad(loss, self.gate)[0], keep.sum().double()[None]])
-            if self.reduce:
-                self.reduce(g)
-            if g[4] == 0:
+                g = torch.autograd.grad(loss, self.gate)[0]
+            if not keep.any():
                 break
-            self.gate.grad = g[:4] / g[4]  # the mean over every rank's scored positions
+            self.gate.grad = g / keep.sum()  # the mean over the scored positions
             self.gate_opt.step()
         self.alpha = tuple(self.gate.tolist())
 
@@ -1745,34 +1747,18 @@ class NgramMixer:
         self.cum = torch.cat([cnt.new_zeros(1), self.cnt.cumsum(0)])
 
 
-@torch.no_grad()
-def eval_ngram(model: GPT, tokens: Tensor, h: Hyperparameters, luts: tuple[Tensor, Tensor, Tensor],
-               device: torch.device) -> dict[str, object]:
-    """Sliding-window model mixed with the n-gram cache, score first: the stream is cut into chunks
-    of windows; a chunk's targets are scored (each rank a slice) against tables holding every earlier
-    chunk, then every rank inserts the whole chunk. The model's full log-softmax feeds the mixture."""
-    L = min(h.eval_seq_len, len(tokens) - 1)
-    wins = eval_windows(len(tokens), L, h.eval_stride)
-    mixer = NgramMixer(h.vocab_size, h.ngram_order, device, alpha=tuple(float(a) for a in h.ngram_alpha.split(",")),
-                       gate_lr=h.ngram_gate_lr, reduce=dist.all_reduce if h.world_size > 1 else None)
-    nll, done = torch.zeros(len(tokens), dtype=torch.float64, device=device), 0
-    per_chunk = max(1, h.ngram_chunk // max(1, h.eval_stride))
-    was_training, _ = model.training, model.eval()
-    for c in range(0, len(wins), per_chunk):
-        chunk, rows, mine = wins[c:c + per_chunk], [], []
-        for part, x in rank_batches(tokens, chunk, h, L):
-            with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-                hid = model.hidden(x[:, :-1].to(device), not h.eval_cross_doc)
-            sel = torch.cat([hid[j, first - a - 1:b - a] for j, (a, b, first) in enumerate(part)])
-            rows.append(torch.log_softmax(model.logits(sel).float(), -1))
-            mine += part
-        if mine:
-            s, e = mine[0][2], mine[-1][1] + 1
-            nll[s:e] = mixer.score(tokens[s:e].to(device), torch.cat(rows), prefix=tokens[done:s].to(device))
-        mixer.update(tokens[done:chunk[-1][1] + 1].to(device))  # every rank inserts the whole scored chunk
-        done = chunk[-1][1] + 1
-    model.train(was_training)
-    return totals(nll, tokens, luts, h)
+def mix_ngram(stats: Tensor, tokens: Tensor, h: Hyperparameters) -> Tensor:
+    """Mixed NLL [N] from the model's per-token (NLL, entropy) [2, N] of the whole stream, in stream
+    order: chunks of NGRAM_CHUNK targets are scored against the tables of every earlier chunk, then inserted."""
+    alpha = tuple(float(a) for a in h.ngram_alpha.split(","))
+    mixer = NgramMixer(h.vocab_size, h.ngram_order, stats.device, alpha=alpha, gate_lr=h.ngram_gate_lr)
+    nll, done = torch.zeros_like(stats[0]), 0
+    for s in range(1, len(tokens), h.ngram_chunk):
+        e = min(s + h.ngram_chunk, len(tokens))
+        nll[s:e] = mixer.score(tokens[s:e], (-stats[0, s:e], stats[1, s:e]), prefix=tokens[done:s])
+        mixer.update(tokens[done:e])
+        done = e
+    return nll
 
 
 # -----------------------------------------------------------------------------
@@ -1782,15 +1768,20 @@ def eval_ngram(model: GPT, tokens: Tensor, h: Hyperparameters, luts: tuple[Tenso
 # an optimizer step on a chunk only after its loss is recorded; phased global SGD updates the base
 # weights on documents of finished phases only. Adapters hook into CastedLinear.lora, so TTT runs
 # through the same blocks as training. `on_score`/`on_update` let tests audit the order of events.
+# ttt_ngram: p(t) = (1 - a) p_TTT(t) + a p_ngram(t), mixed after TTT in stream order (mix_ngram) from
+# what TTT recorded per token. Legal: p_TTT(t) depends on the artifact, on earlier phases' documents
+# (all earlier in the stream) and on t's own document prefix; p_ngram(t) and a only on the stream
+# before t's chunk.
 
 class BatchedLoRA(nn.Module):
     """A rank-r adapter per batch row (one per document): y += alpha/r * (x A_b^T) B_b^T. Its init comes
-    from a seeded generator, so a score never depends on the global RNG state."""
+    from a seeded generator, so a score never depends on the global RNG state; A0 keeps it for reset_lora."""
 
     def __init__(self, n: int, d_in: int, d_out: int, rank: int, alpha: float, g: torch.Generator):
         super().__init__()
         self.A = nn.Parameter(torch.randn(n, rank, d_in, generator=g) / math.sqrt(d_in))
         self.B = nn.Parameter(torch.zeros(n, d_out, rank))  # starts as the identity edit
+        self.register_buffer("A0", self.A.detach().clone(), persistent=False)
         self.scale = alpha / rank
 
     def forward(self, x: Tensor) -> Tensor:
@@ -1806,61 +1797,72 @@ def doc_spans(tokens: Tensor) -> list[tuple[int, int]]:
     return [(s, e) for s, e in zip(starts, ends) if e > s]
 
 
-def attach_lora(model: GPT, h: Hyperparameters, n: int, device: torch.device) -> list[nn.Parameter]:
-    targets, g = h.ttt_targets.split(","), torch.Generator().manual_seed(h.seed)  # same init every batch
-    params = []
-    for name, m in model.blocks.named_modules():
-        if isinstance(m, CastedLinear) and name.split(".")[-1] in targets:
-            m.lora = BatchedLoRA(n, m.in_features, m.out_features, h.ttt_rank, h.ttt_alpha, g).to(device)
-            params += list(m.lora.parameters())
-    return params
+def make_lora(model: GPT, h: Hyperparameters, device: torch.device) -> list[tuple[CastedLinear, BatchedLoRA]]:
+    """A TTT_DOCS-row adapter per TTT_TARGETS linear, made once per eval_ttt: the same modules and
+    shapes for every batch, so a compiled model does not recompile per batch."""
+    targets, g = h.ttt_targets.split(","), torch.Generator().manual_seed(h.seed)
+    return [(m, BatchedLoRA(h.ttt_docs, m.in_features, m.out_features, h.ttt_rank, h.ttt_alpha, g).to(device))
+            for name, m in model.blocks.named_modules() if isinstance(m, CastedLinear) and name.split(".")[-1] in targets]
 
 
-def detach_lora(model: GPT) -> None:
-    for m in model.modules():
-        if isinstance(m, CastedLinear):
-            m.lora = None
+@torch.no_grad()
+def reset_lora(loras: list[tuple[CastedLinear, BatchedLoRA]], m: int, seed: int) -> None:
+    """In place, the init a fresh set of adapters for a batch of m documents gets: B = 0 and A as drawn
+    by a generator seeded with SEED (A0 for a full batch; rows past m are padding)."""
+    g = torch.Generator().manual_seed(seed)
+    for _, lora in loras:
+        n, r, d = lora.A.shape
+        lora.A[:m] = lora.A0 if m == n else (torch.randn(m, r, d, generator=g) / math.sqrt(d)).to(lora.A.device)
+        lora.B.zero_()
 
 
-def score_docs(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], nll: Tensor, h: Hyperparameters,
-               device: torch.device, on_score=None, on_update=None) -> None:
-    """Score documents in batches of TTT_DOCS, chunk by chunk, with per-document LoRA if TTT_LORA."""
-    C, L, amp = h.ttt_chunk, h.eval_seq_len, device.type == "cuda"
+def score_docs(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], stats: Tensor, h: Hyperparameters,
+               device: torch.device, loras: list[tuple[CastedLinear, BatchedLoRA]], on_score=None, on_update=None) -> None:
+    """Score documents in batches of TTT_DOCS, chunk by chunk, with the per-document adapters `loras`
+    (reset per batch; none without TTT_LORA). A forward always has TTT_DOCS rows (missing documents are
+    BOS padding, out of the scores and the loss) and one of a few widths: few compiled graphs.
+    stats [1 or 2, N]: each target's NLL (and the model's entropy there, for the n-gram gate)."""
+    C, L, n, amp = h.ttt_chunk, h.eval_seq_len, h.ttt_docs, device.type == "cuda"
     model.requires_grad_(False)  # only the adapters learn here: no backward work for the base weights
-    for i in range(0, len(spans), h.ttt_docs):
-        batch = spans[i:i + h.ttt_docs]
-        lora = attach_lora(model, h, len(batch), device) if h.ttt_lora else []
-        opt = torch.optim.Adam(lora, lr=h.ttt_lr, betas=(0.9, 0.99)) if lora else None
+    for m, lora in loras:
+        m.lora = lora
+    params = [p for _, lora in loras for p in lora.parameters()]
+    for i in range(0, len(spans), n):
+        batch = spans[i:i + n]
+        reset_lora(loras, len(batch), h.seed)
+        opt = torch.optim.Adam(params, lr=h.ttt_lr, betas=(0.9, 0.99)) if params else None  # fresh state
         n_chunks = max(math.ceil((e - s) / C) for s, e in batch)
         for c in range(n_chunks):
-            rows = []  # (row, doc start, window a..b local, first scored local target, last)
+            rows = []  # (row, doc start, window a..b local, first scored local target)
             for r, (s, e) in enumerate(batch):
                 lo, hi = c * C + 1, min((c + 1) * C, e - s)
                 if lo <= hi:
                     rows.append((r, s, max(0, hi - L), hi, lo))
             W = max(b - a for _, _, a, b, _ in rows)
             W = min(L, C * 2 ** math.ceil(math.log2(max(1, W / C))))  # few distinct widths
-            x = torch.full((len(batch), W + 1), BOS_ID, dtype=torch.int64)
-            for r, s, a, b, _ in rows:
-                x[r, :b - a + 1] = tokens[s + a:s + b + 1]
-            x = x.to(device)
-            last = c == n_chunks - 1
-            with torch.set_grad_enabled(bool(lora) and not last), torch.autocast(device.type, torch.bfloat16, enabled=amp):
-                loss = model(x[:, :-1], x[:, 1:])
-            total = loss.new_zeros(())
+            x, w, cols, pos = torch.full((n, W + 1), BOS_ID, dtype=torch.int64), torch.zeros(n, W), [], []
             for r, s, a, b, lo in rows:  # local target j sits at column j - 1 - a
-                seg = loss[r, lo - 1 - a:b - a]
-                nll[s + lo:s + b + 1] = seg.detach().double()
-                total = total + seg.mean()
-                if on_score:
+                x[r, :b - a + 1] = tokens[s + a:s + b + 1]
+                w[r, lo - 1 - a:b - a] = 1 / (b - lo + 1)  # the loss: the sum of each document's mean NLL
+                cols.append(torch.arange(r * W + lo - 1 - a, r * W + b - a))
+                pos.append(torch.arange(s + lo, s + b + 1))
+            x, w, cols, pos = (t.to(device) for t in (x, w.flatten(), torch.cat(cols), torch.cat(pos)))
+            # grad on even for the last chunk (no step; `del out` frees it): one compiled graph per width
+            with torch.autocast(device.type, torch.bfloat16, enabled=amp):
+                out = model(x[:, :-1], x[:, 1:], entropy=len(stats) == 2).view(len(stats), n * W)
+            stats[:, pos] = out[:, cols].detach().double()
+            if on_score:
+                for _, s, _, b, lo in rows:
                     on_score(s + lo, s + b)
-            if lora and not last:
+            if params and c < n_chunks - 1:
                 opt.zero_grad(set_to_none=True)
-                total.backward()
+                (out[0] * w).sum().backward()
                 opt.step()
                 if on_update:
                     on_update([(s + lo, s + b) for _, s, _, b, lo in rows])
-        detach_lora(model)
+            del out
+    for m, _ in loras:
+        m.lora = None
     model.requires_grad_(True)
 
 
@@ -1874,7 +1876,7 @@ def global_sgd(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], h: Hype
     for _ in range(h.ttt_epochs):
         for k in range(steps):
             chunk = mine[k * h.eval_batch_seqs:(k + 1) * h.eval_batch_seqs]
-            x = torch.full((max(1, len(chunk)), h.eval_seq_len + 1), BOS_ID, dtype=torch.int64)
+            x = torch.full((h.eval_batch_seqs, h.eval_seq_len + 1), BOS_ID, dtype=torch.int64)  # one shape
             keep = torch.zeros(x.shape[0], h.eval_seq_len)
             for j, (a, b) in enumerate(chunk):
                 x[j, :b - a + 1], keep[j, :b - a] = tokens[a:b + 1], 1
@@ -1894,23 +1896,24 @@ def global_sgd(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], h: Hype
 
 
 def eval_ttt(model: GPT, tokens: Tensor, h: Hyperparameters, luts: tuple[Tensor, Tensor, Tensor],
-             device: torch.device, on_score=None, on_update=None) -> dict[str, object]:
-    """Score-first TTT over the whole stream. The base weights are restored afterwards."""
+             device: torch.device, on_score=None, on_update=None, ngram: bool = False) -> dict[str, object]:
+    """Score-first TTT over the whole stream, mixed with the n-gram cache if ngram. The base weights
+    are restored afterwards."""
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    spans, nll = doc_spans(tokens), torch.zeros(len(tokens), dtype=torch.float64, device=device)
+    spans, stats = doc_spans(tokens), torch.zeros(1 + ngram, len(tokens), dtype=torch.float64, device=device)
     phases = max(1, h.ttt_phases if h.ttt_global else 1)
     per = math.ceil(len(spans) / phases)
-    was_training = model.training
+    was_training, loras = model.training, make_lora(model, h, device) if h.ttt_lora else []
     model.eval()  # no dropout anywhere; eval() only marks that no training step uses these batches' order
     for p in range(phases):
         phase = spans[p * per:(p + 1) * per]
         order = sorted(phase, key=lambda se: se[1] - se[0])  # similar lengths share a batch
-        score_docs(model, tokens, order[h.rank::h.world_size], nll, h, device, on_score, on_update)
+        score_docs(model, tokens, order[h.rank::h.world_size], stats, h, device, loras, on_score, on_update)
         if h.ttt_global and p < phases - 1:
             global_sgd(model, tokens, phase, h, device, on_update)
     model.load_state_dict(base)
     model.train(was_training)
-    return totals(nll, tokens, luts, h)
+    return totals(stats, tokens, luts, h)
 
 # -----------------------------------------------------------------------------
 # TRAINING
@@ -2026,13 +2029,11 @@ def run_evals(model: GPT, h: Hyperparameters, vals: dict[str, Tensor], luts: tup
     for name, tokens in vals.items():
         for path in paths.split(","):
             t0 = time.perf_counter()
-            if path in ("plain", "sliding"):
-                r = eval_stream(model, tokens, h, luts, device, h.eval_seq_len if path == "plain" else h.eval_stride)
-            elif path == "ngram":
-                r = eval_ngram(model, tokens, h, luts, device)
-            elif path == "ttt":
-                with torch.compiler.set_stance("force_eager"):  # many small shapes: eager beats recompiling
-                    r = eval_ttt(model, tokens, h, luts, device)
+            if path in ("plain", "sliding", "ngram"):
+                stride = h.eval_seq_len if path == "plain" else h.eval_stride
+                r = eval_stream(model, tokens, h, luts, device, stride, ngram=path == "ngram")
+            elif path in ("ttt", "ttt_ngram"):
+                r = eval_ttt(model, tokens, h, luts, device, ngram=path == "ttt_ngram")
             else:
                 raise ValueError(f"EVAL_PATHS: unknown path {path!r}")
             r["seconds"] = time.perf_counter() - t0

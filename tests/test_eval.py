@@ -1,6 +1,8 @@
 """Eval legality probes on a tiny CPU model (issue 5): causality for every path, score before update
 for TTT, every target scored exactly once, and BPB totals equal to data.check_bpb's."""
+import copy
 import json
+import math
 import os
 from pathlib import Path
 
@@ -39,14 +41,13 @@ def setup():
 
 
 def run_path(path: str, model, tokens, h, luts):
-    if path == "ttt":
-        return tg.eval_ttt(model, tokens, h, luts, CPU)
-    if path == "ngram":
-        return tg.eval_ngram(model, tokens, h, luts, CPU)
-    return tg.eval_stream(model, tokens, h, luts, CPU, h.eval_seq_len if path == "plain" else h.eval_stride)
+    if path in ("ttt", "ttt_ngram"):
+        return tg.eval_ttt(model, tokens, h, luts, CPU, ngram=path == "ttt_ngram")
+    return tg.eval_stream(model, tokens, h, luts, CPU, h.eval_seq_len if path == "plain" else h.eval_stride,
+                          ngram=path == "ngram")
 
 
-@pytest.mark.parametrize("path", ["plain", "sliding", "ttt", "ngram"])
+@pytest.mark.parametrize("path", ["plain", "sliding", "ttt", "ngram", "ttt_ngram"])
 def test_causality(setup, path):
     """Perturbing tokens at positions >= t leaves the NLL of every target before t unchanged."""
     h, model, luts, tokens = setup
@@ -71,11 +72,103 @@ def test_ttt_changes_scores_and_restores_weights(setup):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_ttt_scores_before_every_update(setup):
+def reference_ttt(model, tokens, h):
+    """The TTT semantics one document at a time, without batching, padding or width buckets: a document's
+    adapters start as its row of a SEED-seeded draw for its batch (m documents, m rows per adapter);
+    each chunk is scored with up to EVAL_SEQ_LEN tokens of context, then Adam steps on its mean NLL;
+    global SGD runs on each finished phase (tg.global_sgd)."""
+    model, nll = copy.deepcopy(model), torch.zeros(len(tokens), dtype=torch.float64)
+    C, L, spans, phases = h.ttt_chunk, h.eval_seq_len, tg.doc_spans(tokens), h.ttt_phases if h.ttt_global else 1
+    per = math.ceil(len(spans) / phases)
+    targets = [m for name, m in model.blocks.named_modules()
+               if isinstance(m, tg.CastedLinear) and name.split(".")[-1] in h.ttt_targets.split(",")]
+    for p in range(phases):
+        order = sorted(spans[p * per:(p + 1) * per], key=lambda se: se[1] - se[0])
+        model.requires_grad_(False)
+        for i in range(0, len(order), h.ttt_docs):
+            batch, g = order[i:i + h.ttt_docs], torch.Generator().manual_seed(h.seed)
+            inits = [torch.randn(len(batch), h.ttt_rank, m.in_features, generator=g) / math.sqrt(m.in_features)
+                     for m in targets]
+            for r, (s, e) in enumerate(batch):
+                for m, A in zip(targets, inits):
+                    m.lora = tg.BatchedLoRA(1, m.in_features, m.out_features, h.ttt_rank, h.ttt_alpha, torch.Generator())
+                    m.lora.A.data = A[r:r + 1].clone()
+                opt = torch.optim.Adam([q for m in targets for q in m.lora.parameters()], lr=h.ttt_lr, betas=(0.9, 0.99))
+                for lo in range(1, e - s + 1, C):
+                    hi = min(lo + C - 1, e - s)
+                    a = max(0, hi - L)
+                    loss = model(tokens[None, s + a:s + hi], tokens[None, s + a + 1:s + hi + 1])[0, lo - 1 - a:]
+                    nll[s + lo:s + hi + 1] = loss.detach().double()
+                    opt.zero_grad()
+                    loss.mean().backward()
+                    opt.step()
+        for m in targets:
+            m.lora = None
+        model.requires_grad_(True)
+        if p < phases - 1:
+            tg.global_sgd(model, tokens, spans[p * per:(p + 1) * per], h, CPU)
+    return nll[1:]
+
+
+@pytest.mark.parametrize("cfg", [{}, {"TTT_DOCS": "2", "TTT_PHASES": "1"},
+                                 {"TTT_CHUNK": "8", "EVAL_SEQ_LEN": "40", "TTT_DOCS": "5", "TTT_GLOBAL": "0"}])
+def test_ttt_equals_one_document_at_a_time(setup, cfg):
+    """Batched TTT (TTT_DOCS padded rows, adapters made once and reset per batch, width buckets, one
+    masked loss) computes what scoring each document alone does: full and short (padded) batches,
+    several widths, windows that slide past EVAL_SEQ_LEN, with and without global SGD."""
+    h, model, luts, tokens = setup
+    longer = torch.from_numpy(np.asarray(tg.load_shard(DEV))[:1100].astype(np.int64))
+    longer[[100, 180, 230, 350, 360, 600, 700, 1000]] = tg.BOS_ID
+    for toks in (tokens, longer):
+        hc = tg.Hyperparameters({**TINY, **cfg})
+        torch.testing.assert_close(tg.eval_ttt(model, toks, hc, luts, CPU)["nll"], reference_ttt(model, toks, hc),
+                                   rtol=1e-6, atol=1e-6)
+
+
+def test_ttt_compiles_a_few_graphs_once(setup):
+    """With the blocks and loss head compiled as compile_parts does (dynamo's eager backend: the same
+    guards), TTT builds one graph per width bucket and block kind, and a second stream builds none."""
+    h, model, luts, tokens = setup
+    model = copy.deepcopy(model)
+    for block in model.blocks:
+        block.compile(backend="eager", dynamic=False)
+    model.nll = torch.compile(model.nll, backend="eager", dynamic=False)
+    from torch._dynamo.utils import counters
+    counters.clear()
+    tg.eval_ttt(model, tokens, h, luts, CPU)
+    first = counters["stats"]["unique_graphs"]
+    counters.clear()
+    other = tokens.flip(0)
+    other[0] = tg.BOS_ID
+    tg.eval_ttt(model, other, h, luts, CPU)
+    again = counters["stats"]["unique_graphs"]
+    torch._dynamo.reset()
+    # widths 16, 32, 48 x block kinds (first block, later sequential, parallel) + heads, + global SGD's few
+    assert first <= 16 and again == 0, (first, again)
+
+
+@pytest.mark.parametrize("ngram", [False, True])
+def test_ttt_scores_before_every_update(setup, ngram, monkeypatch):
     """Instrumented TTT loop: every target position used by an optimizer step (LoRA or global SGD)
-    has had its loss recorded before that step; every target is scored exactly once."""
+    has had its loss recorded before that step; every target is scored exactly once. ttt_ngram: the
+    n-gram post-pass scores every target once, in stream order, each against tables of earlier tokens
+    only, and the totals are those of the ttt path."""
     h, model, luts, tokens = setup
     clock, scored, violations, updates = [0], {}, [], [0]
+    events = []  # the mixer's calls: ("score", first target, end) / ("update", first token, end)
+    score, update = tg.NgramMixer.score, tg.NgramMixer.update
+
+    def log_score(self, toks, stats, prefix=None):
+        start = sum(e - s for k, s, e in events if k == "update") + len(prefix)
+        events.append(("score", start, start + len(toks)))
+        return score(self, toks, stats, prefix)
+
+    def log_update(self, toks):
+        start = sum(e - s for k, s, e in events if k == "update")
+        events.append(("update", start, start + len(toks)))
+        update(self, toks)
+    monkeypatch.setattr(tg.NgramMixer, "score", log_score)
+    monkeypatch.setattr(tg.NgramMixer, "update", log_update)
 
     def on_score(lo, hi):
         for t in range(lo, hi + 1):
@@ -89,9 +182,22 @@ def test_ttt_scores_before_every_update(setup):
             violations.extend(t for t in range(lo, hi + 1) if t not in scored or scored[t] >= clock[0])
         clock[0] += 1
 
-    tg.eval_ttt(model, tokens, h, luts, CPU, on_score, on_update)
+    r = tg.eval_ttt(model, tokens, h, luts, CPU, on_score, on_update, ngram=ngram)
     assert updates[0] > 0 and not violations
     assert sorted(scored) == list(range(1, len(tokens)))
+    ttt = tg.eval_ttt(model, tokens, h, luts, CPU)
+    assert r["tokens"] == ttt["tokens"] == len(tokens) - 1 and r["bytes"] == ttt["bytes"]
+    assert r["loss"] == pytest.approx(float(r["nll"].mean()), rel=1e-12) and bool((r["nll"] > 0).all())
+    if ngram:
+        scored_to, inserted_to = 1, 0
+        for kind, s, e in events:
+            if kind == "score":  # contiguous, in stream order, against tables of earlier tokens only
+                assert s == scored_to and inserted_to <= s
+                scored_to = e
+            else:  # only scored tokens enter the tables
+                assert s == inserted_to and e <= scored_to
+                inserted_to = e
+        assert scored_to == inserted_to == len(tokens) and sum(k == "score" for k, _, _ in events) > 2
 
 
 @pytest.mark.parametrize("n,L,stride", [(2, 8, 4), (100, 16, 16), (101, 16, 5), (1000, 64, 64), (999, 64, 7), (50, 64, 8)])
@@ -128,16 +234,18 @@ def test_bpb_bytes_equal_check_bpb_totals():
     assert r["bpb"] == pytest.approx(r["loss"] * r["tokens"] / np.log(2) / report.bytes, rel=1e-12)
 
 
-def test_ngram_path_reduces_to_sliding_when_its_weight_is_zero(setup):
+def test_ngram_paths_reduce_to_the_model_when_its_weight_is_zero(setup):
+    """Gate forced to 0 (a huge negative bias, no learning): ngram is sliding, ttt_ngram is ttt."""
     h, model, luts, tokens = setup
     off = tg.Hyperparameters({**TINY, "NGRAM_ALPHA": "-1000,0,0,0", "NGRAM_GATE_LR": "0"})
-    sliding = tg.eval_stream(model, tokens, h, luts, CPU, h.eval_stride)["nll"]
-    torch.testing.assert_close(tg.eval_ngram(model, tokens, off, luts, CPU)["nll"], sliding, rtol=0, atol=1e-5)
+    for path, base in (("ngram", "sliding"), ("ttt_ngram", "ttt")):
+        mixed, model_only = run_path(path, model, tokens, off, luts)["nll"], run_path(base, model, tokens, h, luts)["nll"]
+        torch.testing.assert_close(mixed, model_only, rtol=0, atol=1e-6)
 
 
 def test_ngram_path_does_not_depend_on_chunking(setup):
     """With a fixed gate the chunk size is only a schedule (a learned gate learns per chunk, by design)."""
     h, model, luts, tokens = setup
-    a = tg.eval_ngram(model, tokens, tg.Hyperparameters({**TINY, "NGRAM_GATE_LR": "0"}), luts, CPU)["nll"]
-    b = tg.eval_ngram(model, tokens, tg.Hyperparameters({**TINY, "NGRAM_CHUNK": "16", "NGRAM_GATE_LR": "0"}), luts, CPU)["nll"]
+    a = run_path("ngram", model, tokens, tg.Hyperparameters({**TINY, "NGRAM_GATE_LR": "0"}), luts)["nll"]
+    b = run_path("ngram", model, tokens, tg.Hyperparameters({**TINY, "NGRAM_CHUNK": "16", "NGRAM_GATE_LR": "0"}), luts)["nll"]
     torch.testing.assert_close(a, b, rtol=0, atol=1e-9)

@@ -147,3 +147,21 @@ def test_sweep_matches_reference_bpb(tmp_path, capsys):
     rows = sweep.sweep(tokens, logp, ent, nbytes, 1024, [4], [(-3, 0.25, 0.1, 0.25)], chunk=999)
     nll_ref = ref_stream(tokens, logp, ent, 1024, 4)[0]
     assert abs(rows[0]["bpb"] - nll_ref.sum() / np.log(2) / nbytes) < 1e-9
+
+
+@pytest.mark.parametrize("gate_lr", [0.0, 0.5])
+def test_score_from_model_stats_equals_score_from_full_logprobs(gate_lr):
+    """score() given only (log p(y), entropy) per token, what TTT records, is the mixer given the full
+    log-softmax: over several chunks, with the gate learned online in between."""
+    tokens, model = read_tokens(str(SP1024), 3000), FakeModel(1024)
+    full, stats = NgramMixer(1024, 6, gate_lr=gate_lr), NgramMixer(1024, 6, gate_lr=gate_lr)
+    done = 0
+    for s in range(1, 3000, 700):
+        e, lp = min(s + 700, 3000), model.logprobs(tokens[s - 1:min(s + 700, 3000) - 1])
+        a = full.score(tokens[s:e], lp, prefix=tokens[done:s])
+        b = stats.score(tokens[s:e], NgramMixer.model_stats(tokens[s:e], lp), prefix=tokens[done:s])
+        assert (a - b).abs().max() < 1e-9
+        full.update(tokens[done:e])
+        stats.update(tokens[done:e])
+        done = e
+    assert full.alpha == stats.alpha and (gate_lr == 0) == (full.alpha == (-3.0, 0.25, 0.1, 0.25))
