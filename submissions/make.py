@@ -230,7 +230,7 @@ def _scan_imports(source: str) -> dict[str, bool]:
         if not m:
             continue
         names = ([n.split(" as ")[0].strip() for n in m.group(2).split(",")] if m.group(2) else [m.group(3)]
-                 if m.group(3) else re.findall(r"'\s*:\s*'([\w.]+)'", m.group(4)) or re.findall(r"^'([\w.]+)'$", m.group(4)))
+                 if m.group(3) else re.findall(r"['\"]\s*:\s*['\"]([\w.]+)['\"]", m.group(4)) or re.findall(r"^['\"]([\w.]+)['\"]$", m.group(4)))
         indent = len(m.group(1))
         above = next((l for l in reversed(lines[:i]) if len(l) - len(l.lstrip()) < indent), "")
         for top in {n.split(".")[0] for n in names} - set(sys.stdlib_module_names):

@@ -1,5 +1,6 @@
 """submissions/: a folder made from two real tiny CPU runs of train_gpt.py checks PASS; tampered copies
 FAIL with the reason named; official-layout folders get SKIPs, not crashes; the Welch test is right."""
+import ast
 import hashlib
 import json
 import math
@@ -190,7 +191,8 @@ def test_packed_code_is_read_through(tmp_path):
     from quant.pack import minify, pack, unpack
     src = (ROOT / "train_gpt.py").read_text()
     assert unpack(pack(src)) == minify(src) and unpack(src) is None
-    assert make.imports_of(pack(src)) == make.imports_of(src) == make._scan_imports(minify(src))
+    assert make.imports_of(pack(src)) == make.imports_of(src) == make._scan_imports(minify(src)) \
+        == make._scan_imports(ast.unparse(ast.parse(src)))  # the form older packs carry
 
 
 def test_parse_log_names_what_is_missing(runs, tmp_path):
