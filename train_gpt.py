@@ -1365,27 +1365,29 @@ def prune_to_fit(qstate: dict, state: dict[str, Tensor], excess: int) -> int:
     sit together in the embedding (rare tokens). Entries with an LQER correction are left alone (their
     correction was fitted to the unpruned codes). Returns the number of codes zeroed (qstate is changed in
     place), or -1, changing nothing, if no pruning saves enough."""
-    costs, blocks = {}, []  # name -> cost of zeroing each code; per block: sorted costs of its +1, -1 codes, histogram
-    for n, e in qstate.items():
+    costs, blocks = {}, []  # name -> cost of zeroing each code; per block: sorted costs of its +1, -1 codes,
+    for n, e in qstate.items():  # histogram and its Huffman bytes
         if "q" in e and "lqer" not in e:
             q, s = e["q"], e["scale"].float()[:, None]
             r = state[n].float().cpu() / s
             costs[n] = cost = s ** 2 * (r ** 2 - (r - q) ** 2)
             for qb, cb in zip(q.flatten().split(PRUNE_BLOCK), cost.flatten().split(PRUNE_BLOCK)):
-                blocks.append((cb[qb == 1].sort()[0], cb[qb == -1].sort()[0], torch.bincount(qb.long() + 128, minlength=256)))
+                hist = torch.bincount(qb.long() + 128, minlength=256)
+                blocks.append((cb[qb == 1].sort()[0], cb[qb == -1].sort()[0], hist, _huffman_bytes(hist.tolist())))
 
     def saved(tau: float) -> float:
         total = 0.0
-        for cp, cm, hist in blocks:
+        for cp, cm, hist, size in blocks:
             kp, km = int(torch.searchsorted(cp, tau, right=True)), int(torch.searchsorted(cm, tau, right=True))
-            after = hist.clone()
-            after[129] -= kp
-            after[127] -= km
-            after[128] += kp + km
-            total += _huffman_bytes(hist.tolist()) - _huffman_bytes(after.tolist())
+            if kp + km:  # an untouched block saves nothing
+                after = hist.clone()
+                after[129] -= kp
+                after[127] -= km
+                after[128] += kp + km
+                total += size - _huffman_bytes(after.tolist())
         return total
 
-    flat = torch.cat([c for cp, cm, _ in blocks for c in (cp, cm)] or [torch.zeros(0)]).sort()[0]
+    flat = torch.cat([c for cp, cm, *_ in blocks for c in (cp, cm)] or [torch.zeros(0)]).sort()[0]
     if not len(flat) or saved(float(flat[-1])) < excess:
         return -1
     lo, hi = 0, len(flat) - 1  # smallest index whose threshold saves enough
