@@ -78,7 +78,7 @@ def unpack(text: str) -> str | None:
     try:
         blob = rest[2:rest.index(rest[1], 2)]  # the b85 alphabet has no quotes
         return lzma.decompress(base64.b85decode(blob)).decode("utf-8")
-    except (ValueError, SyntaxError, lzma.LZMAError, UnicodeDecodeError):
+    except (ValueError, lzma.LZMAError):  # b85 and UTF-8 decoding errors are ValueErrors
         return None
 
 
