@@ -249,3 +249,17 @@ def test_ngram_path_does_not_depend_on_chunking(setup):
     a = run_path("ngram", model, tokens, tg.Hyperparameters({**TINY, "NGRAM_GATE_LR": "0"}), luts)["nll"]
     b = run_path("ngram", model, tokens, tg.Hyperparameters({**TINY, "NGRAM_CHUNK": "16", "NGRAM_GATE_LR": "0"}), luts)["nll"]
     torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
+
+
+def test_run_evals_shares_a_pass_between_a_path_and_its_ngram_mix(setup):
+    """sliding+ngram and ttt+ttt_ngram each run one model pass; every score equals the path run alone."""
+    h, model, luts, tokens = setup
+    lines = []
+    both = tg.run_evals(model, h, {"val": tokens}, luts, CPU, lines.append, "sliding,ngram,ttt,ttt_ngram")
+    for path in ("sliding", "ngram", "ttt", "ttt_ngram"):
+        alone = run_path(path, model, tokens, h, luts)
+        torch.testing.assert_close(both[f"val/{path}"]["nll"], alone["nll"], rtol=0, atol=1e-9)
+        assert both[f"val/{path}"]["bpb"] == pytest.approx(alone["bpb"], abs=1e-12)
+    assert len(lines) == 5 and lines[-1].startswith("compliance eval:")
+    with pytest.raises(ValueError, match="unknown path"):
+        tg.run_evals(model, h, {"val": tokens}, luts, CPU, lines.append, "sliding,sliidng")
