@@ -69,7 +69,8 @@ def huff(q: torch.Tensor) -> float:
 def sizes(q: dict, pool: ThreadPoolExecutor) -> dict[str, int]:
     raws = {s: tg._serialize(q, {"format": "bench"}, s, False) for s in (False, True)}
     jobs = {f"{c} s{int(s)}": (c, raws[s]) for c in ("zstd", "brotli") for s in (False, True)}
-    jobs["zstd payload"] = ("zstd", raws[False][4 + struct.unpack_from("<I", raws[False])[0]:])
+    r = raws[False]  # payload | header | u32 header length
+    jobs["zstd payload"] = ("zstd", r[:len(r) - 4 - struct.unpack_from("<I", r, len(r) - 4)[0]])
     out = dict(zip(jobs, pool.map(lambda cb: len(tg._codec(cb[0])[0](cb[1])), jobs.values())))
     return out | {e: sum(f(x["q"]) for x in q.values() if "q" in x) for e, f in (("huff", huff), ("order0", order0))}
 
