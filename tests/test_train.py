@@ -198,3 +198,41 @@ def test_cli_bad_tokenizer_is_one_line_error(tiny_data, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.returncode != 0
     assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bench_agree_tells_matching_curves_from_different_ones(tiny_data, tmp_path):
+    """bench/agree.py (#3's 1-GPU vs 2-GPU check): curves from the same seed agree, another seed's do not, a
+    run that stopped early is an error; end to end through torchrun at one rank on CPU."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import agree
+
+    def curve(seed: str) -> dict[int, float]:
+        lines = []
+        h = hparams(tiny_data, ITERATIONS="8", SEED=seed)
+        torch.manual_seed(h.seed)
+        tg.train(h, tg.GPT(h), torch.device("cpu"), lines.append)
+        return agree.losses("\n".join(lines))
+
+    a, b, c = curve("1"), curve("1"), curve("2")
+    assert sorted(a) == list(range(1, 9)) and agree.compare({1: a, 2: b}, 8, 1e-2)["ok"]
+    bad = agree.compare({1: a, 2: c}, 8, 1e-2)
+    assert not bad["ok"] and bad["runs"][2]["abs_diff_at_steps"] > 1e-2
+    assert "no train_loss" in agree.compare({1: a, 2: {s: v for s, v in a.items() if s < 8}}, 8, 1e-2)["runs"][2]["error"]
+    env = [f"{k}={v}" for k, v in {**TINY, "DATA_PATH": str(tiny_data), "TOKENIZER_PATH": str(SP1024)}.items()]
+    p = subprocess.run([sys.executable, "bench/agree.py", "--nprocs", "1", "--steps", "4", "--out", str(tmp_path), *env],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads((tmp_path / "agree.json").read_text())
+    assert r["ok"] and r["runs"]["1"]["loss_at_steps"] > 0 and (tmp_path / "agree_n1.txt").exists()
+
+
+def test_bench_table_lists_every_committed_run():
+    """bench/table.py (#9's rehearsal table) on the committed proxy-300 rows: one line per run, right cells."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import table
+
+    rows = table.rows_of(str(ROOT / "bench/results/2026-11-23_train.json"))
+    lines = table.table(rows).splitlines()
+    assert len(lines) == 2 + len(rows) and all(line.count("|") == lines[0].count("|") for line in lines)
+    seed = next(line for line in lines if line.startswith("| record_proxy300_n1_s2025 "))
+    assert "| 1698 | 169.6 | 579,584 | 26.4% |" in seed and "| 1.00817 | 1.49014 |" in seed and seed.endswith("| yes | yes |")
