@@ -944,20 +944,27 @@ def eval_windows(n_tokens: int, seq_len: int, stride: int) -> list[tuple[int, in
 
 
 @torch.no_grad()
-def eval_stream(model: nn.Module, tokens: Tensor, h: Hyperparameters, luts: tuple[Tensor, Tensor, Tensor],
-                device: torch.device, stride: int, ngram: bool = False) -> dict[str, object]:
-    """Score a val stream with sliding windows (stride = EVAL_SEQ_LEN: plain, non-overlapping), mixed
-    with the n-gram cache if ngram. Windows are split across ranks; returns totals()."""
+def score_stream(model: nn.Module, tokens: Tensor, h: Hyperparameters, device: torch.device, stride: int,
+                 stats: Tensor, offset: int = 0) -> None:
+    """Sliding windows (stride = EVAL_SEQ_LEN: plain, non-overlapping) over `tokens`, which start at stream
+    position `offset`: fills stats[:, offset + t] for every target t, this rank's windows only. stats [1 or 2, N]:
+    the NLL (and the model's entropy, for the n-gram gate)."""
     L = min(h.eval_seq_len, len(tokens) - 1)
-    stats = torch.zeros(1 + ngram, len(tokens), dtype=torch.float64, device=device)
-    was_training, _ = model.training, model.eval()
     for part, x in rank_batches(tokens, eval_windows(len(tokens), L, stride), h, L):
         x = x.to(device, non_blocking=True)
         with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-            out = model(x[:, :-1], x[:, 1:], doc_mask=not h.eval_cross_doc, entropy=ngram)
+            out = model(x[:, :-1], x[:, 1:], doc_mask=not h.eval_cross_doc, entropy=len(stats) == 2)
         out = out.double().view(len(stats), len(x), -1)
         for j, (a, b, first) in enumerate(part):  # target position t sits at column t - a - 1
-            stats[:, first:b + 1] = out[:, j, first - a - 1:b - a]
+            stats[:, offset + first:offset + b + 1] = out[:, j, first - a - 1:b - a]
+
+
+def eval_stream(model: nn.Module, tokens: Tensor, h: Hyperparameters, luts: tuple[Tensor, Tensor, Tensor],
+                device: torch.device, stride: int, ngram: bool = False) -> dict[str, object]:
+    """Score a whole val stream with score_stream, mixed with the n-gram cache if ngram; returns totals()."""
+    stats = torch.zeros(1 + ngram, len(tokens), dtype=torch.float64, device=device)
+    was_training, _ = model.training, model.eval()
+    score_stream(model, tokens, h, device, stride, stats)
     model.train(was_training)
     return totals(stats, tokens, luts, h)
 
@@ -1794,7 +1801,8 @@ def mix_ngram(stats: Tensor, tokens: Tensor, h: Hyperparameters) -> Tensor:
 # -----------------------------------------------------------------------------
 # Documents are scored chunk by chunk. Per-document LoRA adapters (reset for every document) take
 # an optimizer step on a chunk only after its loss is recorded; phased global SGD updates the base
-# weights on documents of finished phases only. Adapters hook into CastedLinear.lora, so TTT runs
+# weights on documents of finished phases only (TTT_LORA=0: each phase is scored like the sliding path, the
+# cheap form: ~one sliding pass plus one SGD pass). Adapters hook into CastedLinear.lora, so TTT runs
 # through the same blocks as training. `on_score`/`on_update` let tests audit the order of events.
 # ttt_ngram: p(t) = (1 - a) p_TTT(t) + a p_ngram(t), mixed after TTT in stream order (mix_ngram) from
 # what TTT recorded per token. Legal: p_TTT(t) depends on the artifact, on earlier phases' documents
@@ -1935,8 +1943,16 @@ def eval_ttt(model: GPT, tokens: Tensor, h: Hyperparameters, luts: tuple[Tensor,
     model.eval()  # no dropout anywhere; eval() only marks that no training step uses these batches' order
     for p in range(phases):
         phase = spans[p * per:(p + 1) * per]
-        order = sorted(phase, key=lambda se: se[1] - se[0])  # similar lengths share a batch
-        score_docs(model, tokens, order[h.rank::h.world_size], stats, h, device, loras, on_score, on_update)
+        if not phase:  # fewer documents than phases
+            break
+        if loras:
+            order = sorted(phase, key=lambda se: se[1] - se[0])  # similar lengths share a batch
+            score_docs(model, tokens, order[h.rank::h.world_size], stats, h, device, loras, on_score, on_update)
+        else:  # global SGD alone: a phase is one stretch of the stream, scored like the sliding path
+            lo, hi = phase[0][0], phase[-1][1]
+            score_stream(model, tokens[lo:hi + 1], h, device, h.eval_stride, stats, lo)
+            if on_score:
+                on_score(lo + 1, hi)
         if h.ttt_global and p < phases - 1:
             global_sgd(model, tokens, phase, h, device, on_update)
     model.load_state_dict(base)

@@ -41,13 +41,15 @@ def setup():
 
 
 def run_path(path: str, model, tokens, h, luts):
+    if path == "ttt_global":  # TTT_LORA=0: phases scored with sliding windows, global SGD between them
+        return tg.eval_ttt(model, tokens, tg.Hyperparameters({**TINY, "TTT_LORA": "0"}), luts, CPU)
     if path in ("ttt", "ttt_ngram"):
         return tg.eval_ttt(model, tokens, h, luts, CPU, ngram=path == "ttt_ngram")
     return tg.eval_stream(model, tokens, h, luts, CPU, h.eval_seq_len if path == "plain" else h.eval_stride,
                           ngram=path == "ngram")
 
 
-@pytest.mark.parametrize("path", ["plain", "sliding", "ttt", "ngram", "ttt_ngram"])
+@pytest.mark.parametrize("path", ["plain", "sliding", "ttt", "ttt_global", "ngram", "ttt_ngram"])
 def test_causality(setup, path):
     """Perturbing tokens at positions >= t leaves the NLL of every target before t unchanged."""
     h, model, luts, tokens = setup
@@ -147,13 +149,14 @@ def test_ttt_compiles_a_few_graphs_once(setup):
     assert first <= 16 and again == 0, (first, again)
 
 
-@pytest.mark.parametrize("ngram", [False, True])
-def test_ttt_scores_before_every_update(setup, ngram, monkeypatch):
+@pytest.mark.parametrize("ngram,lora", [(False, "1"), (True, "1"), (False, "0")])
+def test_ttt_scores_before_every_update(setup, ngram, lora, monkeypatch):
     """Instrumented TTT loop: every target position used by an optimizer step (LoRA or global SGD)
     has had its loss recorded before that step; every target is scored exactly once. ttt_ngram: the
     n-gram post-pass scores every target once, in stream order, each against tables of earlier tokens
     only, and the totals are those of the ttt path."""
-    h, model, luts, tokens = setup
+    _, model, luts, tokens = setup
+    h = tg.Hyperparameters({**TINY, "TTT_LORA": lora})
     clock, scored, violations, updates = [0], {}, [], [0]
     events = []  # the mixer's calls: ("score", first target, end) / ("update", first token, end)
     score, update = tg.NgramMixer.score, tg.NgramMixer.update
@@ -263,3 +266,32 @@ def test_run_evals_shares_a_pass_between_a_path_and_its_ngram_mix(setup):
     assert len(lines) == 5 and lines[-1].startswith("compliance eval:")
     with pytest.raises(ValueError, match="unknown path"):
         tg.run_evals(model, h, {"val": tokens}, luts, CPU, lines.append, "sliding,sliidng")
+
+
+def test_ttt_without_adapters_is_sliding_then_global_sgd(setup):
+    """TTT_LORA=0 scores each phase with the sliding path's windows over that stretch of the stream: without
+    global SGD (one phase) it is the sliding path exactly; with it, the first phase is the sliding path on its
+    stretch (nothing learned yet), later phases differ, and the base weights come back afterwards."""
+    _, model, luts, tokens = setup
+    h = tg.Hyperparameters({**TINY, "TTT_LORA": "0", "TTT_GLOBAL": "0"})
+    sliding = tg.eval_stream(model, tokens, h, luts, CPU, h.eval_stride)["nll"]
+    torch.testing.assert_close(tg.eval_ttt(model, tokens, h, luts, CPU)["nll"], sliding, rtol=0, atol=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    hg = tg.Hyperparameters({**TINY, "TTT_LORA": "0"})
+    spans = tg.doc_spans(tokens)
+    first_end = spans[math.ceil(len(spans) / hg.ttt_phases) - 1][1]  # targets 1..first_end: phase 0
+    nll = tg.eval_ttt(model, tokens, hg, luts, CPU)["nll"]
+    phase0 = tg.eval_stream(model, tokens[:first_end + 1], hg, luts, CPU, hg.eval_stride)["nll"]  # that stretch alone
+    assert torch.equal(nll[:first_end], phase0) and not torch.allclose(nll[first_end:], sliding[first_end:])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_ttt_with_more_phases_than_documents(setup):
+    """Two documents, four phases: the empty phases are skipped, every target still scored once."""
+    _, model, luts, tokens = setup
+    two = tokens[:150].clone()
+    two[1:150][two[1:150] == tg.BOS_ID] = 5
+    two[100] = tg.BOS_ID
+    for lora in ("0", "1"):
+        r = tg.eval_ttt(model, two, tg.Hyperparameters({**TINY, "TTT_LORA": lora, "TTT_PHASES": "4"}), luts, CPU)
+        assert r["tokens"] == 149 and bool((r["nll"] > 0).all())
