@@ -1904,9 +1904,12 @@ def score_docs(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], stats: 
 
 def global_sgd(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], h: Hyperparameters,
                device: torch.device, on_update=None) -> None:
-    """TTT_EPOCHS of SGD on the base weights over already-scored documents; ranks average grads."""
+    """TTT_EPOCHS of SGD on the base weights over already-scored documents (a phase: one stretch of the stream),
+    cut into EVAL_SEQ_LEN windows like training batches, documents kept apart by the doc mask (a window per
+    document would pad short ones to full width); ranks average grads."""
     opt = torch.optim.SGD(model.parameters(), lr=h.ttt_sgd_lr, momentum=0.9)
-    seqs = [(s, min(s + h.eval_seq_len, e)) for s0, e in spans for s in range(s0, e, h.eval_seq_len)]
+    lo, hi = spans[0][0], spans[-1][1]
+    seqs = [(s, min(s + h.eval_seq_len, hi)) for s in range(lo, hi, h.eval_seq_len)]
     mine = seqs[h.rank::h.world_size]
     steps = math.ceil(len(seqs) / h.world_size / h.eval_batch_seqs)
     for _ in range(h.ttt_epochs):
