@@ -1,12 +1,16 @@
 """Where a record training step's time goes on one GPU: compiled forward+backward vs the optimizer step.
 
 Usage (device): python bench/step_profile.py [KEY=VALUE ...]  -> one JSON line on stdout.
+     or: torchrun --standalone --nproc_per_node=N bench/step_profile.py [KEY=VALUE ...]  (rank 0 prints; the
+         global batch is split over the ranks as train_gpt.py splits it, and comm_ms / comm_share give the NCCL
+         kernels' device time in the optimizer step: gradient reduce-scatter, all-reduce, all-gather).
 Random tokens with a BOS every ~1000 (documents for the varlen mask), the preset's per-GPU batch, split
 into micro-batches and compiled per block exactly as train_gpt.py trains (an eager pass over the whole
 98,304-token batch needs more than the H100's 80 GB). Depth recurrence on: the slower, later phase.
 Prints the step split and the top CUDA kernels of each half from one profiled step.
 """
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,15 +31,19 @@ def timed(fn, n: int) -> float:
 
 
 def main() -> None:
-    env = {"PRESET": "record", "TRAIN_BATCH_TOKENS": "98304", **dict(a.split("=", 1) for a in sys.argv[1:])}
-    h, dev = tg.Hyperparameters(env), torch.device("cuda")
+    ranks = {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if k in os.environ}
+    env = {"PRESET": "record", "TRAIN_BATCH_TOKENS": "98304", **ranks, **dict(a.split("=", 1) for a in sys.argv[1:])}
+    h, dev = tg.Hyperparameters(env), torch.device("cuda", int(ranks.get("LOCAL_RANK", 0)))
+    torch.cuda.set_device(dev)
+    if h.world_size > 1:
+        tg.dist.init_process_group("nccl", device_id=dev)
     torch.backends.cuda.matmul.allow_tf32 = True
     model = tg.GPT(h).to(dev)
     model.recur = True
     if h.compile:
         model.compile_parts()
     opt = tg.Optimizers(model, h)
-    seqs = h.train_batch_tokens // h.train_seq_len
+    seqs = h.train_batch_tokens // h.train_seq_len // h.world_size  # this rank's share of the global batch
     micro = max(1, min(seqs, h.micro_batch_tokens // h.train_seq_len))
     x = torch.randint(4, h.vocab_size, (seqs, h.train_seq_len + 1), device=dev)
     x[:, ::1000] = tg.BOS_ID
@@ -62,14 +70,22 @@ def main() -> None:
             fn()
             torch.cuda.synchronize()
         ev = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)
-        return dict(total_cuda_ms=round(sum(e.device_time_total for e in ev) / 1000, 2),
+        comm = sum(e.device_time_total for e in ev if "nccl" in e.key.lower()) / 1000
+        return dict(total_cuda_ms=round(sum(e.device_time_total for e in ev) / 1000, 2), comm_ms=round(comm, 3),
                     top=[dict(name=e.key[:80], cuda_ms=round(e.device_time_total / 1000, 3), calls=e.count) for e in ev[:n]])
 
-    print(json.dumps(dict(attention=model.attn_impl, compiled=bool(h.compile), seqs=seqs, micro=micro,
-                          warmup_s=round(warm, 1), step_ms=round(full, 1), fwd_bwd_ms=round(fb, 1),
-                          optimizer_step_ms=round(full - fb, 1), peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1),
-                          muon_matrices=len(opt.muon.param_groups[0]["params"]),
-                          fwd_bwd_kernels=top(fwd_bwd), optimizer_kernels=top(step))))
+    fb_k, opt_k = top(fwd_bwd), top(step)  # every rank profiles: the collectives need all of them
+    if h.rank == 0:
+        print(json.dumps(dict(attention=model.attn_impl, compiled=bool(h.compile), world_size=h.world_size, seqs=seqs,
+                              micro=micro, warmup_s=round(warm, 1), step_ms=round(full, 1), fwd_bwd_ms=round(fb, 1),
+                              optimizer_step_ms=round(full - fb, 1), comm_ms=opt_k["comm_ms"],
+                              comm_share=round(opt_k["comm_ms"] / full, 4),  # device time; may overlap compute
+                              peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1),
+                              muon_matrices=len(opt.muon.param_groups[0]["params"]),
+                              fwd_bwd_kernels=fb_k, optimizer_kernels=opt_k)))
+    if h.world_size > 1:
+        tg.dist.destroy_process_group()
+
 
 if __name__ == "__main__":
     main()
