@@ -1206,7 +1206,7 @@ def unpack_bits(buf: bytes, bits: int, n: int) -> Tensor:
 # then fp16) so the codec sees homogeneous runs. The header goes last: in front, zstd-22 tuned its
 # first-block statistics to the JSON text and the whole payload came out ~5% larger (a 300 s record
 # artifact: 15.25 MB with the header first, 14.51 MB last; 2026-11-23_export.md). `shuffle` byte-transposes multi-byte arrays (fp16
-# scales and small tensors: ~2-3% smaller); `pack` bit-packs the codes.
+# scales and small tensors: ~2-3% smaller); `pack` bit-packs the codes (tried with zlib only).
 
 class ArtifactError(ValueError):
     """A model artifact that cannot be decoded; the message says which check failed."""
@@ -1266,15 +1266,17 @@ def _wrap(raw: bytes, codec: str) -> bytes:
 
 def encode_artifact(qstate: dict, meta: dict, codecs: tuple[str, ...] = tuple(CODECS),
                     log: Callable[[str], None] = print) -> tuple[bytes, list[tuple[str, bool, bool, int]]]:
-    """Compress every (codec, shuffle, pack) combination in parallel; return the smallest artifact and
+    """Compress every (codec, shuffle[, pack]) combination in parallel; return the smallest artifact and
     all candidates as (codec, shuffle, pack, bytes). A codec whose module is missing is logged, skipped."""
     available = [c for c in codecs if _codec(c) is not None]
     for c in set(codecs) - set(available):
         log(f"export: codec {c} not installed, skipped")
     if not available:
         raise RuntimeError(f"export: none of the codecs {codecs} is installed")
-    raws = {(s, p): _serialize(qstate, meta, s, p) for s in (False, True) for p in (False, True)}
-    combos = [(c, s, p) for c in available for (s, p) in raws]
+    # bit packing only for zlib: zstd-22 and brotli-11 came out 20% larger on packed int6 codes (they model
+    # byte-aligned codes better; 2026-11-23_export.md), so packed candidates would only slow the export
+    combos = [(c, s, p) for c in available for s in (False, True) for p in ((False, True) if c == "zlib" else (False,))]
+    raws = {(s, p): _serialize(qstate, meta, s, p) for s, p in {csp[1:] for csp in combos}}
     with ThreadPoolExecutor(len(combos)) as pool:  # the codecs release the GIL while compressing
         blobs = list(pool.map(lambda csp: _wrap(raws[csp[1:]], csp[0]), combos))
     return min(blobs, key=len), [(*csp, len(b)) for csp, b in zip(combos, blobs)]

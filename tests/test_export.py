@@ -334,7 +334,9 @@ def test_every_codec_shuffle_pack_roundtrips():
                 n_ok += 1
     assert n_ok >= 4  # lzma is in the standard library
     best, cands = ex.encode_artifact(q, meta, log=lambda s: None)
-    assert len(best) == min(c[-1] for c in cands) and len(cands) == n_ok
+    # the export tries packed codes with zlib only (the strong codecs lose ~20% on them)
+    assert len(best) == min(c[-1] for c in cands) and len(cands) == n_ok - 2 * (n_ok // 4 - 1)
+    assert {(c, p) for c, _, p, _ in cands if p} == {("zlib", True)}
 
 
 def test_missing_codec_is_skipped_and_logged(monkeypatch):
@@ -385,4 +387,4 @@ def test_artifact_report_rows():
     assert by_class["mlp"]["count"] == 2 and by_class["mlp"]["params"] == 2 * 512 * 128
     assert by_class["embed"]["bits"] == 7 and by_class["mlp"]["value_bytes"] == 2 * 512 * 128 * 6 // 8
     assert 0 < by_class["mlp"]["entropy_bytes"] < by_class["mlp"]["value_bytes"]
-    assert len([r for r in rows if "codec" in r]) == 4
+    assert len([r for r in rows if "codec" in r]) == 2  # shuffle 0/1; lzma is not tried on packed codes
