@@ -2105,7 +2105,12 @@ def run_evals(model: GPT, h: Hyperparameters, vals: dict[str, Tensor], luts: tup
             log(f"eval {name} {tag}{path}: val_loss {r['loss']:.8f} val_bpb {r['bpb']:.8f} tokens {r['tokens']} "
                 f"bytes {r['bytes']} seconds {r['seconds']:.1f}")
     if h.per_token_out and not tag and h.rank == 0:
-        np.save(h.per_token_out, results[f"val/{wanted[-1]}"]["nll"].numpy().astype(np.float32))
+        last = results[f"val/{wanted[-1]}"]
+        np.save(h.per_token_out, last["nll"].numpy().astype(np.float32))
+        if len(last["stats"]) == 2:  # an n-gram path: also the model's own outputs, for `python -m ngram_eval.sweep`
+            st = last["stats"][:, 1:].cpu().numpy()
+            np.savez(os.path.splitext(h.per_token_out)[0] + "_model.npz", logp=(-st[0]).astype(np.float32),
+                     entropy=st[1].astype(np.float32))
     if not tag:
         log(f"compliance eval: eval_seconds {spent:.1f} budget {h.eval_budget_seconds:.0f} "
             f"held {spent <= h.eval_budget_seconds} (this val set; see bench for the full-val projection)")

@@ -295,3 +295,15 @@ def test_ttt_with_more_phases_than_documents(setup):
     for lora in ("0", "1"):
         r = tg.eval_ttt(model, two, tg.Hyperparameters({**TINY, "TTT_LORA": lora, "TTT_PHASES": "4"}), luts, CPU)
         assert r["tokens"] == 149 and bool((r["nll"] > 0).all())
+
+
+def test_per_token_out_after_an_ngram_path_feeds_the_sweep(setup, tmp_path):
+    """PER_TOKEN_OUT: the last path's NLL (.npy); after an n-gram path also the model's own log p and entropy
+    (_model.npz) in ngram_eval.sweep's format, so gate policies can be swept offline from one GPU eval."""
+    _, model, luts, tokens = setup
+    h = tg.Hyperparameters({**TINY, "PER_TOKEN_OUT": str(tmp_path / "val.npy")})
+    r = tg.run_evals(model, h, {"val": tokens}, luts, CPU, lambda s: None, "sliding,ngram")
+    np.testing.assert_array_equal(np.load(tmp_path / "val.npy"), r["val/ngram"]["nll"].numpy().astype(np.float32))
+    m = np.load(tmp_path / "val_model.npz")
+    np.testing.assert_allclose(-m["logp"], r["val/sliding"]["nll"].numpy(), rtol=1e-6)
+    assert m["entropy"].shape == m["logp"].shape == (len(tokens) - 1,) and (m["entropy"] > 0).all()
