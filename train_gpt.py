@@ -228,7 +228,8 @@ class TokenLoader:
         counts = [(len(s) - 1) // seq_len for s in self.shards]
         if sum(counts) == 0:
             raise ValueError(f"{pattern}: fewer than {seq_len + 1} training tokens")
-        self.windows = np.concatenate([np.stack([np.full(c, i), np.arange(c) * seq_len], 1) for i, c in enumerate(counts)])
+        self.windows = None if stream else \
+            np.concatenate([np.stack([np.full(c, i), np.arange(c) * seq_len], 1) for i, c in enumerate(counts)])
         self.rng, self.epoch_order, self.pos = np.random.default_rng(seed), np.empty(0, np.int64), 0
         self.pool, self.pending = ThreadPoolExecutor(1), None
 
@@ -1205,8 +1206,9 @@ def unpack_bits(buf: bytes, bits: int, n: int) -> Tensor:
 # nbytes, dtype, shape) in the payload. Arrays are grouped by kind (codes by bit width, LQER factors,
 # then fp16) so the codec sees homogeneous runs. The header goes last: in front, zstd-22 tuned its
 # first-block statistics to the JSON text and the whole payload came out ~5% larger (a 300 s record
-# artifact: 15.25 MB with the header first, 14.51 MB last; 2026-11-23_export.md). `shuffle` byte-transposes multi-byte arrays (fp16
-# scales and small tensors: ~2-3% smaller); `pack` bit-packs the codes (tried with zlib only).
+# artifact: 15.25 MB with the header first, 14.51 MB last; 2026-11-23_export.md). `shuffle`
+# byte-transposes multi-byte arrays (fp16 scales and small tensors: ~2-3% smaller); `pack` bit-packs
+# the codes (tried with zlib only).
 
 class ArtifactError(ValueError):
     """A model artifact that cannot be decoded; the message says which check failed."""
@@ -1427,9 +1429,11 @@ def fit_artifact(qstate: dict, state: dict[str, Tensor], meta: dict, codecs: tup
     brotli-11 pass is about a minute); the caller's cap check reports a miss. qstate ends as the blob holds."""
     blob, candidates = encode_artifact(qstate, meta, codecs, log)
     codec, shuffle, pack, _ = min(candidates, key=lambda c: c[3])
-    excess, orig = len(blob) - budget, {n: e["q"] for n, e in qstate.items() if "q" in e}
-    rate, best = 1.0, (blob, dict(orig)) if len(blob) <= budget else None
-    for _ in range(4 if excess > 0 else 0):
+    excess = len(blob) - budget
+    if excess <= 0:
+        return blob, candidates
+    orig, rate, best = {n: e["q"] for n, e in qstate.items() if "q" in e}, 1.0, None
+    for _ in range(4):
         for n, q in orig.items():
             qstate[n]["q"] = q
         ask = int(excess / rate * 1.02) + 1024
