@@ -2154,17 +2154,19 @@ def train(h: Hyperparameters, model: GPT, device: torch.device, log: Logger, val
     ema = EMA(model, h.ema_decay, h.ema_warmup) if h.ema else None
     loader = TokenLoader(h.train_files, h.train_seq_len, h.seed, h.rank, h.world_size, device, h.loader == "stream")
     budget = train_budget(h)
-    train_s, step, step_ms, history = 0.0, 0, 0.0, []
+    train_s, step, history = 0.0, 0, []
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
     t0 = time.perf_counter()
     while True:
         train_s = time.perf_counter() - t0
+        if h.world_size > 1:  # one clock (the slowest rank's): lr, recurrence and the stop must agree on every rank
+            clock = torch.tensor(train_s, device=device)
+            dist.all_reduce(clock, op=dist.ReduceOp.MAX)
+            train_s = clock.item()
+        step_ms = 1000 * train_s / step if step else 0.0
         # stop when the next step would end past the budget, so the cap holds to within one step's noise
-        stop = torch.tensor(float(step >= h.iterations or train_s + step_ms / 1000 >= budget), device=device)
-        if h.world_size > 1:  # every rank stops on the same step
-            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
-        if stop.item():
+        if step >= h.iterations or train_s + step_ms / 1000 >= budget:
             break
         frac = max(train_s / budget, step / h.iterations)  # whichever limit ends the run first
         if h.recur_extra and not model.recur and frac >= h.recur_frac:
@@ -2177,7 +2179,6 @@ def train(h: Hyperparameters, model: GPT, device: torch.device, log: Logger, val
         if ema is not None:
             ema.update()
         step += 1
-        step_ms = 1000 * (time.perf_counter() - t0) / step
         if h.val_loss_every and step % h.val_loss_every == 0 and val is not None:
             sync()
             t_val = time.perf_counter()
@@ -2185,13 +2186,14 @@ def train(h: Hyperparameters, model: GPT, device: torch.device, log: Logger, val
             log(f"step {step} val_loss {r['loss']:.4f} val_bpb {r['bpb']:.4f} elapsed {t_val - t0:.1f}s")
             t0 += time.perf_counter() - t_val  # validation reads no training data: off the clock
         if step % h.train_log_every == 0 or step == 1:
-            tok_s = step * h.train_batch_tokens / (time.perf_counter() - t0)
-            eta = min(budget - train_s, (h.iterations - step) * step_ms / 1000)
+            elapsed = time.perf_counter() - t0
+            tok_s, ms = step * h.train_batch_tokens / elapsed, 1000 * elapsed / step
+            eta = min(budget - elapsed, (h.iterations - step) * ms / 1000)
             if h.world_size > 1:  # the mean over ranks: the logged loss does not depend on the world size
                 dist.all_reduce(loss, op=dist.ReduceOp.AVG)
             history.append((step, loss.item()))
             log(f"step {step} train_loss {history[-1][1]:.4f} lr_scale {scale:.3f} tok/s {tok_s:,.0f} "
-                f"ms/step {step_ms:.1f} elapsed {time.perf_counter() - t0:.1f}s eta {eta:.0f}s")
+                f"ms/step {ms:.1f} elapsed {elapsed:.1f}s eta {eta:.0f}s")
     sync()
     train_s = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
