@@ -66,6 +66,9 @@ def main() -> None:
     model.zero_grad(set_to_none=True)
 
     def top(fn, n=12):
+        if h.world_size > 1:  # start together: else a collective's kernel time is mostly waiting for the late rank
+            tg.dist.barrier()
+        torch.cuda.synchronize()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             fn()
             torch.cuda.synchronize()
@@ -79,7 +82,7 @@ def main() -> None:
         print(json.dumps(dict(attention=model.attn_impl, compiled=bool(h.compile), world_size=h.world_size, seqs=seqs,
                               micro=micro, warmup_s=round(warm, 1), step_ms=round(full, 1), fwd_bwd_ms=round(fb, 1),
                               optimizer_step_ms=round(full - fb, 1), comm_ms=opt_k["comm_ms"],
-                              comm_share=round(opt_k["comm_ms"] / full, 4),  # device time; may overlap compute
+                              comm_share=round(opt_k["comm_ms"] / full, 4),  # NCCL kernel time incl. rank skew
                               peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1),
                               muon_matrices=len(opt.muon.param_groups[0]["params"]),
                               fwd_bwd_kernels=fb_k, optimizer_kernels=opt_k)))
