@@ -2159,6 +2159,7 @@ def train(h: Hyperparameters, model: GPT, device: torch.device, log: Logger, val
     sync()
     t0 = time.perf_counter()
     while True:
+        sync()  # the clock counts finished GPU work, not queued launches
         train_s = time.perf_counter() - t0
         if h.world_size > 1:  # one clock (the slowest rank's): lr, recurrence and the stop must agree on every rank
             clock = torch.tensor(train_s, device=device)
