@@ -58,15 +58,16 @@ DEFAULTS: dict[str, object] = dict(
     EMA=1, EMA_DECAY=0.9965, EMA_WARMUP=10,
     # eval
     EVAL_SEQ_LEN=2048, EVAL_STRIDE=64, EVAL_CROSS_DOC=0, EVAL_BATCH_SEQS=32, EVAL_ONLY=0, ARTIFACT="",
-    # ttt is opt-in: 313 s for 590k tokens on one H100 (2026-11-23), ~2,700 s projected for the full val on 8
+    # ttt is opt-in: on proxy_val it gained -0.0001 (TTT_LORA=0) to -0.0005 (LoRA) over sliding (2026-11-23)
     EVAL_PATHS="sliding", PRE_EXPORT_PATHS="sliding", EVAL_BUDGET_SECONDS=600.0,
     PER_TOKEN_OUT="",
     # export: GPTQ (or RTN) + SDClip per tensor class, LQER on the worst tensors, smallest codec
     QUANT="gptq", CALIB="train", CALIB_BATCHES=16, MATRIX_BITS=6, EMBED_BITS=7, ATTN_CLIP=13.0, MLP_CLIP=12.5,
     EMBED_CLIP=14.0, LQER_TOP=3, LQER_RANK=4, CODECS="brotli,zstd,lzma", SIZE_CAP=16_000_000,
-    # score-first TTT: per-document LoRA (reset per doc, chunk by chunk) and/or phased global SGD
-    TTT_LORA=1, TTT_GLOBAL=1, TTT_CHUNK=256, TTT_DOCS=32, TTT_RANK=8, TTT_ALPHA=16.0, TTT_TARGETS="c_q,c_v,fc",
-    TTT_LR=0.003, TTT_PHASES=4, TTT_EPOCHS=1, TTT_SGD_LR=0.003,
+    # score-first TTT: phased global SGD and/or per-document LoRA (reset per doc, chunk by chunk). Projected
+    # full val on 8xH100 (2026-11-23): global SGD alone 208 s; with LoRA at chunk 1024 614 s, over the budget
+    TTT_LORA=0, TTT_GLOBAL=1, TTT_CHUNK=1024, TTT_DOCS=32, TTT_RANK=8, TTT_ALPHA=16.0, TTT_TARGETS="c_q,c_v,fc",
+    TTT_LR=0.003, TTT_PHASES=4, TTT_EPOCHS=1, TTT_SGD_LR=0.01,
     # legal n-gram cache mixed into the sliding-window model (EVAL_PATHS=...,ngram) or into TTT (ttt_ngram)
     NGRAM_ORDER=6, NGRAM_ALPHA="-3,0.25,0.1,0.25", NGRAM_CHUNK=32768, NGRAM_GATE_LR=0.05,  # 0: fixed gate
 )
@@ -95,7 +96,7 @@ PRESETS: dict[str, dict[str, object]] = {
         WARMUP_STEPS=0, COMPILE=0, NUM_LAYERS=5, MODEL_DIM=72, NUM_HEADS=4, NUM_KV_HEADS=2, ROPE_DIMS=8,
         RECUR_START=1, RECUR_END=2, RECUR_EXTRA=1, PARALLEL_FROM=3, MATRIX_LR=0.04, SCALAR_LR=0.04,
         TIED_EMBED_LR=0.05, MUON_MOMENTUM_WARMUP_STEPS=50, EVAL_SEQ_LEN=256, EVAL_STRIDE=128,
-        EVAL_BATCH_SEQS=64, EVAL_PATHS="sliding", PRE_EXPORT_PATHS="plain", TTT_DOCS=64, CALIB_BATCHES=4,
+        EVAL_BATCH_SEQS=64, EVAL_PATHS="sliding", PRE_EXPORT_PATHS="plain", TTT_DOCS=64, TTT_CHUNK=128, CALIB_BATCHES=4,
         CODECS="zstd,brotli,lzma"),
 }
 

@@ -21,7 +21,7 @@ DEV = str(SHARED / "data/fineweb_dev/fineweb_val_sp1024.bin")
 TINY = dict(PRESET="tiny", MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2", NUM_LAYERS="3", ROPE_DIMS="4",
             RECUR_START="0", RECUR_END="1", RECUR_EXTRA="1", PARALLEL_FROM="2", ATTN_GATE_DIMS="8",
             EVAL_SEQ_LEN="48", EVAL_STRIDE="16", EVAL_BATCH_SEQS="8", TTT_CHUNK="16", TTT_DOCS="3", TTT_PHASES="2",
-            TTT_LR="0.01", TTT_SGD_LR="0.01", NGRAM_CHUNK="64")
+            TTT_LORA="1", TTT_LR="0.01", TTT_SGD_LR="0.01", NGRAM_CHUNK="64")
 CPU = torch.device("cpu")
 
 
