@@ -173,6 +173,7 @@ def token_bytes(prev: Tensor, tgt: Tensor, luts: tuple[Tensor, Tensor, Tensor]) 
 SHARD_MAGIC, SHARD_VERSION, HEADER_INTS = 20240520, 1, 256
 HEADER_BYTES = HEADER_INTS * 4
 BOS_ID = 1
+PAD_ID = 0  # batch padding: trailing, never a BOS (a BOS per pad position would be a varlen sequence each)
 
 
 class ShardError(ValueError):
@@ -344,6 +345,8 @@ class AttnMask:
             starts = torch.ones_like(ids, dtype=torch.bool)
             starts[:, 1:] = docs[:, 1:] != docs[:, :-1]
             self.cu = F.pad(torch.nonzero(starts.flatten()).flatten(), (0, 1), value=B * T).int()
+            if self.impl == "varlen" and len(self.cu) > 65536:  # flash's grid holds at most 65,535 sequences
+                raise ValueError(f"{len(self.cu) - 1} documents in one {B}x{T} batch: over flash varlen's 65,535")
             torch._dynamo.maybe_mark_dynamic(self.cu, 0)  # one graph for any number of documents
             self.max_len = T  # an upper bound is enough and needs no host sync
         elif self.impl == "flex":
@@ -978,7 +981,7 @@ def rank_batches(tokens: Tensor, wins: list[tuple[int, int, int]], h: Hyperparam
     mine = wins[h.rank * per:(h.rank + 1) * per]
     for i in range(0, len(mine), h.eval_batch_seqs):
         part = mine[i:i + h.eval_batch_seqs]
-        x = torch.zeros(h.eval_batch_seqs, width + 1, dtype=torch.int64)
+        x = torch.full((h.eval_batch_seqs, width + 1), PAD_ID, dtype=torch.int64)
         for j, (a, b, _) in enumerate(part):
             x[j, :b - a + 1] = tokens[a:b + 1]
         yield part, x
@@ -1863,7 +1866,7 @@ def score_docs(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], stats: 
                device: torch.device, loras: list[tuple[CastedLinear, BatchedLoRA]], on_score=None, on_update=None) -> None:
     """Score documents in batches of TTT_DOCS, chunk by chunk, with the per-document adapters `loras`
     (reset per batch; none without TTT_LORA). A forward always has TTT_DOCS rows (missing documents are
-    BOS padding, out of the scores and the loss) and one of a few widths: few compiled graphs.
+    PAD rows, out of the scores and the loss) and one of a few widths: few compiled graphs.
     stats [1 or 2, N]: each target's NLL (and the model's entropy there, for the n-gram gate)."""
     C, L, n, amp = h.ttt_chunk, h.eval_seq_len, h.ttt_docs, device.type == "cuda"
     model.requires_grad_(False)  # only the adapters learn here: no backward work for the base weights
@@ -1883,7 +1886,7 @@ def score_docs(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], stats: 
                     rows.append((r, s, max(0, hi - L), hi, lo))
             W = max(b - a for _, _, a, b, _ in rows)
             W = min(L, C * 2 ** math.ceil(math.log2(max(1, W / C))))  # few distinct widths
-            x, w, cols, pos = torch.full((n, W + 1), BOS_ID, dtype=torch.int64), torch.zeros(n, W), [], []
+            x, w, cols, pos = torch.full((n, W + 1), PAD_ID, dtype=torch.int64), torch.zeros(n, W), [], []
             for r, s, a, b, lo in rows:  # local target j sits at column j - 1 - a
                 x[r, :b - a + 1] = tokens[s + a:s + b + 1]
                 w[r, lo - 1 - a:b - a] = 1 / (b - lo + 1)  # the loss: the sum of each document's mean NLL
@@ -1922,7 +1925,7 @@ def global_sgd(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], h: Hype
     for _ in range(h.ttt_epochs):
         for k in range(steps):
             chunk = mine[k * h.eval_batch_seqs:(k + 1) * h.eval_batch_seqs]
-            x = torch.full((h.eval_batch_seqs, h.eval_seq_len + 1), BOS_ID, dtype=torch.int64)  # one shape
+            x = torch.full((h.eval_batch_seqs, h.eval_seq_len + 1), PAD_ID, dtype=torch.int64)  # one shape
             keep = torch.zeros(x.shape[0], h.eval_seq_len)
             for j, (a, b) in enumerate(chunk):
                 x[j, :b - a + 1], keep[j, :b - a] = tokens[a:b + 1], 1

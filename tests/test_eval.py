@@ -307,3 +307,23 @@ def test_per_token_out_after_an_ngram_path_feeds_the_sweep(setup, tmp_path):
     m = np.load(tmp_path / "val_model.npz")
     np.testing.assert_allclose(-m["logp"], r["val/sliding"]["nll"].numpy(), rtol=1e-6)
     assert m["entropy"].shape == m["logp"].shape == (len(tokens) - 1,) and (m["entropy"] > 0).all()
+
+
+@pytest.mark.parametrize("lora", ["0", "1"])
+def test_ttt_batches_keep_varlen_sequences_few(setup, lora, monkeypatch):
+    """Batch padding is never BOS: with BOS padding every pad position was its own varlen sequence, and
+    TTT_DOCS=64 x 2048 went over flash's 65,535-sequence grid on the H100 (CUDA invalid argument). Every
+    forward of TTT (per-document rows, global SGD windows) holds at most one sequence per document + row."""
+    h, model, luts, tokens = setup
+    seen = []
+    real = tg.make_mask
+
+    def spy(ids, doc_mask, impl):
+        m = tg.AttnMask(ids, True, "varlen")  # the offsets the GPU kernel would get
+        seen.append((len(m.cu) - 1, ids.size(0) + int((ids == tg.BOS_ID).sum())))
+        return real(ids, doc_mask, impl)
+
+    monkeypatch.setattr(tg, "make_mask", spy)
+    tg.eval_ttt(model, tokens, tg.Hyperparameters({**TINY, "TTT_LORA": lora}), luts, CPU)
+    assert seen and all(n <= bound for n, bound in seen)
+    assert max(n for n, _ in seen) < len(tokens) / 4  # BOS padding gave ~one sequence per pad position
