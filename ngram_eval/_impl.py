@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from train_gpt import NgramMixer, load_shard  # noqa: F401  (the fast implementation lives in train_gpt.py)
+from train_gpt import NgramMixer, load_shard, mix_ngram  # noqa: F401  (the fast implementation lives in train_gpt.py)
 
 def read_tokens(path: str, limit: int | None = None) -> Tensor:
     """Tokens of an official-format shard (validated by train_gpt.load_shard), as int64."""

@@ -15,19 +15,22 @@ Nothing else of the model's distribution enters the score. (Normalisation of the
 whole distribution: that is ngram_eval.probe's business, not the sweep's.)
 
 Each policy is a = sigmoid(w0 + w1 H + w2 log1p(c_top) + w3 n_top) (a constant a: w1 = w2 = w3 = 0).
+With --gate-lr > 0 each policy is instead the START of train_gpt's online gate (NGRAM_ALPHA, NGRAM_GATE_LR):
+the eval path's own mix_ngram runs, learning the gate from each scored chunk, so NGRAM_CHUNK (--chunk) matters.
 Choosing a policy by its score on val is tuning on val: prefer a sweep on non-val text, or report it.
 """
 from __future__ import annotations
 
 import argparse
 import math
+from types import SimpleNamespace
 import sys
 import time
 
 import numpy as np
 import torch
 
-from ngram_eval._impl import NgramMixer, ngram_stream, read_tokens, target_bytes
+from ngram_eval._impl import NgramMixer, mix_ngram, ngram_stream, read_tokens, target_bytes
 
 DEFAULT_ALPHAS = "-3,0.25,0.1,0.25;-2.944,0,0,0;-2.197,0,0,0;-4,0.5,0,0.3;-5,0.5,0.2,0.5"
 
@@ -41,11 +44,22 @@ def parse_alphas(spec: str) -> list[tuple[float, float, float, float]]:
 
 def sweep(tokens: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor, nbytes: int, vocab: int,
           orders: list[int], alphas: list[tuple], chunk: int = 32768, cross_bos: bool = False,
-          device: str = "cpu") -> list[dict]:
+          device: str = "cpu", gate_lr: float = 0.0) -> list[dict]:
     """One row per (order, policy): bpb and its change against the model alone."""
     to_bpb = 1 / (math.log(2) * nbytes)
     base = -logp.double().sum().item() * to_bpb
     rows = []
+    if gate_lr > 0:  # the eval path itself: stats[:, i] belong to target tokens[i] (column 0 unused)
+        stats = torch.zeros(2, tokens.numel(), dtype=torch.float64, device=device)
+        stats[0, 1:], stats[1, 1:] = -logp.double(), entropy.double()
+        for order, alpha in ((o, a) for o in orders for a in alphas):
+            t0 = time.time()
+            h = SimpleNamespace(vocab_size=vocab, ngram_order=order, ngram_alpha=",".join(map(str, alpha)),
+                                ngram_gate_lr=gate_lr, ngram_chunk=chunk)
+            bpb = mix_ngram(stats, tokens.to(device), h)[1:].sum().item() * to_bpb
+            rows.append(dict(order=order, alpha=alpha, bpb=bpb, delta=bpb - base, ngram_only=math.nan,
+                             mean_a=math.nan, secs=time.time() - t0, model=base))
+        return rows
     for order in orders:
         t0 = time.time()
         mixer = NgramMixer(vocab, order, device, cross_bos=cross_bos)
@@ -71,7 +85,10 @@ def main(argv=None) -> int:
     ap.add_argument("--chunk", type=int, default=32768, help="update granularity (results do not depend on it)")
     ap.add_argument("--cross-bos", action="store_true", help="let contexts run across documents")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--gate-lr", type=float, default=0.0, help="> 0: policies start the online gate (NGRAM_GATE_LR)")
     a = ap.parse_args(argv)
+    if a.gate_lr > 0 and a.cross_bos:
+        raise SystemExit("--gate-lr runs train_gpt's eval path, whose contexts never cross a BOS: drop --cross-bos")
     data = np.load(a.logprobs)
     logp, entropy = (torch.from_numpy(data[k].astype(np.float32)) for k in ("logp", "entropy"))
     if logp.shape != entropy.shape or logp.ndim != 1:
@@ -84,7 +101,7 @@ def main(argv=None) -> int:
     vocab = max(spm.SentencePieceProcessor(model_file=a.tokenizer).vocab_size(), int(tokens.max()) + 1)
     nbytes = target_bytes(tokens, a.tokenizer, vocab).sum().item()
     rows = sweep(tokens, logp[:n], entropy[:n], nbytes, vocab, [int(x) for x in a.orders.split(",")],
-                 parse_alphas(a.alphas), a.chunk, a.cross_bos, a.device)
+                 parse_alphas(a.alphas), a.chunk, a.cross_bos, a.device, a.gate_lr)
     print(f"{n} targets, {nbytes} bytes, V={vocab}; model alone: {rows[0]['model']:.5f} bpb")
     print(f"{'order':>5}  {'policy w0,w1,w2,w3':<24} {'bpb':>8} {'delta':>9} {'mean a':>7} {'ngram-only':>10} {'ngram s':>8}")
     for r in rows:

@@ -327,3 +327,19 @@ def test_ttt_batches_keep_varlen_sequences_few(setup, lora, monkeypatch):
     tg.eval_ttt(model, tokens, tg.Hyperparameters({**TINY, "TTT_LORA": lora}), luts, CPU)
     assert seen and all(n <= bound for n, bound in seen)
     assert max(n for n, _ in seen) < len(tokens) / 4  # BOS padding gave ~one sequence per pad position
+
+
+def test_sweep_with_gate_lr_replays_the_eval_paths_online_gate(setup, tmp_path):
+    """ngram_eval.sweep --gate-lr runs the eval path's own mixture (online gate from NGRAM_ALPHA, learning
+    from scored chunks) on saved model outputs: it must give the ngram path's bpb."""
+    from ngram_eval import sweep
+    from ngram_eval._impl import target_bytes
+    _, model, luts, tokens = setup
+    h = tg.Hyperparameters({**TINY, "PER_TOKEN_OUT": str(tmp_path / "val.npy")})
+    r = tg.run_evals(model, h, {"val": tokens}, luts, CPU, lambda s: None, "sliding,ngram")
+    m = np.load(tmp_path / "val_model.npz")
+    nbytes = int(target_bytes(tokens, SP1024, h.vocab_size).sum())
+    alpha = tuple(float(a) for a in h.ngram_alpha.split(","))
+    row, = sweep.sweep(tokens, torch.from_numpy(m["logp"]), torch.from_numpy(m["entropy"]), nbytes, h.vocab_size,
+                       [h.ngram_order], [alpha], h.ngram_chunk, gate_lr=h.ngram_gate_lr)
+    assert h.ngram_gate_lr > 0 and row["bpb"] == pytest.approx(r["val/ngram"]["bpb"], abs=1e-6)
