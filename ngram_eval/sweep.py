@@ -32,7 +32,7 @@ import torch
 
 from ngram_eval._impl import NgramMixer, mix_ngram, ngram_stream, read_tokens, target_bytes
 
-DEFAULT_ALPHAS = "-3,0.25,0.1,0.25;-2.944,0,0,0;-2.197,0,0,0;-4,0.5,0,0.3;-5,0.5,0.2,0.5"
+DEFAULT_ALPHAS = "-4.595,0,0,0;-3,0.25,0.1,0.25;-2.944,0,0,0;-2.197,0,0,0;-4,0.5,0,0.3;-5,0.5,0.2,0.5"
 
 
 def parse_alphas(spec: str) -> list[tuple[float, float, float, float]]:
