@@ -502,6 +502,7 @@ class ArchMask(AttnMask):
         if h.arch == "scan":  # causal attention inside each chunk (and document): a chunk start opens a run
             chunk_start = (torch.arange(ids.size(1), device=ids.device) % h.scan_chunk == 0).expand_as(bos)
             self.chunks = AttnMask(_run_starts(chunk_start | bos if doc_mask else chunk_start), True, impl)
+            self.chunks.max_len = min(ids.size(1), h.scan_chunk)  # varlen launches its grid for max_len: C, not T
 
 
 @torch.compiler.disable  # eager, like make_mask: the blocks stay compiled
