@@ -2023,21 +2023,41 @@ def train_budget(h: Hyperparameters) -> float:
     return h.max_wallclock_seconds - h.gptq_reserve_seconds if h.max_wallclock_seconds > 0 else math.inf
 
 
-def warmup_and_restore(model: GPT, step_fn, h: Hyperparameters, device: torch.device, seqs: int) -> None:
+def warmup_and_restore(model: GPT, step_fn, h: Hyperparameters, device: torch.device, seqs: int,
+                       micro: int) -> float:
     """Compile every graph the run will use (recurrence off and on) with real optimizer steps on
     random tokens, so no training data is read before the clock; then put the weights back. The
-    optimizer used here is a scratch one: the run's optimizer and EMA are created afterwards."""
+    optimizer used here is a scratch one: the run's optimizer and EMA are created afterwards.
+    Returns the seconds a GPTQ calibration pass takes (eager, recurrence as at the end of training),
+    timed on random tokens too: the clock's reserve must cover it (ARCH=pse measured 14.3 s > 12 s)."""
     init = {k: v.clone() for k, v in model.state_dict().items()}
     g = torch.Generator().manual_seed(h.seed)
+
+    def batch(n: int) -> Tensor:
+        x = torch.randint(0, h.vocab_size, (n, h.train_seq_len + 1), generator=g)
+        x[:, 0] = BOS_ID
+        return x.to(device)
+
     for recur in sorted({False, bool(h.recur_extra)}):
         model.recur = recur
         for _ in range(h.warmup_steps):
-            x = torch.randint(0, h.vocab_size, (seqs, h.train_seq_len + 1), generator=g)
-            x[:, 0] = BOS_ID
-            step_fn(x.to(device))
+            step_fn(batch(seqs))
+    calib_s = 0.0
+    if h.quant == "gptq" and h.calib == "train":
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        sync()
+        t0 = time.perf_counter()
+        calibrate(model, h, (batch(micro) for _ in range(h.calib_batches)), device)
+        sync()
+        calib_s = time.perf_counter() - t0
+        if h.world_size > 1:  # one reserve for all ranks (the slowest's), so they agree on when to stop
+            t = torch.tensor(calib_s, device=device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            calib_s = t.item()
     model.recur = False
     model.load_state_dict(init)
     model.zero_grad(set_to_none=True)
+    return calib_s
 
 
 def main() -> None:
@@ -2155,8 +2175,12 @@ def train(h: Hyperparameters, model: GPT, device: torch.device, log: Logger, val
 
     if h.warmup_steps > 0:
         scratch, t0 = Optimizers(model, h), time.perf_counter()
-        warmup_and_restore(model, lambda x: step_fn(x, scratch), h, device, local)
+        calib_s = warmup_and_restore(model, lambda x: step_fn(x, scratch), h, device, local, micro)
         log(f"warmup: compiled in {time.perf_counter() - t0:.1f}s on random tokens, weights restored")
+        if 1.25 * calib_s > h.gptq_reserve_seconds:  # the reserve must hold the calibration, with a margin
+            log(f"reserve: calibration takes {calib_s:.1f}s, GPTQ_RESERVE_SECONDS {h.gptq_reserve_seconds:.1f} -> "
+                f"{1.25 * calib_s:.1f}")
+            h.gptq_reserve_seconds = 1.25 * calib_s
     opt = Optimizers(model, h)
     ema = EMA(model, h.ema_decay, h.ema_warmup) if h.ema else None
     loader = TokenLoader(h.train_files, h.train_seq_len, h.seed, h.rank, h.world_size, device, h.loader == "stream")

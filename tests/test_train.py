@@ -78,8 +78,9 @@ def test_warmup_leaves_weights_and_reads_no_data(tiny_data):
         model(x[:, :-1], x[:, 1:]).mean().backward()
         opt.step(1.0, 0.95)
 
-    tg.warmup_and_restore(model, step, h, torch.device("cpu"), 4)
+    calib_s = tg.warmup_and_restore(model, step, h, torch.device("cpu"), 4, 2)
     assert len(seen) == 4 and not model.recur  # two steps per graph: recurrence off and on
+    assert h.quant == "gptq" and calib_s > 0  # the calibration pass was timed (on random tokens)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
