@@ -2,6 +2,7 @@
 
     python -m submissions.make --name NAME --logs a.txt b.txt c.txt [--reference DIR | --reference-bpb x,y,z]
         [--artifacts DIR] [--out submissions] [--author A --github-id G] [--label "proxy (...)"]
+        [--track 10min_16mb|non_record_16mb]
 
 writes <out>/<YYYY-MM-DD>_<NAME>/: README.md, submission.json, train_seed<S>.txt (the logs, copied),
 train_gpt.py (byte-identical to the source every log embeds), requirements.txt (derived from that
@@ -34,7 +35,7 @@ from submissions.logs import LogError, find_logs, parse_log
 SIZE_CAP = 16_000_000
 THRESHOLD_NATS, ALPHA = 0.005, 0.01
 DIGITS = 8  # JSON rounding of means and stds; the logs print 6 decimals, so this loses nothing
-TRACK = "10min_16mb"
+TRACKS = ("10min_16mb", "non_record_16mb")  # the official records/track_<name>/ folders
 # Keys train_gpt.py derives or torchrun sets: never env vars of the reproduce command.
 DERIVED = {"run_id", "seed", "rank", "local_rank", "world_size", "train_files", "val_files"}
 # May differ between seeds' logs (where the data lay on each machine; extra eval paths reported beside
@@ -381,7 +382,7 @@ def submission_json(args: argparse.Namespace, logs: list[dict], date: str, sig: 
     blurb = args.blurb or (f"{h['preset']} preset of train_gpt.py, {len(logs)} seeds, scored by eval path "
                            f"'{logs[0]['eval_path']}' on the artifact read back from disk.")
     meta = dict(author=args.author, github_id=args.github_id, name=args.name + label,
-                blurb=(f"[{args.label}] " if args.label else "") + blurb, date=date, track=TRACK,
+                blurb=(f"[{args.label}] " if args.label else "") + blurb, date=date, track=args.track,
                 val_loss=_r(statistics.fmean(loss)), val_bpb=_r(statistics.fmean(bpb)),
                 val_loss_std=std(loss), val_bpb_std=std(bpb), seeds=[l["seed"] for l in logs], seed_results=seed_results,
                 artifact_bytes_max=max(l["artifact_bytes"] for l in logs), bytes_total=max(l["total_bytes"] for l in logs),
@@ -550,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--author", default="", help="submission.json author")
     p.add_argument("--github-id", default="", help="submission.json github_id")
     p.add_argument("--label", default="", help='e.g. "proxy (not FineWeb, 1xH100)": shown everywhere')
+    p.add_argument("--track", default=TRACKS[0], choices=TRACKS,
+                   help="non_record_16mb for a new idea that does not beat the record (it still fits 16 MB)")
     p.add_argument("--blurb", default="", help="one-paragraph description (default: generated)")
     p.add_argument("--date", default="", help="YYYY-MM-DD (default: today)")
     p.add_argument("--force", action="store_true", help="replace an existing folder of the same date and name")

@@ -78,15 +78,15 @@ def test_make_writes_numbers_from_the_logs(runs, folder, run_cli):
     for log in logs:
         assert (folder / f"train_seed{log['seed']}.txt").read_bytes() == Path(log["path"]).read_bytes()
     meta = json.loads((folder / "submission.json").read_text())
-    assert meta["seeds"] == [1, 2] and meta["val_bpb"] == round(np.mean([l["val_bpb"] for l in logs]), 8)
-    assert meta["val_bpb_std"] == round(float(np.std([l["val_bpb"] for l in logs], ddof=1)), 8)
+    assert meta["seeds"] == [1, 2] and meta["val_bpb"] == pytest.approx(np.mean([l["val_bpb"] for l in logs]), abs=1e-8)
+    assert meta["val_bpb_std"] == pytest.approx(float(np.std([l["val_bpb"] for l in logs], ddof=1)), abs=1e-8)
     for log in logs:
         r = meta["seed_results"][str(log["seed"])]
         assert (r["val_bpb"], r["val_loss"], r["artifact_bytes"], r["steps"]) == \
                (log["val_bpb"], log["val_loss"], log["artifact_bytes"], log["steps"])
         assert r["artifact_sha256"] == hashlib.sha256((runs / f"artifacts/seed{log['seed']}.pgq").read_bytes()).hexdigest()
     assert meta["bytes_code"] == (runs / "train_gpt.py").stat().st_size
-    assert meta["bytes_total"] == max(l["total_bytes"] for l in logs)
+    assert meta["bytes_total"] == max(l["total_bytes"] for l in logs) and meta["track"] == "10min_16mb"
     assert meta["significance"]["delta_bpb"] == pytest.approx(meta["val_bpb"] - 4.15, abs=1e-7)
     reqs = [l for l in (folder / "requirements.txt").read_text().splitlines() if not l.startswith("#")]
     assert reqs[:3] == ["numpy", "sentencepiece", f"torch=={logs[0]['env']['torch'].split('+')[0]}"]
@@ -99,6 +99,16 @@ def test_make_writes_numbers_from_the_logs(runs, folder, run_cli):
     r = run_cli("submissions.check", folder, "--artifacts", runs / "artifacts")
     assert r.returncode == 0, r.stdout
     assert r.stdout.splitlines()[-1].startswith("PASS") and " FAIL " not in r.stdout
+
+
+def test_make_non_record_track(runs, tmp_path, run_cli):
+    r = run_cli("submissions.make", "--name", "idea", "--logs", runs / "logs/seed1.txt", "--out", tmp_path,
+                "--track", "non_record_16mb", "--date", "2026-01-03")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "2026-01-03_idea/submission.json").read_text())["track"] == "non_record_16mb"
+    r = run_cli("submissions.make", "--name", "idea", "--logs", runs / "logs/seed1.txt", "--out", tmp_path,
+                "--track", "record_16mb")
+    assert r.returncode != 0 and "invalid choice" in r.stderr
 
 
 def tampered(folder: Path, tmp_path: Path) -> Path:
