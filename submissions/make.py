@@ -310,6 +310,11 @@ def techniques(h: dict, log: dict) -> str:
     parts = [f"{g('num_layers')}L x {g('model_dim')}d, {g('num_heads')} heads / {g('num_kv_heads')} KV, "
              f"MLP {g('mlp_mult')}x" + (f" LeakyReLU({g('leaky_slope')})^2" if g("leaky_slope") else " ReLU^2"),
              f"vocab {g('vocab_size')}, seq {g('train_seq_len')}, batch {g('train_batch_tokens')} tokens"]
+    arch = {"worker": f"ARCH=worker (every {g('worker_interval')}th token attends, conv kernel {g('worker_kernel')})",
+            "pse": f"ARCH=pse ({g('pse_scales')} EMA scales up to half-life {g('pse_max_halflife')})",
+            "scan": f"ARCH=scan (chunks of {g('scan_chunk')}, Blelloch prefix scan)"}.get(g("arch", "gpt"))
+    if arch:
+        parts.insert(0, arch)
     if g("recur_extra"):
         parts.append(f"layers {g('recur_start')}-{g('recur_end')} looped +{g('recur_extra')} from "
                      f"{g('recur_frac')} of training")

@@ -106,6 +106,8 @@ def test_make_non_record_track(runs, tmp_path, run_cli):
                 "--track", "non_record_16mb", "--date", "2026-01-03")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "2026-01-03_idea/submission.json").read_text())["track"] == "non_record_16mb"
+    assert make.techniques({**parse_log(runs / "logs/seed1.txt")["hyperparameters"], "arch": "scan", "scan_chunk": 64},
+                           dict(codec="", eval_path="sliding")).startswith("ARCH=scan (chunks of 64")
     r = run_cli("submissions.make", "--name", "idea", "--logs", runs / "logs/seed1.txt", "--out", tmp_path,
                 "--track", "record_16mb")
     assert r.returncode != 0 and "invalid choice" in r.stderr
