@@ -1,0 +1,401 @@
+"""Per-token decode latency vs context length for ARCH=gpt|worker|pse (issue #8: the inference-time claim).
+
+Decoder: incremental decoding (one token per step) of a train_gpt.GPT through the model's own modules
+(linear layers, norms, MLP, lanes, gates, conv, U-Net skips, the layer order the model is set to run),
+with one state per virtual layer (a block looped by depth recurrence gets one per pass):
+  gpt     a KV cache of every position;
+  worker  the conv window (last WORKER_KERNEL-1 inputs) and a KV cache of worker positions only (1/k);
+  pse     one slot per distinct token id seen: k and v of its last occurrence and its EMA bank.
+tests/test_latency.py checks that its logits equal the full forward's at every position.
+
+Timing: python bench/latency.py --contexts 1024,4096,16384 --batch 1,64 [--out FILE.json]
+Record-preset model in bf16 (eager, no autocast), state filled to context L with RANDOM contents: this
+times the step, not quality, with the state as large as L tokens would leave it. ms/token: median over
+groups of WORKER_INTERVAL consecutive steps (each group holds exactly one worker step) / group size.
+floor_ms: the same at L=16, the fixed per-step cost.   CPU smoke: --device cpu --contexts 64,128 --batch 1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+import train_gpt as tg  # noqa: E402
+
+# Distinct ids in L tokens of sp8192 val text crossing documents (so more than one document would hold):
+# realistic PSE slot counts, an upper bound. Contexts not listed get min(L, vocab), all tokens distinct.
+PSE_SLOTS = "1024:456,4096:1334,16384:3229"
+FLOOR_CONTEXT = 16
+# Not cuDNN's attention: it builds a plan per shape, and the KV length changes at every step
+# (measured on an H100: gpt 60-94 ms/token with it, every length alike).
+DECODE_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def rope_at(rotary: tg.Rotary, x: Tensor, pos: int) -> Tensor:
+    """Rotary.forward for one token at `pos` (it numbers positions from 0 and takes no offset): the
+    same formula on its own inv_freq and dims. x: (B, 1, H, D)."""
+    freqs = pos * rotary.inv_freq
+    cos, sin = freqs.cos().to(x.dtype), freqs.sin().to(x.dtype)
+    half = rotary.dims // 2
+    x1, x2, rest = x[..., :half], x[..., half:rotary.dims], x[..., rotary.dims:]
+    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin, rest), dim=-1)
+
+
+class KVCache:
+    """Keys and values (B, Hkv, capacity, D) and, with doc masking, each entry's document index."""
+
+    def __init__(self, att: tg.Attention, B: int, capacity: int, like: Tensor, doc_mask: bool):
+        self.k = like.new_zeros(B, att.kv_heads, capacity, att.head_dim)
+        self.v = torch.zeros_like(self.k)
+        self.doc = torch.full((B, capacity), -1, device=like.device) if doc_mask else None
+        self.n = 0
+
+    def append(self, k: Tensor, v: Tensor, doc: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """k, v (B, 1, Hkv, D) -> all keys, values, and the mask of those in doc (None: all visible)."""
+        self.k[:, :, self.n], self.v[:, :, self.n] = k[:, 0], v[:, 0]
+        if self.doc is not None:
+            self.doc[:, self.n] = doc
+        self.n += 1
+        mask = None if self.doc is None else (self.doc[:, :self.n] == doc[:, None])[:, None, None]
+        return self.k[:, :, :self.n], self.v[:, :, :self.n], mask
+
+    def fill_random(self, n: int) -> None:
+        self.k[:, :, :n].normal_(), self.v[:, :, :n].normal_()
+        self.n = n
+
+    def nbytes(self) -> int:
+        return 2 * self.k[:, :, :self.n].numel() * self.k.element_size()
+
+
+def attn_step(att: tg.Attention, x: Tensor, cache: KVCache, pos: int, doc: Tensor | None) -> Tensor:
+    """Attention.forward for one token x (B, 1, C) at RoPE position pos, over the cache."""
+    B, _, C = x.shape
+    rep = att.heads // att.kv_heads
+    q = att.c_q(x).view(B, 1, att.heads, att.head_dim)
+    k = att.c_k(x).view(B, 1, att.kv_heads, att.head_dim)
+    v = att.c_v(x).view(B, 1, att.kv_heads, att.head_dim)
+    q, k = rope_at(att.rotary, tg.rms_norm(q), pos), rope_at(att.rotary, tg.rms_norm(k), pos)
+    keys, values, mask = cache.append(k, v, doc)
+    # GQA at decode: a kv head's `rep` query heads act as `rep` queries of one plain (non-GQA) attention
+    q = (q * att.q_gain.to(q.dtype)[:, None]).view(B, att.kv_heads, rep, att.head_dim)
+    with sdpa_kernel(DECODE_SDPA):
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask).reshape(B, 1, att.heads, att.head_dim)
+    if att.xsa:  # as Attention.forward: remove each head's component along its own value vector
+        g = y.view(B, 1, att.kv_heads, -1, att.head_dim)
+        vn = F.normalize(v, dim=-1).unsqueeze(3)
+        y = (g - (g * vn).sum(-1, keepdim=True) * vn).view(B, 1, att.heads, att.head_dim)
+    if att.gate_dims:
+        y = y * (2 * torch.sigmoid(att.gate(x[..., :att.gate_dims]))).unsqueeze(-1)
+    return att.proj(y.reshape(B, 1, C))
+
+
+def gpt_step(block: tg.Block, x: Tensor, x0: Tensor, st: KVCache, dec: Decoder) -> Tensor:
+    """Block.forward for one token."""
+    x = block.mix(x, x0)
+    a = attn_step(block.attn, block.norm(x), st, dec.t, dec.docs)
+    if block.parallel:
+        return x + block.attn_scale.to(x.dtype) * a + block.mlp_scale.to(x.dtype) * block.mlp(block.norm(x))
+    return block.branches(x, a)
+
+
+class WorkerState:
+    """The conv's window (the last K inputs, this token's included) and the workers' KV cache."""
+
+    def __init__(self, block: tg.WorkerBlock, B: int, capacity: int, like: Tensor, doc_mask: bool):
+        self.window = like.new_zeros(B, block.conv.size(1), like.size(-1))  # zeros == the conv's zero padding
+        self.window_doc = torch.full(self.window.shape[:2], -1, device=like.device) if doc_mask else None
+        self.k, self.kv = block.k, KVCache(block.attn, B, capacity // block.k + 1, like, doc_mask)
+
+    def fill_random(self, L: int) -> None:
+        self.window.normal_()
+        self.kv.fill_random(L // self.k)  # worker positions k-1, 2k-1, ... below L
+
+    def nbytes(self) -> int:  # the K-1 inputs carried to the next step, and the workers' KV
+        return self.window[:, 1:].numel() * self.window.element_size() + self.kv.nbytes()
+
+
+def worker_step(block: tg.WorkerBlock, x: Tensor, x0: Tensor, st: WorkerState, dec: Decoder) -> Tensor:
+    """WorkerBlock.forward for one token: causal_dwconv itself on the window, then attention + MLP
+    only at a worker position (t % k == k-1; RoPE counts workers)."""
+    x = block.mix(x, x0)
+    st.window = torch.cat((st.window[:, 1:], block.norm(x)), 1)
+    if st.window_doc is not None:
+        st.window_doc = torch.cat((st.window_doc[:, 1:], dec.doc[:, None]), 1)
+    x = x + tg.causal_dwconv(st.window, block.conv, st.window_doc)[:, -1:]
+    if dec.t % block.k != block.k - 1:  # a memory token: conv only
+        return x
+    return block.branches(x, attn_step(block.attn, block.norm(x), st.kv, dec.t // block.k, dec.docs))
+
+
+class Slots:
+    """Which slot each token id holds, per row: shared by all layers (slots depend on the ids alone)."""
+
+    def __init__(self, B: int, vocab: int, device: torch.device, capacity: int = 64):
+        self.of = torch.full((B, vocab), -1, dtype=torch.long, device=device)
+        self.n = torch.zeros(B, dtype=torch.long, device=device)  # slots in use per row
+        self.last = torch.zeros(B, capacity, dtype=torch.long, device=device)  # each slot's latest occurrence
+        self.used = 0  # host copy of n.max(): how many slots attention reads
+
+    def fill_random(self, L: int, S: int) -> Tensor:
+        """S random distinct ids per row hold slots 0..S-1, last seen at random times < L; returns them."""
+        B, V = self.of.shape
+        held = torch.rand(B, V, device=self.of.device).argsort(1)[:, :S]
+        self.of.scatter_(1, held, torch.arange(S, device=held.device).expand(B, -1))
+        self.n.fill_(S)
+        self.used, self.last = S, torch.randint(0, L, (B, 2 * S), device=held.device)
+        return held
+
+    def see(self, ids: Tensor, t: int, new_doc: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Token ids (B,) at t -> (slot, is_new, gap since the slot's previous occurrence). Ends with
+        one host sync (n.max()): the slot tensors grow and attention is sliced on the host's count."""
+        if new_doc is not None:  # a BOS opens a document: its row starts again with no slots
+            self.of.masked_fill_(new_doc[:, None], -1)
+            self.n.masked_fill_(new_doc, 0)
+        rows = torch.arange(len(ids), device=ids.device)
+        slot = self.of[rows, ids]
+        new = slot < 0
+        slot = torch.where(new, self.n, slot)
+        self.n += new
+        self.of[rows, ids] = slot
+        self.used = int(self.n.max())
+        if self.used > self.last.size(1):
+            self.last = F.pad(self.last, (0, self.last.size(1)))
+        gap = (t - self.last[rows, slot]).float()
+        self.last[rows, slot] = t
+        return slot, new, gap
+
+
+class PSEState:
+    """One layer's slots: k, v of each slot's last occurrence (B, Hkv, S, D), EMA bank (B, S, scales)
+    summed up to that occurrence, unscaled (pse_slots scales by 1 - decay at the end; fp32 as there)."""
+
+    def __init__(self, att: tg.PSEAttention, B: int, capacity: int, like: Tensor):
+        self.k = like.new_zeros(B, att.kv_heads, capacity, att.head_dim)
+        self.v = torch.zeros_like(self.k)
+        self.bank = torch.zeros(B, capacity, att.log2_decay.numel(), device=like.device)
+
+    def grow(self, capacity: int) -> None:
+        extra = capacity - self.bank.size(1)
+        if extra > 0:
+            self.k, self.v = F.pad(self.k, (0, 0, 0, extra)), F.pad(self.v, (0, 0, 0, extra))
+            self.bank = F.pad(self.bank, (0, 0, 0, extra))
+
+    def fill_random(self, S: int) -> None:
+        self.grow(2 * S)  # as Slots.fill_random
+        self.k[:, :, :S].normal_(), self.v[:, :, :S].normal_(), self.bank[:, :S].uniform_(1, 4)
+
+    def nbytes(self, S: int) -> int:
+        return 2 * self.k[:, :, :S].numel() * self.k.element_size() + self.bank[:, :S].numel() * 4
+
+
+def pse_attn_step(att: tg.PSEAttention, x: Tensor, st: PSEState, dec: Decoder) -> Tensor:
+    """PSEAttention.forward (its _chunk) for one token, over the active slots instead of all positions."""
+    B, _, D = x.shape
+    rep, hd, S = att.heads // att.kv_heads, att.head_dim, dec.slots.used
+    rows, (slot, new, gap) = torch.arange(B, device=x.device), dec.seen
+    q = tg.rms_norm(att.c_q(x).view(B, 1, att.heads, hd)) * att.q_gain.to(x.dtype)[:, None]
+    q = q.view(B, att.kv_heads, rep, hd)  # GQA as in attn_step: repeat_interleave's head order
+    u = att.c_u(x).view(B, att.heads, -1)
+    # this occurrence takes the slot: its k, v, and pse_slots' EMA step bank = decay^gap * bank + 1
+    st.k[rows, :, slot] = tg.rms_norm(att.c_k(x).view(B, att.kv_heads, hd))
+    st.v[rows, :, slot] = att.c_v(x).view(B, att.kv_heads, hd)
+    a = torch.where(new[:, None], 0.0, torch.exp2(gap[:, None] * att.log2_decay))
+    st.bank[rows, slot] = a * st.bank[rows, slot] + 1
+    live = torch.arange(S, device=x.device) < dec.slots.n[:, None]  # (B, S)
+    age = (dec.t - dec.slots.last[:, :S]).float()[..., None]  # steps since each slot's last occurrence
+    ema = st.bank[:, :S] * (1 - torch.exp2(att.log2_decay)) * torch.exp2(age * att.log2_decay) * live[..., None]
+    score = (q @ st.k[:, :, :S].mT).view(B, att.heads, S) / math.sqrt(hd)
+    score = score + torch.einsum("bhs,bns->bhn", u, ema.to(u.dtype))
+    p = torch.softmax(score.float().masked_fill(~live[:, None], float("-inf")), -1).to(x.dtype)
+    y = (p.view(B, att.kv_heads, rep, S) @ st.v[:, :, :S]).view(B, att.heads, hd)
+    banks = torch.einsum("bhn,bns->bhs", p, ema.to(p.dtype))  # the attended EMA bank per head
+    y = y + torch.einsum("bhs,hsd->bhd", banks, att.ema_v.to(p.dtype))
+    return att.proj(y.reshape(B, 1, D))
+
+
+def pse_step(block: tg.PSEBlock, x: Tensor, x0: Tensor, st: PSEState, dec: Decoder) -> Tensor:
+    """PSEBlock.forward for one token."""
+    x = block.mix(x, x0)
+    return block.branches(x, pse_attn_step(block.attn, block.norm(x), st, dec))
+
+
+STEPS = {"gpt": gpt_step, "worker": worker_step, "pse": pse_step}
+
+
+class Decoder:
+    """Feeds one token per row per step through `model` as GPT.hidden + GPT.logits would at that
+    position, in the layer order the model is set to (set model.recur first, as eval does). doc_mask:
+    as hidden's doc_mask, no attention / conv tap / slot crosses a BOS (rows may differ)."""
+
+    def __init__(self, model: tg.GPT, batch: int, capacity: int, doc_mask: bool = False):
+        if model.h.arch not in STEPS:
+            raise ValueError(f"ARCH={model.h.arch}: no decoder (gpt, worker, pse)")
+        self.model, self.arch, self.doc_mask, self.t = model, model.h.arch, doc_mask, 0
+        like = model.tok_emb.weight
+        self.order = model.orders[model.recur]
+        self.prev = like.new_zeros(batch, 1, like.size(1))  # SmearGate: the previous token's normed embedding
+        self.doc = torch.zeros(batch, dtype=torch.long, device=like.device)  # BOS count so far, as doc ids
+        self.docs = self.doc if doc_mask else None  # what the caches mask on (updated in place)
+        self.slots = Slots(batch, like.size(0), like.device) if self.arch == "pse" else None
+        self.seen: tuple[Tensor, Tensor, Tensor] | None = None  # pse: this step's (slot, is_new, gap)
+        self.states = [self._state(model.blocks[i], batch, capacity, like) for i in self.order]
+
+    def _state(self, block: torch.nn.Module, B: int, capacity: int, like: Tensor) -> KVCache | WorkerState | PSEState:
+        if self.arch == "gpt":
+            return KVCache(block.attn, B, capacity, like, self.doc_mask)
+        if self.arch == "worker":
+            return WorkerState(block, B, capacity, like, self.doc_mask)
+        return PSEState(block.attn, B, self.slots.last.size(1), like)
+
+    @torch.no_grad()
+    def step(self, ids: Tensor) -> Tensor:
+        """ids (B,) at position self.t -> logits (B, vocab)."""
+        m, bos = self.model, ids == tg.BOS_ID
+        self.doc += bos
+        x = tg.rms_norm(m.tok_emb(ids)[:, None])
+        if m.smear is not None:  # never across a BOS, with or without doc_mask (as hidden)
+            prev, self.prev = self.prev * (~bos).to(x.dtype)[:, None, None], x
+            x = torch.lerp(x, prev, torch.sigmoid(m.smear).to(x.dtype))
+        if self.slots is not None:
+            self.seen = self.slots.see(ids, self.t, bos if self.doc_mask else None)
+            for st in self.states:
+                st.grow(self.slots.last.size(1))
+        x0, skips, n_enc = x, [], len(self.order) // 2 if len(m.skip_weights) else len(self.order)
+        for j, (i, st) in enumerate(zip(self.order, self.states)):
+            d = j - n_enc  # as hidden: decoder layer d takes encoder output n_enc-1-d
+            if 0 <= d < len(m.skip_weights) and skips:
+                s = m.skip_weights[d].to(x.dtype) * skips.pop()
+                x = x + s if m.skip_gates is None else torch.lerp(s, x, torch.sigmoid(m.skip_gates[d]).to(x.dtype))
+            x = STEPS[self.arch](m.blocks[i], x, x0, st, self)
+            if d < 0:
+                skips.append(x)
+        self.t += 1
+        return m.logits(tg.rms_norm(x))[:, 0]
+
+    def fill_random(self, L: int, slots: int) -> Tensor | None:
+        """Random state of the size L tokens leave (pse: `slots` distinct ids); returns, for pse, the
+        ids (B, slots) that hold slots, so timing can feed ids that keep the slot count fixed."""
+        self.t = L
+        self.prev.normal_()
+        held = None if self.slots is None else self.slots.fill_random(L, slots)
+        for st in self.states:
+            st.fill_random(L if held is None else slots)
+        return held
+
+    def state_bytes(self) -> int:
+        if self.arch != "pse":
+            return sum(st.nbytes() for st in self.states)
+        table = (self.slots.of.numel() + self.slots.n.numel() + self.slots.last[:, :self.slots.used].numel()) * 8
+        return table + sum(st.nbytes(self.slots.used) for st in self.states)
+
+
+# --- timing ---------------------------------------------------------------------------------------
+
+def record_model(arch: str, device: torch.device) -> tg.GPT:
+    """The record preset's model with random weights in bf16, recurrence on as at eval."""
+    model = tg.GPT(tg.Hyperparameters({"PRESET": "record", "ARCH": arch})).to(device)
+    for p in model.parameters():  # parameters only: fp32 buffers (RoPE frequencies, EMA decays) stay fp32
+        p.data = p.data.bfloat16()
+    model.recur = bool(model.h.recur_extra)
+    return model.eval()
+
+
+def timed_ms(fn: Callable[[], object], dev: torch.device) -> float:
+    """ms of fn(): CUDA events on a GPU (launch gaps included: the step is host-bound at small B), else host time."""
+    if dev.type != "cuda":
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1000
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    fn()
+    b.record()
+    b.synchronize()
+    return a.elapsed_time(b)
+
+
+def measure(model: tg.GPT, B: int, L: int, slots: int, groups: int, warmup: int) -> dict:
+    """ms/token at batch B after L tokens of random state: median over groups of k steps, / k."""
+    dev, k, V = model.tok_emb.weight.device, model.h.worker_interval, model.h.vocab_size
+    dec = Decoder(model, B, L + (groups + warmup) * k + 1)
+    held = dec.fill_random(L, slots)
+    state_bytes = dec.state_bytes()  # the state of L tokens, before the timed steps add to it
+    times = []
+    for g in range(warmup + groups):
+        if held is None:  # any id but BOS
+            ids = torch.randint(tg.BOS_ID + 1, V, (k, B), device=dev)
+        else:  # ids that already hold a slot: the slot count stays the one asked for
+            ids = held.gather(1, torch.randint(0, held.size(1), (B, k), device=dev)).T
+        times.append(timed_ms(lambda: [dec.step(i) for i in ids], dev) / k)
+    ms = statistics.median(times[warmup:])
+    return dict(arch=model.h.arch, batch=B, context=L, ms_per_token=round(ms, 4), tokens_per_s=round(B * 1000 / ms, 1),
+                state_bytes=state_bytes, pse_slots=slots if held is not None else None)
+
+
+def git_commit() -> str:
+    git = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    head = git("rev-parse", "HEAD")  # the device's copy of the tree may have no .git
+    return head + ("+dirty" if git("status", "--porcelain") else "") if head else "unknown"
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| arch | batch | context | ms/token | tokens/s | state MB | floor ms | pse slots |", "|" + "---|" * 8]
+    for r in rows:
+        lines.append(f"| {r['arch']} | {r['batch']} | {r['context']} | {r['ms_per_token']:.3f} | {r['tokens_per_s']:,.0f} | "
+                     f"{r['state_bytes'] / 1e6:,.1f} | {r['floor_ms']:.3f} | {r['pse_slots'] or ''} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--contexts", default="1024,4096,16384")
+    ap.add_argument("--batch", default="1,64")
+    ap.add_argument("--archs", default="gpt,worker,pse")
+    ap.add_argument("--pse-slots", default=PSE_SLOTS, help="L:slots,... (other L: min(L, vocab))")
+    ap.add_argument("--groups", type=int, default=20, help="timed groups of WORKER_INTERVAL steps")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed groups first")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", default="")
+    args = ap.parse_args(argv)
+    dev = torch.device(args.device)
+    contexts, batches = [int(c) for c in args.contexts.split(",")], [int(b) for b in args.batch.split(",")]
+    known = {int(a): int(b) for a, b in (p.split(":") for p in args.pse_slots.split(",") if p)}
+    rows = []
+    torch.manual_seed(0)
+    for arch in args.archs.split(","):
+        model = record_model(arch, dev)
+        slots = lambda L: known.get(L, min(L, model.h.vocab_size))  # noqa: E731
+        for B in batches:
+            floor = measure(model, B, FLOOR_CONTEXT, slots(FLOOR_CONTEXT), args.groups, args.warmup)["ms_per_token"]
+            for L in contexts:
+                rows.append({**measure(model, B, L, slots(L), args.groups, args.warmup), "floor_ms": floor})
+                print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+        del model
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    command = " ".join(["python", *(sys.argv if argv is None else ["bench/latency.py", *argv])])
+    out = dict(command=command, git_commit=git_commit(), torch=torch.__version__, device=name, dtype="bfloat16",
+               state="RANDOM contents of the size L tokens leave: times the step, not quality", rows=rows)
+    print(f"decode latency, {name}, torch {torch.__version__}, bf16 eager; state: random (step time, not quality)")
+    print(table(rows))
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()

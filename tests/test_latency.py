@@ -1,0 +1,105 @@
+"""bench/latency.py (issue #8): the incremental Decoder gives the full forward's logits at every position
+for gpt, worker and pse (tiny fp32 configs with every Block knob of the record stack on, depth recurrence
+on, BOS inside the sequence at different places per row, doc masking on and off); its state sizes are
+those the design promises; and the timing path runs on CPU."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_gpt as tg
+from test_arch import hparams, randomize, sample_ids
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import latency  # noqa: E402
+
+T = 41  # > 10 worker groups of 4, not a multiple of 4
+
+
+def tiny_model(name: str) -> tg.GPT:
+    """test_arch's tiny config in the full GPT: 4 layers, layers 1-2 looped once more (6 virtual layers,
+    3 U-Net skips), parallel lanes from layer 2, GQA 4/2, partial RoPE 4/8, XSA, gate, smear, x0 mix."""
+    torch.manual_seed(0)
+    h = hparams(name)
+    h.num_layers, h.recur_start, h.recur_end, h.recur_extra, h.parallel_from = 4, 1, 2, 1, 2
+    model = tg.GPT(h)
+    randomize(model)
+    with torch.no_grad():  # sharp attention: a wrong key or position must move the output
+        for m in model.modules():
+            if hasattr(m, "q_gain"):
+                m.q_gain.fill_(4.0)
+    model.recur = True
+    return model.eval()
+
+
+def mixed_docs(seed: int) -> torch.Tensor:
+    """Two rows from test_arch's small alphabet (PSE slots repeat): row 0 opens with a BOS and has two
+    more; row 1 starts mid-document and has one BOS elsewhere."""
+    ids = sample_ids(2, T, torch.Generator().manual_seed(seed), bos_at=())
+    ids[0, [0, 13, 30]] = tg.BOS_ID
+    ids[1, 22] = tg.BOS_ID
+    return ids
+
+
+def decode(model: tg.GPT, ids: torch.Tensor, doc_mask: bool) -> tuple[torch.Tensor, latency.Decoder]:
+    dec = latency.Decoder(model, ids.size(0), ids.size(1), doc_mask)
+    return torch.stack([dec.step(ids[:, t]) for t in range(ids.size(1))], 1), dec
+
+
+@pytest.mark.parametrize("name", ("gpt", "worker", "pse"))
+@pytest.mark.parametrize("doc_mask", (True, False))
+def test_decoder_equals_full_forward(name, doc_mask):
+    model, ids = tiny_model(name), mixed_docs(1)
+    with torch.no_grad():
+        full = model.logits(model.hidden(ids, doc_mask))
+    got, _ = decode(model, ids, doc_mask)
+    err = (got - full).abs().max(-1).values  # (B, T)
+    assert err.max() < 1e-4, f"first position off: {torch.nonzero(err >= 1e-4)[0].tolist()}, max err {err.max():.2e}"
+
+
+def test_decoder_runs_the_recurrent_order():
+    """The decoder follows model.recur: with recurrence off it matches the non-recurrent forward."""
+    model, ids = tiny_model("gpt"), mixed_docs(2)
+    model.recur = False
+    with torch.no_grad():
+        full = model.logits(model.hidden(ids, True))
+    got, dec = decode(model, ids, True)
+    assert len(dec.states) == 4 and (got - full).abs().max() < 1e-4
+
+
+def test_rope_at_equals_rotary():
+    rot = tg.Rotary(4, 10000.0)
+    x = torch.randn(2, 20, 3, 8)
+    full = rot(x)
+    for pos in (0, 1, 7, 19):
+        assert torch.allclose(latency.rope_at(rot, x[:, pos:pos + 1], pos), full[:, pos:pos + 1], atol=1e-6)
+
+
+def test_state_sizes():
+    """worker: T // k keys per virtual layer (positions k-1, 2k-1, ...), a conv window of K; pse: one slot
+    per distinct id (of the current document with doc masking); gpt: all T."""
+    ids = mixed_docs(3)
+    _, gpt = decode(tiny_model("gpt"), ids, True)
+    assert all(st.n == T for st in gpt.states)
+    _, worker = decode(tiny_model("worker"), ids, False)
+    assert all(st.kv.n == T // 4 and st.window.size(1) == 4 for st in worker.states)
+    assert worker.state_bytes() * 3 < gpt.state_bytes()  # k=4: a quarter of the KV plus a 3-token window
+    _, pse = decode(tiny_model("pse"), ids, False)
+    assert pse.slots.n.tolist() == [len(set(row.tolist())) for row in ids]
+    _, pse = decode(tiny_model("pse"), ids, True)
+    assert pse.slots.n.tolist() == [len(set(ids[0, 30:].tolist())), len(set(ids[1, 22:].tolist()))]
+
+
+def test_timing_smoke(tmp_path):
+    """The timing path end to end on CPU: record-preset models, random state, JSON and table."""
+    out = tmp_path / "lat.json"
+    r = latency.main(["--device", "cpu", "--contexts", "64,128", "--batch", "1", "--groups", "1", "--warmup", "0",
+                      "--out", str(out)])
+    assert json.loads(out.read_text()) == r and "RANDOM" in r["state"] and r["torch"] == torch.__version__
+    assert [(x["arch"], x["context"]) for x in r["rows"]] == [(a, c) for a in ("gpt", "worker", "pse") for c in (64, 128)]
+    assert all(x["ms_per_token"] > 0 and x["floor_ms"] > 0 and x["state_bytes"] > 0 for x in r["rows"])
+    gpt, worker, pse = (next(x for x in r["rows"] if x["arch"] == a and x["context"] == 128) for a in ("gpt", "worker", "pse"))
+    kv = 2 * 17 * 128 * 4 * 64 * 2  # 17 virtual layers x 128 positions x 4 kv heads x 64 dims, k and v, bf16
+    assert gpt["state_bytes"] == kv and worker["state_bytes"] == kv // 4 + 17 * 3 * 512 * 2 and pse["pse_slots"] == 128
