@@ -2085,7 +2085,8 @@ def main() -> None:
             model.compile_parts()
         hessians = train(h, model, device, log, vals["val"], luts)["hessians"]
         model.recur = bool(h.recur_extra)  # the network as trained: recurrence was on at the end
-        run_evals(model, h, vals, luts, device, log, h.pre_export_paths, tag="pre_")
+        if h.pre_export_paths:  # PRE_EXPORT_PATHS= (empty) skips them: a slow arch needs the time for export
+            run_evals(model, h, vals, luts, device, log, h.pre_export_paths, tag="pre_")
         export_artifact(model, hessians, h, artifact, log)
         del model, hessians
     if h.world_size > 1:
