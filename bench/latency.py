@@ -7,12 +7,18 @@ with one state per virtual layer (a block looped by depth recurrence gets one pe
   worker  the conv window (last WORKER_KERNEL-1 inputs) and a KV cache of worker positions only (1/k);
   pse     one slot per distinct token id seen: k and v of its last occurrence and its EMA bank.
 tests/test_latency.py checks that its logits equal the full forward's at every position.
+static=True: the step with static shapes, for CUDA graphs: each state preallocated at full capacity (gpt
+KV: L+steps, worker: L/k+steps, pse: slots), attention over all of it under a mask made on the device, the
+position a device tensor, no host sync; pse slots never grow (timing feeds ids that hold one). Tested.
 
 Timing: python bench/latency.py --contexts 1024,4096,16384 --batch 1,64 [--out FILE.json]
-Record-preset model in bf16 (eager, no autocast), state filled to context L with RANDOM contents: this
-times the step, not quality, with the state as large as L tokens would leave it. ms/token: median over
-groups of WORKER_INTERVAL consecutive steps (each group holds exactly one worker step) / group size.
-floor_ms: the same at L=16, the fixed per-step cost.   CPU smoke: --device cpu --contexts 64,128 --batch 1
+Record-preset model in bf16 (no autocast), state filled to context L with RANDOM contents: this times
+the step, not quality, with the state as large as L tokens would leave it. ms/token: median over groups
+of WORKER_INTERVAL consecutive steps (each group holds exactly one worker step) / group size.
+eager: the dynamic step, launch-bound on a GPU. graph (CUDA only): the static step, one group captured as
+one CUDA graph and replayed, its ids copied in first (the copy is timed); a failed capture is recorded in
+the row. floor_ms_*: the same at L=16, the fixed per-step cost.
+CPU smoke: --device cpu --contexts 64,128 --batch 1 (graph timing skipped, said so in rows and output)
 """
 from __future__ import annotations
 
@@ -42,9 +48,16 @@ FLOOR_CONTEXT = 16
 # Not cuDNN's attention: it builds a plan per shape, and the KV length changes at every step
 # (measured on an H100: gpt 60-94 ms/token with it, every length alike).
 DECODE_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+# The static step reads the whole preallocated cache under a mask of the valid entries. Flash takes no
+# mask and cuDNN plans per shape, so on CUDA: the memory-efficient kernel (the mask becomes an additive
+# bias; KVCache 16-aligns capacity so it needs no padding copy), alone, so a refusal raises and is
+# recorded rather than silently falling back to MATH. Its forward grid is query blocks x heads x batch,
+# no split over keys: at B=1 4 CTAs each stream a kv head's whole cache, a per-SM rate, not HBM
+# bandwidth (--static-sdpa math: cuBLAS matmuls, parallel over keys, the scores in memory). CPU: MATH.
+STATIC_SDPA = {"efficient": [SDPBackend.EFFICIENT_ATTENTION], "math": [SDPBackend.MATH]}
 
 
-def rope_at(rotary: tg.Rotary, x: Tensor, pos: int) -> Tensor:
+def rope_at(rotary: tg.Rotary, x: Tensor, pos: int | Tensor) -> Tensor:
     """Rotary.forward for one token at `pos` (it numbers positions from 0 and takes no offset): the
     same formula on its own inv_freq and dims. x: (B, 1, H, D)."""
     freqs = pos * rotary.inv_freq
@@ -58,13 +71,23 @@ class KVCache:
     """Keys and values (B, Hkv, capacity, D) and, with doc masking, each entry's document index."""
 
     def __init__(self, att: tg.Attention, B: int, capacity: int, like: Tensor, doc_mask: bool):
+        capacity = -(-capacity // 16) * 16
         self.k = like.new_zeros(B, att.kv_heads, capacity, att.head_dim)
         self.v = torch.zeros_like(self.k)
         self.doc = torch.full((B, capacity), -1, device=like.device) if doc_mask else None
-        self.n = 0
+        self.n, self.idx = 0, torch.arange(capacity, device=like.device)
 
-    def append(self, k: Tensor, v: Tensor, doc: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
-        """k, v (B, 1, Hkv, D) -> all keys, values, and the mask of those in doc (None: all visible)."""
+    def append(self, k: Tensor, v: Tensor, doc: Tensor | None, at: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """k, v (B, 1, Hkv, D) -> all keys, values, and the mask of those in doc (None: all visible).
+        at (static step): the entry's index, a device tensor; all `capacity` entries come back, masked."""
+        if at is not None:
+            at = at.view(1)
+            self.k.index_copy_(2, at, k.transpose(1, 2)), self.v.index_copy_(2, at, v.transpose(1, 2))
+            mask = self.idx <= at
+            if self.doc is not None:
+                self.doc.index_copy_(1, at, doc[:, None])
+                mask = mask & (self.doc == doc[:, None])
+            return self.k, self.v, mask.view(-1, 1, 1, self.idx.numel())
         self.k[:, :, self.n], self.v[:, :, self.n] = k[:, 0], v[:, 0]
         if self.doc is not None:
             self.doc[:, self.n] = doc
@@ -80,18 +103,18 @@ class KVCache:
         return 2 * self.k[:, :, :self.n].numel() * self.k.element_size()
 
 
-def attn_step(att: tg.Attention, x: Tensor, cache: KVCache, pos: int, doc: Tensor | None) -> Tensor:
-    """Attention.forward for one token x (B, 1, C) at RoPE position pos, over the cache."""
+def attn_step(att: tg.Attention, x: Tensor, cache: KVCache, pos: int | Tensor, dec: Decoder) -> Tensor:
+    """Attention.forward for one token x (B, 1, C) at RoPE position pos (a tensor: static), over the cache."""
     B, _, C = x.shape
     rep = att.heads // att.kv_heads
     q = att.c_q(x).view(B, 1, att.heads, att.head_dim)
     k = att.c_k(x).view(B, 1, att.kv_heads, att.head_dim)
     v = att.c_v(x).view(B, 1, att.kv_heads, att.head_dim)
     q, k = rope_at(att.rotary, tg.rms_norm(q), pos), rope_at(att.rotary, tg.rms_norm(k), pos)
-    keys, values, mask = cache.append(k, v, doc)
+    keys, values, mask = cache.append(k, v, dec.docs, pos if dec.static else None)
     # GQA at decode: a kv head's `rep` query heads act as `rep` queries of one plain (non-GQA) attention
     q = (q * att.q_gain.to(q.dtype)[:, None]).view(B, att.kv_heads, rep, att.head_dim)
-    with sdpa_kernel(DECODE_SDPA):
+    with sdpa_kernel(dec.sdpa):
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask).reshape(B, 1, att.heads, att.head_dim)
     if att.xsa:  # as Attention.forward: remove each head's component along its own value vector
         g = y.view(B, 1, att.kv_heads, -1, att.head_dim)
@@ -105,7 +128,7 @@ def attn_step(att: tg.Attention, x: Tensor, cache: KVCache, pos: int, doc: Tenso
 def gpt_step(block: tg.Block, x: Tensor, x0: Tensor, st: KVCache, dec: Decoder) -> Tensor:
     """Block.forward for one token."""
     x = block.mix(x, x0)
-    a = attn_step(block.attn, block.norm(x), st, dec.t, dec.docs)
+    a = attn_step(block.attn, block.norm(x), st, dec.now, dec)
     if block.parallel:
         return x + block.attn_scale.to(x.dtype) * a + block.mlp_scale.to(x.dtype) * block.mlp(block.norm(x))
     return block.branches(x, a)
@@ -131,23 +154,24 @@ def worker_step(block: tg.WorkerBlock, x: Tensor, x0: Tensor, st: WorkerState, d
     """WorkerBlock.forward for one token: causal_dwconv itself on the window, then attention + MLP
     only at a worker position (t % k == k-1; RoPE counts workers)."""
     x = block.mix(x, x0)
-    st.window = torch.cat((st.window[:, 1:], block.norm(x)), 1)
+    st.window.copy_(torch.cat((st.window[:, 1:], block.norm(x)), 1))  # in place: a graph replays into it
     if st.window_doc is not None:
-        st.window_doc = torch.cat((st.window_doc[:, 1:], dec.doc[:, None]), 1)
+        st.window_doc.copy_(torch.cat((st.window_doc[:, 1:], dec.doc[:, None]), 1))
     x = x + tg.causal_dwconv(st.window, block.conv, st.window_doc)[:, -1:]
-    if dec.t % block.k != block.k - 1:  # a memory token: conv only
+    if dec.t % block.k != block.k - 1:  # a memory token: conv only (dec.t: the host's count, no sync)
         return x
-    return block.branches(x, attn_step(block.attn, block.norm(x), st.kv, dec.t // block.k, dec.docs))
+    return block.branches(x, attn_step(block.attn, block.norm(x), st.kv, dec.now // block.k, dec))
 
 
 class Slots:
-    """Which slot each token id holds, per row: shared by all layers (slots depend on the ids alone)."""
+    """Which slot each token id holds, per row: shared by all layers (slots depend on the ids alone).
+    static: `capacity` slots, never grown, all read by attention (more distinct ids than that: an error)."""
 
-    def __init__(self, B: int, vocab: int, device: torch.device, capacity: int = 64):
+    def __init__(self, B: int, vocab: int, device: torch.device, capacity: int = 64, static: bool = False):
         self.of = torch.full((B, vocab), -1, dtype=torch.long, device=device)
         self.n = torch.zeros(B, dtype=torch.long, device=device)  # slots in use per row
         self.last = torch.zeros(B, capacity, dtype=torch.long, device=device)  # each slot's latest occurrence
-        self.used = 0  # host copy of n.max(): how many slots attention reads
+        self.static, self.used = static, capacity if static else 0  # dynamic: n.max(), the slots attention reads
 
     def fill_random(self, L: int, S: int) -> Tensor:
         """S random distinct ids per row hold slots 0..S-1, last seen at random times < L; returns them."""
@@ -155,12 +179,14 @@ class Slots:
         held = torch.rand(B, V, device=self.of.device).argsort(1)[:, :S]
         self.of.scatter_(1, held, torch.arange(S, device=held.device).expand(B, -1))
         self.n.fill_(S)
-        self.used, self.last = S, torch.randint(0, L, (B, 2 * S), device=held.device)
+        if not self.static:
+            self.used, self.last = S, self.last.new_zeros(B, 2 * S)
+        self.last[:, :S].random_(0, L)
         return held
 
-    def see(self, ids: Tensor, t: int, new_doc: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """Token ids (B,) at t -> (slot, is_new, gap since the slot's previous occurrence). Ends with
-        one host sync (n.max()): the slot tensors grow and attention is sliced on the host's count."""
+    def see(self, ids: Tensor, t: int | Tensor, new_doc: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Token ids (B,) at t -> (slot, is_new, gap since the slot's previous occurrence). Dynamic: one
+        host sync (n.max()), the slot tensors grow and attention is sliced on the host's count."""
         if new_doc is not None:  # a BOS opens a document: its row starts again with no slots
             self.of.masked_fill_(new_doc[:, None], -1)
             self.n.masked_fill_(new_doc, 0)
@@ -170,9 +196,10 @@ class Slots:
         slot = torch.where(new, self.n, slot)
         self.n += new
         self.of[rows, ids] = slot
-        self.used = int(self.n.max())
-        if self.used > self.last.size(1):
-            self.last = F.pad(self.last, (0, self.last.size(1)))
+        if not self.static:
+            self.used = int(self.n.max())
+            if self.used > self.last.size(1):
+                self.last = F.pad(self.last, (0, self.last.size(1)))
         gap = (t - self.last[rows, slot]).float()
         self.last[rows, slot] = t
         return slot, new, gap
@@ -193,9 +220,11 @@ class PSEState:
             self.k, self.v = F.pad(self.k, (0, 0, 0, extra)), F.pad(self.v, (0, 0, 0, extra))
             self.bank = F.pad(self.bank, (0, 0, 0, extra))
 
-    def fill_random(self, S: int) -> None:
-        self.grow(2 * S)  # as Slots.fill_random
-        self.k[:, :, :S].normal_(), self.v[:, :, :S].normal_(), self.bank[:, :S].uniform_(1, 4)
+    def fill_random(self, S: int, capacity: int) -> None:
+        self.grow(capacity)  # Slots.fill_random's; drawn contiguous: the same state whatever the capacity
+        for t, draw in ((self.k[:, :, :S], torch.randn_like), (self.v[:, :, :S], torch.randn_like),
+                        (self.bank[:, :S], lambda t: torch.rand_like(t) * 3 + 1)):
+            t.copy_(draw(t))
 
     def nbytes(self, S: int) -> int:
         return 2 * self.k[:, :, :S].numel() * self.k.element_size() + self.bank[:, :S].numel() * 4
@@ -215,7 +244,7 @@ def pse_attn_step(att: tg.PSEAttention, x: Tensor, st: PSEState, dec: Decoder) -
     a = torch.where(new[:, None], 0.0, torch.exp2(gap[:, None] * att.log2_decay))
     st.bank[rows, slot] = a * st.bank[rows, slot] + 1
     live = torch.arange(S, device=x.device) < dec.slots.n[:, None]  # (B, S)
-    age = (dec.t - dec.slots.last[:, :S]).float()[..., None]  # steps since each slot's last occurrence
+    age = (dec.now - dec.slots.last[:, :S]).float()[..., None]  # steps since each slot's last occurrence
     ema = st.bank[:, :S] * (1 - torch.exp2(att.log2_decay)) * torch.exp2(age * att.log2_decay) * live[..., None]
     score = (q @ st.k[:, :, :S].mT).view(B, att.heads, S) / math.sqrt(hd)
     score = score + torch.einsum("bhs,bns->bhn", u, ema.to(u.dtype))
@@ -238,18 +267,22 @@ STEPS = {"gpt": gpt_step, "worker": worker_step, "pse": pse_step}
 class Decoder:
     """Feeds one token per row per step through `model` as GPT.hidden + GPT.logits would at that
     position, in the layer order the model is set to (set model.recur first, as eval does). doc_mask:
-    as hidden's doc_mask, no attention / conv tap / slot crosses a BOS (rows may differ)."""
+    as hidden's doc_mask, no attention / conv tap / slot crosses a BOS (rows may differ). capacity:
+    positions (gpt, worker); pse: slots if static, else unused (slots grow). static: see the top."""
 
-    def __init__(self, model: tg.GPT, batch: int, capacity: int, doc_mask: bool = False):
+    def __init__(self, model: tg.GPT, batch: int, capacity: int, doc_mask: bool = False, static: bool = False):
         if model.h.arch not in STEPS:
             raise ValueError(f"ARCH={model.h.arch}: no decoder (gpt, worker, pse)")
-        self.model, self.arch, self.doc_mask, self.t = model, model.h.arch, doc_mask, 0
+        self.model, self.arch, self.doc_mask, self.t, self.static = model, model.h.arch, doc_mask, 0, static
         like = model.tok_emb.weight
+        self.pos = torch.zeros((), dtype=torch.long, device=like.device)  # static: self.t on the device
+        self.sdpa = STATIC_SDPA["efficient" if like.is_cuda else "math"] if static else DECODE_SDPA
         self.order = model.orders[model.recur]
         self.prev = like.new_zeros(batch, 1, like.size(1))  # SmearGate: the previous token's normed embedding
         self.doc = torch.zeros(batch, dtype=torch.long, device=like.device)  # BOS count so far, as doc ids
         self.docs = self.doc if doc_mask else None  # what the caches mask on (updated in place)
-        self.slots = Slots(batch, like.size(0), like.device) if self.arch == "pse" else None
+        slot_kw = dict(capacity=capacity, static=True) if static else {}
+        self.slots = Slots(batch, like.size(0), like.device, **slot_kw) if self.arch == "pse" else None
         self.seen: tuple[Tensor, Tensor, Tensor] | None = None  # pse: this step's (slot, is_new, gap)
         self.states = [self._state(model.blocks[i], batch, capacity, like) for i in self.order]
 
@@ -260,6 +293,11 @@ class Decoder:
             return WorkerState(block, B, capacity, like, self.doc_mask)
         return PSEState(block.attn, B, self.slots.last.size(1), like)
 
+    @property
+    def now(self) -> int | Tensor:
+        """This step's position: the host's int, or (static) the device's tensor."""
+        return self.pos if self.static else self.t
+
     @torch.no_grad()
     def step(self, ids: Tensor) -> Tensor:
         """ids (B,) at position self.t -> logits (B, vocab)."""
@@ -267,10 +305,11 @@ class Decoder:
         self.doc += bos
         x = tg.rms_norm(m.tok_emb(ids)[:, None])
         if m.smear is not None:  # never across a BOS, with or without doc_mask (as hidden)
-            prev, self.prev = self.prev * (~bos).to(x.dtype)[:, None, None], x
+            prev = self.prev * (~bos).to(x.dtype)[:, None, None]
+            self.prev.copy_(x)
             x = torch.lerp(x, prev, torch.sigmoid(m.smear).to(x.dtype))
         if self.slots is not None:
-            self.seen = self.slots.see(ids, self.t, bos if self.doc_mask else None)
+            self.seen = self.slots.see(ids, self.now, bos if self.doc_mask else None)
             for st in self.states:
                 st.grow(self.slots.last.size(1))
         x0, skips, n_enc = x, [], len(self.order) // 2 if len(m.skip_weights) else len(self.order)
@@ -283,16 +322,18 @@ class Decoder:
             if d < 0:
                 skips.append(x)
         self.t += 1
+        if self.static:
+            self.pos += 1
         return m.logits(tg.rms_norm(x))[:, 0]
 
     def fill_random(self, L: int, slots: int) -> Tensor | None:
         """Random state of the size L tokens leave (pse: `slots` distinct ids); returns, for pse, the
         ids (B, slots) that hold slots, so timing can feed ids that keep the slot count fixed."""
         self.t = L
-        self.prev.normal_()
+        self.pos.fill_(L), self.prev.normal_()
         held = None if self.slots is None else self.slots.fill_random(L, slots)
         for st in self.states:
-            st.fill_random(L if held is None else slots)
+            st.fill_random(L) if held is None else st.fill_random(slots, self.slots.last.size(1))
         return held
 
     def state_bytes(self) -> int:
@@ -327,22 +368,57 @@ def timed_ms(fn: Callable[[], object], dev: torch.device) -> float:
     return a.elapsed_time(b)
 
 
+def id_feed(held: Tensor | None, B: int, k: int, V: int, dev: torch.device) -> Callable[[], Tensor]:
+    """Ids (k, B) for one group: any id but BOS, or (pse) ids that already hold a slot, so the slot count
+    stays the one asked for (and a static decoder's slot capacity is never exceeded)."""
+    if held is None:
+        return lambda: torch.randint(tg.BOS_ID + 1, V, (k, B), device=dev)
+    return lambda: held.gather(1, torch.randint(0, held.size(1), (B, k), device=dev)).T.contiguous()
+
+
 def measure(model: tg.GPT, B: int, L: int, slots: int, groups: int, warmup: int) -> dict:
-    """ms/token at batch B after L tokens of random state: median over groups of k steps, / k."""
+    """ms/token of the eager step at batch B after L tokens of random state: median over groups of k steps / k."""
     dev, k, V = model.tok_emb.weight.device, model.h.worker_interval, model.h.vocab_size
     dec = Decoder(model, B, L + (groups + warmup) * k + 1)
     held = dec.fill_random(L, slots)
     state_bytes = dec.state_bytes()  # the state of L tokens, before the timed steps add to it
-    times = []
+    feed, times = id_feed(held, B, k, V, dev), []
     for g in range(warmup + groups):
-        if held is None:  # any id but BOS
-            ids = torch.randint(tg.BOS_ID + 1, V, (k, B), device=dev)
-        else:  # ids that already hold a slot: the slot count stays the one asked for
-            ids = held.gather(1, torch.randint(0, held.size(1), (B, k), device=dev)).T
+        ids = feed()
         times.append(timed_ms(lambda: [dec.step(i) for i in ids], dev) / k)
-    ms = statistics.median(times[warmup:])
-    return dict(arch=model.h.arch, batch=B, context=L, ms_per_token=round(ms, 4), tokens_per_s=round(B * 1000 / ms, 1),
+    return dict(arch=model.h.arch, batch=B, context=L, ms_per_token_eager=round(statistics.median(times[warmup:]), 4),
                 state_bytes=state_bytes, pse_slots=slots if held is not None else None)
+
+
+def measure_graph(model: tg.GPT, B: int, L: int, slots: int, groups: int, warmup: int, sdpa: str) -> dict:
+    """ms/token of the static step as a CUDA graph: one group of k steps captured once, then per group its
+    ids copied into the graph's input buffer and one replay (both timed): median over groups / k.
+    Capacity: gpt / worker attend over L + all steps run here (+ up to 16), pse over `slots` slots.
+    Any failure (capture, memory) comes back as graph_error, so one call always finishes its table."""
+    dev, k, V = model.tok_emb.weight.device, model.h.worker_interval, model.h.vocab_size
+    try:
+        dec = Decoder(model, B, slots if model.h.arch == "pse" else L + (1 + warmup + groups) * k + 1, static=True)
+        feed = id_feed(dec.fill_random(L, slots), B, k, V, dev)
+        ids = feed()  # the graph's input buffer
+        if dev.type != "cuda":  # one group of the static step, eager and untimed: the CPU smoke runs it
+            [dec.step(i) for i in ids]
+            return dict(ms_per_token_graph=None, graph_error="skipped: CUDA graphs need a CUDA device")
+        dec.sdpa = STATIC_SDPA[sdpa]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up off the default stream before capture: one group, eager
+            [dec.step(i) for i in ids]
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):  # records kernels only: dec.t moves on by k (host), dec.pos does not,
+            [dec.step(i) for i in ids]  # and each replay moves dec.pos by k: the worker phase stays aligned
+        feeds = [feed() for _ in range(warmup + groups)]
+        times = [timed_ms(lambda: (ids.copy_(f), graph.replay()), dev) / k for f in feeds]
+    except Exception as e:  # noqa: BLE001 - recorded in the row
+        if dev.type == "cuda":  # a capture_end that raised leaves the capture stream current
+            torch.cuda.set_stream(torch.cuda.default_stream(dev))
+        return dict(ms_per_token_graph=None, graph_error=f"{type(e).__name__}: {e}"[:500])
+    return dict(ms_per_token_graph=round(statistics.median(times[warmup:]), 4), graph_error=None)
 
 
 def git_commit() -> str:
@@ -352,10 +428,14 @@ def git_commit() -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| arch | batch | context | ms/token | tokens/s | state MB | floor ms | pse slots |", "|" + "---|" * 8]
+    f = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+    lines = ["| arch | batch | context | eager ms/token | graph ms/token | graph tokens/s | state MB | floor eager ms | "
+             "floor graph ms | pse slots |", "|" + "---|" * 10]
     for r in rows:
-        lines.append(f"| {r['arch']} | {r['batch']} | {r['context']} | {r['ms_per_token']:.3f} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['state_bytes'] / 1e6:,.1f} | {r['floor_ms']:.3f} | {r['pse_slots'] or ''} |")
+        g = r["ms_per_token_graph"]
+        lines.append(f"| {r['arch']} | {r['batch']} | {r['context']} | {f(r['ms_per_token_eager'])} | {f(g)} | "
+                     f"{'-' if g is None else format(r['batch'] * 1000 / g, ',.0f')} | {r['state_bytes'] / 1e6:,.1f} | "
+                     f"{f(r['floor_ms_eager'])} | {f(r['floor_ms_graph'])} | {r['pse_slots'] or ''} |")
     return "\n".join(lines)
 
 
@@ -367,6 +447,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pse-slots", default=PSE_SLOTS, help="L:slots,... (other L: min(L, vocab))")
     ap.add_argument("--groups", type=int, default=20, help="timed groups of WORKER_INTERVAL steps")
     ap.add_argument("--warmup", type=int, default=3, help="untimed groups first")
+    ap.add_argument("--static-sdpa", choices=sorted(STATIC_SDPA), default="efficient", help="graph mode's attention")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
@@ -378,20 +459,28 @@ def main(argv: list[str] | None = None) -> dict:
     for arch in args.archs.split(","):
         model = record_model(arch, dev)
         slots = lambda L: known.get(L, min(L, model.h.vocab_size))  # noqa: E731
+        eager = lambda B, L: measure(model, B, L, slots(L), args.groups, args.warmup)  # noqa: E731
+        graph = lambda B, L: measure_graph(model, B, L, slots(L), args.groups, args.warmup, args.static_sdpa)  # noqa: E731
         for B in batches:
-            floor = measure(model, B, FLOOR_CONTEXT, slots(FLOOR_CONTEXT), args.groups, args.warmup)["ms_per_token"]
+            floor_e, floor_g = eager(B, FLOOR_CONTEXT), graph(B, FLOOR_CONTEXT)
+            floor = dict(floor_ms_eager=floor_e["ms_per_token_eager"], floor_ms_graph=floor_g["ms_per_token_graph"],
+                         floor_graph_error=floor_g["graph_error"])
             for L in contexts:
-                rows.append({**measure(model, B, L, slots(L), args.groups, args.warmup), "floor_ms": floor})
-                print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+                rows.append({**eager(B, L), **graph(B, L), **floor})
+                print(table(rows[-1:]).splitlines()[-1], rows[-1]["graph_error"] or "", file=sys.stderr, flush=True)
                 if dev.type == "cuda":
                     torch.cuda.empty_cache()
         del model
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     command = " ".join(["python", *(sys.argv if argv is None else ["bench/latency.py", *argv])])
     out = dict(command=command, git_commit=git_commit(), torch=torch.__version__, device=name, dtype="bfloat16",
-               state="RANDOM contents of the size L tokens leave: times the step, not quality", rows=rows)
-    print(f"decode latency, {name}, torch {torch.__version__}, bf16 eager; state: random (step time, not quality)")
+               static_sdpa=args.static_sdpa, rows=rows,
+               state="RANDOM contents of the size L tokens leave: times the step, not quality")
+    print(f"decode latency, {name}, torch {torch.__version__}, bf16; eager step vs static step in a CUDA graph "
+          f"({args.static_sdpa} attention); state: random (step time, not quality)")
     print(table(rows))
+    for err in sorted({e for r in rows for e in (r["graph_error"], r["floor_graph_error"]) if e}):
+        print(f"graph: {err}")
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     return out

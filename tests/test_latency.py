@@ -1,7 +1,8 @@
 """bench/latency.py (issue #8): the incremental Decoder gives the full forward's logits at every position
 for gpt, worker and pse (tiny fp32 configs with every Block knob of the record stack on, depth recurrence
 on, BOS inside the sequence at different places per row, doc masking on and off); its state sizes are
-those the design promises; and the timing path runs on CPU."""
+those the design promises; the static-shape step (CUDA graph mode) gives the eager step's logits; and the
+timing path runs on CPU."""
 import json
 import sys
 from pathlib import Path
@@ -43,8 +44,8 @@ def mixed_docs(seed: int) -> torch.Tensor:
     return ids
 
 
-def decode(model: tg.GPT, ids: torch.Tensor, doc_mask: bool) -> tuple[torch.Tensor, latency.Decoder]:
-    dec = latency.Decoder(model, ids.size(0), ids.size(1), doc_mask)
+def decode(model: tg.GPT, ids: torch.Tensor, doc_mask: bool, static: bool = False) -> tuple[torch.Tensor, latency.Decoder]:
+    dec = latency.Decoder(model, ids.size(0), ids.size(1), doc_mask, static)
     return torch.stack([dec.step(ids[:, t]) for t in range(ids.size(1))], 1), dec
 
 
@@ -57,6 +58,46 @@ def test_decoder_equals_full_forward(name, doc_mask):
     got, _ = decode(model, ids, doc_mask)
     err = (got - full).abs().max(-1).values  # (B, T)
     assert err.max() < 1e-4, f"first position off: {torch.nonzero(err >= 1e-4)[0].tolist()}, max err {err.max():.2e}"
+
+
+@pytest.mark.parametrize("name", ("gpt", "worker", "pse"))
+@pytest.mark.parametrize("doc_mask", (True, False))
+def test_static_step_equals_eager_step(name, doc_mask):
+    """static=True (full-capacity state, device-side position and masks, no slot growth) gives the eager
+    step's logits at every one of T steps, BOS and new slots included; its shapes never change."""
+    model, ids = tiny_model(name), mixed_docs(4)
+    eager, _ = decode(model, ids, doc_mask)
+    static, dec = decode(model, ids, doc_mask, static=True)
+    assert (static - eager).abs().max() < 1e-5 and int(dec.pos) == dec.t == T
+    if name == "pse":
+        assert dec.slots.used == dec.slots.last.size(1) == T and all(st.k.size(2) == T for st in dec.states)
+
+
+def test_static_step_after_fill_random():
+    """The timing setup: random state at L, then static and eager decoders fed the same ids from the same
+    state give the same logits (pse: ids that hold slots, a slot capacity of exactly the slots filled)."""
+    for name in ("gpt", "worker", "pse"):
+        model, L, S = tiny_model(name), 20, 6
+        decs = [latency.Decoder(model, 2, L + 9), latency.Decoder(model, 2, S if name == "pse" else L + 9, static=True)]
+        for d in decs:
+            torch.manual_seed(5)
+            held = d.fill_random(L, S)
+        feed = latency.id_feed(held, 2, 4, model.h.vocab_size, held.device if held is not None else "cpu")
+        for ids in torch.cat([feed(), feed()]):
+            a, b = (d.step(ids) for d in decs)
+            assert (a - b).abs().max() < 1e-5, name
+
+
+def test_static_step_needs_no_host_sync():
+    """On the meta device (shapes, no data) any .item() / int(tensor) raises: the static step has none, so a
+    CUDA graph can hold it; the dynamic pse step has its one (n.max()), which shows the check bites."""
+    for name in ("gpt", "worker", "pse"):
+        model, ids = tiny_model(name).to("meta"), torch.full((2,), 5, device="meta")
+        static = latency.Decoder(model, 2, 16, doc_mask=True, static=True)
+        shapes = {tuple(static.step(ids).shape) for _ in range(5)}
+        assert shapes == {(2, model.h.vocab_size)} and static.t == 5
+    with pytest.raises(RuntimeError, match="meta"):
+        latency.Decoder(model, 2, 16).step(ids)
 
 
 def test_decoder_runs_the_recurrent_order():
@@ -99,7 +140,8 @@ def test_timing_smoke(tmp_path):
                       "--out", str(out)])
     assert json.loads(out.read_text()) == r and "RANDOM" in r["state"] and r["torch"] == torch.__version__
     assert [(x["arch"], x["context"]) for x in r["rows"]] == [(a, c) for a in ("gpt", "worker", "pse") for c in (64, 128)]
-    assert all(x["ms_per_token"] > 0 and x["floor_ms"] > 0 and x["state_bytes"] > 0 for x in r["rows"])
+    assert all(x["ms_per_token_eager"] > 0 and x["floor_ms_eager"] > 0 and x["state_bytes"] > 0 for x in r["rows"])
+    assert all(x["ms_per_token_graph"] is None and x["graph_error"].startswith("skipped") for x in r["rows"])
     gpt, worker, pse = (next(x for x in r["rows"] if x["arch"] == a and x["context"] == 128) for a in ("gpt", "worker", "pse"))
     kv = 2 * 17 * 128 * 4 * 64 * 2  # 17 virtual layers x 128 positions x 4 kv heads x 64 dims, k and v, bf16
     assert gpt["state_bytes"] == kv and worker["state_bytes"] == kv // 4 + 17 * 3 * 512 * 2 and pse["pse_slots"] == 128
