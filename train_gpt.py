@@ -305,8 +305,8 @@ class Rotary(nn.Module):
         self.dims = dims
         self.register_buffer("inv_freq", 1.0 / base ** (torch.arange(0, dims, 2).float() / dims), persistent=False)
 
-    def forward(self, x: Tensor) -> Tensor:  # x: (B, T, H, D)
-        t = torch.arange(x.size(1), device=x.device, dtype=torch.float32)
+    def forward(self, x: Tensor, start: int | Tensor = 0) -> Tensor:  # x: (B, T, H, D) at positions start..
+        t = start + torch.arange(x.size(1), device=x.device, dtype=torch.float32)  # start > 0: a decode step
         freqs = torch.outer(t, self.inv_freq)[None, :, None, :]
         cos, sin = freqs.cos().to(x.dtype), freqs.sin().to(x.dtype)
         half = self.dims // 2
@@ -406,12 +406,22 @@ class Attention(nn.Module):
             self.gate.zero_init = True
 
     def forward(self, x: Tensor, mask: AttnMask) -> Tensor:
-        B, T, C = x.shape
+        q, k, v = self.qkv(x)
+        return self.out(x, attend(q, k, v, mask), v)
+
+    def qkv(self, x: Tensor, start: int | Tensor = 0) -> tuple[Tensor, Tensor, Tensor]:
+        """Normed, rotated, gained q and normed, rotated k, and v, (B, T, heads, head_dim), for positions
+        start.. (bench/latency.py's KV-cache decoder calls this and `out` around its own attention)."""
+        B, T, _ = x.shape
         q = self.c_q(x).view(B, T, self.heads, self.head_dim)
         k = self.c_k(x).view(B, T, self.kv_heads, self.head_dim)
         v = self.c_v(x).view(B, T, self.kv_heads, self.head_dim)
-        q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
-        y = attend(q * self.q_gain.to(q.dtype)[:, None], k, v, mask)
+        q, k = self.rotary(rms_norm(q), start), self.rotary(rms_norm(k), start)
+        return q * self.q_gain.to(q.dtype)[:, None], k, v
+
+    def out(self, x: Tensor, y: Tensor, v: Tensor) -> Tensor:
+        """The attention output y (B, T, heads, head_dim) of input x and values v -> the block's branch."""
+        B, T, C = x.shape
         if self.xsa:  # remove each head's component along its own value vector
             g = y.view(B, T, self.kv_heads, -1, self.head_dim)
             vn = F.normalize(v, dim=-1).unsqueeze(3)

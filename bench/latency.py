@@ -57,16 +57,6 @@ DECODE_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBa
 STATIC_SDPA = {"efficient": [SDPBackend.EFFICIENT_ATTENTION], "math": [SDPBackend.MATH]}
 
 
-def rope_at(rotary: tg.Rotary, x: Tensor, pos: int | Tensor) -> Tensor:
-    """Rotary.forward for one token at `pos` (it numbers positions from 0 and takes no offset): the
-    same formula on its own inv_freq and dims. x: (B, 1, H, D)."""
-    freqs = pos * rotary.inv_freq
-    cos, sin = freqs.cos().to(x.dtype), freqs.sin().to(x.dtype)
-    half = rotary.dims // 2
-    x1, x2, rest = x[..., :half], x[..., half:rotary.dims], x[..., rotary.dims:]
-    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin, rest), dim=-1)
-
-
 class KVCache:
     """Keys and values (B, Hkv, capacity, D) and, with doc masking, each entry's document index."""
 
@@ -105,24 +95,14 @@ class KVCache:
 
 def attn_step(att: tg.Attention, x: Tensor, cache: KVCache, pos: int | Tensor, dec: Decoder) -> Tensor:
     """Attention.forward for one token x (B, 1, C) at RoPE position pos (a tensor: static), over the cache."""
-    B, _, C = x.shape
-    rep = att.heads // att.kv_heads
-    q = att.c_q(x).view(B, 1, att.heads, att.head_dim)
-    k = att.c_k(x).view(B, 1, att.kv_heads, att.head_dim)
-    v = att.c_v(x).view(B, 1, att.kv_heads, att.head_dim)
-    q, k = rope_at(att.rotary, tg.rms_norm(q), pos), rope_at(att.rotary, tg.rms_norm(k), pos)
+    B = x.size(0)
+    q, k, v = att.qkv(x, pos)
     keys, values, mask = cache.append(k, v, dec.docs, pos if dec.static else None)
     # GQA at decode: a kv head's `rep` query heads act as `rep` queries of one plain (non-GQA) attention
-    q = (q * att.q_gain.to(q.dtype)[:, None]).view(B, att.kv_heads, rep, att.head_dim)
+    q = q.view(B, att.kv_heads, att.heads // att.kv_heads, att.head_dim)
     with sdpa_kernel(dec.sdpa):
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask).reshape(B, 1, att.heads, att.head_dim)
-    if att.xsa:  # as Attention.forward: remove each head's component along its own value vector
-        g = y.view(B, 1, att.kv_heads, -1, att.head_dim)
-        vn = F.normalize(v, dim=-1).unsqueeze(3)
-        y = (g - (g * vn).sum(-1, keepdim=True) * vn).view(B, 1, att.heads, att.head_dim)
-    if att.gate_dims:
-        y = y * (2 * torch.sigmoid(att.gate(x[..., :att.gate_dims]))).unsqueeze(-1)
-    return att.proj(y.reshape(B, 1, C))
+    return att.out(x, y, v)
 
 
 def gpt_step(block: tg.Block, x: Tensor, x0: Tensor, st: KVCache, dec: Decoder) -> Tensor:

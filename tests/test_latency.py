@@ -110,12 +110,13 @@ def test_decoder_runs_the_recurrent_order():
     assert len(dec.states) == 4 and (got - full).abs().max() < 1e-4
 
 
-def test_rope_at_equals_rotary():
+def test_rotary_at_a_start_position_equals_the_full_sequence():
     rot = tg.Rotary(4, 10000.0)
     x = torch.randn(2, 20, 3, 8)
     full = rot(x)
-    for pos in (0, 1, 7, 19):
-        assert torch.allclose(latency.rope_at(rot, x[:, pos:pos + 1], pos), full[:, pos:pos + 1], atol=1e-6)
+    for pos in (0, 1, 7, 19):  # as the decoder calls it: an int (eager step) or a device tensor (static step)
+        assert torch.allclose(rot(x[:, pos:pos + 1], pos), full[:, pos:pos + 1], atol=1e-6)
+        assert torch.allclose(rot(x[:, pos:pos + 1], torch.tensor(pos)), full[:, pos:pos + 1], atol=1e-6)
 
 
 def test_state_sizes():
