@@ -2033,6 +2033,21 @@ def train_budget(h: Hyperparameters) -> float:
     return h.max_wallclock_seconds - h.gptq_reserve_seconds if h.max_wallclock_seconds > 0 else math.inf
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the GPU's queued work: a clock read after it counts finished work, not launches."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def slowest_rank(seconds: float, h: Hyperparameters, device: torch.device) -> float:
+    """The max over ranks of a duration every rank must agree on (the clock, the reserve)."""
+    if h.world_size > 1:
+        t = torch.tensor(seconds, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        seconds = t.item()
+    return seconds
+
+
 def warmup_and_restore(model: GPT, step_fn, h: Hyperparameters, device: torch.device, seqs: int,
                        micro: int) -> float:
     """Compile every graph the run will use (recurrence off and on) with real optimizer steps on
@@ -2054,16 +2069,11 @@ def warmup_and_restore(model: GPT, step_fn, h: Hyperparameters, device: torch.de
             step_fn(batch(seqs))
     calib_s = 0.0
     if h.quant == "gptq" and h.calib == "train":
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        sync()
+        sync(device)
         t0 = time.perf_counter()
         calibrate(model, h, (batch(micro) for _ in range(h.calib_batches)), device)
-        sync()
-        calib_s = time.perf_counter() - t0
-        if h.world_size > 1:  # one reserve for all ranks (the slowest's), so they agree on when to stop
-            t = torch.tensor(calib_s, device=device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            calib_s = t.item()
+        sync(device)
+        calib_s = slowest_rank(time.perf_counter() - t0, h, device)  # one reserve: ranks agree on the stop
     model.recur = False
     model.load_state_dict(init)
     model.zero_grad(set_to_none=True)
@@ -2197,16 +2207,12 @@ def train(h: Hyperparameters, model: GPT, device: torch.device, log: Logger, val
     loader = TokenLoader(h.train_files, h.train_seq_len, h.seed, h.rank, h.world_size, device, h.loader == "stream")
     budget = train_budget(h)
     train_s, step, history = 0.0, 0, []
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
+    sync(device)
     t0 = time.perf_counter()
     while True:
-        sync()  # the clock counts finished GPU work, not queued launches
-        train_s = time.perf_counter() - t0
-        if h.world_size > 1:  # one clock (the slowest rank's): lr, recurrence and the stop must agree on every rank
-            clock = torch.tensor(train_s, device=device)
-            dist.all_reduce(clock, op=dist.ReduceOp.MAX)
-            train_s = clock.item()
+        sync(device)  # the clock counts finished GPU work, not queued launches
+        # one clock (the slowest rank's): lr, recurrence and the stop must agree on every rank
+        train_s = slowest_rank(time.perf_counter() - t0, h, device)
         step_ms = 1000 * train_s / step if step else 0.0
         # stop when the next step would end past the budget, so the cap holds to within one step's noise
         if step >= h.iterations or train_s + step_ms / 1000 >= budget:
@@ -2223,7 +2229,7 @@ def train(h: Hyperparameters, model: GPT, device: torch.device, log: Logger, val
             ema.update()
         step += 1
         if h.val_loss_every and step % h.val_loss_every == 0 and val is not None:
-            sync()
+            sync(device)
             t_val = time.perf_counter()
             r = eval_stream(model, val, h, luts, device, h.eval_seq_len)
             log(f"step {step} val_loss {r['loss']:.4f} val_bpb {r['bpb']:.4f} elapsed {t_val - t0:.1f}s")
@@ -2237,7 +2243,7 @@ def train(h: Hyperparameters, model: GPT, device: torch.device, log: Logger, val
             history.append((step, loss.item()))
             log(f"step {step} train_loss {history[-1][1]:.4f} lr_scale {scale:.3f} tok/s {tok_s:,.0f} "
                 f"ms/step {ms:.1f} elapsed {elapsed:.1f}s eta {eta:.0f}s")
-    sync()
+    sync(device)
     train_s = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
     log(f"train: {step} steps in {train_s:.1f}s, {1000 * train_s / max(step, 1):.1f} ms/step, peak memory {peak:.1f} GiB")
@@ -2248,7 +2254,7 @@ def train(h: Hyperparameters, model: GPT, device: torch.device, log: Logger, val
         batches = (loader.next_batch(global_seqs)[:micro] for _ in range(h.calib_batches)) if h.calib == "train" \
             else selfgen_batches(model, h, device, h.calib_batches, micro)
         hessians = calibrate(model, h, batches, device)
-        sync()
+        sync(device)
     used = time.perf_counter() - t0 - train_s
     total, cap = train_s + used, h.max_wallclock_seconds
     log(f"compliance train: train_seconds {train_s:.1f} calibration_seconds {used:.1f} reserve {h.gptq_reserve_seconds:.1f} "
