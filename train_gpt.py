@@ -743,17 +743,23 @@ class GPT(nn.Module):
             x = torch.lerp(x, prev, torch.sigmoid(self.smear).to(x.dtype))
         mask = make_mask(ids, doc_mask, self.attn_impl) if self.h.arch == "gpt" else \
             make_arch_mask(ids, doc_mask, self.attn_impl, self.h)
-        order, x0, skips = self.orders[self.recur], x, []
+        x0 = x
+        return rms_norm(self.layers(x, lambda j, i, y: self.blocks[i](y, x0, mask)))
+
+    def layers(self, x: Tensor, block: Callable[[int, int, Tensor], Tensor]) -> Tensor:
+        """The layer order (with recurrence as set) and its U-Net skips; block(j, i, x) runs virtual layer j,
+        block i, on x (bench/latency.py's decoder passes its one-token step with its per-layer state)."""
+        order, skips = self.orders[self.recur], []
         n_enc = len(order) // 2 if len(self.skip_weights) else len(order)
-        for i in order[:n_enc]:
-            x = self.blocks[i](x, x0, mask)
-            skips.append(x)
-        for j, i in enumerate(order[n_enc:]):
-            if skips and j < len(self.skip_weights):  # U-Net: decoder layer j takes encoder output n_enc-1-j
-                s = self.skip_weights[j].to(x.dtype) * skips.pop()
-                x = x + s if self.skip_gates is None else torch.lerp(s, x, torch.sigmoid(self.skip_gates[j]).to(x.dtype))
-            x = self.blocks[i](x, x0, mask)
-        return rms_norm(x)
+        for j, i in enumerate(order):
+            d = j - n_enc
+            if 0 <= d < len(self.skip_weights) and skips:  # U-Net: decoder layer d takes encoder output n_enc-1-d
+                s = self.skip_weights[d].to(x.dtype) * skips.pop()
+                x = x + s if self.skip_gates is None else torch.lerp(s, x, torch.sigmoid(self.skip_gates[d]).to(x.dtype))
+            x = block(j, i, x)
+            if d < 0:
+                skips.append(x)
+        return x
 
     def logits(self, hidden: Tensor) -> Tensor:
         return self.softcap * torch.tanh(F.linear(hidden, self.tok_emb.weight.to(hidden.dtype)) / self.softcap)

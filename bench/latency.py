@@ -292,15 +292,8 @@ class Decoder:
             self.seen = self.slots.see(ids, self.now, bos if self.doc_mask else None)
             for st in self.states:
                 st.grow(self.slots.last.size(1))
-        x0, skips, n_enc = x, [], len(self.order) // 2 if len(m.skip_weights) else len(self.order)
-        for j, (i, st) in enumerate(zip(self.order, self.states)):
-            d = j - n_enc  # as hidden: decoder layer d takes encoder output n_enc-1-d
-            if 0 <= d < len(m.skip_weights) and skips:
-                s = m.skip_weights[d].to(x.dtype) * skips.pop()
-                x = x + s if m.skip_gates is None else torch.lerp(s, x, torch.sigmoid(m.skip_gates[d]).to(x.dtype))
-            x = STEPS[self.arch](m.blocks[i], x, x0, st, self)
-            if d < 0:
-                skips.append(x)
+        x0 = x
+        x = m.layers(x, lambda j, i, y: STEPS[self.arch](m.blocks[i], y, x0, self.states[j], self))
         self.t += 1
         if self.static:
             self.pos += 1
