@@ -6,6 +6,8 @@
 # the preset's tokenizer with 16 workers, then runs train + export + every eval via bench/proxy_run.py,
 # writing NAME.json and NAME.log to $OUT. Per-GPU faithful batch: the preset's 8-GPU global batch x NPROC/8.
 # PACKED=1 runs packed/train_gpt.py (`make pack`), the copy a submission ships: its bytes are the counted code.
+# RUN_TIMEOUT counts from the start of this script, devset build included: proxy_run.py gets what is left, so a
+# run it stops still writes its JSON and partial log (a device call's own limit returns nothing of them).
 set -uo pipefail
 preset=$1 seed=$2 nproc=${3:-1}; shift 3 2>/dev/null || shift $#
 export PYTHONUNBUFFERED=1 OUT=${OUT:-bench/out}
@@ -20,7 +22,7 @@ python3 -m data.devset --shared .devdata/shared --workers 16 --variants $variant
 name=${NAME:-${preset}_proxy300_n${nproc}_s${seed}}
 script=train_gpt.py
 if [ "${PACKED:-0}" = 1 ]; then python3 -m quant.pack train_gpt.py --out packed/train_gpt.py || exit 1; script=packed/train_gpt.py; fi
-python3 bench/proxy_run.py "$name" --nproc "$nproc" --out "$OUT" --timeout "${RUN_TIMEOUT:-560}" --script $script PRESET=$preset SEED=$seed \
+python3 bench/proxy_run.py "$name" --nproc "$nproc" --out "$OUT" --timeout $(( ${RUN_TIMEOUT:-560} - SECONDS )) --script $script PRESET=$preset SEED=$seed \
   DATA_PATH=data/datasets/devset_$variant TOKENIZER_PATH=data/tokenizers/fineweb_${variant#sp}_bpe.model \
   DEV_VAL_FILES="data/datasets/devset_${variant}_fineweb_dev/fineweb_val_*.bin" \
   TRAIN_BATCH_TOKENS=$batch MAX_WALLCLOCK_SECONDS=300 "$@"

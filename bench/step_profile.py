@@ -8,6 +8,9 @@ Random tokens with a BOS every ~1000 (documents for the varlen mask), the preset
 into micro-batches and compiled per block exactly as train_gpt.py trains (an eager pass over the whole
 98,304-token batch needs more than the H100's 80 GB). Depth recurrence on: the slower, later phase.
 Prints the step split and the top CUDA kernels of each half from one profiled step.
+STEP_COMPILE=hidden (a bench-only switch, not a train_gpt knob): compile GPT.hidden whole (embedding, smear,
+every virtual layer and the U-Net skips in one graph) instead of each block, to measure what the eager glue
+between compiled blocks costs (issue #3: 13 ms of eager adds and casts in the blocks-compiled profile).
 """
 import json
 import os
@@ -33,6 +36,7 @@ def timed(fn, n: int) -> float:
 def main() -> None:
     ranks = {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if k in os.environ}
     env = {"PRESET": "record", "TRAIN_BATCH_TOKENS": "98304", **ranks, **dict(a.split("=", 1) for a in sys.argv[1:])}
+    mode = env.pop("STEP_COMPILE", "blocks")
     h, dev = tg.Hyperparameters(env), torch.device("cuda", int(ranks.get("LOCAL_RANK", 0)))
     torch.cuda.set_device(dev)
     if h.world_size > 1:
@@ -40,7 +44,10 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     model = tg.GPT(h).to(dev)
     model.recur = True
-    if h.compile:
+    if h.compile and mode == "hidden":
+        model.hidden = torch.compile(model.hidden, dynamic=False)  # make_mask stays eager (compiler.disable)
+        model.nll = torch.compile(model.nll, dynamic=False)
+    elif h.compile:
         model.compile_parts()
     opt = tg.Optimizers(model, h)
     seqs = h.train_batch_tokens // h.train_seq_len // h.world_size  # this rank's share of the global batch
@@ -79,7 +86,7 @@ def main() -> None:
 
     fb_k, opt_k = top(fwd_bwd), top(step)  # every rank profiles: the collectives need all of them
     if h.rank == 0:
-        print(json.dumps(dict(attention=model.attn_impl, compiled=bool(h.compile), world_size=h.world_size, seqs=seqs,
+        print(json.dumps(dict(attention=model.attn_impl, compiled=bool(h.compile) and mode, world_size=h.world_size, seqs=seqs,
                               micro=micro, warmup_s=round(warm, 1), step_ms=round(full, 1), fwd_bwd_ms=round(fb, 1),
                               optimizer_step_ms=round(full - fb, 1), comm_ms=opt_k["comm_ms"],
                               comm_share=round(opt_k["comm_ms"] / full, 4),  # NCCL kernel time incl. rank skew
