@@ -11,6 +11,9 @@ Prints the step split and the top CUDA kernels of each half from one profiled st
 STEP_COMPILE=hidden (a bench-only switch, not a train_gpt knob): compile GPT.hidden whole (embedding, smear,
 every virtual layer and the U-Net skips in one graph) instead of each block, to measure what the eager glue
 between compiled blocks costs (issue #3: 13 ms of eager adds and casts in the blocks-compiled profile).
+STEP_DTYPE=bf16 (bench-only): all weights in bf16, so the residual stream is bf16 too: what fp32 master
+weights and an fp32 residual cost in time (a bound: the numerics differ, quality unmeasured). STEP_DTYPE=bf16res:
+fp32 weights, the embedding output cast to bf16 (the residual stream's dtype follows it).
 """
 import json
 import os
@@ -36,13 +39,17 @@ def timed(fn, n: int) -> float:
 def main() -> None:
     ranks = {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if k in os.environ}
     env = {"PRESET": "record", "TRAIN_BATCH_TOKENS": "98304", **ranks, **dict(a.split("=", 1) for a in sys.argv[1:])}
-    mode = env.pop("STEP_COMPILE", "blocks")
+    mode, dtype = env.pop("STEP_COMPILE", "blocks"), env.pop("STEP_DTYPE", "fp32")
     h, dev = tg.Hyperparameters(env), torch.device("cuda", int(ranks.get("LOCAL_RANK", 0)))
     torch.cuda.set_device(dev)
     if h.world_size > 1:
         tg.dist.init_process_group("nccl", device_id=dev)
     torch.backends.cuda.matmul.allow_tf32 = True
     model = tg.GPT(h).to(dev)
+    if dtype == "bf16":  # speed bound only: bf16 weights and so a bf16 residual stream (numerics differ)
+        model = model.bfloat16()
+    elif dtype == "bf16res":  # fp32 weights, the embedding output (so the residual stream) in bf16
+        model.tok_emb.register_forward_hook(lambda m, i, o: o.bfloat16())
     model.recur = True
     if h.compile and mode == "hidden":
         model.hidden = torch.compile(model.hidden, dynamic=False)  # make_mask stays eager (compiler.disable)
@@ -86,7 +93,7 @@ def main() -> None:
 
     fb_k, opt_k = top(fwd_bwd), top(step)  # every rank profiles: the collectives need all of them
     if h.rank == 0:
-        print(json.dumps(dict(attention=model.attn_impl, compiled=bool(h.compile) and mode, world_size=h.world_size, seqs=seqs,
+        print(json.dumps(dict(attention=model.attn_impl, compiled=bool(h.compile) and mode, dtype=dtype, world_size=h.world_size, seqs=seqs,
                               micro=micro, warmup_s=round(warm, 1), step_ms=round(full, 1), fwd_bwd_ms=round(fb, 1),
                               optimizer_step_ms=round(full - fb, 1), comm_ms=opt_k["comm_ms"],
                               comm_share=round(opt_k["comm_ms"] / full, 4),  # NCCL kernel time incl. rank skew
