@@ -132,7 +132,7 @@ def test_bos_isolates_documents(tiny_data):
 
 SWITCHES = ["XSA=0", "SMEAR=0", "ATTN_GATE=0", "UNET=0", "SKIP_GATES=0", "X0_MIX=0", "LN_SCALE=0",
             "PARALLEL_FROM=-1", "RECUR_EXTRA=0", "DOC_MASK=0", "MUON_ROW_NORM=0", "POLAR_EXPRESS=0", "EMA=0",
-            "ROPE_DIMS=0", "LEAKY_SLOPE=0", "GRAD_CLIP_NORM=0"]
+            "ROPE_DIMS=0", "LEAKY_SLOPE=0", "GRAD_CLIP_NORM=0", "BF16_RESID=0"]
 
 
 @pytest.mark.parametrize("switch", SWITCHES)
@@ -141,6 +141,22 @@ def test_feature_switch_builds_and_trains(tiny_data, switch):
     _, r = run_train(hparams(tiny_data, ITERATIONS="6", **{key: value}))
     losses = [l for _, l in r["history"]]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("on", [1, 0])
+def test_bf16_resid_sets_the_residual_dtype_under_autocast_only(on):
+    h = tg.Hyperparameters({**TINY, "BF16_RESID": str(on)})
+    model, seen = tg.GPT(h), []
+    for block in model.blocks:
+        block.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    ids = torch.randint(4, 1024, (2, 32))
+    with torch.no_grad():
+        model.hidden(ids, True)
+        with torch.autocast("cpu", torch.bfloat16):
+            model.hidden(ids, True)
+    n = len(seen) // 2
+    assert seen[:n] == [torch.float32] * n  # no autocast (CPU eval, tests): fp32 as before
+    assert seen[n:] == [torch.bfloat16 if on else torch.float32] * n
 
 
 def test_baseline_parameter_count():
