@@ -51,6 +51,7 @@ DEFAULTS: dict[str, object] = dict(
     DOC_MASK=1, ATTN_IMPL="auto", XSA=1, SMEAR=1, ATTN_GATE=1, ATTN_GATE_DIMS=12, UNET=1, SKIP_GATES=1,
     X0_MIX=1, LN_SCALE=1, PARALLEL_FROM=7, RECUR_START=3, RECUR_END=5, RECUR_EXTRA=2, RECUR_FRAC=0.35,
     BF16_RESID=1,  # residual stream in the autocast dtype (weights stay fp32): -18% step time, 2026-12-05_train
+    EMBED_BF16=0,  # store the tied embedding in bf16, as the official script does (its Adam updates round there)
     # optimizer
     MATRIX_LR=0.022, SCALAR_LR=0.02, TIED_EMBED_LR=0.03, MUON_MOMENTUM=0.97, MUON_MOMENTUM_START=0.92,
     MUON_MOMENTUM_WARMUP_STEPS=1500, MUON_BACKEND_STEPS=5, MUON_ROW_NORM=1, POLAR_EXPRESS=1,
@@ -85,7 +86,7 @@ PRESETS: dict[str, dict[str, object]] = {
         DOC_MASK=0, XSA=0, SMEAR=0, ATTN_GATE=0, SKIP_GATES=0, LN_SCALE=0, PARALLEL_FROM=-1, RECUR_EXTRA=0,
         MATRIX_LR=0.04, SCALAR_LR=0.04, TIED_EMBED_LR=0.05, MUON_MOMENTUM=0.95, MUON_MOMENTUM_START=0.85,
         MUON_MOMENTUM_WARMUP_STEPS=500, MUON_ROW_NORM=0, POLAR_EXPRESS=0, MUON_WD=0.0, EMBED_WD=0.0,
-        ADAM_WD=0.0, GRAD_CLIP_NORM=0.0, WARMDOWN_FRAC=0.0, WARMDOWN_ITERS=1200, EMA=0,
+        ADAM_WD=0.0, GRAD_CLIP_NORM=0.0, WARMDOWN_FRAC=0.0, WARMDOWN_ITERS=1200, EMA=0, EMBED_BF16=1,
         QUANT="rtn", MATRIX_BITS=8, EMBED_BITS=8, ATTN_CLIP=0.0, MLP_CLIP=0.0, EMBED_CLIP=0.0, LQER_TOP=0,
         CODECS="zlib",
         EVAL_SEQ_LEN=1024, EVAL_STRIDE=1024, EVAL_CROSS_DOC=1, EVAL_PATHS="plain", PRE_EXPORT_PATHS="plain"),
@@ -732,6 +733,8 @@ class GPT(nn.Module):
         self.smear = nn.Parameter(torch.zeros(h.model_dim)) if h.smear else None
         self.attn_impl = h.attn_impl if h.attn_impl != "auto" else default_attn_impl()
         nn.init.normal_(self.tok_emb.weight, std=h.tied_embed_init_std)
+        if h.embed_bf16:
+            self.tok_emb.bfloat16()
         for m in self.modules():
             if isinstance(m, CastedLinear):
                 nn.init.zeros_(m.weight) if getattr(m, "zero_init", False) else nn.init.orthogonal_(m.weight)

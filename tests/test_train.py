@@ -132,7 +132,7 @@ def test_bos_isolates_documents(tiny_data):
 
 SWITCHES = ["XSA=0", "SMEAR=0", "ATTN_GATE=0", "UNET=0", "SKIP_GATES=0", "X0_MIX=0", "LN_SCALE=0",
             "PARALLEL_FROM=-1", "RECUR_EXTRA=0", "DOC_MASK=0", "MUON_ROW_NORM=0", "POLAR_EXPRESS=0", "EMA=0",
-            "ROPE_DIMS=0", "LEAKY_SLOPE=0", "GRAD_CLIP_NORM=0", "BF16_RESID=0"]
+            "ROPE_DIMS=0", "LEAKY_SLOPE=0", "GRAD_CLIP_NORM=0", "BF16_RESID=0", "EMBED_BF16=1"]
 
 
 @pytest.mark.parametrize("switch", SWITCHES)
@@ -161,7 +161,11 @@ def test_bf16_resid_sets_the_residual_dtype_under_autocast_only(on):
 
 def test_baseline_parameter_count():
     h = tg.Hyperparameters({"PRESET": "baseline"})
-    assert sum(p.numel() for p in tg.GPT(h).parameters()) == 17_059_912
+    model = tg.GPT(h)
+    assert sum(p.numel() for p in model.parameters()) == 17_059_912
+    # the official script keeps its tied embedding in bf16 (the rest of the record stack: fp32 master weights)
+    assert model.tok_emb.weight.dtype == torch.bfloat16 and model.blocks[0].mlp.fc.weight.dtype == torch.float32
+    assert tg.GPT(tg.Hyperparameters(TINY)).tok_emb.weight.dtype == torch.float32
 
 
 def test_presets_and_env_override():
