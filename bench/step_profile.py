@@ -11,9 +11,10 @@ Prints the step split and the top CUDA kernels of each half from one profiled st
 STEP_COMPILE=hidden (a bench-only switch, not a train_gpt knob): compile GPT.hidden whole (embedding, smear,
 every virtual layer and the U-Net skips in one graph) instead of each block, to measure what the eager glue
 between compiled blocks costs (issue #3: 13 ms of eager adds and casts in the blocks-compiled profile).
-STEP_DTYPE=bf16 (bench-only): all weights in bf16, so the residual stream is bf16 too: what fp32 master
-weights and an fp32 residual cost in time (a bound: the numerics differ, quality unmeasured). STEP_DTYPE=bf16res:
-fp32 weights, the embedding output cast to bf16 (the residual stream's dtype follows it).
+The residual stream's dtype is train_gpt's own switch: BF16_RESID=0 gives the fp32 stream (before 2026-12-05
+the only one; the rows of 2026-12-05_train.json named STEP_DTYPE=bf16res ran the same cast as a hook).
+STEP_DTYPE=bf16 (bench-only): all weights in bf16 as well, a speed bound for dropping fp32 master weights (the
+numerics differ, quality unmeasured).
 """
 import json
 import os
@@ -46,10 +47,8 @@ def main() -> None:
         tg.dist.init_process_group("nccl", device_id=dev)
     torch.backends.cuda.matmul.allow_tf32 = True
     model = tg.GPT(h).to(dev)
-    if dtype == "bf16":  # speed bound only: bf16 weights and so a bf16 residual stream (numerics differ)
+    if dtype == "bf16":  # speed bound only: bf16 weights (numerics differ)
         model = model.bfloat16()
-    elif dtype == "bf16res":  # fp32 weights, the embedding output (so the residual stream) in bf16
-        model.tok_emb.register_forward_hook(lambda m, i, o: o.bfloat16())
     model.recur = True
     if h.compile and mode == "hidden":
         model.hidden = torch.compile(model.hidden, dynamic=False)  # make_mask stays eager (compiler.disable)
@@ -93,7 +92,8 @@ def main() -> None:
 
     fb_k, opt_k = top(fwd_bwd), top(step)  # every rank profiles: the collectives need all of them
     if h.rank == 0:
-        print(json.dumps(dict(attention=model.attn_impl, compiled=bool(h.compile) and mode, dtype=dtype, world_size=h.world_size, seqs=seqs,
+        print(json.dumps(dict(attention=model.attn_impl, compiled=bool(h.compile) and mode, weights=dtype,
+                              bf16_resid=h.bf16_resid, world_size=h.world_size, seqs=seqs,
                               micro=micro, warmup_s=round(warm, 1), step_ms=round(full, 1), fwd_bwd_ms=round(fb, 1),
                               optimizer_step_ms=round(full - fb, 1), comm_ms=opt_k["comm_ms"],
                               comm_share=round(opt_k["comm_ms"] / full, 4),  # NCCL kernel time incl. rank skew
