@@ -11,6 +11,10 @@ Prints the step split and the top CUDA kernels of each half from one profiled st
 STEP_COMPILE=hidden (a bench-only switch, not a train_gpt knob): compile GPT.hidden whole (embedding, smear,
 every virtual layer and the U-Net skips in one graph) instead of each block, to measure what the eager glue
 between compiled blocks costs (issue #3: 13 ms of eager adds and casts in the blocks-compiled profile).
+STEP_COMPILE=regions (bench-only): GPT.hidden compiled whole with each block's forward a
+torch.compiler.nested_compile_region, so the glue is compiled but each block's graph is built once and reused,
+as per-block compile does: a candidate for hidden's speed at blocks' warm-up (hidden's is twice blocks' on the
+H100, 101 vs 49 s). Not yet run on the GPU.
 The residual stream's dtype is train_gpt's own switch: BF16_RESID=0 gives the fp32 stream (before 2026-12-05
 the only one; the rows of 2026-12-05_train.json named STEP_DTYPE=bf16res ran the same cast as a hook).
 STEP_DTYPE=bf16 (bench-only): all weights in bf16 as well, a speed bound for dropping fp32 master weights (the
@@ -50,7 +54,9 @@ def main() -> None:
     if dtype == "bf16":  # speed bound only: bf16 weights (numerics differ)
         model = model.bfloat16()
     model.recur = True
-    if h.compile and mode == "hidden":
+    if h.compile and mode == "regions":  # class-level: every block calls the one region
+        type(model.blocks[0]).forward = torch.compiler.nested_compile_region(type(model.blocks[0]).forward)
+    if h.compile and mode in ("hidden", "regions"):
         model.hidden = torch.compile(model.hidden, dynamic=False)  # make_mask stays eager (compiler.disable)
         model.nll = torch.compile(model.nll, dynamic=False)
     elif h.compile:
