@@ -478,10 +478,12 @@ class Block(_Lanes):
 
     def forward(self, x: Tensor, x0: Tensor, mask: AttnMask) -> Tensor:
         x = self.mix(x, x0)
-        a = self.attn(self.norm(x), mask)
+        return self.branches(x, self.attn(self.norm(x), mask))
+
+    def branches(self, x: Tensor, a: Tensor) -> Tensor:
         if self.parallel:
             return x + self.attn_scale.to(x.dtype) * a + self.mlp_scale.to(x.dtype) * self.mlp(self.norm(x))
-        return self.branches(x, a)
+        return super().branches(x, a)
 
 
 # -----------------------------------------------------------------------------

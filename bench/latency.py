@@ -108,10 +108,7 @@ def attn_step(att: tg.Attention, x: Tensor, cache: KVCache, pos: int | Tensor, d
 def gpt_step(block: tg.Block, x: Tensor, x0: Tensor, st: KVCache, dec: Decoder) -> Tensor:
     """Block.forward for one token."""
     x = block.mix(x, x0)
-    a = attn_step(block.attn, block.norm(x), st, dec.now, dec)
-    if block.parallel:
-        return x + block.attn_scale.to(x.dtype) * a + block.mlp_scale.to(x.dtype) * block.mlp(block.norm(x))
-    return block.branches(x, a)
+    return block.branches(x, attn_step(block.attn, block.norm(x), st, dec.now, dec))
 
 
 class WorkerState:
