@@ -45,6 +45,7 @@ def main() -> None:
     ranks = {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if k in os.environ}
     env = {"PRESET": "record", "TRAIN_BATCH_TOKENS": "98304", **ranks, **dict(a.split("=", 1) for a in sys.argv[1:])}
     mode, dtype = env.pop("STEP_COMPILE", "blocks"), env.pop("STEP_DTYPE", "fp32")
+    n_top = int(env.pop("STEP_TOP", "12"))  # kernels listed per half
     h, dev = tg.Hyperparameters(env), torch.device("cuda", int(ranks.get("LOCAL_RANK", 0)))
     torch.cuda.set_device(dev)
     if h.world_size > 1:
@@ -84,7 +85,7 @@ def main() -> None:
     fb = timed(fwd_bwd, 5)
     model.zero_grad(set_to_none=True)
 
-    def top(fn, n=12):
+    def top(fn, n=n_top):
         if h.world_size > 1:  # start together: else a collective's kernel time is mostly waiting for the late rank
             tg.dist.barrier()
         torch.cuda.synchronize()
