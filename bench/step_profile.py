@@ -5,20 +5,20 @@ Usage (device): python bench/step_profile.py [KEY=VALUE ...]  -> one JSON line o
          global batch is split over the ranks as train_gpt.py splits it, and comm_ms / comm_share give the NCCL
          kernels' device time in the optimizer step: gradient reduce-scatter, all-reduce, all-gather).
 Random tokens with a BOS every ~1000 (documents for the varlen mask), the preset's per-GPU batch, split
-into micro-batches and compiled per block exactly as train_gpt.py trains (an eager pass over the whole
+into micro-batches and compiled as train_gpt.py trains (an eager pass over the whole
 98,304-token batch needs more than the H100's 80 GB). Depth recurrence on: the slower, later phase.
 Prints the step split and the top CUDA kernels of each half from one profiled step.
-STEP_COMPILE=hidden (a bench-only switch, not a train_gpt knob): compile GPT.hidden whole (embedding, smear,
-every virtual layer and the U-Net skips in one graph) instead of each block, to measure what the eager glue
-between compiled blocks costs (issue #3: 13 ms of eager adds and casts in the blocks-compiled profile).
-STEP_COMPILE=regions (bench-only): GPT.hidden compiled whole with each block's forward a
-torch.compiler.nested_compile_region, so the glue is compiled but each block's graph is built once and reused,
-as per-block compile does: a candidate for hidden's speed at blocks' warm-up (hidden's is twice blocks' on the
-H100, 101 vs 49 s). Not yet run on the GPU.
+STEP_COMPILE=whole (the default, as train_gpt.py trains ARCH=gpt): GPT.hidden compiled as one graph in which each
+block is a nested compile region (run_block), built once and reused. STEP_COMPILE=blocks: each block compiled on
+its own (train_gpt.py's eval path, and its training path up to 2026-12-05): the glue between blocks runs eagerly.
+The rows of 2026-12-05_train.json named STEP_COMPILE=hidden compiled GPT.hidden whole without regions (since
+removed: as fast as regions at twice the warm-up).
 The residual stream's dtype is train_gpt's own switch: BF16_RESID=0 gives the fp32 stream (before 2026-12-05
 the only one; the rows of 2026-12-05_train.json named STEP_DTYPE=bf16res ran the same cast as a hook).
 STEP_DTYPE=bf16 (bench-only): all weights in bf16 as well, a speed bound for dropping fp32 master weights (the
 numerics differ, quality unmeasured).
+STEP_AUTOTUNE=1 (bench-only): inductor's max_autotune (Triton GEMM templates that can fuse their neighbours'
+pointwise work, e.g. LeakyReLU^2 into the MLP's first GEMM; no CUDA graphs); warmup_s shows its compile cost.
 """
 import json
 import os
@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch._inductor.config  # STEP_AUTOTUNE
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_gpt as tg  # noqa: E402
@@ -44,8 +45,9 @@ def timed(fn, n: int) -> float:
 def main() -> None:
     ranks = {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if k in os.environ}
     env = {"PRESET": "record", "TRAIN_BATCH_TOKENS": "98304", **ranks, **dict(a.split("=", 1) for a in sys.argv[1:])}
-    mode, dtype = env.pop("STEP_COMPILE", "blocks"), env.pop("STEP_DTYPE", "fp32")
+    mode, dtype = env.pop("STEP_COMPILE", "whole"), env.pop("STEP_DTYPE", "fp32")
     n_top = int(env.pop("STEP_TOP", "12"))  # kernels listed per half
+    torch._inductor.config.max_autotune = env.pop("STEP_AUTOTUNE", "0") == "1"
     h, dev = tg.Hyperparameters(env), torch.device("cuda", int(ranks.get("LOCAL_RANK", 0)))
     torch.cuda.set_device(dev)
     if h.world_size > 1:
@@ -55,13 +57,10 @@ def main() -> None:
     if dtype == "bf16":  # speed bound only: bf16 weights (numerics differ)
         model = model.bfloat16()
     model.recur = True
-    if h.compile and mode == "regions":  # class-level: every block calls the one region
-        type(model.blocks[0]).forward = torch.compiler.nested_compile_region(type(model.blocks[0]).forward)
-    if h.compile and mode in ("hidden", "regions"):
-        model.hidden = torch.compile(model.hidden, dynamic=False)  # make_mask stays eager (compiler.disable)
-        model.nll = torch.compile(model.nll, dynamic=False)
-    elif h.compile:
-        model.compile_parts()
+    if mode not in ("whole", "blocks"):
+        raise SystemExit(f"STEP_COMPILE={mode!r}: expected whole or blocks")
+    if h.compile:
+        model.compile_parts(whole=mode == "whole")
     opt = tg.Optimizers(model, h)
     seqs = h.train_batch_tokens // h.train_seq_len // h.world_size  # this rank's share of the global batch
     micro = max(1, min(seqs, h.micro_batch_tokens // h.train_seq_len))
@@ -100,6 +99,7 @@ def main() -> None:
     fb_k, opt_k = top(fwd_bwd), top(step)  # every rank profiles: the collectives need all of them
     if h.rank == 0:
         print(json.dumps(dict(attention=model.attn_impl, compiled=bool(h.compile) and mode, weights=dtype,
+                              autotune=torch._inductor.config.max_autotune,
                               bf16_resid=h.bf16_resid, world_size=h.world_size, seqs=seqs,
                               micro=micro, warmup_s=round(warm, 1), step_ms=round(full, 1), fwd_bwd_ms=round(fb, 1),
                               optimizer_step_ms=round(full - fb, 1), comm_ms=opt_k["comm_ms"],

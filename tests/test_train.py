@@ -1,4 +1,5 @@
 """Training half of train_gpt.py on tiny CPU configs with real tokens (FineWeb train-pool docs)."""
+import copy
 import json
 import os
 import subprocess
@@ -157,6 +158,36 @@ def test_bf16_resid_sets_the_residual_dtype_under_autocast_only(on):
     n = len(seen) // 2
     assert seen[:n] == [torch.float32] * n  # no autocast (CPU eval, tests): fp32 as before
     assert seen[n:] == [torch.bfloat16 if on else torch.float32] * n
+
+
+def test_whole_compile_matches_eager(monkeypatch):
+    """compile_parts(whole=True), as training compiles ARCH=gpt (hidden as one graph, run_block a nested
+    region reused by every virtual layer), gives the eager loss and gradients; aot_eager: the same trace
+    and autograd graph as inductor's, without a C++ compiler."""
+    h = tg.Hyperparameters(TINY)
+    torch.manual_seed(0)
+    model = tg.GPT(h)
+    with torch.no_grad():
+        for p in model.parameters():  # off the zero init, so every branch carries gradient
+            p.add_(0.01 * torch.randn_like(p))
+    model.recur = True
+    x = torch.randint(4, h.vocab_size, (2, 65))
+    x[:, ::20] = tg.BOS_ID
+
+    def loss_and_grads(m):
+        m.zero_grad()
+        loss = m(x[:, :-1], x[:, 1:]).mean()
+        loss.backward()
+        return [loss.detach()] + [p.grad.clone() for p in m.parameters()]
+
+    want, compiled = loss_and_grads(model), copy.deepcopy(model)
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, backend="aot_eager", **kw))
+    compiled.compile_parts(whole=True)
+    got = loss_and_grads(compiled)
+    torch._dynamo.reset()
+    for a, b in zip(want, got):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_baseline_parameter_count():
