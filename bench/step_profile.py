@@ -8,11 +8,10 @@ Random tokens with a BOS every ~1000 (documents for the varlen mask), the preset
 into micro-batches and compiled as train_gpt.py trains (an eager pass over the whole
 98,304-token batch needs more than the H100's 80 GB). Depth recurrence on: the slower, later phase.
 Prints the step split and the top CUDA kernels of each half from one profiled step.
-STEP_COMPILE=whole (the default, as train_gpt.py trains ARCH=gpt): GPT.hidden compiled as one graph in which each
-block is a nested compile region (run_block), built once and reused. STEP_COMPILE=blocks: each block compiled on
-its own (train_gpt.py's eval path, and its training path up to 2026-12-05): the glue between blocks runs eagerly.
-The rows of 2026-12-05_train.json named STEP_COMPILE=hidden compiled GPT.hidden whole without regions (since
-removed: as fast as regions at twice the warm-up).
+Compilation is train_gpt's COMPILE: 1 (default) each block on its own, the glue between blocks eager; 2 GPT.hidden
+as one graph in which each block is a nested compile region (run_block), built once and reused. Rows of
+2026-12-05_train.json: STEP_COMPILE=blocks is COMPILE=1, STEP_COMPILE=regions is COMPILE=2; STEP_COMPILE=hidden
+compiled GPT.hidden whole without regions (since removed: as fast as regions at twice the warm-up).
 The residual stream's dtype is train_gpt's own switch: BF16_RESID=0 gives the fp32 stream (before 2026-12-05
 the only one; the rows of 2026-12-05_train.json named STEP_DTYPE=bf16res ran the same cast as a hook).
 STEP_DTYPE=bf16 (bench-only): all weights in bf16 as well, a speed bound for dropping fp32 master weights (the
@@ -45,7 +44,7 @@ def timed(fn, n: int) -> float:
 def main() -> None:
     ranks = {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if k in os.environ}
     env = {"PRESET": "record", "TRAIN_BATCH_TOKENS": "98304", **ranks, **dict(a.split("=", 1) for a in sys.argv[1:])}
-    mode, dtype = env.pop("STEP_COMPILE", "whole"), env.pop("STEP_DTYPE", "fp32")
+    dtype = env.pop("STEP_DTYPE", "fp32")
     n_top = int(env.pop("STEP_TOP", "12"))  # kernels listed per half
     torch._inductor.config.max_autotune = env.pop("STEP_AUTOTUNE", "0") == "1"
     h, dev = tg.Hyperparameters(env), torch.device("cuda", int(ranks.get("LOCAL_RANK", 0)))
@@ -57,10 +56,8 @@ def main() -> None:
     if dtype == "bf16":  # speed bound only: bf16 weights (numerics differ)
         model = model.bfloat16()
     model.recur = True
-    if mode not in ("whole", "blocks"):
-        raise SystemExit(f"STEP_COMPILE={mode!r}: expected whole or blocks")
     if h.compile:
-        model.compile_parts(whole=mode == "whole")
+        model.compile_parts(whole=h.compile == 2)
     opt = tg.Optimizers(model, h)
     seqs = h.train_batch_tokens // h.train_seq_len // h.world_size  # this rank's share of the global batch
     micro = max(1, min(seqs, h.micro_batch_tokens // h.train_seq_len))
@@ -98,7 +95,7 @@ def main() -> None:
 
     fb_k, opt_k = top(fwd_bwd), top(step)  # every rank profiles: the collectives need all of them
     if h.rank == 0:
-        print(json.dumps(dict(attention=model.attn_impl, compiled=bool(h.compile) and mode, weights=dtype,
+        print(json.dumps(dict(attention=model.attn_impl, compile=h.compile, weights=dtype,
                               autotune=torch._inductor.config.max_autotune,
                               bf16_resid=h.bf16_resid, world_size=h.world_size, seqs=seqs,
                               micro=micro, warmup_s=round(warm, 1), step_ms=round(full, 1), fwd_bwd_ms=round(fb, 1),

@@ -161,9 +161,9 @@ def test_bf16_resid_sets_the_residual_dtype_under_autocast_only(on):
 
 
 def test_whole_compile_matches_eager(monkeypatch):
-    """compile_parts(whole=True), as training compiles ARCH=gpt (hidden as one graph, run_block a nested
-    region reused by every virtual layer), gives the eager loss and gradients; aot_eager: the same trace
-    and autograd graph as inductor's, without a C++ compiler."""
+    """compile_parts(whole=True), as COMPILE=2 trains (hidden as one graph, run_block a nested region
+    reused by every virtual layer), gives the eager loss and gradients; aot_eager: the same trace and
+    autograd graph as inductor's, without a C++ compiler. COMPILE=2 is refused for the other archs."""
     h = tg.Hyperparameters(TINY)
     torch.manual_seed(0)
     model = tg.GPT(h)
@@ -188,6 +188,8 @@ def test_whole_compile_matches_eager(monkeypatch):
     torch._dynamo.reset()
     for a, b in zip(want, got):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="COMPILE=2 with ARCH=pse"):
+        tg.Hyperparameters({**TINY, "COMPILE": "2", "ARCH": "pse"})
 
 
 def test_baseline_parameter_count():
