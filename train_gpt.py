@@ -746,10 +746,7 @@ class GPT(nn.Module):
 
     def hidden(self, ids: Tensor, doc_mask: bool) -> Tensor:
         """Final-normed hidden states (B, T, D) for ids (B, T); doc_mask: attention stays inside documents."""
-        x = self.tok_emb(ids)
-        if self.h.bf16_resid and torch.is_autocast_enabled(x.device.type):  # as the official script's bf16
-            x = x.to(torch.get_autocast_dtype(x.device.type))  # embedding: the norms and adds then move half the bytes
-        x = rms_norm(x)
+        x = self.embed(ids)
         if self.smear is not None:  # blend in the previous token, never across a document start
             prev = F.pad(x[:, :-1], (0, 0, 1, 0)) * (ids != BOS_ID).unsqueeze(-1).to(x.dtype)
             x = torch.lerp(x, prev, torch.sigmoid(self.smear).to(x.dtype))
@@ -757,6 +754,15 @@ class GPT(nn.Module):
             make_arch_mask(ids, doc_mask, self.attn_impl, self.h)
         x0 = x
         return rms_norm(self.layers(x, lambda j, i, y: run_block(self.blocks[i], y, x0, mask)))
+
+    def embed(self, ids: Tensor) -> Tensor:
+        """Normed token embeddings; under autocast with BF16_RESID in its dtype, as the official script's bf16
+        embedding gives it: the residual stream's norms and adds then move half the bytes."""
+        x = self.tok_emb(ids)
+        dev = x.device.type  # (no autocast on "meta": bench/latency.py's no-host-sync check runs there)
+        if self.h.bf16_resid and torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
+            x = x.to(torch.get_autocast_dtype(dev))
+        return rms_norm(x)
 
     def layers(self, x: Tensor, block: Callable[[int, int, Tensor], Tensor]) -> Tensor:
         """The layer order (with recurrence as set) and its U-Net skips; block(j, i, x) runs virtual layer j,

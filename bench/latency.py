@@ -280,7 +280,7 @@ class Decoder:
         """ids (B,) at position self.t -> logits (B, vocab)."""
         m, bos = self.model, ids == tg.BOS_ID
         self.doc += bos
-        x = tg.rms_norm(m.tok_emb(ids)[:, None])
+        x = m.embed(ids[:, None])
         if m.smear is not None:  # never across a BOS, with or without doc_mask (as hidden)
             prev = self.prev * (~bos).to(x.dtype)[:, None, None]
             self.prev.copy_(x)
