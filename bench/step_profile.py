@@ -18,9 +18,8 @@ STEP_DTYPE=bf16 (bench-only): all weights in bf16 as well, a speed bound for dro
 numerics differ, quality unmeasured).
 STEP_AUTOTUNE=1 (bench-only): inductor's max_autotune (Triton GEMM templates that can fuse their neighbours'
 pointwise work, e.g. LeakyReLU^2 into the MLP's first GEMM; no CUDA graphs); warmup_s shows its compile cost.
-STEP_PATCH=gqa,rope (bench-only candidates, before they go into train_gpt): gqa gives torch's varlen kernel the
-k/v heads as they are (no repeat to the query heads); rope reads RoPE's cos/sin from a table built once instead
-of computing them in every layer.
+STEP_PATCH=gqa,rope (at 25be12f, rows of 2026-12-05_train.json; both now in train_gpt): gqa gave torch's varlen
+kernel the k/v heads unrepeated, rope read RoPE's cos/sin from a table built once.
 STEP_SUSTAIN=N: also time N steps in a row (the clock of a real run: heat and power limits) and read the SM
 clock and power from nvidia-smi right after.
 """
@@ -47,35 +46,6 @@ def timed(fn, n: int) -> float:
     return (time.perf_counter() - t0) / n * 1000
 
 
-def patch_gqa() -> None:
-    attend = tg.attend
-
-    def gqa(q, k, v, mask):
-        if mask.impl != "varlen":
-            return attend(q, k, v, mask)
-        y = tg.varlen_attn(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), mask.cu, mask.cu, mask.max_len,
-                           mask.max_len, **tg.VARLEN_CAUSAL, **({"enable_gqa": True} if tg.VARLEN_GQA else {}))
-        return y.view(q.shape)
-    tg.attend = gqa
-
-
-def patch_rope(model: torch.nn.Module, T: int) -> None:
-    forward = tg.Rotary.forward
-
-    def table(self, x, start=0):
-        if not (isinstance(start, int) and start == 0 and x.size(1) <= len(self.cos_t)):
-            return forward(self, x, start)
-        cos, sin = self.cos_t[:x.size(1)].to(x.dtype), self.sin_t[:x.size(1)].to(x.dtype)
-        half = self.dims // 2
-        x1, x2, rest = x[..., :half], x[..., half:self.dims], x[..., self.dims:]
-        return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin, rest), dim=-1)
-    for m in model.modules():
-        if isinstance(m, tg.Rotary):
-            f = torch.outer(torch.arange(T, dtype=torch.float32, device=m.inv_freq.device), m.inv_freq)
-            m.cos_t, m.sin_t = f.cos()[:, None, :], f.sin()[:, None, :]  # (T, 1, dims/2): broadcast over heads
-    tg.Rotary.forward = table
-
-
 def gpu_state() -> str:
     q = "clocks.sm,clocks.max.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active"
     return subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"], capture_output=True,
@@ -88,7 +58,6 @@ def main() -> None:
     dtype = env.pop("STEP_DTYPE", "fp32")
     n_top = int(env.pop("STEP_TOP", "12"))  # kernels listed per half
     torch._inductor.config.max_autotune = env.pop("STEP_AUTOTUNE", "0") == "1"
-    patches = [p for p in env.pop("STEP_PATCH", "").split(",") if p]
     sustain = int(env.pop("STEP_SUSTAIN", "0"))
     h, dev = tg.Hyperparameters(env), torch.device("cuda", int(ranks.get("LOCAL_RANK", 0)))
     torch.cuda.set_device(dev)
@@ -99,10 +68,6 @@ def main() -> None:
     if dtype == "bf16":  # speed bound only: bf16 weights (numerics differ)
         model = model.bfloat16()
     model.recur = True
-    if "gqa" in patches:
-        patch_gqa()
-    if "rope" in patches:
-        patch_rope(model, h.train_seq_len)
     if h.compile:
         model.compile_parts(whole=h.compile == 2)
     opt = tg.Optimizers(model, h)
@@ -147,7 +112,7 @@ def main() -> None:
 
     fb_k, opt_k = top(fwd_bwd), top(step)  # every rank profiles: the collectives need all of them
     if h.rank == 0:
-        print(json.dumps(dict(attention=model.attn_impl, compile=h.compile, weights=dtype, patches=patches,
+        print(json.dumps(dict(attention=model.attn_impl, compile=h.compile, weights=dtype,
                               autotune=torch._inductor.config.max_autotune,
                               bf16_resid=h.bf16_resid, world_size=h.world_size, seqs=seqs,
                               micro=micro, warmup_s=round(warm, 1), step_ms=round(full, 1), fwd_bwd_ms=round(fb, 1),

@@ -111,9 +111,10 @@ def test_decoder_runs_the_recurrent_order():
 
 
 def test_rotary_at_a_start_position_equals_the_full_sequence():
-    rot = tg.Rotary(4, 10000.0)
+    rot = tg.Rotary(4, 10000.0, 8)  # a table of 8 positions: steps 0..7 read it, the rest compute cos/sin
     x = torch.randn(2, 20, 3, 8)
     full = rot(x)
+    assert torch.allclose(tg.Rotary(4, 10000.0, 32)(x), full, atol=1e-6)  # the same values from the table
     for pos in (0, 1, 7, 19):  # as the decoder calls it: an int (eager step) or a device tensor (static step)
         assert torch.allclose(rot(x[:, pos:pos + 1], pos), full[:, pos:pos + 1], atol=1e-6)
         assert torch.allclose(rot(x[:, pos:pos + 1], torch.tensor(pos)), full[:, pos:pos + 1], atol=1e-6)
