@@ -20,6 +20,8 @@ STEP_AUTOTUNE=1 (bench-only): inductor's max_autotune (Triton GEMM templates tha
 pointwise work, e.g. LeakyReLU^2 into the MLP's first GEMM; no CUDA graphs); warmup_s shows its compile cost.
 STEP_PATCH=gqa,rope (at 25be12f, rows of 2026-12-05_train.json; both now in train_gpt): gqa gave torch's varlen
 kernel the k/v heads unrepeated, rope read RoPE's cos/sin from a table built once.
+STEP_DATA=glob: time real training windows (the first batch TokenLoader gives at the seed) instead of random
+tokens with a BOS every 1,000: the documents set the attention work (bench/doc_share.py).
 STEP_SUSTAIN=N: also time N steps in a row (the clock of a real run: heat and power limits) and read the SM
 clock and power from nvidia-smi right after.
 """
@@ -59,6 +61,7 @@ def main() -> None:
     n_top = int(env.pop("STEP_TOP", "12"))  # kernels listed per half
     torch._inductor.config.max_autotune = env.pop("STEP_AUTOTUNE", "0") == "1"
     sustain = int(env.pop("STEP_SUSTAIN", "0"))
+    data = env.pop("STEP_DATA", "")
     h, dev = tg.Hyperparameters(env), torch.device("cuda", int(ranks.get("LOCAL_RANK", 0)))
     torch.cuda.set_device(dev)
     if h.world_size > 1:
@@ -73,8 +76,11 @@ def main() -> None:
     opt = tg.Optimizers(model, h)
     seqs = h.train_batch_tokens // h.train_seq_len // h.world_size  # this rank's share of the global batch
     micro = max(1, min(seqs, h.micro_batch_tokens // h.train_seq_len))
-    x = torch.randint(4, h.vocab_size, (seqs, h.train_seq_len + 1), device=dev)
-    x[:, ::1000] = tg.BOS_ID
+    if data:
+        x = tg.TokenLoader(data, h.train_seq_len, h.seed, h.rank, h.world_size, dev).next_batch(seqs * h.world_size)
+    else:
+        x = torch.randint(4, h.vocab_size, (seqs, h.train_seq_len + 1), device=dev)
+        x[:, ::1000] = tg.BOS_ID
 
     def fwd_bwd():
         for xb in x.split(micro):
@@ -112,7 +118,8 @@ def main() -> None:
 
     fb_k, opt_k = top(fwd_bwd), top(step)  # every rank profiles: the collectives need all of them
     if h.rank == 0:
-        print(json.dumps(dict(attention=model.attn_impl, compile=h.compile, weights=dtype,
+        print(json.dumps(dict(data=data or "random, a BOS every 1000", attention=model.attn_impl,
+                              compile=h.compile, weights=dtype,
                               autotune=torch._inductor.config.max_autotune,
                               bf16_resid=h.bf16_resid, world_size=h.world_size, seqs=seqs,
                               micro=micro, warmup_s=round(warm, 1), step_ms=round(full, 1), fwd_bwd_ms=round(fb, 1),
