@@ -34,6 +34,8 @@ def parse(log: str) -> dict:
     hp = re.search(r"^hyperparameters: (\{.*\})$", log, re.M)
     h = json.loads(hp.group(1)) if hp else {}
     row["hyperparameters"] = h
+    if m := re.search(r"^env: .* gpus \['([^']*)'", log, re.M):  # the card the run logged (the first of its GPUs)
+        row["gpu"] = m.group(1)
     if m := re.search(r"^model: ([\d,]+) parameters, attention (\w+)", log, re.M):
         row["params"], row["attention"] = int(m.group(1).replace(",", "")), m.group(2)
     steps = [(int(s), float(e)) for s, e in re.findall(r"^step (\d+) train_loss \S+ .* elapsed ([\d.]+)s", log, re.M)]

@@ -315,3 +315,10 @@ def test_bench_table_lists_every_committed_run():
     assert len(lines) == 2 + len(rows) and all(line.count("|") == lines[0].count("|") for line in lines)
     seed = next(line for line in lines if line.startswith("| record_proxy300_n1_s2025 "))
     assert "| 1698 | 169.6 | 579,584 | 26.4% |" in seed and "| 1.00817 | 1.49014 |" in seed and seed.endswith("| yes | yes |")
+    nested = table.rows_of(str(ROOT / "bench/results/2026-12-05_train.json"))  # runs as {"name", "result"}
+    assert {"baseline_178_s1337", "record_whole_s1337", "record_gqa_rope_s1337"} <= {r["name"] for r in nested}
+    h200 = next(line for line in table.table(nested).splitlines() if line.startswith("| record_gqa_rope_s1337 "))
+    assert "| NVIDIA H200 | 1 | 2219 | 129.8 | 757,419 | 34.5% |" in h200
+    import proxy_run  # a raw row names the card its log names
+    env = "env: python 3.12.3 torch 2.11.0 cuda 13.0 gpus ['NVIDIA H100 80GB HBM3', 'NVIDIA H100 80GB HBM3'] world_size 2\n"
+    assert table.gpu(proxy_run.parse(env)) == "NVIDIA H100 80GB HBM3" and "| 0.98954 | 1.47819 |" in h200
