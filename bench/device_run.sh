@@ -6,6 +6,8 @@
 # the preset's tokenizer with 16 workers, then runs train + export + every eval via bench/proxy_run.py,
 # writing NAME.json and NAME.log to $OUT. Per-GPU faithful batch: the preset's 8-GPU global batch x NPROC/8.
 # PACKED=1 runs packed/train_gpt.py (`make pack`), the copy a submission ships: its bytes are the counted code.
+# KEEP_ARTIFACT=1 also copies artifacts/NAME.pgq to $OUT (under 16 MiB: it comes back; e.g. for bench/codec_levels.py).
+# A call returns at most 8 files from $OUT: batch no more runs than that into one call.
 # RUN_TIMEOUT counts from the start of this script, devset build included: proxy_run.py gets what is left, so a
 # run it stops still writes its JSON and partial log (a device call's own limit returns nothing of them).
 set -uo pipefail
@@ -27,3 +29,4 @@ python3 bench/proxy_run.py "$name" --nproc "$nproc" --out "$OUT" --timeout $(( $
   DEV_VAL_FILES="data/datasets/devset_${variant}_fineweb_dev/fineweb_val_*.bin" \
   TRAIN_BATCH_TOKENS=$batch MAX_WALLCLOCK_SECONDS=300 "$@"
 grep -E "^(train|compliance|artifact|eval)" "logs/$name.txt"
+if [ "${KEEP_ARTIFACT:-0}" = 1 ]; then cp "artifacts/$name.pgq" "$OUT/"; fi
