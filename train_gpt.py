@@ -802,10 +802,11 @@ class GPT(nn.Module):
         return self.nll(self.hidden(ids, doc_mask), targets, entropy)
 
     def compile_parts(self, whole: bool = False) -> None:
-        """whole=False (COMPILE=1, and every eval): compile each block and the loss head; the blocks share two
-        graphs (sequential, parallel), so compile time grows with neither depth, recurrence nor the number of
-        eval shapes. whole=True (COMPILE=2, training): hidden is one graph in which run_block is a region traced
-        once and reused, so the glue between blocks (U-Net skips, x0 mixing, their gradients) fuses as well.
+        """whole=False (COMPILE=1, and the loaded artifact's evals): compile each block and the loss head; the
+        blocks share two graphs (sequential, parallel), so compile time grows with neither depth, recurrence nor
+        the number of eval shapes. whole=True (COMPILE=2, training and the pre-export evals): hidden is one graph
+        in which run_block is a region traced once and reused, so the glue between blocks (U-Net skips, x0 mixing,
+        their gradients) fuses as well.
         H100 proxy-300 (2026-12-05_train.md): 146.4 vs 168.4 ms/step over the run (15% more steps), but 132 s
         of warm-up instead of about 50 (each recurrence setting is its own graph, its regions compiled anew):
         warm-up is off the challenge's clock, but the proxy pipeline then no longer fits a 10-minute call."""

@@ -8,15 +8,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_gpt as tg  # noqa: E402
 
 
-def share(window: np.ndarray) -> float:
-    starts = np.flatnonzero(window == tg.BOS_ID)
-    lens = np.diff(np.concatenate([[0], starts[starts > 0], [len(window)]]))
-    return float((lens.astype(np.float64) ** 2).sum() / len(window) ** 2)
+def share(windows: np.ndarray) -> float:
+    """Mean over (n, T) windows of sum(len^2) / T^2, the lengths being the sequences train_gpt's varlen mask
+    cuts (one per row and document)."""
+    ids = torch.from_numpy(windows.astype(np.int64))
+    lens = tg.AttnMask(ids, True, "varlen").cu.diff().double()
+    return float((lens ** 2).sum() / ids.numel() / ids.size(1))
 
 
 def main() -> None:
@@ -28,9 +31,9 @@ def main() -> None:
     tokens = np.concatenate([tg.load_shard(f) for f in tg.shard_files(a.pattern)])
     n = len(tokens) // a.seq
     picks = range(0, n, max(1, n // a.windows))
-    real = np.mean([share(tokens[i * a.seq:(i + 1) * a.seq]) for i in picks])
-    synthetic = np.zeros(a.seq, dtype=tokens.dtype) + 4
-    synthetic[::1000] = tg.BOS_ID
+    real = share(np.stack([tokens[i * a.seq:(i + 1) * a.seq] for i in picks]))
+    synthetic = np.full((1, a.seq), 4, dtype=tokens.dtype)
+    synthetic[:, ::1000] = tg.BOS_ID
     print(f"within-document share of the causal window: {real:.3f} over {len(picks)} windows of {a.seq}; "
           f"step_profile's synthetic rows: {share(synthetic):.3f}")
 
