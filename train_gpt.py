@@ -1880,12 +1880,13 @@ def mix_ngram(stats: Tensor, tokens: Tensor, h: Hyperparameters) -> Tensor:
 # before t's chunk.
 
 class BatchedLoRA(nn.Module):
-    """A rank-r adapter per batch row (one per document): y += alpha/r * (x A_b^T) B_b^T. Its init comes
-    from a seeded generator, so a score never depends on the global RNG state; A0 keeps it for reset_lora."""
+    """A rank-r adapter per batch row (one per document): y += alpha/r * (x A_b^T) B_b^T. Every row starts
+    from the same A, drawn by a seeded generator: a document's score depends neither on the global RNG state
+    nor on the batch row or rank it lands on. A0 keeps that init for reset_lora."""
 
     def __init__(self, n: int, d_in: int, d_out: int, rank: int, alpha: float, g: torch.Generator):
         super().__init__()
-        self.A = nn.Parameter(torch.randn(n, rank, d_in, generator=g) / math.sqrt(d_in))
+        self.A = nn.Parameter((torch.randn(rank, d_in, generator=g) / math.sqrt(d_in)).expand(n, -1, -1).clone())
         self.B = nn.Parameter(torch.zeros(n, d_out, rank))  # starts as the identity edit
         self.register_buffer("A0", self.A.detach().clone(), persistent=False)
         self.scale = alpha / rank
@@ -1912,13 +1913,10 @@ def make_lora(model: GPT, h: Hyperparameters, device: torch.device) -> list[tupl
 
 
 @torch.no_grad()
-def reset_lora(loras: list[tuple[CastedLinear, BatchedLoRA]], m: int, seed: int) -> None:
-    """In place, the init a fresh set of adapters for a batch of m documents gets: B = 0 and A as drawn
-    by a generator seeded with SEED (A0 for a full batch; rows past m are padding)."""
-    g = torch.Generator().manual_seed(seed)
+def reset_lora(loras: list[tuple[CastedLinear, BatchedLoRA]]) -> None:
+    """In place, fresh adapters for the next batch of documents: B = 0 and A its init."""
     for _, lora in loras:
-        n, r, d = lora.A.shape
-        lora.A[:m] = lora.A0 if m == n else (torch.randn(m, r, d, generator=g) / math.sqrt(d)).to(lora.A.device)
+        lora.A.copy_(lora.A0)
         lora.B.zero_()
 
 
@@ -1935,7 +1933,7 @@ def score_docs(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], stats: 
     params = [p for _, lora in loras for p in lora.parameters()]
     for i in range(0, len(spans), n):
         batch = spans[i:i + n]
-        reset_lora(loras, len(batch), h.seed)
+        reset_lora(loras)
         opt = torch.optim.Adam(params, lr=h.ttt_lr, betas=(0.9, 0.99)) if params else None  # fresh state
         n_chunks = max(math.ceil((e - s) / C) for s, e in batch)
         for c in range(n_chunks):
@@ -1976,28 +1974,29 @@ def global_sgd(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], h: Hype
                device: torch.device, on_update=None) -> None:
     """TTT_EPOCHS of SGD on the base weights over already-scored documents (a phase: one stretch of the stream),
     cut into EVAL_SEQ_LEN windows like training batches, documents kept apart by the doc mask (a window per
-    document would pad short ones to full width); ranks average grads."""
+    document would pad short ones to full width). A step's batch is EVAL_BATCH_SEQS windows at any world size,
+    each rank taking its share, so the weights TTT scores with do not depend on the number of GPUs."""
     opt = torch.optim.SGD(model.parameters(), lr=h.ttt_sgd_lr, momentum=0.9)
     lo, hi = spans[0][0], spans[-1][1]
     seqs = [(s, min(s + h.eval_seq_len, hi)) for s in range(lo, hi, h.eval_seq_len)]
-    mine = seqs[h.rank::h.world_size]
-    steps = math.ceil(len(seqs) / h.world_size / h.eval_batch_seqs)
+    rows = math.ceil(h.eval_batch_seqs / h.world_size)  # one shape for every step and rank
     for _ in range(h.ttt_epochs):
-        for k in range(steps):
-            chunk = mine[k * h.eval_batch_seqs:(k + 1) * h.eval_batch_seqs]
-            x = torch.full((h.eval_batch_seqs, h.eval_seq_len + 1), PAD_ID, dtype=torch.int64)  # one shape
-            keep = torch.zeros(x.shape[0], h.eval_seq_len)
+        for k in range(0, len(seqs), h.eval_batch_seqs):
+            batch = seqs[k:k + h.eval_batch_seqs]
+            chunk = batch[h.rank::h.world_size]
+            x = torch.full((rows, h.eval_seq_len + 1), PAD_ID, dtype=torch.int64)
+            keep = torch.zeros(rows, h.eval_seq_len)
             for j, (a, b) in enumerate(chunk):
                 x[j, :b - a + 1], keep[j, :b - a] = tokens[a:b + 1], 1
             x, keep = x.to(device), keep.to(device)
-            with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-                loss = (model(x[:, :-1], x[:, 1:]) * keep).sum() / keep.sum().clamp_min(1)
+            with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):  # this rank's share of
+                loss = (model(x[:, :-1], x[:, 1:]) * keep).sum() / sum(b - a for a, b in batch)  # the batch mean
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if h.world_size > 1:  # every rank runs the same graph, so the same grads are None
+            if h.world_size > 1:  # sum the shares; every rank runs the same graph, so the same grads are None
                 for p in model.parameters():
                     if p.grad is not None:
-                        dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
+                        dist.all_reduce(p.grad)
             opt.step()
             if on_update:
                 on_update([(a + 1, b) for a, b in chunk])
@@ -2129,9 +2128,10 @@ def warmup_and_restore(model: GPT, step_fn, h: Hyperparameters, device: torch.de
 
 def main() -> None:
     h = Hyperparameters()
-    if h.world_size > 1:
-        dist.init_process_group("nccl", device_id=torch.device("cuda", h.local_rank))
     device = torch.device("cuda", h.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if h.world_size > 1:  # gloo on CPU: the multi-rank path (sharded Muon, split evals) is tested without a GPU
+        cuda = device.type == "cuda"
+        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True

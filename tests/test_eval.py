@@ -75,8 +75,8 @@ def test_ttt_changes_scores_and_restores_weights(setup):
 
 
 def reference_ttt(model, tokens, h):
-    """The TTT semantics one document at a time, without batching, padding or width buckets: a document's
-    adapters start as its row of a SEED-seeded draw for its batch (m documents, m rows per adapter);
+    """The TTT semantics one document at a time, without batching, padding or width buckets: every document's
+    adapters start from the same A (one SEED-seeded draw per target linear, in module order) and B = 0;
     each chunk is scored with up to EVAL_SEQ_LEN tokens of context, then Adam steps on its mean NLL;
     global SGD runs on each finished phase (tg.global_sgd)."""
     model, nll = copy.deepcopy(model), torch.zeros(len(tokens), dtype=torch.float64)
@@ -85,25 +85,22 @@ def reference_ttt(model, tokens, h):
     targets = [m for name, m in model.blocks.named_modules()
                if isinstance(m, tg.CastedLinear) and name.split(".")[-1] in h.ttt_targets.split(",")]
     for p in range(phases):
-        order = sorted(spans[p * per:(p + 1) * per], key=lambda se: se[1] - se[0])
         model.requires_grad_(False)
-        for i in range(0, len(order), h.ttt_docs):
-            batch, g = order[i:i + h.ttt_docs], torch.Generator().manual_seed(h.seed)
-            inits = [torch.randn(len(batch), h.ttt_rank, m.in_features, generator=g) / math.sqrt(m.in_features)
-                     for m in targets]
-            for r, (s, e) in enumerate(batch):
-                for m, A in zip(targets, inits):
-                    m.lora = tg.BatchedLoRA(1, m.in_features, m.out_features, h.ttt_rank, h.ttt_alpha, torch.Generator())
-                    m.lora.A.data = A[r:r + 1].clone()
-                opt = torch.optim.Adam([q for m in targets for q in m.lora.parameters()], lr=h.ttt_lr, betas=(0.9, 0.99))
-                for lo in range(1, e - s + 1, C):
-                    hi = min(lo + C - 1, e - s)
-                    a = max(0, hi - L)
-                    loss = model(tokens[None, s + a:s + hi], tokens[None, s + a + 1:s + hi + 1])[0, lo - 1 - a:]
-                    nll[s + lo:s + hi + 1] = loss.detach().double()
-                    opt.zero_grad()
-                    loss.mean().backward()
-                    opt.step()
+        g = torch.Generator().manual_seed(h.seed)
+        inits = [torch.randn(h.ttt_rank, m.in_features, generator=g) / math.sqrt(m.in_features) for m in targets]
+        for s, e in spans[p * per:(p + 1) * per]:  # in any order: documents do not interact
+            for m, A in zip(targets, inits):
+                m.lora = tg.BatchedLoRA(1, m.in_features, m.out_features, h.ttt_rank, h.ttt_alpha, torch.Generator())
+                m.lora.A.data = A[None].clone()
+            opt = torch.optim.Adam([q for m in targets for q in m.lora.parameters()], lr=h.ttt_lr, betas=(0.9, 0.99))
+            for lo in range(1, e - s + 1, C):
+                hi = min(lo + C - 1, e - s)
+                a = max(0, hi - L)
+                loss = model(tokens[None, s + a:s + hi], tokens[None, s + a + 1:s + hi + 1])[0, lo - 1 - a:]
+                nll[s + lo:s + hi + 1] = loss.detach().double()
+                opt.zero_grad()
+                loss.mean().backward()
+                opt.step()
         for m in targets:
             m.lora = None
         model.requires_grad_(True)

@@ -297,12 +297,32 @@ def test_bench_agree_tells_matching_curves_from_different_ones(tiny_data, tmp_pa
     bad = agree.compare({1: a, 2: c}, 8, 1e-2)
     assert not bad["ok"] and bad["runs"][2]["abs_diff_at_steps"] > 1e-2
     assert "no train_loss" in agree.compare({1: a, 2: {s: v for s, v in a.items() if s < 8}}, 8, 1e-2)["runs"][2]["error"]
-    env = [f"{k}={v}" for k, v in {**TINY, "DATA_PATH": str(tiny_data), "TOKENIZER_PATH": str(SP1024)}.items()]
-    p = subprocess.run([sys.executable, "bench/agree.py", "--nprocs", "1", "--steps", "4", "--out", str(tmp_path), *env],
+
+
+def test_two_ranks_train_like_one_and_score_the_same(tiny_data, tmp_path):
+    """torchrun at 2 ranks on CPU (gloo): the sharded Muon step, the split batch and the rank-averaged loss
+    train like 1 rank (bench/agree.py, #3's check), and every eval path, TTT's global SGD and per-document
+    LoRA included, gives the same numbers from one artifact at 1 and 2 ranks (each position scored once)."""
+    art = tmp_path / "agree.pgq"
+    env = {**TINY, "DATA_PATH": str(tiny_data), "TOKENIZER_PATH": str(SP1024), "ARTIFACT": str(art), "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "bench/agree.py", "--nprocs", "1,2", "--steps", "6", "--tol", "2e-3",
+                        "--out", str(tmp_path), *(f"{k}={v}" for k, v in env.items())],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     r = json.loads((tmp_path / "agree.json").read_text())
-    assert r["ok"] and r["runs"]["1"]["loss_at_steps"] > 0 and (tmp_path / "agree_n1.txt").exists()
+    assert r["ok"] and r["runs"]["2"]["max_abs_diff"] < 2e-3 and "world_size 2" in (tmp_path / "agree_n2.txt").read_text()
+
+    def evals(n: int) -> list[str]:
+        paths = dict(EVAL_ONLY="1", EVAL_PATHS="plain,sliding,ngram,ttt,ttt_ngram", TTT_LORA="1", TTT_DOCS="4",
+                     TTT_CHUNK="64", TTT_PHASES="2", RUN_ID=f"evals_n{n}")
+        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+                        str(ROOT / "train_gpt.py")], cwd=tmp_path, env={**os.environ, **env, **paths}, check=True,
+                       capture_output=True, timeout=600)
+        log = (tmp_path / f"logs/evals_n{n}.txt").read_text()
+        return [line.split(" seconds")[0] for line in log.splitlines() if line.startswith("eval val ")]
+
+    one, two = evals(1), evals(2)
+    assert len(one) == 5 and one == two
 
 
 def test_bench_table_lists_every_committed_run():
