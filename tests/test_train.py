@@ -300,11 +300,13 @@ def test_bench_agree_tells_matching_curves_from_different_ones(tiny_data, tmp_pa
 
 
 def test_two_ranks_train_like_one_and_score_the_same(tiny_data, tmp_path):
-    """torchrun at 2 ranks on CPU (gloo): the sharded Muon step, the split batch and the rank-averaged loss
-    train like 1 rank (bench/agree.py, #3's check), and every eval path, TTT's global SGD and per-document
-    LoRA included, gives the same numbers from one artifact at 1 and 2 ranks (each position scored once)."""
+    """torchrun at 2 ranks on CPU (gloo): the sharded Muon step, the split batch (4 and 2 micro-batches) and the
+    rank-averaged loss train like 1 rank (bench/agree.py, #3's check); every eval path, TTT's global SGD and
+    per-document LoRA included, gives the same numbers from one artifact at 1 and 2 ranks (each position scored
+    once); and a clock-bound run (warm-up, recurrence switch, stop, calibration reserve) ends on every rank."""
     art = tmp_path / "agree.pgq"
-    env = {**TINY, "DATA_PATH": str(tiny_data), "TOKENIZER_PATH": str(SP1024), "ARTIFACT": str(art), "OMP_NUM_THREADS": "1"}
+    env = {**TINY, "DATA_PATH": str(tiny_data), "TOKENIZER_PATH": str(SP1024), "ARTIFACT": str(art),
+           "MICRO_BATCH_TOKENS": "256", "OMP_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, "bench/agree.py", "--nprocs", "1,2", "--steps", "6", "--tol", "2e-3",
                         "--out", str(tmp_path), *(f"{k}={v}" for k, v in env.items())],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -312,17 +314,23 @@ def test_two_ranks_train_like_one_and_score_the_same(tiny_data, tmp_path):
     r = json.loads((tmp_path / "agree.json").read_text())
     assert r["ok"] and r["runs"]["2"]["max_abs_diff"] < 2e-3 and "world_size 2" in (tmp_path / "agree_n2.txt").read_text()
 
-    def evals(n: int) -> list[str]:
-        paths = dict(EVAL_ONLY="1", EVAL_PATHS="plain,sliding,ngram,ttt,ttt_ngram", TTT_LORA="1", TTT_DOCS="4",
-                     TTT_CHUNK="64", TTT_PHASES="2", RUN_ID=f"evals_n{n}")
+    def torchrun(n: int, run_id: str, **over: str) -> list[str]:
         subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-                        str(ROOT / "train_gpt.py")], cwd=tmp_path, env={**os.environ, **env, **paths}, check=True,
-                       capture_output=True, timeout=600)
-        log = (tmp_path / f"logs/evals_n{n}.txt").read_text()
-        return [line.split(" seconds")[0] for line in log.splitlines() if line.startswith("eval val ")]
+                        str(ROOT / "train_gpt.py")], cwd=tmp_path, env={**os.environ, **env, **over, "RUN_ID": run_id},
+                       check=True, capture_output=True, timeout=600)
+        return (tmp_path / f"logs/{run_id}.txt").read_text().split("\nhyperparameters: ")[1].splitlines()
+
+    def evals(n: int) -> list[str]:
+        log = torchrun(n, f"evals_n{n}", EVAL_ONLY="1", EVAL_PATHS="plain,sliding,ngram,ttt,ttt_ngram", TTT_LORA="1",
+                       TTT_DOCS="4", TTT_CHUNK="64", TTT_PHASES="2")
+        return [line.split(" seconds")[0] for line in log if line.startswith("eval val ")]
 
     one, two = evals(1), evals(2)
     assert len(one) == 5 and one == two
+    log = torchrun(2, "clock_n2", MAX_WALLCLOCK_SECONDS="4", GPTQ_RESERVE_SECONDS="1", WARMUP_STEPS="2",
+                   ITERATIONS="1000000", PRE_EXPORT_PATHS="", EVAL_PATHS="plain", TRAIN_LOG_EVERY="1000")
+    assert any(line.startswith("warmup: compiled") for line in log) and any("depth recurrence on" in line for line in log)
+    assert any(line.startswith("compliance train:") and line.endswith("cap 4 held True") for line in log)
 
 
 def test_bench_table_lists_every_committed_run():
