@@ -18,6 +18,9 @@ STEP_DTYPE=bf16 (bench-only): all weights in bf16 as well, a speed bound for dro
 numerics differ, quality unmeasured).
 STEP_AUTOTUNE=1 (bench-only): inductor's max_autotune (Triton GEMM templates that can fuse their neighbours'
 pointwise work, e.g. LeakyReLU^2 into the MLP's first GEMM; no CUDA graphs); warmup_s shows its compile cost.
+It also autotunes every pointwise and reduction kernel: on an H100 it had not finished compiling after 208 s.
+STEP_AUTOTUNE=gemm: GEMM autotuning only (cuBLAS against Triton templates, the persistent TMA ones included,
+with epilogue fusion), the pointwise kernels as by default: the fused-MLP question at a smaller compile cost.
 STEP_PATCH=gqa,rope (at 25be12f, rows of 2026-12-05_train.json; both now in train_gpt): gqa gave torch's varlen
 kernel the k/v heads unrepeated, rope read RoPE's cos/sin from a table built once.
 STEP_DATA=glob: time real training windows (the first batch TokenLoader gives at the seed) instead of random
@@ -59,7 +62,10 @@ def main() -> None:
     env = {"PRESET": "record", "TRAIN_BATCH_TOKENS": "98304", **ranks, **dict(a.split("=", 1) for a in sys.argv[1:])}
     dtype = env.pop("STEP_DTYPE", "fp32")
     n_top = int(env.pop("STEP_TOP", "12"))  # kernels listed per half
-    torch._inductor.config.max_autotune = env.pop("STEP_AUTOTUNE", "0") == "1"
+    autotune = env.pop("STEP_AUTOTUNE", "0")
+    inductor = torch._inductor.config
+    inductor.max_autotune = autotune == "1"
+    inductor.max_autotune_gemm = inductor.triton.enable_persistent_tma_matmul = autotune == "gemm"
     sustain = int(env.pop("STEP_SUSTAIN", "0"))
     data = env.pop("STEP_DATA", "")
     h, dev = tg.Hyperparameters(env), torch.device("cuda", int(ranks.get("LOCAL_RANK", 0)))
@@ -120,7 +126,7 @@ def main() -> None:
     if h.rank == 0:
         print(json.dumps(dict(data=data or "random, a BOS every 1000", attention=model.attn_impl,
                               compile=h.compile, weights=dtype,
-                              autotune=torch._inductor.config.max_autotune,
+                              autotune=autotune,
                               bf16_resid=h.bf16_resid, world_size=h.world_size, seqs=seqs,
                               micro=micro, warmup_s=round(warm, 1), step_ms=round(full, 1), fwd_bwd_ms=round(fb, 1),
                               optimizer_step_ms=round(full - fb, 1), comm_ms=opt_k["comm_ms"],
