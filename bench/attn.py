@@ -1,8 +1,10 @@
 """Attention candidates for the record model's shape on one GPU: fwd+bwd time and TFLOP/s.
 
 Doc-masked (correct for the record preset): flex_attention with a document block mask, SDPA with
-a dense boolean mask, FA3 varlen when installed. Plain causal SDPA (flash) crosses documents and is
-listed as the speed reference only. Documents are cut at the BOS positions of a real val shard.
+a dense boolean mask, torch's varlen flash kernel, FA3 varlen when installed (e.g. PYTHONPATH=.fa3 after
+bench/build_fa3.sh). Each row gives the largest difference of its output and of its q/k/v gradients from SDPA
+with the dense document mask. Plain causal SDPA (flash) crosses documents and is listed as the speed
+reference only. Documents are cut at the BOS positions of a real val shard.
 At 25be12f a varlen_gqa row gave the varlen kernel the k/v heads unrepeated (train_gpt then repeated them to the
 query heads): 3.66 vs 3.87 ms, gradients within 0.001; train_gpt's varlen has done so since.
 Usage: python bench/attn.py SHARD [--batch 48 --seq 2048] -> JSON on stdout
@@ -51,18 +53,24 @@ def main() -> None:
     attend = torch.compile(tg.attend)
     impls = ["causal", "flex", "sdpa"] + (["varlen"] if tg.varlen_attn else []) + (["fa3"] if tg.flash_attn_varlen_func else [])
     rows = {}
-    with torch.no_grad():
-        ref = tg.attend(q, k, v, tg.AttnMask(tokens, True, "sdpa")).float()
+    def out_and_grads(impl: str, fn=tg.attend) -> list[torch.Tensor]:
+        for t in (q, k, v):
+            t.grad = None
+        out = fn(q, k, v, tg.AttnMask(tokens, impl != "causal", impl))
+        out.backward(grad)
+        return [out.detach().float()] + [t.grad.float() for t in (q, k, v)]
+
+    ref = out_and_grads("sdpa")  # the dense document mask: the reference every doc-masked kernel must match
     for impl in impls:
         def run():
             mask = tg.AttnMask(tokens, impl != "causal", impl)
             attend(q, k, v, mask).backward(grad)
         try:
             ms = time_ms(run)
-            with torch.no_grad():
-                err = (attend(q, k, v, tg.AttnMask(tokens, impl != "causal", impl)).float() - ref).abs().max().item()
+            diffs = [(a - b).abs().max().item() for a, b in zip(out_and_grads(impl, attend), ref)]
             rows[impl] = dict(ms=round(ms, 3), causal_tflops=round(causal_flops / ms / 1e9, 1),
-                              max_abs_diff_vs_dense_doc_mask=err)
+                              max_abs_diff_vs_dense_doc_mask=diffs[0],
+                              grad_max_abs_diff=dict(zip("qkv", diffs[1:])))  # k/v: summed over the GQA group
         except Exception as e:  # report, keep measuring the others
             rows[impl] = dict(error=f"{type(e).__name__}: {e}"[:300])
         mask_ms = time_ms(lambda: tg.AttnMask(tokens, impl != "causal", impl)) if "ms" in rows[impl] else None

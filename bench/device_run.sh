@@ -14,7 +14,7 @@ set -uo pipefail
 preset=$1 seed=$2 nproc=${3:-1}; shift 3 2>/dev/null || shift $#
 export PYTHONUNBUFFERED=1 OUT=${OUT:-bench/out}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH=/tmp/site
+  && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}  # the caller's PYTHONPATH stays (e.g. $PWD/.fa3: FA3)
 case $preset in
   record)   variant=sp8192 batch=$((786432 * nproc / 8)) ;;
   baseline) variant=sp1024 batch=$((524288 * nproc / 8)) ;;
