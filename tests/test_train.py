@@ -306,7 +306,7 @@ def test_two_ranks_train_like_one_and_score_the_same(tiny_data, tmp_path):
     once); and a clock-bound run (warm-up, recurrence switch, stop, calibration reserve) ends on every rank."""
     art = tmp_path / "agree.pgq"
     env = {**TINY, "DATA_PATH": str(tiny_data), "TOKENIZER_PATH": str(SP1024), "ARTIFACT": str(art),
-           "MICRO_BATCH_TOKENS": "256", "OMP_NUM_THREADS": "1"}
+           "MICRO_BATCH_TOKENS": "256", "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}  # gloo: no hostname lookup
     p = subprocess.run([sys.executable, "bench/agree.py", "--nprocs", "1,2", "--steps", "6", "--tol", "2e-3",
                         "--out", str(tmp_path), *(f"{k}={v}" for k, v in env.items())],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
