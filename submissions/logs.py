@@ -147,6 +147,7 @@ def _parse_line(line: str, log: dict, where: str) -> None:
     elif line.startswith("model: "):
         m = re.match(r"model: ([\d,]+) parameters", line)
         log["params"] = int(m.group(1).replace(",", "")) if m else None
+        log["attention"] = (re.search(r"attention (\w+)", line) or [None, None])[1]
     elif line.startswith("step ") and " train_loss " in line:
         f = _fields(line, ("train_loss", "elapsed"), where)
         log["train_curve"].append((f["elapsed"], f["train_loss"]))

@@ -292,6 +292,9 @@ def requirements_txt(source: str, logs: list[dict]) -> str:
         # a module not installed here has no known pip name: a comment, so `pip install -r` cannot fail on it
         lines += [distribution(m) if m in _distributions() else f"# {m} (no pip name known here; install by hand)"
                   for m in optional]
+    if any(l.get("attention") == "fa3" for l in logs):  # an optional import the runs' speed depended on
+        lines.append("# The runs trained with FlashAttention-3 (logged 'attention fa3'). Without flash_attn_interface "
+                     "train_gpt.py falls back to torch's slower varlen kernel: fewer steps in the same 600 s.")
     return "\n".join(lines) + "\n"
 
 

@@ -298,6 +298,10 @@ def test_requirements_are_derived_from_imports():
     real = make.imports_of((ROOT / "train_gpt.py").read_text())
     assert {m for m, opt in real.items() if not opt} == {"numpy", "sentencepiece", "torch"}
     assert {"brotli", "zstandard"} <= {m for m, opt in real.items() if opt}
+    source, run = (ROOT / "train_gpt.py").read_text(), dict(env=None, codec=None)
+    assert "FlashAttention-3" not in make.requirements_txt(source, [run | dict(attention="varlen")])
+    # a set of runs that trained on FA3 says its speed depended on it
+    assert "logged 'attention fa3'" in make.requirements_txt(source, [run | dict(attention="fa3")])
 
 
 @pytest.mark.parametrize("folder", sorted(p.parent for p in (ROOT / "submissions").glob("*/submission.json")),
