@@ -326,10 +326,35 @@ class Rotary(nn.Module):
         return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin, rest), dim=-1)
 
 
-try:  # FA3 (Hopper) when installed; torch's own kernels otherwise
-    from flash_attn_interface import flash_attn_varlen_func
+try:  # FA3 (Hopper) when installed (bench/build_fa3.sh builds what this model calls); torch's kernels otherwise
+    from flash_attn_interface import _flash_attn_backward, _flash_attn_forward
+
+    # FA3's causal varlen attention as one op with a varlen backward: FA3's own flash_attn_varlen_func is an
+    # autograd.Function, which torch 2.11 fails to trace inside the nested compile regions of COMPILE=2.
+    @torch.library.custom_op("train_gpt::fa3_varlen", mutates_args=(), device_types="cuda")
+    def fa3_varlen(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_len: int) -> tuple[Tensor, Tensor]:
+        out, lse, *_ = _flash_attn_forward(q, k, v, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max_len,
+                                           max_seqlen_k=max_len, softmax_scale=q.size(-1) ** -0.5, causal=True)
+        return out, lse
+
+    @fa3_varlen.register_fake
+    def _(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_len: int) -> tuple[Tensor, Tensor]:
+        return torch.empty_like(q), q.new_empty((q.size(1), q.size(0)), dtype=torch.float32)
+
+    def _fa3_setup(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
+        q, k, v, cu, ctx.max_len = inputs
+        ctx.save_for_backward(q, k, v, cu, *output)
+
+    def _fa3_backward(ctx, dout: Tensor, _dlse: Tensor) -> tuple[Tensor | None, ...]:
+        q, k, v, cu, out, lse = ctx.saved_tensors
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        _flash_attn_backward(dout, q, k, v, out, lse, cu, cu, None, None, ctx.max_len, ctx.max_len, dq, dk, dv,
+                             q.size(-1) ** -0.5, True)
+        return dq, dk, dv, None, None
+
+    fa3_varlen.register_autograd(_fa3_backward, setup_context=_fa3_setup)
 except ImportError:
-    flash_attn_varlen_func = None
+    fa3_varlen = None
 try:
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 except ImportError:
@@ -383,9 +408,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: AttnMask) -> Tensor:
     """q (B,T,H,D), k/v (B,T,Hkv,D) -> (B,T,H,D)."""
     B, T, H, D = q.shape
     if mask.impl == "fa3":
-        y = flash_attn_varlen_func(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), mask.cu, mask.cu,
-                                   mask.max_len, mask.max_len, causal=True)
-        return (y[0] if isinstance(y, tuple) else y).view(B, T, H, D)
+        return fa3_varlen(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), mask.cu, mask.max_len)[0].view(B, T, H, D)
     if mask.impl == "varlen":
         y = varlen_attn(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), mask.cu, mask.cu, mask.max_len,
                         mask.max_len, **VARLEN_CAUSAL, **VARLEN_GQA)
@@ -829,7 +852,7 @@ def run_block(block: nn.Module, x: Tensor, x0: Tensor, mask: AttnMask) -> Tensor
 def default_attn_impl() -> str:
     if not torch.cuda.is_available():
         return "sdpa"
-    if flash_attn_varlen_func is not None:
+    if fa3_varlen is not None:
         return "fa3"
     return "varlen" if varlen_attn is not None else "flex"
 

@@ -51,7 +51,7 @@ def main() -> None:
     grad = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16)
     causal_flops = 3 * 2 * 2 * B * H * D * T * T / 2  # fwd+bwd, QK^T and AV, causal half
     attend = torch.compile(tg.attend)
-    impls = ["causal", "flex", "sdpa"] + (["varlen"] if tg.varlen_attn else []) + (["fa3"] if tg.flash_attn_varlen_func else [])
+    impls = ["causal", "flex", "sdpa"] + (["varlen"] if tg.varlen_attn else []) + (["fa3"] if tg.fa3_varlen else [])
     rows = {}
     def out_and_grads(impl: str, fn=tg.attend) -> list[torch.Tensor]:
         for t in (q, k, v):
