@@ -215,6 +215,9 @@ def test_whole_compile_matches_eager(monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="COMPILE=2 with ARCH=pse"):
         tg.Hyperparameters({**TINY, "COMPILE": "2", "ARCH": "pse"})
+    # the record default compiles whole; an alternative ARCH and the baseline (as measured) per block
+    assert [tg.Hyperparameters({"PRESET": p, "ARCH": a}).compile for p, a in
+            (("record", "gpt"), ("record", "pse"), ("baseline", "gpt"))] == [2, 1, 1]
 
 
 def test_baseline_parameter_count():
