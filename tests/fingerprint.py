@@ -1,0 +1,107 @@
+"""The record path's behaviour on the CPU, pinned (issue 23): a tiny record-stack run of train_gpt.py's main
+(fixed seed, real FineWeb tokens) with warm-up, GPTQ export and every eval path. Its fingerprint is the train
+loss of every step, the artifact's sha256 and bytes, and every eval line's val_bpb (pre- and post-export), as
+the log prints them. A refactoring that keeps the behaviour reproduces it exactly (tests/test_fingerprint.py).
+
+    python -m tests.fingerprint           print this checkout's fingerprint and compare it with the recorded one
+    python -m tests.fingerprint --write   record it in tests/fingerprint.json (only for an intended change)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORDED = ROOT / "tests" / "fingerprint.json"
+SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
+N_VAL_DOCS = 8
+# PRESET=tiny is the record stack at toy size; MODEL_DIM=72 puts the embedding through GPTQ. TTT_LORA=1 runs
+# the per-document adapters (4 rows a batch, not the preset's 64) and the global SGD phases; NGRAM_CHUNK
+# makes the n-gram tables fill mid-stream.
+ENV = dict(
+    PRESET="tiny",
+    RUN_ID="fingerprint",
+    SEED="1337",
+    ITERATIONS="6",
+    WARMUP_STEPS="1",
+    TRAIN_LOG_EVERY="1",
+    MAX_WALLCLOCK_SECONDS="0",
+    EVAL_PATHS="plain,sliding,ngram,ttt,ttt_ngram",
+    PRE_EXPORT_PATHS="sliding",
+    TTT_LORA="1",
+    TTT_DOCS="4",
+    NGRAM_CHUNK="1024",
+    DEV_VAL_FILES="",
+)
+
+
+def write_shard(path: Path, tokens: np.ndarray) -> None:
+    """An official-format shard: 256 x int32 header (magic, version, count), then uint16 tokens."""
+    header = np.zeros(256, dtype="<i4")
+    header[:3] = 20240520, 1, len(tokens)
+    path.write_bytes(header.tobytes() + tokens.astype("<u2").tobytes())
+
+
+def make_data(out: Path) -> Path:
+    """Train shard: the 200 FineWeb train-pool docs (sp1024); val shard: the first N_VAL_DOCS FineWeb dev docs."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(SHARED / "data/tokenizers/fineweb_1024_bpe.model"))
+    docs = [json.loads(line)["text"] for line in open(SHARED / "data/fineweb_dev/fineweb_train_docs.jsonl")]
+    write_shard(out / "fineweb_train_000000.bin", np.concatenate([[1] + sp.encode(d) for d in docs]))
+    val = np.fromfile(SHARED / "data/fineweb_dev/fineweb_val_sp1024.bin", dtype="<u2", offset=1024)
+    write_shard(out / "fineweb_val_000000.bin", val[: np.flatnonzero(val == 1)[N_VAL_DOCS]])
+    return out
+
+
+def fingerprint(script: Path = ROOT / "train_gpt.py") -> dict:
+    """Run `script` in a fresh tmp folder on make_data's shards; the fingerprint read off its log."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = make_data(Path(tmp))
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            **ENV,
+            "DATA_PATH": str(data),
+            "TOKENIZER_PATH": str(SHARED / "data/tokenizers/fineweb_1024_bpe.model"),
+        }
+        p = subprocess.run([sys.executable, str(script)], cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
+        if p.returncode:
+            raise RuntimeError(f"{script} exited {p.returncode}: {p.stderr[-2000:]}")
+        log = (Path(tmp) / "logs" / "fingerprint.txt").read_text()
+    art = re.search(r"^artifact: (\d+) bytes .* sha256 ([0-9a-f]{64})$", log, re.M)
+    return dict(
+        losses=re.findall(r"^step \d+ train_loss (\S+) ", log, re.M),
+        artifact_bytes=int(art[1]),
+        artifact_sha256=art[2],
+        evals=dict(re.findall(r"^eval (\S+ \S+): val_loss \S+ val_bpb (\S+) ", log, re.M)),
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="python -m tests.fingerprint", description=__doc__.splitlines()[0])
+    ap.add_argument("--write", action="store_true", help="record this checkout's fingerprint")
+    args = ap.parse_args()
+    fp = fingerprint()
+    print(json.dumps(fp, indent=1))
+    if args.write:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        RECORDED.write_text(json.dumps({"commit": commit, "env": ENV, "n_val_docs": N_VAL_DOCS, **fp}, indent=1) + "\n")
+        return 0
+    recorded = {k: v for k, v in json.loads(RECORDED.read_text()).items() if k in fp}
+    same = recorded == fp
+    print("same as tests/fingerprint.json" if same else "DIFFERS from tests/fingerprint.json")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
