@@ -3,7 +3,7 @@
 loss of every step, the artifact's sha256 and bytes, and every eval line's val_bpb (pre- and post-export), as
 the log prints them. A refactoring that keeps the behaviour reproduces it exactly (tests/test_fingerprint.py).
 
-    python -m tests.fingerprint           print this checkout's fingerprint and compare it with the recorded one
+    python -m tests.fingerprint           print this checkout's fingerprints and compare them with the recorded ones
     python -m tests.fingerprint --write   record it in tests/fingerprint.json (only for an intended change)
 """
 
@@ -42,6 +42,11 @@ ENV = dict(
     NGRAM_CHUNK="1024",
     DEV_VAL_FILES="",
 )
+# The seed architectures (ARCH plug-ins): training, export and the sliding path.
+VARIANTS = {"record": ENV} | {
+    arch: {**ENV, "ARCH": arch, "RUN_ID": "fingerprint", "EVAL_PATHS": "sliding", "PRE_EXPORT_PATHS": ""}
+    for arch in ("worker", "pse", "scan")
+}
 
 
 def write_shard(path: Path, tokens: np.ndarray) -> None:
@@ -63,14 +68,15 @@ def make_data(out: Path) -> Path:
     return out
 
 
-def fingerprint(script: Path = ROOT / "train_gpt.py") -> dict:
-    """Run `script` in a fresh tmp folder on make_data's shards; the fingerprint read off its log."""
+def fingerprint(variant: str = "record", script: Path = ROOT / "train_gpt.py") -> dict:
+    """Run `script` with VARIANTS[variant] in a fresh tmp folder on make_data's shards; the fingerprint read
+    off its log."""
     with tempfile.TemporaryDirectory() as tmp:
         data = make_data(Path(tmp))
         env = {
             **os.environ,
             "OMP_NUM_THREADS": "1",
-            **ENV,
+            **VARIANTS[variant],
             "DATA_PATH": str(data),
             "TOKENIZER_PATH": str(SHARED / "data/tokenizers/fineweb_1024_bpe.model"),
         }
@@ -89,16 +95,16 @@ def fingerprint(script: Path = ROOT / "train_gpt.py") -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.fingerprint", description=__doc__.splitlines()[0])
-    ap.add_argument("--write", action="store_true", help="record this checkout's fingerprint")
+    ap.add_argument("--write", action="store_true", help="record this checkout's fingerprints")
     args = ap.parse_args()
-    fp = fingerprint()
-    print(json.dumps(fp, indent=1))
+    fps = {v: fingerprint(v) for v in VARIANTS}
+    print(json.dumps(fps, indent=1))
     if args.write:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        RECORDED.write_text(json.dumps({"commit": commit, "env": ENV, "n_val_docs": N_VAL_DOCS, **fp}, indent=1) + "\n")
+        out = dict(commit=commit, n_val_docs=N_VAL_DOCS, env=VARIANTS, fingerprints=fps)
+        RECORDED.write_text(json.dumps(out, indent=1) + "\n")
         return 0
-    recorded = {k: v for k, v in json.loads(RECORDED.read_text()).items() if k in fp}
-    same = recorded == fp
+    same = json.loads(RECORDED.read_text())["fingerprints"] == fps
     print("same as tests/fingerprint.json" if same else "DIFFERS from tests/fingerprint.json")
     return 0 if same else 1
 

@@ -1,14 +1,18 @@
-"""Behaviour on the record path is unchanged: a tiny record-stack run of train_gpt.py (training with warm-up,
-GPTQ export, every eval path) reproduces the fingerprint recorded before the issue-23 refactoring exactly."""
+"""Behaviour is unchanged by the issue-23 refactoring: a tiny record-stack run of train_gpt.py (training with
+warm-up, GPTQ export, every eval path) and a tiny run of each seed architecture reproduce the fingerprints
+recorded before it exactly."""
 
 import json
 
-from tests.fingerprint import RECORDED, fingerprint
+import pytest
+
+from tests.fingerprint import RECORDED, VARIANTS, fingerprint
 
 
-def test_record_path_reproduces_the_recorded_fingerprint(shared):
-    recorded = json.loads(RECORDED.read_text())
-    fp = fingerprint()
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_run_reproduces_the_recorded_fingerprint(shared, variant):
+    recorded = json.loads(RECORDED.read_text())["fingerprints"][variant]
+    fp = fingerprint(variant)
     assert fp["losses"] == recorded["losses"]
     assert fp["evals"] == recorded["evals"]
     assert (fp["artifact_bytes"], fp["artifact_sha256"]) == (recorded["artifact_bytes"], recorded["artifact_sha256"])
