@@ -6,6 +6,7 @@ Run:  torchrun --standalone --nproc_per_node=8 train_gpt.py       (PRESET=record
       python train_gpt.py                                          (CPU: tiny config on the devset)
 Every knob is an env var read once by Hyperparameters; the resolved values are logged.
 """
+
 from __future__ import annotations
 
 import glob
@@ -22,9 +23,9 @@ import sys
 import time
 import uuid
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -38,72 +39,223 @@ from torch import Tensor, nn
 # One table of defaults (PRESET=record), preset overrides, then env vars override everything.
 # Types follow the defaults; booleans are 0/1. Nothing else in this file reads the environment.
 DEFAULTS: dict[str, object] = dict(
-    PRESET="record", RUN_ID="", SEED=1337,
-    ARCH="gpt", WORKER_INTERVAL=4, WORKER_KERNEL=4, PSE_SCALES=4, PSE_MAX_HALFLIFE=256.0, SCAN_CHUNK=64,
-    DATA_PATH="./data/datasets/fineweb10B_sp8192", TOKENIZER_PATH="./data/tokenizers/fineweb_8192_bpe.model",
+    PRESET="record",
+    RUN_ID="",
+    SEED=1337,
+    ARCH="gpt",
+    WORKER_INTERVAL=4,
+    WORKER_KERNEL=4,
+    PSE_SCALES=4,
+    PSE_MAX_HALFLIFE=256.0,
+    SCAN_CHUNK=64,
+    DATA_PATH="./data/datasets/fineweb10B_sp8192",
+    TOKENIZER_PATH="./data/tokenizers/fineweb_8192_bpe.model",
     DEV_VAL_FILES="",  # optional second val set (e.g. the devset's fineweb_dev shard), scored like the first
-    VOCAB_SIZE=8192, ITERATIONS=20000, MAX_WALLCLOCK_SECONDS=600.0, GPTQ_RESERVE_SECONDS=12.0,
-    TRAIN_BATCH_TOKENS=786432, TRAIN_SEQ_LEN=2048, MICRO_BATCH_TOKENS=131072, LOADER="shuffle",  # or stream
-    VAL_LOSS_EVERY=0, TRAIN_LOG_EVERY=100, WARMUP_STEPS=10,
+    VOCAB_SIZE=8192,
+    ITERATIONS=20000,
+    MAX_WALLCLOCK_SECONDS=600.0,
+    GPTQ_RESERVE_SECONDS=12.0,
+    TRAIN_BATCH_TOKENS=786432,
+    TRAIN_SEQ_LEN=2048,
+    MICRO_BATCH_TOKENS=131072,
+    LOADER="shuffle",  # or stream
+    VAL_LOSS_EVERY=0,
+    TRAIN_LOG_EVERY=100,
+    WARMUP_STEPS=10,
     COMPILE=2,  # 0 eager; 1 each block; 2 training compiles GPT.hidden whole (ARCH=gpt, else 1; compile_parts)
     # model
-    NUM_LAYERS=11, MODEL_DIM=512, NUM_HEADS=8, NUM_KV_HEADS=4, MLP_MULT=4.0, LEAKY_SLOPE=0.5,
-    ROPE_BASE=10000.0, ROPE_DIMS=16, QK_GAIN_INIT=5.0, LOGIT_SOFTCAP=30.0, TIED_EMBED_INIT_STD=0.005,
-    DOC_MASK=1, ATTN_IMPL="auto", XSA=1, SMEAR=1, ATTN_GATE=1, ATTN_GATE_DIMS=12, UNET=1, SKIP_GATES=1,
-    X0_MIX=1, LN_SCALE=1, PARALLEL_FROM=7, RECUR_START=3, RECUR_END=5, RECUR_EXTRA=2, RECUR_FRAC=0.35,
+    NUM_LAYERS=11,
+    MODEL_DIM=512,
+    NUM_HEADS=8,
+    NUM_KV_HEADS=4,
+    MLP_MULT=4.0,
+    LEAKY_SLOPE=0.5,
+    ROPE_BASE=10000.0,
+    ROPE_DIMS=16,
+    QK_GAIN_INIT=5.0,
+    LOGIT_SOFTCAP=30.0,
+    TIED_EMBED_INIT_STD=0.005,
+    DOC_MASK=1,
+    ATTN_IMPL="auto",
+    XSA=1,
+    SMEAR=1,
+    ATTN_GATE=1,
+    ATTN_GATE_DIMS=12,
+    UNET=1,
+    SKIP_GATES=1,
+    X0_MIX=1,
+    LN_SCALE=1,
+    PARALLEL_FROM=7,
+    RECUR_START=3,
+    RECUR_END=5,
+    RECUR_EXTRA=2,
+    RECUR_FRAC=0.35,
     BF16_RESID=1,  # residual stream in the autocast dtype (weights stay fp32): -15% step time, 2026-12-05_train
     EMBED_BF16=0,  # store the tied embedding in bf16, as the official script does (its Adam updates round there)
     # optimizer
-    MATRIX_LR=0.022, SCALAR_LR=0.02, TIED_EMBED_LR=0.03, MUON_MOMENTUM=0.97, MUON_MOMENTUM_START=0.92,
-    MUON_MOMENTUM_WARMUP_STEPS=1500, MUON_BACKEND_STEPS=5, MUON_ROW_NORM=1, POLAR_EXPRESS=1,
-    MUON_WD=0.095, EMBED_WD=0.085, ADAM_WD=0.02, BETA1=0.9, BETA2=0.95, ADAM_EPS=1e-8, GRAD_CLIP_NORM=0.3,
-    WARMDOWN_FRAC=0.72, WARMDOWN_ITERS=0, LR_FLOOR=0.0,
-    EMA=1, EMA_DECAY=0.9965, EMA_WARMUP=10,
+    MATRIX_LR=0.022,
+    SCALAR_LR=0.02,
+    TIED_EMBED_LR=0.03,
+    MUON_MOMENTUM=0.97,
+    MUON_MOMENTUM_START=0.92,
+    MUON_MOMENTUM_WARMUP_STEPS=1500,
+    MUON_BACKEND_STEPS=5,
+    MUON_ROW_NORM=1,
+    POLAR_EXPRESS=1,
+    MUON_WD=0.095,
+    EMBED_WD=0.085,
+    ADAM_WD=0.02,
+    BETA1=0.9,
+    BETA2=0.95,
+    ADAM_EPS=1e-8,
+    GRAD_CLIP_NORM=0.3,
+    WARMDOWN_FRAC=0.72,
+    WARMDOWN_ITERS=0,
+    LR_FLOOR=0.0,
+    EMA=1,
+    EMA_DECAY=0.9965,
+    EMA_WARMUP=10,
     # eval
-    EVAL_SEQ_LEN=2048, EVAL_STRIDE=64, EVAL_CROSS_DOC=0, EVAL_BATCH_SEQS=32, EVAL_ONLY=0, ARTIFACT="",
+    EVAL_SEQ_LEN=2048,
+    EVAL_STRIDE=64,
+    EVAL_CROSS_DOC=0,
+    EVAL_BATCH_SEQS=32,
+    EVAL_ONLY=0,
+    ARTIFACT="",
     # ttt is opt-in: on proxy_val it gained -0.0001 (TTT_LORA=0) to -0.0005 (LoRA) over sliding (2026-11-23)
-    EVAL_PATHS="sliding", PRE_EXPORT_PATHS="sliding", EVAL_BUDGET_SECONDS=600.0,
+    EVAL_PATHS="sliding",
+    PRE_EXPORT_PATHS="sliding",
+    EVAL_BUDGET_SECONDS=600.0,
     PER_TOKEN_OUT="",
     # export: GPTQ (or RTN) + SDClip per tensor class, LQER on the worst tensors, smallest codec
-    QUANT="gptq", CALIB="train", CALIB_BATCHES=16, MATRIX_BITS=6, EMBED_BITS=7, ATTN_CLIP=13.0, MLP_CLIP=12.5,
-    EMBED_CLIP=14.0, LQER_TOP=3, LQER_RANK=4, CODECS="brotli,zstd,lzma", SIZE_CAP=16_000_000,
+    QUANT="gptq",
+    CALIB="train",
+    CALIB_BATCHES=16,
+    MATRIX_BITS=6,
+    EMBED_BITS=7,
+    ATTN_CLIP=13.0,
+    MLP_CLIP=12.5,
+    EMBED_CLIP=14.0,
+    LQER_TOP=3,
+    LQER_RANK=4,
+    CODECS="brotli,zstd,lzma",
+    SIZE_CAP=16_000_000,
     # score-first TTT: phased global SGD and/or per-document LoRA (reset per doc, chunk by chunk). Projected
     # full val on 8xH100 (2026-11-23): global SGD alone 208 s; with LoRA at chunk 1024 614 s, over the budget
-    TTT_LORA=0, TTT_GLOBAL=1, TTT_CHUNK=1024, TTT_DOCS=32, TTT_RANK=8, TTT_ALPHA=16.0, TTT_TARGETS="c_q,c_v,fc",
-    TTT_LR=0.003, TTT_PHASES=4, TTT_EPOCHS=1, TTT_SGD_LR=0.01,
+    TTT_LORA=0,
+    TTT_GLOBAL=1,
+    TTT_CHUNK=1024,
+    TTT_DOCS=32,
+    TTT_RANK=8,
+    TTT_ALPHA=16.0,
+    TTT_TARGETS="c_q,c_v,fc",
+    TTT_LR=0.003,
+    TTT_PHASES=4,
+    TTT_EPOCHS=1,
+    TTT_SGD_LR=0.01,
     # legal n-gram cache mixed into the sliding-window model (EVAL_PATHS=...,ngram) or into TTT (ttt_ngram).
     # The online gate starts at a = 1% and learns from scored chunks: starting at a mean a of 0.22 cost
     # +0.0025 on proxy_val and gained less on fineweb_dev (-0.0145 vs -0.0175, plain windows; 2026-11-23)
-    NGRAM_ORDER=6, NGRAM_ALPHA="-4.595,0,0,0", NGRAM_CHUNK=32768, NGRAM_GATE_LR=0.05,  # 0: fixed gate
+    NGRAM_ORDER=6,
+    NGRAM_ALPHA="-4.595,0,0,0",
+    NGRAM_CHUNK=32768,
+    NGRAM_GATE_LR=0.05,  # 0: fixed gate
 )
 PRESETS: dict[str, dict[str, object]] = {
     "record": {},
     # The naive baseline of the challenge (1.2244 on FineWeb): 9x512, sp1024, relu^2, plain Muon,
     # no EMA, int8 per-row + zlib, non-overlapping 1024-token eval windows that cross documents.
     "baseline": dict(
-        DATA_PATH="./data/datasets/fineweb10B_sp1024", TOKENIZER_PATH="./data/tokenizers/fineweb_1024_bpe.model",
-        VOCAB_SIZE=1024, GPTQ_RESERVE_SECONDS=0.0, TRAIN_BATCH_TOKENS=524288, TRAIN_SEQ_LEN=1024, LOADER="stream",
-        NUM_LAYERS=9, MLP_MULT=2.0, LEAKY_SLOPE=0.0, ROPE_DIMS=0, QK_GAIN_INIT=1.5,
-        DOC_MASK=0, XSA=0, SMEAR=0, ATTN_GATE=0, SKIP_GATES=0, LN_SCALE=0, PARALLEL_FROM=-1, RECUR_EXTRA=0,
-        MATRIX_LR=0.04, SCALAR_LR=0.04, TIED_EMBED_LR=0.05, MUON_MOMENTUM=0.95, MUON_MOMENTUM_START=0.85,
-        MUON_MOMENTUM_WARMUP_STEPS=500, MUON_ROW_NORM=0, POLAR_EXPRESS=0, MUON_WD=0.0, EMBED_WD=0.0,
-        ADAM_WD=0.0, GRAD_CLIP_NORM=0.0, WARMDOWN_FRAC=0.0, WARMDOWN_ITERS=1200, EMA=0, EMBED_BF16=1,
+        DATA_PATH="./data/datasets/fineweb10B_sp1024",
+        TOKENIZER_PATH="./data/tokenizers/fineweb_1024_bpe.model",
+        VOCAB_SIZE=1024,
+        GPTQ_RESERVE_SECONDS=0.0,
+        TRAIN_BATCH_TOKENS=524288,
+        TRAIN_SEQ_LEN=1024,
+        LOADER="stream",
+        NUM_LAYERS=9,
+        MLP_MULT=2.0,
+        LEAKY_SLOPE=0.0,
+        ROPE_DIMS=0,
+        QK_GAIN_INIT=1.5,
+        DOC_MASK=0,
+        XSA=0,
+        SMEAR=0,
+        ATTN_GATE=0,
+        SKIP_GATES=0,
+        LN_SCALE=0,
+        PARALLEL_FROM=-1,
+        RECUR_EXTRA=0,
+        MATRIX_LR=0.04,
+        SCALAR_LR=0.04,
+        TIED_EMBED_LR=0.05,
+        MUON_MOMENTUM=0.95,
+        MUON_MOMENTUM_START=0.85,
+        MUON_MOMENTUM_WARMUP_STEPS=500,
+        MUON_ROW_NORM=0,
+        POLAR_EXPRESS=0,
+        MUON_WD=0.0,
+        EMBED_WD=0.0,
+        ADAM_WD=0.0,
+        GRAD_CLIP_NORM=0.0,
+        WARMDOWN_FRAC=0.0,
+        WARMDOWN_ITERS=1200,
+        EMA=0,
+        EMBED_BF16=1,
         COMPILE=1,  # as measured against the anchor (2026-12-05_train.md)
-        QUANT="rtn", MATRIX_BITS=8, EMBED_BITS=8, ATTN_CLIP=0.0, MLP_CLIP=0.0, EMBED_CLIP=0.0, LQER_TOP=0,
+        QUANT="rtn",
+        MATRIX_BITS=8,
+        EMBED_BITS=8,
+        ATTN_CLIP=0.0,
+        MLP_CLIP=0.0,
+        EMBED_CLIP=0.0,
+        LQER_TOP=0,
         CODECS="zlib",
-        EVAL_SEQ_LEN=1024, EVAL_STRIDE=1024, EVAL_CROSS_DOC=1, EVAL_PATHS="plain", PRE_EXPORT_PATHS="plain"),
+        EVAL_SEQ_LEN=1024,
+        EVAL_STRIDE=1024,
+        EVAL_CROSS_DOC=1,
+        EVAL_PATHS="plain",
+        PRE_EXPORT_PATHS="plain",
+    ),
     # CPU default: the record stack, tiny, on the local devset, so `make train` runs anywhere (~5 min
     # on 2 cores). MODEL_DIM=72 makes the embedding large enough (> 65,536) to go through GPTQ.
     "tiny": dict(
-        DATA_PATH="./data/datasets/devset_sp1024", TOKENIZER_PATH="./data/tokenizers/fineweb_1024_bpe.model",
+        DATA_PATH="./data/datasets/devset_sp1024",
+        TOKENIZER_PATH="./data/tokenizers/fineweb_1024_bpe.model",
         DEV_VAL_FILES="./data/datasets/devset_sp1024_fineweb_dev/fineweb_val_*.bin",
-        VOCAB_SIZE=1024, ITERATIONS=200, MAX_WALLCLOCK_SECONDS=300.0, GPTQ_RESERVE_SECONDS=5.0,
-        TRAIN_BATCH_TOKENS=8192, TRAIN_SEQ_LEN=256, MICRO_BATCH_TOKENS=8192, TRAIN_LOG_EVERY=20,
-        WARMUP_STEPS=0, COMPILE=0, NUM_LAYERS=5, MODEL_DIM=72, NUM_HEADS=4, NUM_KV_HEADS=2, ROPE_DIMS=8,
-        RECUR_START=1, RECUR_END=2, RECUR_EXTRA=1, PARALLEL_FROM=3, MATRIX_LR=0.04, SCALAR_LR=0.04,
-        TIED_EMBED_LR=0.05, MUON_MOMENTUM_WARMUP_STEPS=50, EVAL_SEQ_LEN=256, EVAL_STRIDE=128,
-        EVAL_BATCH_SEQS=64, EVAL_PATHS="sliding", PRE_EXPORT_PATHS="plain", TTT_DOCS=64, TTT_CHUNK=128, CALIB_BATCHES=4,
-        CODECS="zstd,brotli,lzma"),
+        VOCAB_SIZE=1024,
+        ITERATIONS=200,
+        MAX_WALLCLOCK_SECONDS=300.0,
+        GPTQ_RESERVE_SECONDS=5.0,
+        TRAIN_BATCH_TOKENS=8192,
+        TRAIN_SEQ_LEN=256,
+        MICRO_BATCH_TOKENS=8192,
+        TRAIN_LOG_EVERY=20,
+        WARMUP_STEPS=0,
+        COMPILE=0,
+        NUM_LAYERS=5,
+        MODEL_DIM=72,
+        NUM_HEADS=4,
+        NUM_KV_HEADS=2,
+        ROPE_DIMS=8,
+        RECUR_START=1,
+        RECUR_END=2,
+        RECUR_EXTRA=1,
+        PARALLEL_FROM=3,
+        MATRIX_LR=0.04,
+        SCALAR_LR=0.04,
+        TIED_EMBED_LR=0.05,
+        MUON_MOMENTUM_WARMUP_STEPS=50,
+        EVAL_SEQ_LEN=256,
+        EVAL_STRIDE=128,
+        EVAL_BATCH_SEQS=64,
+        EVAL_PATHS="sliding",
+        PRE_EXPORT_PATHS="plain",
+        TTT_DOCS=64,
+        TTT_CHUNK=128,
+        CALIB_BATCHES=4,
+        CODECS="zstd,brotli,lzma",
+    ),
 }
 
 
@@ -122,9 +274,15 @@ class Hyperparameters:
                 raise ValueError(f"{key}={raw!r} is not a valid {type(default).__name__}") from None
             setattr(self, key.lower(), value)
         if self.recur_extra > 0 and not 0 <= self.recur_start <= self.recur_end < self.num_layers:
-            raise ValueError(f"RECUR_START..RECUR_END={self.recur_start}..{self.recur_end} is not a span of {self.num_layers} layers")
-        if {"ttt", "ttt_ngram"} & {*f"{self.eval_paths},{self.pre_export_paths}".split(",")} and self.ttt_chunk > self.eval_seq_len:
-            raise ValueError(f"TTT_CHUNK={self.ttt_chunk} > EVAL_SEQ_LEN={self.eval_seq_len}: a chunk must fit its window")
+            raise ValueError(
+                f"RECUR_START..RECUR_END={self.recur_start}..{self.recur_end} is not a span of {self.num_layers} layers"
+            )
+        if {"ttt", "ttt_ngram"} & {
+            *f"{self.eval_paths},{self.pre_export_paths}".split(",")
+        } and self.ttt_chunk > self.eval_seq_len:
+            raise ValueError(
+                f"TTT_CHUNK={self.ttt_chunk} > EVAL_SEQ_LEN={self.eval_seq_len}: a chunk must fit its window"
+            )
         if self.arch not in ("gpt", "worker", "pse", "scan"):
             raise ValueError(f"ARCH={self.arch!r}: expected gpt, worker, pse or scan")
         if self.loader not in ("shuffle", "stream"):
@@ -143,6 +301,7 @@ class Hyperparameters:
     def items(self) -> list[tuple[str, object]]:
         return sorted((k, v) for k, v in vars(self).items())
 
+
 # -----------------------------------------------------------------------------
 # TOKENIZER BYTE ACCOUNTING
 # -----------------------------------------------------------------------------
@@ -150,6 +309,7 @@ class Hyperparameters:
 #   bytes(t) = utf8_len(piece(t) minus its leading U+2581) + [piece(t) has U+2581 and p is not a boundary]
 # byte-fallback pieces <0xNN> are exactly 1 byte; control/unknown/unused pieces are 0 bytes and
 # are boundaries (a document's first word has no space before it: BOS precedes it).
+
 
 def build_byte_luts(sp, vocab_size: int) -> tuple[Tensor, Tensor, Tensor]:
     """(base_bytes int16, has_leading_space bool, is_boundary bool), each of length vocab_size."""
@@ -175,6 +335,7 @@ def token_bytes(prev: Tensor, tgt: Tensor, luts: tuple[Tensor, Tensor, Tensor]) 
     """Bytes of each target token given its predecessor (same shapes); int32."""
     base, space, boundary = luts
     return base[tgt].int() + (space[tgt] & ~boundary[prev]).int()
+
 
 # -----------------------------------------------------------------------------
 # SHARDS
@@ -232,16 +393,27 @@ class TokenLoader:
     seqs x seq_len + 1 tokens per step (on a corpus stored source by source, as the proxy is, the order
     changes the score: the last sources seen weigh most)."""
 
-    def __init__(self, pattern: str, seq_len: int, seed: int, rank: int, world_size: int, device: torch.device,
-                 stream: bool = False):
+    def __init__(
+        self,
+        pattern: str,
+        seq_len: int,
+        seed: int,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+        stream: bool = False,
+    ):
         self.shards = [load_shard(f) for f in shard_files(pattern)]
         self.seq_len, self.rank, self.world, self.device, self.stream = seq_len, rank, world_size, device, stream
         self.at = (0, 0)  # stream position: shard, token
         counts = [(len(s) - 1) // seq_len for s in self.shards]
         if sum(counts) == 0:
             raise ValueError(f"{pattern}: fewer than {seq_len + 1} training tokens")
-        self.windows = None if stream else \
-            np.concatenate([np.stack([np.full(c, i), np.arange(c) * seq_len], 1) for i, c in enumerate(counts)])
+        self.windows = (
+            None
+            if stream
+            else np.concatenate([np.stack([np.full(c, i), np.arange(c) * seq_len], 1) for i, c in enumerate(counts)])
+        )
         self.rng, self.epoch_order, self.pos = np.random.default_rng(seed), np.empty(0, np.int64), 0
         self.pool, self.pending = ThreadPoolExecutor(1), None
 
@@ -251,14 +423,14 @@ class TokenLoader:
             if self.pos == len(self.epoch_order):
                 self.epoch_order, self.pos = self.rng.permutation(len(self.windows)), 0
             k = min(n, len(self.epoch_order) - self.pos)
-            out.append(self.epoch_order[self.pos:self.pos + k])
+            out.append(self.epoch_order[self.pos : self.pos + k])
             self.pos, n = self.pos + k, n - k
         return np.concatenate(out)
 
     def _stream(self, n: int) -> np.ndarray:
         out, (i, pos) = [], self.at
         while n > 0:
-            part = self.shards[i][pos:pos + n]
+            part = self.shards[i][pos : pos + n]
             out.append(part)
             n, pos = n - len(part), pos + len(part)
             if pos == len(self.shards[i]):
@@ -270,11 +442,16 @@ class TokenLoader:
         per_rank = global_seqs // self.world
         if self.stream:
             span = per_rank * self.seq_len + 1
-            local = torch.from_numpy(self._stream(span * self.world)[self.rank * span:(self.rank + 1) * span].astype(np.int64))
+            local = torch.from_numpy(
+                self._stream(span * self.world)[self.rank * span : (self.rank + 1) * span].astype(np.int64)
+            )
             batch = local.unfold(0, self.seq_len + 1, self.seq_len).contiguous()
         else:
             idx = self._take(global_seqs)
-            rows = [self.shards[s][o:o + self.seq_len + 1] for s, o in self.windows[idx[self.rank * per_rank:(self.rank + 1) * per_rank]]]
+            rows = [
+                self.shards[s][o : o + self.seq_len + 1]
+                for s, o in self.windows[idx[self.rank * per_rank : (self.rank + 1) * per_rank]]
+            ]
             batch = torch.from_numpy(np.stack(rows).astype(np.int64))
         return batch.pin_memory() if self.device.type == "cuda" else batch
 
@@ -284,9 +461,11 @@ class TokenLoader:
         self.pending = self.pool.submit(self._build, global_seqs)
         return batch.to(self.device, non_blocking=True)
 
+
 # -----------------------------------------------------------------------------
 # MODEL
 # -----------------------------------------------------------------------------
+
 
 def rms_norm(x: Tensor) -> Tensor:
     return F.rms_norm(x, (x.size(-1),))
@@ -320,12 +499,12 @@ class Rotary(nn.Module):
     def forward(self, x: Tensor, start: int | Tensor = 0) -> Tensor:  # x: (B, T, H, D) at positions start..
         T = x.size(1)
         if isinstance(start, int) and start + T <= len(self.cos):
-            cos, sin = self.cos[start:start + T], self.sin[start:start + T]
+            cos, sin = self.cos[start : start + T], self.sin[start : start + T]
         else:  # a decode step at a device-tensor position, or past the table
             f = torch.outer(start + torch.arange(T, device=x.device, dtype=torch.float32), self.inv_freq)[:, None]
             cos, sin = f.cos(), f.sin()
         cos, sin, half = cos.to(x.dtype), sin.to(x.dtype), self.dims // 2
-        x1, x2, rest = x[..., :half], x[..., half:self.dims], x[..., self.dims:]
+        x1, x2, rest = x[..., :half], x[..., half : self.dims], x[..., self.dims :]
         return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin, rest), dim=-1)
 
 
@@ -336,8 +515,17 @@ try:  # FA3 (Hopper) when installed (bench/build_fa3.sh builds what this model c
     # autograd.Function, which torch 2.11 fails to trace inside the nested compile regions of COMPILE=2.
     @torch.library.custom_op("train_gpt::fa3_varlen", mutates_args=(), device_types="cuda")
     def fa3_varlen(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_len: int) -> tuple[Tensor, Tensor]:
-        out, lse, *_ = _flash_attn_forward(q, k, v, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max_len,
-                                           max_seqlen_k=max_len, softmax_scale=q.size(-1) ** -0.5, causal=True)
+        out, lse, *_ = _flash_attn_forward(
+            q,
+            k,
+            v,
+            cu_seqlens_q=cu,
+            cu_seqlens_k=cu,
+            max_seqlen_q=max_len,
+            max_seqlen_k=max_len,
+            softmax_scale=q.size(-1) ** -0.5,
+            causal=True,
+        )
         return out, lse
 
     @fa3_varlen.register_fake
@@ -351,8 +539,9 @@ try:  # FA3 (Hopper) when installed (bench/build_fa3.sh builds what this model c
     def _fa3_backward(ctx, dout: Tensor, _dlse: Tensor) -> tuple[Tensor | None, ...]:
         q, k, v, cu, out, lse = ctx.saved_tensors
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        _flash_attn_backward(dout, q, k, v, out, lse, cu, cu, None, None, ctx.max_len, ctx.max_len, dq, dk, dv,
-                             q.size(-1) ** -0.5, True)
+        _flash_attn_backward(
+            dout, q, k, v, out, lse, cu, cu, None, None, ctx.max_len, ctx.max_len, dq, dk, dv, q.size(-1) ** -0.5, True
+        )
         return dq, dk, dv, None, None
 
     fa3_varlen.register_autograd(_fa3_backward, setup_context=_fa3_setup)
@@ -364,7 +553,9 @@ except ImportError:
     create_block_mask = flex_attention = None
 try:  # torch's own flash varlen kernel (2.10+); its causal flag changed name between releases
     import inspect
+
     from torch.nn.attention.varlen import varlen_attn
+
     _VARLEN_ARGS = inspect.signature(varlen_attn).parameters
     VARLEN_CAUSAL = {"window_size": (-1, 0)} if "window_size" in _VARLEN_ARGS else {"is_causal": True}
     # GQA: flash reads each k/v head for its group of query heads; torch < 2.13's wrapper passes the heads
@@ -394,8 +585,10 @@ class AttnMask:
             torch._dynamo.maybe_mark_dynamic(self.cu, 0)  # one graph for any number of documents
             self.max_len = T  # an upper bound is enough and needs no host sync
         elif self.impl == "flex":
+
             def mask_mod(b, h, q, k):
                 return (k <= q) & (docs[b, q] == docs[b, k])
+
             self.block_mask = create_block_mask(mask_mod, B, None, T, T, device=ids.device)
         else:  # sdpa with an explicit boolean mask (CPU, tests)
             causal = torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()
@@ -413,8 +606,17 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: AttnMask) -> Tensor:
     if mask.impl == "fa3":
         return fa3_varlen(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), mask.cu, mask.max_len)[0].view(B, T, H, D)
     if mask.impl == "varlen":
-        y = varlen_attn(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), mask.cu, mask.cu, mask.max_len,
-                        mask.max_len, **VARLEN_CAUSAL, **VARLEN_GQA)
+        y = varlen_attn(
+            q.flatten(0, 1),
+            k.flatten(0, 1),
+            v.flatten(0, 1),
+            mask.cu,
+            mask.cu,
+            mask.max_len,
+            mask.max_len,
+            **VARLEN_CAUSAL,
+            **VARLEN_GQA,
+        )
         return y.view(B, T, H, D)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     if mask.impl == "flex":
@@ -433,8 +635,14 @@ class Attention(nn.Module):
         if h.model_dim % h.num_heads or h.num_heads % h.num_kv_heads:
             raise ValueError("MODEL_DIM must divide into NUM_HEADS, and NUM_HEADS into NUM_KV_HEADS")
         kv_dim = h.num_kv_heads * self.head_dim
-        self.c_q, self.c_k = CastedLinear(h.model_dim, h.model_dim, bias=False), CastedLinear(h.model_dim, kv_dim, bias=False)
-        self.c_v, self.proj = CastedLinear(h.model_dim, kv_dim, bias=False), CastedLinear(h.model_dim, h.model_dim, bias=False)
+        self.c_q, self.c_k = (
+            CastedLinear(h.model_dim, h.model_dim, bias=False),
+            CastedLinear(h.model_dim, kv_dim, bias=False),
+        )
+        self.c_v, self.proj = (
+            CastedLinear(h.model_dim, kv_dim, bias=False),
+            CastedLinear(h.model_dim, h.model_dim, bias=False),
+        )
         self.proj.zero_init = True
         self.q_gain = nn.Parameter(torch.full((h.num_heads,), h.qk_gain_init))  # per-head gain after QK RMSNorm
         self.rotary = Rotary(h.rope_dims or self.head_dim, h.rope_base, max(h.train_seq_len, h.eval_seq_len))
@@ -465,7 +673,7 @@ class Attention(nn.Module):
             vn = F.normalize(v, dim=-1).unsqueeze(3)
             y = (g - (g * vn).sum(-1, keepdim=True) * vn).view(B, T, self.heads, self.head_dim)
         if self.gate_dims:
-            y = y * (2 * torch.sigmoid(self.gate(x[..., :self.gate_dims]))).unsqueeze(-1)
+            y = y * (2 * torch.sigmoid(self.gate(x[..., : self.gate_dims]))).unsqueeze(-1)
         return self.proj(y.reshape(B, T, C))
 
 
@@ -473,7 +681,10 @@ class MLP(nn.Module):
     def __init__(self, h: Hyperparameters):
         super().__init__()
         hidden = int(h.mlp_mult * h.model_dim)
-        self.fc, self.proj = CastedLinear(h.model_dim, hidden, bias=False), CastedLinear(hidden, h.model_dim, bias=False)
+        self.fc, self.proj = (
+            CastedLinear(h.model_dim, hidden, bias=False),
+            CastedLinear(hidden, h.model_dim, bias=False),
+        )
         self.proj.zero_init, self.slope = True, h.leaky_slope
 
     def forward(self, x: Tensor) -> Tensor:  # relu^2 (slope 0) or LeakyReLU(slope)^2
@@ -483,14 +694,19 @@ class MLP(nn.Module):
 class _Lanes(nn.Module):
     """What every block (Block and the ARCH alternatives) shares: x0 mixing, per-channel branch scales,
     depth-scaled pre-norms, and the sequential attention-then-MLP residual over self.attn and self.mlp."""
+
     attention: type[nn.Module] = Attention
 
     def __init__(self, h: Hyperparameters, layer: int):
         super().__init__()
         self.attn_scale, self.mlp_scale = nn.Parameter(torch.ones(h.model_dim)), nn.Parameter(torch.ones(h.model_dim))
-        self.resid_mix = nn.Parameter(torch.stack([torch.ones(h.model_dim), torch.zeros(h.model_dim)])) if h.x0_mix else None
+        self.resid_mix = (
+            nn.Parameter(torch.stack([torch.ones(h.model_dim), torch.zeros(h.model_dim)])) if h.x0_mix else None
+        )
         # a buffer, not a float: blocks then differ only in weights and share one compiled graph
-        self.register_buffer("norm_scale", torch.tensor(1 / math.sqrt(layer + 1) if h.ln_scale else 1.0), persistent=False)
+        self.register_buffer(
+            "norm_scale", torch.tensor(1 / math.sqrt(layer + 1) if h.ln_scale else 1.0), persistent=False
+        )
         self.attn, self.mlp = self.attention(h), MLP(h)
 
     def mix(self, x: Tensor, x0: Tensor) -> Tensor:
@@ -530,6 +746,7 @@ class Block(_Lanes):
 # the worker/scan attention QK_GAIN_INIT, ROPE_*, XSA, ATTN_GATE; PARALLEL_FROM does not (attention
 # then MLP, always in sequence). They read ids and sub-sequence masks from an ArchMask.
 
+
 def _run_starts(first: Tensor) -> Tensor:
     """Token ids that are BOS exactly where `first` is true: AttnMask reads nothing else from its ids,
     so this builds a mask whose 'documents' are arbitrary runs (worker docs, chunk x doc segments)."""
@@ -546,7 +763,7 @@ class ArchMask(AttnMask):
         bos = ids == BOS_ID
         if h.arch == "worker" and ids.size(1) >= h.worker_interval:  # attention over the worker positions only
             k = h.worker_interval
-            docs = bos.cumsum(1)[:, k - 1::k]
+            docs = bos.cumsum(1)[:, k - 1 :: k]
             first = torch.cat((torch.ones_like(docs[:, :1], dtype=torch.bool), docs[:, 1:] != docs[:, :-1]), 1)
             self.workers = AttnMask(_run_starts(first), doc_mask, impl)
         if h.arch == "scan":  # causal attention inside each chunk (and document): a chunk start opens a run
@@ -585,6 +802,7 @@ def blelloch_scan(a: Tensor, b: Tensor) -> Tensor:
 
 # --- WorkerTransformer: sparse workers, conv-only memory ------------------------------------------
 
+
 def causal_dwconv(x: Tensor, w: Tensor, docs: Tensor | None) -> Tensor:
     """Depthwise causal conv y_t = sum_j w[:, j] * x_{t-j} over j < K; taps reaching into an earlier
     document are dropped. K shifted copies (a few taps), not a loop over T."""
@@ -616,7 +834,7 @@ class WorkerBlock(_Lanes):
         k, T = self.k, x.size(1)
         if T < k:  # no worker yet
             return x
-        w = x[:, k - 1::k]
+        w = x[:, k - 1 :: k]
         w = self.branches(w, self.attn(self.norm(w), mask.workers))
         return x.index_copy(1, torch.arange(k - 1, T, k, device=x.device), w)
 
@@ -679,13 +897,25 @@ class PSEAttention(nn.Module):
         ys = []
         for a in range(0, T, PSE_QUERY_CHUNK):  # keys: everything before the chunk's end
             b = min(a + PSE_QUERY_CHUNK, T)
-            ys.append(torch.utils.checkpoint.checkpoint(
-                self._chunk, a, q[:, :, a:b], k[:, :, :b], v[:, :, :b], u[:, :, a:b], nxt[:, :b], bank[:, :b],
-                None if docs is None else docs[:, :b], use_reentrant=False))
+            ys.append(
+                torch.utils.checkpoint.checkpoint(
+                    self._chunk,
+                    a,
+                    q[:, :, a:b],
+                    k[:, :, :b],
+                    v[:, :, :b],
+                    u[:, :, a:b],
+                    nxt[:, :b],
+                    bank[:, :b],
+                    None if docs is None else docs[:, :b],
+                    use_reentrant=False,
+                )
+            )
         return self.proj(torch.cat(ys, 2).transpose(1, 2).reshape(B, T, D))
 
-    def _chunk(self, t0: int, q: Tensor, k: Tensor, v: Tensor, u: Tensor, nxt: Tensor, bank: Tensor,
-               docs: Tensor | None) -> Tensor:
+    def _chunk(
+        self, t0: int, q: Tensor, k: Tensor, v: Tensor, u: Tensor, nxt: Tensor, bank: Tensor, docs: Tensor | None
+    ) -> Tensor:
         t = torch.arange(t0, t0 + q.size(2), device=q.device)[:, None]
         tau = torch.arange(k.size(2), device=q.device)
         live = (tau <= t) & (nxt[:, None] > t)  # (B, C, n): tau holds its slot's latest occurrence at t
@@ -701,6 +931,7 @@ class PSEAttention(nn.Module):
 
 class PSEBlock(_Lanes):
     """Block with PSEAttention in place of Attention (ATTN_GATE, XSA and RoPE do not apply)."""
+
     attention = PSEAttention
 
     def forward(self, x: Tensor, x0: Tensor, mask: ArchMask) -> Tensor:
@@ -709,6 +940,7 @@ class PSEBlock(_Lanes):
 
 
 # --- TransformerScanModel as a block: chunk summaries, prefix scan, chunk-local attention ---------------
+
 
 class ScanBlock(_Lanes):
     """Chunks of SCAN_CHUNK tokens. T1: each chunk is attention-pooled (non-causally: only later chunks
@@ -762,8 +994,10 @@ class GPT(nn.Module):
         self.tok_emb = nn.Embedding(h.vocab_size, h.model_dim)
         self.blocks = nn.ModuleList(BLOCKS[h.arch](h, i) for i in range(h.num_layers))
         loop = list(range(h.recur_start, h.recur_end + 1)) if h.recur_extra > 0 else []
-        self.orders = {False: list(range(h.num_layers)),
-                       True: list(range(h.recur_start)) + loop * (h.recur_extra + 1) + list(range(h.recur_end + 1, h.num_layers))}
+        self.orders = {
+            False: list(range(h.num_layers)),
+            True: list(range(h.recur_start)) + loop * (h.recur_extra + 1) + list(range(h.recur_end + 1, h.num_layers)),
+        }
         self.recur = False  # flipped on at RECUR_FRAC of the training clock; a compiled graph per value
         n_skip = len(self.orders[bool(loop)]) // 2 if h.unet else 0
         self.skip_weights = nn.Parameter(torch.ones(n_skip, h.model_dim))
@@ -783,8 +1017,11 @@ class GPT(nn.Module):
         if self.smear is not None:  # blend in the previous token, never across a document start
             prev = F.pad(x[:, :-1], (0, 0, 1, 0)) * (ids != BOS_ID).unsqueeze(-1).to(x.dtype)
             x = torch.lerp(x, prev, torch.sigmoid(self.smear).to(x.dtype))
-        mask = make_mask(ids, doc_mask, self.attn_impl) if self.h.arch == "gpt" else \
-            make_arch_mask(ids, doc_mask, self.attn_impl, self.h)
+        mask = (
+            make_mask(ids, doc_mask, self.attn_impl)
+            if self.h.arch == "gpt"
+            else make_arch_mask(ids, doc_mask, self.attn_impl, self.h)
+        )
         x0 = x
         return rms_norm(self.layers(x, lambda j, i, y: run_block(self.blocks[i], y, x0, mask)))
 
@@ -806,7 +1043,11 @@ class GPT(nn.Module):
             d = j - n_enc
             if 0 <= d < len(self.skip_weights) and skips:  # U-Net: decoder layer d takes encoder output n_enc-1-d
                 s = self.skip_weights[d].to(x.dtype) * skips.pop()
-                x = x + s if self.skip_gates is None else torch.lerp(s, x, torch.sigmoid(self.skip_gates[d]).to(x.dtype))
+                x = (
+                    x + s
+                    if self.skip_gates is None
+                    else torch.lerp(s, x, torch.sigmoid(self.skip_gates[d]).to(x.dtype))
+                )
             x = block(j, i, x)
             if d < 0:
                 skips.append(x)
@@ -858,15 +1099,18 @@ def default_attn_impl() -> str:
         return "fa3"
     return "varlen" if varlen_attn is not None else "flex"
 
+
 # -----------------------------------------------------------------------------
 # MUON (MuonEq-R, Polar Express, sharded across ranks)
 # -----------------------------------------------------------------------------
 # Polar Express (Amsel et al. 2025): per-iteration quintic coefficients, 5 steps, 2% safety margin.
-POLAR_EXPRESS = ((8.156554524902461, -22.48329292557795, 15.878769915207462),
-                 (4.042929935166739, -2.808917465908714, 0.5000178451051316),
-                 (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
-                 (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
-                 (2.3465413258596377, -1.7097828382687081, 0.42323551169305323))
+POLAR_EXPRESS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
 NEWTON_SCHULZ = ((3.4445, -4.7750, 2.0315),) * 5  # the baseline's fixed quintic
 
 
@@ -888,8 +1132,17 @@ class Muon(torch.optim.Optimizer):
     collectives of all stacks are in flight together. MuonEq-R: rows of the Nesterov momentum are
     normalised before orthogonalisation, so every output unit gets an equal share of the step."""
 
-    def __init__(self, params: list[nn.Parameter], lr: float, momentum: float, steps: int, row_norm: bool,
-                 polar: bool, weight_decay: float, world_size: int = 1):
+    def __init__(
+        self,
+        params: list[nn.Parameter],
+        lr: float,
+        momentum: float,
+        steps: int,
+        row_norm: bool,
+        polar: bool,
+        weight_decay: float,
+        world_size: int = 1,
+    ):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
         self.coeffs = (POLAR_EXPRESS if polar else NEWTON_SCHULZ)[:steps]
         self.row_norm, self.world = row_norm, world_size
@@ -939,24 +1192,44 @@ class Muon(torch.optim.Optimizer):
             params = list(ps)
             if wd > 0:
                 torch._foreach_mul_(params, 1 - lr * wd)
-            torch._foreach_add_(params, list(u[:len(params)].to(params[0].dtype).unbind(0)), alpha=-lr)
+            torch._foreach_add_(params, list(u[: len(params)].to(params[0].dtype).unbind(0)), alpha=-lr)
 
 
 class Optimizers:
     """Muon for block matrices; fused AdamW for the tied embedding and for scalars/gates/norms."""
 
     def __init__(self, model: GPT, h: Hyperparameters):
-        matrices = [m.weight for name, m in model.blocks.named_modules()
-                    if isinstance(m, CastedLinear) and not name.endswith("gate")]
+        matrices = [
+            m.weight
+            for name, m in model.blocks.named_modules()
+            if isinstance(m, CastedLinear) and not name.endswith("gate")
+        ]
         ids = {id(p) for p in matrices} | {id(model.tok_emb.weight)}
         scalars = [p for p in model.parameters() if id(p) not in ids]
         fused = torch.cuda.is_available()
-        self.muon = Muon(matrices, h.matrix_lr, h.muon_momentum, h.muon_backend_steps, bool(h.muon_row_norm),
-                         bool(h.polar_express), h.muon_wd, h.world_size)
-        self.adam = [torch.optim.AdamW([model.tok_emb.weight], lr=h.tied_embed_lr, betas=(h.beta1, h.beta2),
-                                       eps=h.adam_eps, weight_decay=h.embed_wd, fused=fused),
-                     torch.optim.AdamW(scalars, lr=h.scalar_lr, betas=(h.beta1, h.beta2), eps=h.adam_eps,
-                                       weight_decay=h.adam_wd, fused=fused)]
+        self.muon = Muon(
+            matrices,
+            h.matrix_lr,
+            h.muon_momentum,
+            h.muon_backend_steps,
+            bool(h.muon_row_norm),
+            bool(h.polar_express),
+            h.muon_wd,
+            h.world_size,
+        )
+        self.adam = [
+            torch.optim.AdamW(
+                [model.tok_emb.weight],
+                lr=h.tied_embed_lr,
+                betas=(h.beta1, h.beta2),
+                eps=h.adam_eps,
+                weight_decay=h.embed_wd,
+                fused=fused,
+            ),
+            torch.optim.AdamW(
+                scalars, lr=h.scalar_lr, betas=(h.beta1, h.beta2), eps=h.adam_eps, weight_decay=h.adam_wd, fused=fused
+            ),
+        ]
         self.all = [self.muon, *self.adam]
         for opt in self.all:
             for g in opt.param_groups:
@@ -1017,9 +1290,11 @@ class EMA:
         for p, s in zip(model.parameters(), self.shadow):
             p.copy_(s)
 
+
 # -----------------------------------------------------------------------------
 # EVALUATION
 # -----------------------------------------------------------------------------
+
 
 def eval_windows(n_tokens: int, seq_len: int, stride: int) -> list[tuple[int, int, int]]:
     """(input_start, input_end, first_scored_target) windows that score every target position
@@ -1034,8 +1309,15 @@ def eval_windows(n_tokens: int, seq_len: int, stride: int) -> list[tuple[int, in
 
 
 @torch.no_grad()
-def score_stream(model: nn.Module, tokens: Tensor, h: Hyperparameters, device: torch.device, stride: int,
-                 stats: Tensor, offset: int = 0) -> None:
+def score_stream(
+    model: nn.Module,
+    tokens: Tensor,
+    h: Hyperparameters,
+    device: torch.device,
+    stride: int,
+    stats: Tensor,
+    offset: int = 0,
+) -> None:
     """Sliding windows (stride = EVAL_SEQ_LEN: plain, non-overlapping) over `tokens`, which start at stream
     position `offset`: fills stats[:, offset + t] for every target t, this rank's windows only. stats [1 or 2, N]:
     the NLL (and the model's entropy, for the n-gram gate)."""
@@ -1046,11 +1328,18 @@ def score_stream(model: nn.Module, tokens: Tensor, h: Hyperparameters, device: t
             out = model(x[:, :-1], x[:, 1:], doc_mask=not h.eval_cross_doc, entropy=len(stats) == 2)
         out = out.double().view(len(stats), len(x), -1)
         for j, (a, b, first) in enumerate(part):  # target position t sits at column t - a - 1
-            stats[:, offset + first:offset + b + 1] = out[:, j, first - a - 1:b - a]
+            stats[:, offset + first : offset + b + 1] = out[:, j, first - a - 1 : b - a]
 
 
-def eval_stream(model: nn.Module, tokens: Tensor, h: Hyperparameters, luts: tuple[Tensor, Tensor, Tensor],
-                device: torch.device, stride: int, ngram: bool = False) -> dict[str, object]:
+def eval_stream(
+    model: nn.Module,
+    tokens: Tensor,
+    h: Hyperparameters,
+    luts: tuple[Tensor, Tensor, Tensor],
+    device: torch.device,
+    stride: int,
+    ngram: bool = False,
+) -> dict[str, object]:
     """Score a whole val stream with score_stream, mixed with the n-gram cache if ngram; returns totals()."""
     stats = torch.zeros(1 + ngram, len(tokens), dtype=torch.float64, device=device)
     was_training, _ = model.training, model.eval()
@@ -1063,17 +1352,18 @@ def rank_batches(tokens: Tensor, wins: list[tuple[int, int, int]], h: Hyperparam
     """This rank's contiguous share of `wins`, in batches of EVAL_BATCH_SEQS windows: yields the
     windows and their (EVAL_BATCH_SEQS, width + 1) ids, zero-padded to one shape (one compiled graph)."""
     per = math.ceil(len(wins) / h.world_size)
-    mine = wins[h.rank * per:(h.rank + 1) * per]
+    mine = wins[h.rank * per : (h.rank + 1) * per]
     for i in range(0, len(mine), h.eval_batch_seqs):
-        part = mine[i:i + h.eval_batch_seqs]
+        part = mine[i : i + h.eval_batch_seqs]
         x = torch.full((h.eval_batch_seqs, width + 1), PAD_ID, dtype=torch.int64)
         for j, (a, b, _) in enumerate(part):
-            x[j, :b - a + 1] = tokens[a:b + 1]
+            x[j, : b - a + 1] = tokens[a : b + 1]
         yield part, x
 
 
-def totals(stats: Tensor, tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor], h: Hyperparameters,
-           reduce: bool = True) -> dict[str, object]:
+def totals(
+    stats: Tensor, tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor], h: Hyperparameters, reduce: bool = True
+) -> dict[str, object]:
     """Sum each rank's per-position stats (each position is scored on exactly one rank): [1, N] the NLL,
     or [2, N] the model's NLL and entropy, to be mixed with the n-gram cache (mix_ngram). Then the
     loss, bytes and bpb over every target 1..N-1 of the stream; `stats` (summed) and `mix_seconds` too."""
@@ -1083,13 +1373,21 @@ def totals(stats: Tensor, tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor], h
     nll = (stats[0] if len(stats) == 1 else mix_ngram(stats, tokens.to(stats.device), h))[1:].cpu()
     n_bytes = int(token_bytes(tokens[:-1], tokens[1:], luts).sum())
     loss_sum = float(nll.sum())
-    return dict(loss=loss_sum / len(nll), bpb=loss_sum / math.log(2) / n_bytes, tokens=len(nll), bytes=n_bytes,
-                nll=nll, stats=stats, mix_seconds=time.perf_counter() - t0)
+    return dict(
+        loss=loss_sum / len(nll),
+        bpb=loss_sum / math.log(2) / n_bytes,
+        tokens=len(nll),
+        bytes=n_bytes,
+        nll=nll,
+        stats=stats,
+        mix_seconds=time.perf_counter() - t0,
+    )
 
 
 def tokenizer_luts(h: Hyperparameters) -> tuple[Tensor, Tensor, Tensor]:
     """Byte LUTs of TOKENIZER_PATH, refusing a tokenizer whose vocabulary is not VOCAB_SIZE."""
     import sentencepiece as spm
+
     sp = spm.SentencePieceProcessor(model_file=h.tokenizer_path)
     if sp.vocab_size() != h.vocab_size:
         raise ValueError(f"{h.tokenizer_path} has {sp.vocab_size()} pieces, VOCAB_SIZE={h.vocab_size}")
@@ -1102,9 +1400,11 @@ def load_val(pattern: str, vocab_size: int) -> Tensor:
         raise ValueError(f"{pattern}: token id {tokens.max()} >= VOCAB_SIZE {vocab_size} (wrong tokenizer?)")
     return torch.from_numpy(tokens)
 
+
 # -----------------------------------------------------------------------------
 # HESSIANS
 # -----------------------------------------------------------------------------
+
 
 class HessianCollector:
     """Accumulates H = sum x^T x (fp32, on the activations' device) per state_dict weight name over
@@ -1114,14 +1414,23 @@ class HessianCollector:
     Hook the uncompiled, unwrapped model so names match. Sums, not means: GPTQ ignores H's scale, so ranks
     can all-reduce them as they are."""
 
-    def __init__(self, model: nn.Module, select: Callable[[str, nn.Module], bool] | None = None,
-                 head_inputs: dict[str, nn.Module] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        select: Callable[[str, nn.Module], bool] | None = None,
+        head_inputs: dict[str, nn.Module] | None = None,
+    ):
         select = select or (lambda name, m: isinstance(m, nn.Linear))
         self.h: dict[str, Tensor] = {}
-        self.handles = [m.register_forward_pre_hook(lambda m, args, n=f"{name}.weight": self.add(n, args[0]))
-                        for name, m in model.named_modules() if select(name, m)]
-        self.handles += [m.register_forward_hook(lambda m, args, out, n=wname: self.add(n, out))
-                         for wname, m in (head_inputs or {}).items()]
+        self.handles = [
+            m.register_forward_pre_hook(lambda m, args, n=f"{name}.weight": self.add(n, args[0]))
+            for name, m in model.named_modules()
+            if select(name, m)
+        ]
+        self.handles += [
+            m.register_forward_hook(lambda m, args, out, n=wname: self.add(n, out))
+            for wname, m in (head_inputs or {}).items()
+        ]
 
     @torch.no_grad()
     def add(self, name: str, x: Tensor) -> None:
@@ -1138,6 +1447,7 @@ class HessianCollector:
             handle.remove()
         self.handles = []
 
+
 # -----------------------------------------------------------------------------
 # QUANTIZERS
 # -----------------------------------------------------------------------------
@@ -1147,13 +1457,14 @@ class HessianCollector:
 # [-qmax-1, qmax]: the extra negative code would only serve weights below -k sigma (next to none), and a
 # symmetric grid keeps rounding unbiased for sign-symmetric weights. Same choice as the records.
 
+
 def row_scales(W: Tensor, bits: int, clip_k: float) -> Tensor:
     """SDClip: clip = clip_k x row std; clip_k = 0 clips at the row's max |w| (no clipping, as the
     official baseline's int8 export does: without weight decay its rows carry outliers past 20 std)."""
     qmax = 2 ** (bits - 1) - 1
     clip = clip_k * W.float().std(dim=1) if clip_k > 0 else W.float().abs().amax(dim=1)
     # floor at fp16's smallest normal so a constant row cannot give a zero (or subnormal) scale
-    return (clip / qmax).clamp_min(2.0 ** -14).half()
+    return (clip / qmax).clamp_min(2.0**-14).half()
 
 
 def rtn_quantize(W: Tensor, bits: int, clip_k: float) -> tuple[Tensor, Tensor]:
@@ -1163,8 +1474,9 @@ def rtn_quantize(W: Tensor, bits: int, clip_k: float) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def gptq_quantize(W: Tensor, H: Tensor, bits: int, clip_k: float, block: int = 128, damp: float = 0.01,
-                  act_order: bool = True) -> tuple[Tensor, Tensor]:
+def gptq_quantize(
+    W: Tensor, H: Tensor, bits: int, clip_k: float, block: int = 128, damp: float = 0.01, act_order: bool = True
+) -> tuple[Tensor, Tensor]:
     """GPTQ (Frantar et al. 2023): quantize columns one at a time, pushing each column's error onto the
     not-yet-quantized columns through the upper Cholesky factor of H^-1; lazy batch updates per block.
     Minimizes ||W X - Q X||_F for H = X^T X. Runs on H's device; returns (int8 (out,in), fp16 (out,))."""
@@ -1195,7 +1507,7 @@ def gptq_quantize(W: Tensor, H: Tensor, bits: int, clip_k: float, block: int = 1
             q = torch.clamp(torch.round(Wb[:, c] / s), -qmax, qmax)
             Q[:, i + c] = q.to(torch.int8)
             Eb[:, c] = (Wb[:, c] - q * s) / Ub[c, c]
-            Wb[:, c:] -= Eb[:, c:c + 1] * Ub[c:c + 1, c:]
+            Wb[:, c:] -= Eb[:, c : c + 1] * Ub[c : c + 1, c:]
         W[:, j:] -= Eb @ U[i:j, j:]  # one matmul per block instead of one rank-1 update per column
     return Q[:, torch.argsort(perm)].contiguous(), scale
 
@@ -1206,7 +1518,11 @@ class QuantConfig:
     # Defaults are the merged record's (PR #1855): int6 matrices, attn k=13, MLP k=11.5, int7 tied
     # embedding k=14; 12.85 is the single matrix k used before per-class clips.
     classes: tuple[tuple[str, str, int, float], ...] = (
-        ("embed", r"emb", 7, 14.0), ("attn", r"attn", 6, 13.0), ("mlp", r"mlp", 6, 11.5), ("matrix", r"", 6, 12.85))
+        ("embed", r"emb", 7, 14.0),
+        ("attn", r"attn", 6, 13.0),
+        ("mlp", r"mlp", 6, 11.5),
+        ("matrix", r"", 6, 12.85),
+    )
     small_numel: int = 65_536  # float tensors this small, and all non-matrices, are stored fp16
     lqer_top: int = 0  # LQER: low-rank error correction on this many tensors (3 in the record)
     lqer_rank: int = 4
@@ -1234,7 +1550,7 @@ def quantize_state(state: dict[str, Tensor], hessians: dict[str, Tensor], cfg: Q
     quantized = [n for n, e in out.items() if "q" in e and cfg.lqer_top]
     errs = {n: state[n].detach().float().cpu() - _deq(out[n]["q"], out[n]["scale"]) for n in quantized}
     err = {n: float(errs[n].norm()) for n in quantized}  # absolute ||E||_F, as the records rank them
-    for name in sorted(err, key=err.get, reverse=True)[:cfg.lqer_top]:
+    for name in sorted(err, key=err.get, reverse=True)[: cfg.lqer_top]:
         U, S, Vh = torch.linalg.svd(errs[name], full_matrices=False)
         r = min(cfg.lqer_rank, S.numel())
         out[name]["lqer"] = [*_int8_rows((U[:, :r] * S[:r]).T), *_int8_rows(Vh[:r])]
@@ -1243,7 +1559,7 @@ def quantize_state(state: dict[str, Tensor], hessians: dict[str, Tensor], cfg: Q
 
 def _int8_rows(x: Tensor) -> list[Tensor]:
     x = x.contiguous()  # decoded factors are contiguous; same layout keeps the LQER matmul bitwise reproducible
-    scale = (x.abs().amax(dim=1) / 127).clamp_min(2.0 ** -14).half()
+    scale = (x.abs().amax(dim=1) / 127).clamp_min(2.0**-14).half()
     return [torch.round(x / scale.float()[:, None]).clamp(-127, 127).to(torch.int8), scale]
 
 
@@ -1266,6 +1582,7 @@ def dequantize_state(qstate: dict) -> dict[str, Tensor]:
         out[name] = w.to(dtype)
     return out
 
+
 # -----------------------------------------------------------------------------
 # BIT PACKING
 # -----------------------------------------------------------------------------
@@ -1274,17 +1591,19 @@ def dequantize_state(qstate: dict) -> dict[str, Tensor]:
 # badly: on SDClip int6 codes brotli-11 lands within ~1% of the order-0 entropy with one byte per
 # value and ~20% above it on packed bits. So the artifact keeps one byte per value unless `pack` wins.
 
+
 def pack_bits(q: Tensor, bits: int) -> bytes:
     a = q.detach().cpu().numpy().astype(np.int8).reshape(-1)
     if a.size and (a.min() < -(1 << (bits - 1)) or a.max() >= 1 << (bits - 1)):
         raise ValueError(f"pack_bits: values outside the signed {bits}-bit range")
-    return np.packbits(np.unpackbits(a.view(np.uint8)[:, None], axis=1)[:, 8 - bits:]).tobytes()
+    return np.packbits(np.unpackbits(a.view(np.uint8)[:, None], axis=1)[:, 8 - bits :]).tobytes()
 
 
 def unpack_bits(buf: bytes, bits: int, n: int) -> Tensor:
     b = np.unpackbits(np.frombuffer(buf, np.uint8), count=n * bits).reshape(n, bits)
     # packbits left-aligns each value in its byte; an arithmetic shift back sign-extends it
     return torch.from_numpy(np.packbits(b, axis=1).reshape(n).view(np.int8) >> (8 - bits))
+
 
 # -----------------------------------------------------------------------------
 # ARTIFACT
@@ -1298,6 +1617,7 @@ def unpack_bits(buf: bytes, bits: int, n: int) -> Tensor:
 # artifact: 15.25 MB with the header first, 14.51 MB last; 2026-11-23_export.md). `shuffle`
 # byte-transposes multi-byte arrays (fp16 scales and small tensors: ~2-3% smaller); `pack` bit-packs
 # the codes (tried with zlib only).
+
 
 class ArtifactError(ValueError):
     """A model artifact that cannot be decoded; the message says which check failed."""
@@ -1346,7 +1666,9 @@ def _serialize(qstate: dict, meta: dict, shuffle: bool, pack: bool) -> bytes:
         table[name]["arrays"][role] = [offset, len(b), str(a.dtype), list(a.shape)]
         chunks.append(b)
         offset += len(b)
-    header = json.dumps({"meta": meta, "shuffle": shuffle, "pack": pack, "tensors": table}, separators=(",", ":")).encode()
+    header = json.dumps(
+        {"meta": meta, "shuffle": shuffle, "pack": pack, "tensors": table}, separators=(",", ":")
+    ).encode()
     return b"".join(chunks) + header + struct.pack("<I", len(header))
 
 
@@ -1355,8 +1677,9 @@ def _wrap(raw: bytes, codec: str) -> bytes:
     return PREFIX.pack(MAGIC, VERSION, CODECS[codec], len(body), zlib.crc32(body)) + body
 
 
-def encode_artifact(qstate: dict, meta: dict, codecs: tuple[str, ...] = tuple(CODECS),
-                    log: Callable[[str], None] = print) -> tuple[bytes, list[tuple[str, bool, bool, int]]]:
+def encode_artifact(
+    qstate: dict, meta: dict, codecs: tuple[str, ...] = tuple(CODECS), log: Callable[[str], None] = print
+) -> tuple[bytes, list[tuple[str, bool, bool, int]]]:
     """Compress every (codec, shuffle[, pack]) combination in parallel; return the smallest artifact and
     all candidates as (codec, shuffle, pack, bytes). A codec whose module is missing is logged, skipped."""
     available = [c for c in codecs if _codec(c) is not None]
@@ -1385,7 +1708,7 @@ def decode_artifact(buf: bytes) -> tuple[dict, dict]:
     codec = next((c for c, i in CODECS.items() if i == codec_id), None)
     if codec is None:
         raise ArtifactError(f"artifact names unknown codec id {codec_id}")
-    body = buf[PREFIX.size:]
+    body = buf[PREFIX.size :]
     if len(body) != n:
         raise ArtifactError(f"artifact truncated or padded: prefix says {n} body bytes, found {len(body)}")
     if zlib.crc32(body) != crc:
@@ -1395,16 +1718,16 @@ def decode_artifact(buf: bytes) -> tuple[dict, dict]:
     try:
         raw = _codec(codec)[1](body)
         (hlen,) = struct.unpack_from("<I", raw, len(raw) - 4)
-        header = json.loads(raw[len(raw) - 4 - hlen:len(raw) - 4])
+        header = json.loads(raw[len(raw) - 4 - hlen : len(raw) - 4])
     except Exception as e:  # after a good CRC this means an encoder/decoder mismatch
         raise ArtifactError(f"artifact body does not decode with {codec}: {e!r}") from None
-    payload, qstate = memoryview(raw)[:len(raw) - 4 - hlen], {}
+    payload, qstate = memoryview(raw)[: len(raw) - 4 - hlen], {}
     for name, info in header["tensors"].items():
         e = {k: v for k, v in info.items() if k != "arrays"}
         for role, (off, nbytes, dtype, shape) in info["arrays"].items():
             if off + nbytes > len(payload):
                 raise ArtifactError(f"artifact payload ends before tensor {name}.{role}")
-            b, dt, count = payload[off:off + nbytes], np.dtype(dtype), int(np.prod(shape))
+            b, dt, count = payload[off : off + nbytes], np.dtype(dtype), int(np.prod(shape))
             if header["pack"] and role == "q":
                 t = unpack_bits(b, info["bits"], count)
             else:
@@ -1427,8 +1750,19 @@ def artifact_report(buf: bytes, codecs: tuple[str, ...] = tuple(CODECS)) -> list
     rows: dict[str, dict] = {}
     for e in qstate.values():
         cls, t = e.get("cls", "fp16" if "t" in e and e["t"].is_floating_point() else "raw"), e.get("q", e.get("t"))
-        r = rows.setdefault(cls, {"class": cls, "count": 0, "params": 0, "bits": e.get("bits", 8 * t.element_size()),
-                                  "value_bytes": 0, "entropy_bytes": 0, "scale_bytes": 0, "lqer_bytes": 0})
+        r = rows.setdefault(
+            cls,
+            {
+                "class": cls,
+                "count": 0,
+                "params": 0,
+                "bits": e.get("bits", 8 * t.element_size()),
+                "value_bytes": 0,
+                "entropy_bytes": 0,
+                "scale_bytes": 0,
+                "lqer_bytes": 0,
+            },
+        )
         r["count"], r["params"] = r["count"] + 1, r["params"] + t.numel()
         r["value_bytes"] += -(-t.numel() * r["bits"] // 8)
         if "q" in e:
@@ -1439,12 +1773,41 @@ def artifact_report(buf: bytes, codecs: tuple[str, ...] = tuple(CODECS)) -> list
     cands = encode_artifact(qstate, meta, codecs, log=lambda s: None)[1] if codecs else []
     return list(rows.values()) + [{"codec": c, "shuffle": s, "pack": p, "bytes": n} for c, s, p, n in cands]
 
+
 # Hyperparameters an artifact must carry to rebuild its model (the rest are run settings).
-MODEL_KEYS = ("arch", "vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "leaky_slope",
-              "rope_base", "rope_dims", "qk_gain_init", "logit_softcap", "tied_embed_init_std", "doc_mask", "xsa",
-              "smear", "attn_gate", "attn_gate_dims", "unet", "skip_gates", "x0_mix", "ln_scale", "parallel_from",
-              "recur_start", "recur_end", "recur_extra", "worker_interval", "worker_kernel", "pse_scales",
-              "pse_max_halflife", "scan_chunk")
+MODEL_KEYS = (
+    "arch",
+    "vocab_size",
+    "num_layers",
+    "model_dim",
+    "num_heads",
+    "num_kv_heads",
+    "mlp_mult",
+    "leaky_slope",
+    "rope_base",
+    "rope_dims",
+    "qk_gain_init",
+    "logit_softcap",
+    "tied_embed_init_std",
+    "doc_mask",
+    "xsa",
+    "smear",
+    "attn_gate",
+    "attn_gate_dims",
+    "unet",
+    "skip_gates",
+    "x0_mix",
+    "ln_scale",
+    "parallel_from",
+    "recur_start",
+    "recur_end",
+    "recur_extra",
+    "worker_interval",
+    "worker_kernel",
+    "pse_scales",
+    "pse_max_halflife",
+    "scan_chunk",
+)
 
 
 def _huffman_bytes(counts: list[int]) -> float:
@@ -1475,7 +1838,7 @@ def prune_to_fit(qstate: dict, state: dict[str, Tensor], excess: int) -> int:
         if "q" in e and "lqer" not in e:
             q, s = e["q"], e["scale"].float()[:, None]
             r = state[n].float().cpu() / s
-            costs[n] = cost = s ** 2 * (r ** 2 - (r - q) ** 2)
+            costs[n] = cost = s**2 * (r**2 - (r - q) ** 2)
             for qb, cb in zip(q.flatten().split(PRUNE_BLOCK), cost.flatten().split(PRUNE_BLOCK)):
                 hist = torch.bincount(qb.long() + 128, minlength=256)
                 blocks.append((cb[qb == 1].sort()[0], cb[qb == -1].sort()[0], hist, _huffman_bytes(hist.tolist())))
@@ -1508,8 +1871,9 @@ def prune_to_fit(qstate: dict, state: dict[str, Tensor], excess: int) -> int:
     return zeroed
 
 
-def fit_artifact(qstate: dict, state: dict[str, Tensor], meta: dict, codecs: tuple[str, ...], budget: int,
-                 log: Callable[[str], None]) -> tuple[bytes, list]:
+def fit_artifact(
+    qstate: dict, state: dict[str, Tensor], meta: dict, codecs: tuple[str, ...], budget: int, log: Callable[[str], None]
+) -> tuple[bytes, list]:
     """encode_artifact; if the smallest blob is over `budget` bytes (SIZE_CAP minus the code), zero the cheapest
     +-1 codes and re-encode the winning (codec, shuffle, pack) only. Each round prunes the original codes
     afresh, asking for the excess over the bytes the codec really saved per estimated byte in the last round
@@ -1545,17 +1909,29 @@ def fit_artifact(qstate: dict, state: dict[str, Tensor], meta: dict, codecs: tup
 
 
 def quant_config(h: Hyperparameters) -> QuantConfig:
-    return QuantConfig(classes=(("embed", r"emb", h.embed_bits, h.embed_clip), ("attn", r"attn", h.matrix_bits, h.attn_clip),
-                                ("mlp", r"mlp", h.matrix_bits, h.mlp_clip), ("matrix", r"", h.matrix_bits, h.mlp_clip)),
-                       lqer_top=h.lqer_top, lqer_rank=h.lqer_rank)
+    return QuantConfig(
+        classes=(
+            ("embed", r"emb", h.embed_bits, h.embed_clip),
+            ("attn", r"attn", h.matrix_bits, h.attn_clip),
+            ("mlp", r"mlp", h.matrix_bits, h.mlp_clip),
+            ("matrix", r"", h.matrix_bits, h.mlp_clip),
+        ),
+        lqer_top=h.lqer_top,
+        lqer_rank=h.lqer_rank,
+    )
 
 
 @torch.no_grad()
 def calibrate(model: GPT, h: Hyperparameters, batches, device: torch.device) -> dict[str, Tensor]:
     """H = sum X^T X of every quantized matrix's input (the tied embedding's input is the final
     hidden state), over `batches` of token windows; summed over ranks."""
-    hc = HessianCollector(model, lambda n, m: isinstance(m, CastedLinear) and n.startswith("blocks.") and not n.endswith("gate"))
-    with torch.compiler.set_stance("force_eager"), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+    hc = HessianCollector(
+        model, lambda n, m: isinstance(m, CastedLinear) and n.startswith("blocks.") and not n.endswith("gate")
+    )
+    with (
+        torch.compiler.set_stance("force_eager"),
+        torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"),
+    ):
         for x in batches:
             hc.add("tok_emb.weight", model.hidden(x[:, :-1], bool(h.doc_mask)))
     hc.remove()
@@ -1572,7 +1948,10 @@ def selfgen_batches(model: GPT, h: Hyperparameters, device: torch.device, n: int
     g = torch.Generator(device=device).manual_seed(h.seed + h.rank)
     for _ in range(n):
         x = torch.full((seqs, 1), BOS_ID, dtype=torch.int64, device=device)
-        with torch.compiler.set_stance("force_eager"), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+        with (
+            torch.compiler.set_stance("force_eager"),
+            torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"),
+        ):
             for _ in range(length):
                 probs = torch.softmax(model.logits(model.hidden(x, bool(h.doc_mask))[:, -1]).float(), -1)
                 x = torch.cat([x, torch.multinomial(probs, 1, generator=g)], 1)
@@ -1587,7 +1966,11 @@ def export_artifact(model: GPT, hessians: dict[str, Tensor], h: Hyperparameters,
     q = quantize_state(state, hessians if h.quant == "gptq" else {}, quant_config(h))
     torch.backends.cuda.matmul.allow_tf32 = tf32
     t_quant = time.perf_counter() - t0
-    meta = {"format": "parameter-golf gpt", "preset": h.preset, "hyperparameters": {k: getattr(h, k) for k in MODEL_KEYS}}
+    meta = {
+        "format": "parameter-golf gpt",
+        "preset": h.preset,
+        "hyperparameters": {k: getattr(h, k) for k in MODEL_KEYS},
+    }
     code = os.path.getsize(__file__)
     blob, candidates = fit_artifact(q, state, meta, tuple(h.codecs.split(",")), h.size_cap - code, log)
     for codec, shuffle, pack, n in sorted(candidates, key=lambda c: c[3]):
@@ -1597,10 +1980,14 @@ def export_artifact(model: GPT, hessians: dict[str, Tensor], h: Hyperparameters,
         with open(path + ".tmp", "wb") as f:
             f.write(blob)
         os.replace(path + ".tmp", path)
-    log(f"export: {h.quant} {sum('q' in e for e in q.values())} quantized tensors in {t_quant:.1f}s, "
-        f"{len(candidates)} candidates encoded in {time.perf_counter() - t0 - t_quant:.1f}s")
-    log(f"artifact: {len(blob)} bytes code {code} bytes total {len(blob) + code} bytes "
-        f"margin {h.size_cap - len(blob) - code} cap_held {len(blob) + code <= h.size_cap} sha256 {hashlib.sha256(blob).hexdigest()}")
+    log(
+        f"export: {h.quant} {sum('q' in e for e in q.values())} quantized tensors in {t_quant:.1f}s, "
+        f"{len(candidates)} candidates encoded in {time.perf_counter() - t0 - t_quant:.1f}s"
+    )
+    log(
+        f"artifact: {len(blob)} bytes code {code} bytes total {len(blob) + code} bytes "
+        f"margin {h.size_cap - len(blob) - code} cap_held {len(blob) + code <= h.size_cap} sha256 {hashlib.sha256(blob).hexdigest()}"
+    )
     return len(blob)
 
 
@@ -1620,6 +2007,7 @@ def load_artifact(path: str, h: Hyperparameters, device: torch.device) -> tuple[
     model.load_state_dict({k: v.to(device) for k, v in dequantize_state(qstate).items()})
     model.recur = bool(hm.recur_extra)
     return model, hm
+
 
 # -----------------------------------------------------------------------------
 # N-GRAM
@@ -1685,9 +2073,16 @@ GATE_STEPS = 8  # Adam steps on the gate per update(): one pass over a chunk is 
 
 
 class NgramMixer:
-    def __init__(self, vocab_size: int, order: int = 6, device: str | torch.device = "cpu",
-                 alpha: tuple[float, float, float, float] = (-3.0, 0.25, 0.1, 0.25),
-                 cross_bos: bool = False, bos_id: int = 1, gate_lr: float = 0.0):
+    def __init__(
+        self,
+        vocab_size: int,
+        order: int = 6,
+        device: str | torch.device = "cpu",
+        alpha: tuple[float, float, float, float] = (-3.0, 0.25, 0.1, 0.25),
+        cross_bos: bool = False,
+        bos_id: int = 1,
+        gate_lr: float = 0.0,
+    ):
         """gate_lr > 0: alpha is learned online from already-scored chunks (learn_gate)."""
         assert 1 <= order <= 16, "the context length must fit in the key's level bits"
         self.V, self.n, self.dev = vocab_size, order, torch.device(device)
@@ -1790,11 +2185,13 @@ class NgramMixer:
 
     def mix_weight(self, entropy: Tensor, top_count: Tensor, top_order: Tensor) -> Tensor:
         z = self.gate_features(entropy.double(), top_count.double(), top_order.double()) @ top_count.new_tensor(
-            self.alpha, dtype=torch.float64)
+            self.alpha, dtype=torch.float64
+        )
         return torch.where(top_order > 0, torch.sigmoid(z), 0.0)
 
-    def mix_nll(self, logp_true: Tensor, entropy: Tensor, p_ngram: Tensor, top_count: Tensor,
-                top_order: Tensor) -> Tensor:
+    def mix_nll(
+        self, logp_true: Tensor, entropy: Tensor, p_ngram: Tensor, top_count: Tensor, top_order: Tensor
+    ) -> Tensor:
         """-log((1-a) p_model(y) + a p_ngram(y)); needs only the model's log p(y) and entropy."""
         a = self.mix_weight(entropy.to(self.dev), top_count, top_order)
         lp = logp_true.to(self.dev, torch.float64)
@@ -1811,8 +2208,11 @@ class NgramMixer:
         positions, or its model_stats (log p(y), entropy); prefix = stream tokens after the last update()
         and before tokens[0]. Does not change the tables: call update() with the whole chunk once it is scored."""
         tokens = tokens.to(self.dev, torch.long)
-        logp, ent = self.model_stats(tokens, model.to(self.dev)) if isinstance(model, Tensor) else \
-            (x.to(self.dev) for x in model)
+        logp, ent = (
+            self.model_stats(tokens, model.to(self.dev))
+            if isinstance(model, Tensor)
+            else (x.to(self.dev) for x in model)
+        )
         stats = self.ngram_stats(tokens, prefix)
         if self.gate_opt:
             self.seen.append((logp, ent, *stats))
@@ -1827,7 +2227,9 @@ class NgramMixer:
         f = self.gate_features(ent.double(), c.double(), o.double())[keep]
         lp, lpn = lp.double()[keep], torch.log(p.double()[keep])
         with torch.no_grad():
-            self.gate.copy_(torch.tensor(self.alpha, dtype=torch.float64))  # alpha is the gate everywhere else (sweeps may set it)
+            self.gate.copy_(
+                torch.tensor(self.alpha, dtype=torch.float64)
+            )  # alpha is the gate everywhere else (sweeps may set it)
         for _ in range(GATE_STEPS):
             with torch.enable_grad():  # eval runs under no_grad
                 z = f @ self.gate  # log a and log(1 - a) as logsigmoids: finite gradients where a saturates
@@ -1839,8 +2241,9 @@ class NgramMixer:
             self.gate_opt.step()
         self.alpha = tuple(self.gate.tolist())
 
-    def distribution(self, tokens: Tensor, model_logprobs: Tensor | None = None,
-                     prefix: Tensor | None = None) -> Tensor:
+    def distribution(
+        self, tokens: Tensor, model_logprobs: Tensor | None = None, prefix: Tensor | None = None
+    ) -> Tensor:
         """The full distribution [T, V] (float64) at each position of tokens: the mixture, or the
         n-gram alone if model_logprobs is None. Row t depends on the stream before it only (probes)."""
         ext, t0, n0 = self._ext(tokens, prefix)
@@ -1848,7 +2251,7 @@ class NgramMixer:
         if model_logprobs is None:
             return P
         lp = model_logprobs.to(self.dev)
-        a = self.mix_weight(self.model_stats(ext[t0 + n0:], lp)[1], top_c, top_o)[:, None]
+        a = self.mix_weight(self.model_stats(ext[t0 + n0 :], lp)[1], top_c, top_o)[:, None]
         return (1 - a) * lp.double().exp() + a * P
 
     # --- table -----------------------------------------------------------------------------------
@@ -1860,7 +2263,7 @@ class NgramMixer:
         ext = torch.cat([self.tail, tokens.to(self.dev, torch.long)])
         _, k, valid = self._keys(ext, self.tail.numel())
         self._merge(*torch.unique(k[valid], return_counts=True))
-        self.tail = ext[ext.numel() - min(self.n - 1, ext.numel()):]
+        self.tail = ext[ext.numel() - min(self.n - 1, ext.numel()) :]
 
     def _merge(self, k: Tensor, c: Tensor) -> None:
         """Add counts c of sorted unique keys k: increment the hits, merge the new keys in, O(table size)."""
@@ -1904,6 +2307,7 @@ def mix_ngram(stats: Tensor, tokens: Tensor, h: Hyperparameters) -> Tensor:
 # (all earlier in the stream) and on t's own document prefix; p_ngram(t) and a only on the stream
 # before t's chunk.
 
+
 class BatchedLoRA(nn.Module):
     """A rank-r adapter per batch row (one per document): y += alpha/r * (x A_b^T) B_b^T. Every row starts
     from the same A, drawn by a seeded generator: a document's score depends neither on the global RNG state
@@ -1933,8 +2337,11 @@ def make_lora(model: GPT, h: Hyperparameters, device: torch.device) -> list[tupl
     """A TTT_DOCS-row adapter per TTT_TARGETS linear, made once per eval_ttt: the same modules and
     shapes for every batch, so a compiled model does not recompile per batch."""
     targets, g = h.ttt_targets.split(","), torch.Generator().manual_seed(h.seed)
-    return [(m, BatchedLoRA(h.ttt_docs, m.in_features, m.out_features, h.ttt_rank, h.ttt_alpha, g).to(device))
-            for name, m in model.blocks.named_modules() if isinstance(m, CastedLinear) and name.split(".")[-1] in targets]
+    return [
+        (m, BatchedLoRA(h.ttt_docs, m.in_features, m.out_features, h.ttt_rank, h.ttt_alpha, g).to(device))
+        for name, m in model.blocks.named_modules()
+        if isinstance(m, CastedLinear) and name.split(".")[-1] in targets
+    ]
 
 
 @torch.no_grad()
@@ -1945,8 +2352,17 @@ def reset_lora(loras: list[tuple[CastedLinear, BatchedLoRA]]) -> None:
         lora.B.zero_()
 
 
-def score_docs(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], stats: Tensor, h: Hyperparameters,
-               device: torch.device, loras: list[tuple[CastedLinear, BatchedLoRA]], on_score=None, on_update=None) -> None:
+def score_docs(
+    model: GPT,
+    tokens: Tensor,
+    spans: list[tuple[int, int]],
+    stats: Tensor,
+    h: Hyperparameters,
+    device: torch.device,
+    loras: list[tuple[CastedLinear, BatchedLoRA]],
+    on_score=None,
+    on_update=None,
+) -> None:
     """Score documents in batches of TTT_DOCS, chunk by chunk, with the per-document adapters `loras`
     (reset per batch; none without TTT_LORA). A forward always has TTT_DOCS rows (missing documents are
     PAD rows, out of the scores and the loss) and one of a few widths: few compiled graphs.
@@ -1957,7 +2373,7 @@ def score_docs(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], stats: 
         m.lora = lora
     params = [p for _, lora in loras for p in lora.parameters()]
     for i in range(0, len(spans), n):
-        batch = spans[i:i + n]
+        batch = spans[i : i + n]
         reset_lora(loras)
         opt = torch.optim.Adam(params, lr=h.ttt_lr, betas=(0.9, 0.99)) if params else None  # fresh state
         n_chunks = max(math.ceil((e - s) / C) for s, e in batch)
@@ -1971,8 +2387,8 @@ def score_docs(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], stats: 
             W = min(L, C * 2 ** math.ceil(math.log2(max(1, W / C))))  # few distinct widths
             x, w, cols, pos = torch.full((n, W + 1), PAD_ID, dtype=torch.int64), torch.zeros(n, W), [], []
             for r, s, a, b, lo in rows:  # local target j sits at column j - 1 - a
-                x[r, :b - a + 1] = tokens[s + a:s + b + 1]
-                w[r, lo - 1 - a:b - a] = 1 / (b - lo + 1)  # the loss: the sum of each document's mean NLL
+                x[r, : b - a + 1] = tokens[s + a : s + b + 1]
+                w[r, lo - 1 - a : b - a] = 1 / (b - lo + 1)  # the loss: the sum of each document's mean NLL
                 cols.append(torch.arange(r * W + lo - 1 - a, r * W + b - a))
                 pos.append(torch.arange(s + lo, s + b + 1))
             x, w, cols, pos = (t.to(device) for t in (x, w.flatten(), torch.cat(cols), torch.cat(pos)))
@@ -1995,8 +2411,9 @@ def score_docs(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], stats: 
     model.requires_grad_(True)
 
 
-def global_sgd(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], h: Hyperparameters,
-               device: torch.device, on_update=None) -> None:
+def global_sgd(
+    model: GPT, tokens: Tensor, spans: list[tuple[int, int]], h: Hyperparameters, device: torch.device, on_update=None
+) -> None:
     """TTT_EPOCHS of SGD on the base weights over already-scored documents (a phase: one stretch of the stream),
     cut into EVAL_SEQ_LEN windows like training batches, documents kept apart by the doc mask (a window per
     document would pad short ones to full width). A step's batch is EVAL_BATCH_SEQS windows at any world size,
@@ -2007,12 +2424,12 @@ def global_sgd(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], h: Hype
     rows = math.ceil(h.eval_batch_seqs / h.world_size)  # one shape for every step and rank
     for _ in range(h.ttt_epochs):
         for k in range(0, len(seqs), h.eval_batch_seqs):
-            batch = seqs[k:k + h.eval_batch_seqs]
-            chunk = batch[h.rank::h.world_size]
+            batch = seqs[k : k + h.eval_batch_seqs]
+            chunk = batch[h.rank :: h.world_size]
             x = torch.full((rows, h.eval_seq_len + 1), PAD_ID, dtype=torch.int64)
             keep = torch.zeros(rows, h.eval_seq_len)
             for j, (a, b) in enumerate(chunk):
-                x[j, :b - a + 1], keep[j, :b - a] = tokens[a:b + 1], 1
+                x[j, : b - a + 1], keep[j, : b - a] = tokens[a : b + 1], 1
             x, keep = x.to(device), keep.to(device)
             with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):  # this rank's share of
                 loss = (model(x[:, :-1], x[:, 1:]) * keep).sum() / sum(b - a for a, b in batch)  # the batch mean
@@ -2028,8 +2445,16 @@ def global_sgd(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], h: Hype
     model.zero_grad(set_to_none=True)
 
 
-def eval_ttt(model: GPT, tokens: Tensor, h: Hyperparameters, luts: tuple[Tensor, Tensor, Tensor],
-             device: torch.device, on_score=None, on_update=None, ngram: bool = False) -> dict[str, object]:
+def eval_ttt(
+    model: GPT,
+    tokens: Tensor,
+    h: Hyperparameters,
+    luts: tuple[Tensor, Tensor, Tensor],
+    device: torch.device,
+    on_score=None,
+    on_update=None,
+    ngram: bool = False,
+) -> dict[str, object]:
     """Score-first TTT over the whole stream, mixed with the n-gram cache if ngram. The base weights
     are restored afterwards."""
     base = {k: v.clone() for k, v in model.state_dict().items()}
@@ -2039,15 +2464,15 @@ def eval_ttt(model: GPT, tokens: Tensor, h: Hyperparameters, luts: tuple[Tensor,
     was_training, loras = model.training, make_lora(model, h, device) if h.ttt_lora else []
     model.eval()  # no dropout anywhere; eval() only marks that no training step uses these batches' order
     for p in range(phases):
-        phase = spans[p * per:(p + 1) * per]
+        phase = spans[p * per : (p + 1) * per]
         if not phase:  # fewer documents than phases
             break
         if loras:
             order = sorted(phase, key=lambda se: se[1] - se[0])  # similar lengths share a batch
-            score_docs(model, tokens, order[h.rank::h.world_size], stats, h, device, loras, on_score, on_update)
+            score_docs(model, tokens, order[h.rank :: h.world_size], stats, h, device, loras, on_score, on_update)
         else:  # global SGD alone: a phase is one stretch of the stream, scored like the sliding path
             lo, hi = phase[0][0], phase[-1][1]
-            score_stream(model, tokens[lo:hi + 1], h, device, h.eval_stride, stats, lo)
+            score_stream(model, tokens[lo : hi + 1], h, device, h.eval_stride, stats, lo)
             if on_score:
                 on_score(lo + 1, hi)
         if h.ttt_global and p < phases - 1:
@@ -2056,9 +2481,11 @@ def eval_ttt(model: GPT, tokens: Tensor, h: Hyperparameters, luts: tuple[Tensor,
     model.train(was_training)
     return totals(stats, tokens, luts, h)
 
+
 # -----------------------------------------------------------------------------
 # TRAINING
 # -----------------------------------------------------------------------------
+
 
 class Logger:
     def __init__(self, h: Hyperparameters):
@@ -2083,8 +2510,10 @@ def log_header(log: Logger, h: Hyperparameters) -> None:
     log("=" * 100, console=False)
     log(f"code: {os.path.basename(__file__)} {len(code)} bytes sha256 {hashlib.sha256(code).hexdigest()}")
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    log(f"env: python {sys.version.split()[0]} torch {torch.__version__} cuda {torch.version.cuda} gpus {gpus} "
-        f"world_size {h.world_size}")
+    log(
+        f"env: python {sys.version.split()[0]} torch {torch.__version__} cuda {torch.version.cuda} gpus {gpus} "
+        f"world_size {h.world_size}"
+    )
     log("hyperparameters: " + json.dumps(dict(h.items()), sort_keys=True))
 
 
@@ -2119,8 +2548,7 @@ def slowest_rank(seconds: float, h: Hyperparameters, device: torch.device) -> fl
     return seconds
 
 
-def warmup_and_restore(model: GPT, step_fn, h: Hyperparameters, device: torch.device, seqs: int,
-                       micro: int) -> float:
+def warmup_and_restore(model: GPT, step_fn, h: Hyperparameters, device: torch.device, seqs: int, micro: int) -> float:
     """Compile every graph the run will use (recurrence off and on) with real optimizer steps on
     random tokens, so no training data is read before the clock; then put the weights back. The
     optimizer used here is a scratch one: the run's optimizer and EMA are created afterwards.
@@ -2169,8 +2597,10 @@ def main() -> None:
         vals["dev"] = load_val(h.dev_val_files, h.vocab_size)
 
     model = GPT(h).to(device)
-    log(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, attention {model.attn_impl}, "
-        f"layer order {model.orders[bool(h.recur_extra)]}")
+    log(
+        f"model: {sum(p.numel() for p in model.parameters()):,} parameters, attention {model.attn_impl}, "
+        f"layer order {model.orders[bool(h.recur_extra)]}"
+    )
     artifact = h.artifact or os.path.join("artifacts", f"{h.run_id}.pgq")
     if not h.eval_only:
         if h.compile and device.type == "cuda":
@@ -2191,14 +2621,24 @@ def main() -> None:
         dist.destroy_process_group()
     total = os.path.getsize(artifact) + os.path.getsize(__file__)
     if total > h.size_cap:  # scored and logged first, so an over-cap run still loses nothing
-        raise ArtifactError(f"{artifact}: artifact + code = {total:,} bytes > SIZE_CAP {h.size_cap:,}: not a valid submission")
+        raise ArtifactError(
+            f"{artifact}: artifact + code = {total:,} bytes > SIZE_CAP {h.size_cap:,}: not a valid submission"
+        )
 
 
 MIXED = {"ngram": "sliding", "ttt_ngram": "ttt"}  # n-gram path -> the model pass it mixes into
 
 
-def run_evals(model: GPT, h: Hyperparameters, vals: dict[str, Tensor], luts: tuple[Tensor, Tensor, Tensor],
-              device: torch.device, log: Logger, paths: str, tag: str = "") -> dict[str, dict]:
+def run_evals(
+    model: GPT,
+    h: Hyperparameters,
+    vals: dict[str, Tensor],
+    luts: tuple[Tensor, Tensor, Tensor],
+    device: torch.device,
+    log: Logger,
+    paths: str,
+    tag: str = "",
+) -> dict[str, dict]:
     """Every requested eval path on every val set; logs one line each and the eval-clock compliance
     line for the primary set (everything that reads its tokens is inside the clock). A model pass
     serves both its plain and its n-gram path when both are asked for; each path's seconds are what it
@@ -2222,32 +2662,49 @@ def run_evals(model: GPT, h: Hyperparameters, vals: dict[str, Tensor], luts: tup
                 r["seconds"] = time.perf_counter() - t0
                 done[mixed or path] = r
                 if mixed and base in wanted:  # the same pass, unmixed: already summed over ranks
-                    done[base] = {**totals(r["stats"][:1], tokens, luts, h, reduce=False),
-                                  "seconds": r["seconds"] - r["mix_seconds"]}
+                    done[base] = {
+                        **totals(r["stats"][:1], tokens, luts, h, reduce=False),
+                        "seconds": r["seconds"] - r["mix_seconds"],
+                    }
             r = results[f"{name}/{tag}{path}"] = done[path]
             spent += r["seconds"] if name == "val" else 0.0
-            log(f"eval {name} {tag}{path}: val_loss {r['loss']:.8f} val_bpb {r['bpb']:.8f} tokens {r['tokens']} "
-                f"bytes {r['bytes']} seconds {r['seconds']:.1f}")
+            log(
+                f"eval {name} {tag}{path}: val_loss {r['loss']:.8f} val_bpb {r['bpb']:.8f} tokens {r['tokens']} "
+                f"bytes {r['bytes']} seconds {r['seconds']:.1f}"
+            )
     if h.per_token_out and not tag and h.rank == 0:
         last = results[f"val/{wanted[-1]}"]
         np.save(h.per_token_out, last["nll"].numpy().astype(np.float32))
         if len(last["stats"]) == 2:  # an n-gram path: also the model's own outputs, for `python -m ngram_eval.sweep`
             st = last["stats"][:, 1:].cpu().numpy()
-            np.savez(os.path.splitext(h.per_token_out)[0] + "_model.npz", logp=(-st[0]).astype(np.float32),
-                     entropy=st[1].astype(np.float32))
+            np.savez(
+                os.path.splitext(h.per_token_out)[0] + "_model.npz",
+                logp=(-st[0]).astype(np.float32),
+                entropy=st[1].astype(np.float32),
+            )
     if not tag:
-        log(f"compliance eval: eval_seconds {spent:.1f} budget {h.eval_budget_seconds:.0f} "
-            f"held {spent <= h.eval_budget_seconds} (this val set; see bench for the full-val projection)")
+        log(
+            f"compliance eval: eval_seconds {spent:.1f} budget {h.eval_budget_seconds:.0f} "
+            f"held {spent <= h.eval_budget_seconds} (this val set; see bench for the full-val projection)"
+        )
     return results
 
 
-def train(h: Hyperparameters, model: GPT, device: torch.device, log: Logger, val: Tensor | None = None,
-          luts: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, object]:
+def train(
+    h: Hyperparameters,
+    model: GPT,
+    device: torch.device,
+    log: Logger,
+    val: Tensor | None = None,
+    luts: tuple[Tensor, Tensor, Tensor] | None = None,
+) -> dict[str, object]:
     """Train under the clock; returns steps, seconds, the logged (step, loss) history and the
     calibration Hessians. With VAL_LOSS_EVERY, `val` is scored (plain) every that many steps."""
     global_seqs = h.train_batch_tokens // h.train_seq_len
     if global_seqs % h.world_size:
-        raise ValueError(f"TRAIN_BATCH_TOKENS/TRAIN_SEQ_LEN={global_seqs} sequences do not split over {h.world_size} ranks")
+        raise ValueError(
+            f"TRAIN_BATCH_TOKENS/TRAIN_SEQ_LEN={global_seqs} sequences do not split over {h.world_size} ranks"
+        )
     local = global_seqs // h.world_size
     micro = max(1, min(local, h.micro_batch_tokens // h.train_seq_len))
     while local % micro:
@@ -2271,8 +2728,10 @@ def train(h: Hyperparameters, model: GPT, device: torch.device, log: Logger, val
         calib_s = warmup_and_restore(model, lambda x: step_fn(x, scratch), h, device, local, micro)
         log(f"warmup: compiled in {time.perf_counter() - t0:.1f}s on random tokens, weights restored")
         if 1.25 * calib_s > h.gptq_reserve_seconds:  # the reserve must hold the calibration, with a margin
-            log(f"reserve: calibration takes {calib_s:.1f}s, GPTQ_RESERVE_SECONDS {h.gptq_reserve_seconds:.1f} -> "
-                f"{1.25 * calib_s:.1f}")
+            log(
+                f"reserve: calibration takes {calib_s:.1f}s, GPTQ_RESERVE_SECONDS {h.gptq_reserve_seconds:.1f} -> "
+                f"{1.25 * calib_s:.1f}"
+            )
             h.gptq_reserve_seconds = 1.25 * calib_s
     opt = Optimizers(model, h)
     ema = EMA(model, h.ema_decay, h.ema_warmup) if h.ema else None
@@ -2313,24 +2772,33 @@ def train(h: Hyperparameters, model: GPT, device: torch.device, log: Logger, val
             if h.world_size > 1:  # the mean over ranks: the logged loss does not depend on the world size
                 dist.all_reduce(loss, op=dist.ReduceOp.AVG)
             history.append((step, loss.item()))
-            log(f"step {step} train_loss {history[-1][1]:.4f} lr_scale {scale:.3f} tok/s {tok_s:,.0f} "
-                f"ms/step {ms:.1f} elapsed {elapsed:.1f}s eta {eta:.0f}s")
+            log(
+                f"step {step} train_loss {history[-1][1]:.4f} lr_scale {scale:.3f} tok/s {tok_s:,.0f} "
+                f"ms/step {ms:.1f} elapsed {elapsed:.1f}s eta {eta:.0f}s"
+            )
     sync(device)
     train_s = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
-    log(f"train: {step} steps in {train_s:.1f}s, {1000 * train_s / max(step, 1):.1f} ms/step, peak memory {peak:.1f} GiB")
+    log(
+        f"train: {step} steps in {train_s:.1f}s, {1000 * train_s / max(step, 1):.1f} ms/step, peak memory {peak:.1f} GiB"
+    )
     if ema is not None:
         ema.copy_to(model)
     hessians = {}
     if h.quant == "gptq":  # calibration reads training data: it runs on the clock, in the reserve
-        batches = (loader.next_batch(global_seqs)[:micro] for _ in range(h.calib_batches)) if h.calib == "train" \
+        batches = (
+            (loader.next_batch(global_seqs)[:micro] for _ in range(h.calib_batches))
+            if h.calib == "train"
             else selfgen_batches(model, h, device, h.calib_batches, micro)
+        )
         hessians = calibrate(model, h, batches, device)
         sync(device)
     used = time.perf_counter() - t0 - train_s
     total, cap = train_s + used, h.max_wallclock_seconds
-    log(f"compliance train: train_seconds {train_s:.1f} calibration_seconds {used:.1f} reserve {h.gptq_reserve_seconds:.1f} "
-        f"total {total:.1f} cap {cap:.0f} held {cap <= 0 or total <= cap}")
+    log(
+        f"compliance train: train_seconds {train_s:.1f} calibration_seconds {used:.1f} reserve {h.gptq_reserve_seconds:.1f} "
+        f"total {total:.1f} cap {cap:.0f} held {cap <= 0 or total <= cap}"
+    )
     return dict(steps=step, train_seconds=train_s, history=history, hessians=hessians)
 
 

@@ -8,6 +8,7 @@ PRESET=record on the sp8192 devset, its 1-GPU proxy batch of 98,304 tokens, ITER
 line every step, the cheapest export and eval). train_gpt.py logs the loss averaged over ranks, so the curves
 are comparable; they differ only by reduction order and bf16 noise. Writes agree.json to --out and prints it.
 """
+
 import argparse
 import json
 import os
@@ -17,10 +18,20 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULTS = dict(PRESET="record", SEED="1337", DATA_PATH="data/datasets/devset_sp8192",
-                TOKENIZER_PATH="data/tokenizers/fineweb_8192_bpe.model", DEV_VAL_FILES="",
-                TRAIN_BATCH_TOKENS="98304", MAX_WALLCLOCK_SECONDS="0", TRAIN_LOG_EVERY="1",
-                QUANT="rtn", CODECS="zlib", PRE_EXPORT_PATHS="plain", EVAL_PATHS="plain")
+DEFAULTS = dict(
+    PRESET="record",
+    SEED="1337",
+    DATA_PATH="data/datasets/devset_sp8192",
+    TOKENIZER_PATH="data/tokenizers/fineweb_8192_bpe.model",
+    DEV_VAL_FILES="",
+    TRAIN_BATCH_TOKENS="98304",
+    MAX_WALLCLOCK_SECONDS="0",
+    TRAIN_LOG_EVERY="1",
+    QUANT="rtn",
+    CODECS="zlib",
+    PRE_EXPORT_PATHS="plain",
+    EVAL_PATHS="plain",
+)
 
 
 def losses(log: str) -> dict[int, float]:
@@ -38,8 +49,12 @@ def compare(runs: dict[int, dict[int, float]], steps: int, tol: float) -> dict:
             out["runs"][n] = {"ok": False, "error": f"no train_loss logged at step {steps}"}
             continue
         diffs = [abs(curve[s] - ref[s]) for s in common]
-        out["runs"][n] = {"loss_at_steps": curve[steps], "abs_diff_at_steps": round(abs(curve[steps] - ref[steps]), 6),
-                          "max_abs_diff": round(max(diffs), 6), "ok": abs(curve[steps] - ref[steps]) <= tol}
+        out["runs"][n] = {
+            "loss_at_steps": curve[steps],
+            "abs_diff_at_steps": round(abs(curve[steps] - ref[steps]), 6),
+            "max_abs_diff": round(max(diffs), 6),
+            "ok": abs(curve[steps] - ref[steps]) <= tol,
+        }
     out["ok"] = all(r["ok"] for r in out["runs"].values())
     return out
 

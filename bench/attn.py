@@ -9,6 +9,7 @@ At 25be12f a varlen_gqa row gave the varlen kernel the k/v heads unrepeated (tra
 query heads): 3.66 vs 3.87 ms, gradients within 0.001; train_gpt's varlen has done so since.
 Usage: python bench/attn.py SHARD [--batch 48 --seq 2048] -> JSON on stdout
 """
+
 import argparse
 import json
 import sys
@@ -53,6 +54,7 @@ def main() -> None:
     attend = torch.compile(tg.attend)
     impls = ["causal", "flex", "sdpa"] + (["varlen"] if tg.varlen_attn else []) + (["fa3"] if tg.fa3_varlen else [])
     rows = {}
+
     def out_and_grads(impl: str, fn=tg.attend) -> list[torch.Tensor]:
         for t in (q, k, v):
             t.grad = None
@@ -62,22 +64,37 @@ def main() -> None:
 
     ref = out_and_grads("sdpa")  # the dense document mask: the reference every doc-masked kernel must match
     for impl in impls:
+
         def run():
             mask = tg.AttnMask(tokens, impl != "causal", impl)
             attend(q, k, v, mask).backward(grad)
+
         try:
             ms = time_ms(run)
             diffs = [(a - b).abs().max().item() for a, b in zip(out_and_grads(impl, attend), ref)]
-            rows[impl] = dict(ms=round(ms, 3), causal_tflops=round(causal_flops / ms / 1e9, 1),
-                              max_abs_diff_vs_dense_doc_mask=diffs[0],
-                              grad_max_abs_diff=dict(zip("qkv", diffs[1:])))  # k/v: summed over the GQA group
+            rows[impl] = dict(
+                ms=round(ms, 3),
+                causal_tflops=round(causal_flops / ms / 1e9, 1),
+                max_abs_diff_vs_dense_doc_mask=diffs[0],
+                grad_max_abs_diff=dict(zip("qkv", diffs[1:])),
+            )  # k/v: summed over the GQA group
         except Exception as e:  # report, keep measuring the others
             rows[impl] = dict(error=f"{type(e).__name__}: {e}"[:300])
         mask_ms = time_ms(lambda: tg.AttnMask(tokens, impl != "causal", impl)) if "ms" in rows[impl] else None
         rows[impl]["mask_build_ms"] = mask_ms and round(mask_ms, 3)
     docs = int((tokens == tg.BOS_ID).sum())
-    print(json.dumps(dict(shape=dict(B=B, T=T, H=H, KV=KV, D=D), docs_in_batch=docs,
-                          gpu=torch.cuda.get_device_name(), torch=torch.__version__, results=rows), indent=1))
+    print(
+        json.dumps(
+            dict(
+                shape=dict(B=B, T=T, H=H, KV=KV, D=D),
+                docs_in_batch=docs,
+                gpu=torch.cuda.get_device_name(),
+                torch=torch.__version__,
+                results=rows,
+            ),
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

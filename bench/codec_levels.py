@@ -5,6 +5,7 @@ Decodes the artifact, re-serializes its codes with the byte shuffle (zstd's winn
 that payload once per level on this machine's CPU (single-threaded, as export does per candidate). Seconds
 depend on the CPU; bytes do not.
 """
+
 import json
 import sys
 import time
@@ -23,8 +24,18 @@ def main() -> None:
     for level in levels:
         t0 = time.perf_counter()
         n = len(zstandard.ZstdCompressor(level=level).compress(raw))
-        print(json.dumps(dict(artifact=Path(path).name, payload_bytes=len(raw), level=level, bytes=n,
-                              seconds=round(time.perf_counter() - t0, 1))), flush=True)
+        print(
+            json.dumps(
+                dict(
+                    artifact=Path(path).name,
+                    payload_bytes=len(raw),
+                    level=level,
+                    bytes=n,
+                    seconds=round(time.perf_counter() - t0, 1),
+                )
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ one CUDA graph and replayed, its ids copied in first (the copy is timed); a fail
 the row. floor_ms_*: the same at L=16, the fixed per-step cost.
 CPU smoke: --device cpu --contexts 64,128 --batch 1 (graph timing skipped, said so in rows and output)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +68,9 @@ class KVCache:
         self.doc = torch.full((B, capacity), -1, device=like.device) if doc_mask else None
         self.n, self.idx = 0, torch.arange(capacity, device=like.device)
 
-    def append(self, k: Tensor, v: Tensor, doc: Tensor | None, at: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    def append(
+        self, k: Tensor, v: Tensor, doc: Tensor | None, at: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """k, v (B, 1, Hkv, D) -> all keys, values, and the mask of those in doc (None: all visible).
         at (static step): the entry's index, a device tensor; all `capacity` entries come back, masked."""
         if at is not None:
@@ -82,15 +85,15 @@ class KVCache:
         if self.doc is not None:
             self.doc[:, self.n] = doc
         self.n += 1
-        mask = None if self.doc is None else (self.doc[:, :self.n] == doc[:, None])[:, None, None]
-        return self.k[:, :, :self.n], self.v[:, :, :self.n], mask
+        mask = None if self.doc is None else (self.doc[:, : self.n] == doc[:, None])[:, None, None]
+        return self.k[:, :, : self.n], self.v[:, :, : self.n], mask
 
     def fill_random(self, n: int) -> None:
         self.k[:, :, :n].normal_(), self.v[:, :, :n].normal_()
         self.n = n
 
     def nbytes(self) -> int:
-        return 2 * self.k[:, :, :self.n].numel() * self.k.element_size()
+        return 2 * self.k[:, :, : self.n].numel() * self.k.element_size()
 
 
 def attn_step(att: tg.Attention, x: Tensor, cache: KVCache, pos: int | Tensor, dec: Decoder) -> Tensor:
@@ -199,8 +202,11 @@ class PSEState:
 
     def fill_random(self, S: int, capacity: int) -> None:
         self.grow(capacity)  # Slots.fill_random's; drawn contiguous: the same state whatever the capacity
-        for t, draw in ((self.k[:, :, :S], torch.randn_like), (self.v[:, :, :S], torch.randn_like),
-                        (self.bank[:, :S], lambda t: torch.rand_like(t) * 3 + 1)):
+        for t, draw in (
+            (self.k[:, :, :S], torch.randn_like),
+            (self.v[:, :, :S], torch.randn_like),
+            (self.bank[:, :S], lambda t: torch.rand_like(t) * 3 + 1),
+        ):
             t.copy_(draw(t))
 
     def nbytes(self, S: int) -> int:
@@ -309,11 +315,12 @@ class Decoder:
     def state_bytes(self) -> int:
         if self.arch != "pse":
             return sum(st.nbytes() for st in self.states)
-        table = (self.slots.of.numel() + self.slots.n.numel() + self.slots.last[:, :self.slots.used].numel()) * 8
+        table = (self.slots.of.numel() + self.slots.n.numel() + self.slots.last[:, : self.slots.used].numel()) * 8
         return table + sum(st.nbytes(self.slots.used) for st in self.states)
 
 
 # --- timing ---------------------------------------------------------------------------------------
+
 
 def record_model(arch: str, device: torch.device) -> tg.GPT:
     """The record preset's model with random weights in bf16, recurrence on as at eval."""
@@ -356,8 +363,14 @@ def measure(model: tg.GPT, B: int, L: int, slots: int, groups: int, warmup: int)
     for g in range(warmup + groups):
         ids = feed()
         times.append(timed_ms(lambda: [dec.step(i) for i in ids], dev) / k)
-    return dict(arch=model.h.arch, batch=B, context=L, ms_per_token_eager=round(statistics.median(times[warmup:]), 4),
-                state_bytes=state_bytes, pse_slots=slots if held is not None else None)
+    return dict(
+        arch=model.h.arch,
+        batch=B,
+        context=L,
+        ms_per_token_eager=round(statistics.median(times[warmup:]), 4),
+        state_bytes=state_bytes,
+        pse_slots=slots if held is not None else None,
+    )
 
 
 def measure_graph(model: tg.GPT, B: int, L: int, slots: int, groups: int, warmup: int, sdpa: str) -> dict:
@@ -399,13 +412,18 @@ def git_commit() -> str:
 
 def table(rows: list[dict]) -> str:
     f = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
-    lines = ["| arch | batch | context | eager ms/token | graph ms/token | graph tokens/s | state MB | floor eager ms | "
-             "floor graph ms | pse slots |", "|" + "---|" * 10]
+    lines = [
+        "| arch | batch | context | eager ms/token | graph ms/token | graph tokens/s | state MB | floor eager ms | "
+        "floor graph ms | pse slots |",
+        "|" + "---|" * 10,
+    ]
     for r in rows:
         g = r["ms_per_token_graph"]
-        lines.append(f"| {r['arch']} | {r['batch']} | {r['context']} | {f(r['ms_per_token_eager'])} | {f(g)} | "
-                     f"{'-' if g is None else format(r['batch'] * 1000 / g, ',.0f')} | {r['state_bytes'] / 1e6:,.1f} | "
-                     f"{f(r['floor_ms_eager'])} | {f(r['floor_ms_graph'])} | {r['pse_slots'] or ''} |")
+        lines.append(
+            f"| {r['arch']} | {r['batch']} | {r['context']} | {f(r['ms_per_token_eager'])} | {f(g)} | "
+            f"{'-' if g is None else format(r['batch'] * 1000 / g, ',.0f')} | {r['state_bytes'] / 1e6:,.1f} | "
+            f"{f(r['floor_ms_eager'])} | {f(r['floor_ms_graph'])} | {r['pse_slots'] or ''} |"
+        )
     return "\n".join(lines)
 
 
@@ -433,8 +451,11 @@ def main(argv: list[str] | None = None) -> dict:
         graph = lambda B, L: measure_graph(model, B, L, slots(L), args.groups, args.warmup, args.static_sdpa)  # noqa: E731
         for B in batches:
             floor_e, floor_g = eager(B, FLOOR_CONTEXT), graph(B, FLOOR_CONTEXT)
-            floor = dict(floor_ms_eager=floor_e["ms_per_token_eager"], floor_ms_graph=floor_g["ms_per_token_graph"],
-                         floor_graph_error=floor_g["graph_error"])
+            floor = dict(
+                floor_ms_eager=floor_e["ms_per_token_eager"],
+                floor_ms_graph=floor_g["ms_per_token_graph"],
+                floor_graph_error=floor_g["graph_error"],
+            )
             for L in contexts:
                 rows.append({**eager(B, L), **graph(B, L), **floor})
                 print(table(rows[-1:]).splitlines()[-1], rows[-1]["graph_error"] or "", file=sys.stderr, flush=True)
@@ -443,11 +464,20 @@ def main(argv: list[str] | None = None) -> dict:
         del model
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     command = " ".join(["python", *(sys.argv if argv is None else ["bench/latency.py", *argv])])
-    out = dict(command=command, git_commit=git_commit(), torch=torch.__version__, device=name, dtype="bfloat16",
-               static_sdpa=args.static_sdpa, rows=rows,
-               state="RANDOM contents of the size L tokens leave: times the step, not quality")
-    print(f"decode latency, {name}, torch {torch.__version__}, bf16; eager step vs static step in a CUDA graph "
-          f"({args.static_sdpa} attention); state: random (step time, not quality)")
+    out = dict(
+        command=command,
+        git_commit=git_commit(),
+        torch=torch.__version__,
+        device=name,
+        dtype="bfloat16",
+        static_sdpa=args.static_sdpa,
+        rows=rows,
+        state="RANDOM contents of the size L tokens leave: times the step, not quality",
+    )
+    print(
+        f"decode latency, {name}, torch {torch.__version__}, bf16; eager step vs static step in a CUDA graph "
+        f"({args.static_sdpa} attention); state: random (step time, not quality)"
+    )
     print(table(rows))
     for err in sorted({e for r in rows for e in (r["graph_error"], r["floor_graph_error"]) if e}):
         print(f"graph: {err}")

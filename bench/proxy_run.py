@@ -6,6 +6,7 @@ from `make pack`: its own bytes are the counted code). The row holds the exact c
 steps, ms/step, tokens/s, MFU (model FLOPs incl. causal attention / 798e12 per GPU, the bf16 matmul
 rate measured on this H100), peak memory, artifact bytes, every eval line, and the compliance lines.
 """
+
 import json
 import os
 import re
@@ -55,25 +56,35 @@ def parse(log: str) -> dict:
             (s0, e0), (s1, e1) = pre[1], pre[-1]
             if s1 > s0:
                 row["tokens_per_s_before_recur"] = round((s1 - s0) * tok_step / (e1 - e0))
-                row["mfu_before_recur"] = round(row["tokens_per_s_before_recur"] * flops_per_token(h, False) / PEAK_FLOPS, 4)
+                row["mfu_before_recur"] = round(
+                    row["tokens_per_s_before_recur"] * flops_per_token(h, False) / PEAK_FLOPS, 4
+                )
         post = [s for s in steps if s[0] > r0]
         if len(post) >= 2 and post[-1][0] > post[0][0]:
             (s0, e0), (s1, e1) = post[0], post[-1]
             row["tokens_per_s_after_recur"] = round((s1 - s0) * tok_step / (e1 - e0))
             row["mfu_after_recur"] = round(row["tokens_per_s_after_recur"] * flops_per_token(h, True) / PEAK_FLOPS, 4)
     for name, path, loss, bpb, toks, byts, secs in re.findall(
-            r"^eval (\S+) (\S+): val_loss ([\d.]+) val_bpb ([\d.]+) tokens (\d+) bytes (\d+) seconds ([\d.]+)", log, re.M):
-        row["evals"][f"{name}/{path}"] = dict(loss=float(loss), bpb=float(bpb), tokens=int(toks), bytes=int(byts),
-                                              seconds=float(secs))
+        r"^eval (\S+) (\S+): val_loss ([\d.]+) val_bpb ([\d.]+) tokens (\d+) bytes (\d+) seconds ([\d.]+)", log, re.M
+    ):
+        row["evals"][f"{name}/{path}"] = dict(
+            loss=float(loss), bpb=float(bpb), tokens=int(toks), bytes=int(byts), seconds=float(secs)
+        )
     if m := re.search(r"^code: train_gpt.py (\d+) bytes sha256 ([0-9a-f]{64})", log, re.M):
         row["code_sha256"] = m.group(2)
-    for key, pat in [("artifact_bytes", r"^artifact: (\d+) bytes"), ("code_bytes", r"code (\d+) bytes"),
-                     ("total_bytes", r"total (\d+) bytes"), ("quantize_seconds", r"^export: .* tensors in ([\d.]+)s"),
-                     ("encode_seconds", r"^export: .* encoded in ([\d.]+)s")]:
+    for key, pat in [
+        ("artifact_bytes", r"^artifact: (\d+) bytes"),
+        ("code_bytes", r"code (\d+) bytes"),
+        ("total_bytes", r"total (\d+) bytes"),
+        ("quantize_seconds", r"^export: .* tensors in ([\d.]+)s"),
+        ("encode_seconds", r"^export: .* encoded in ([\d.]+)s"),
+    ]:
         if m := re.search(pat, log, re.M):
             row[key] = float(m.group(1)) if "." in m.group(1) else int(m.group(1))
     row["compliance"] = re.findall(r"^compliance .*$", log, re.M)
-    row["log_tail"] = [l for l in log.splitlines() if l.startswith(("export", "artifact", "codec", "ttt", "ngram"))][-40:]
+    row["log_tail"] = [l for l in log.splitlines() if l.startswith(("export", "artifact", "codec", "ttt", "ngram"))][
+        -40:
+    ]
     return row
 
 
@@ -97,8 +108,9 @@ def main() -> None:
     env = {**os.environ, **dict(p.split("=", 1) for p in env_pairs), "RUN_ID": name}
     cmd = [sys.executable, script] if nproc == 1 else ["torchrun", "--standalone", f"--nproc_per_node={nproc}", script]
     t0 = time.time()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         _, stderr = proc.communicate(timeout=timeout)
         returncode = proc.returncode
@@ -114,11 +126,27 @@ def main() -> None:
     stamp = ROOT / ".devdata/COMMIT"
     git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     commit = stamp.read_text().strip() if stamp.exists() else git.stdout.strip() if git.returncode == 0 else "unknown"
-    dirty = not stamp.exists() and git.returncode == 0 and bool(subprocess.run(
-        ["git", "status", "--porcelain", "train_gpt.py", "quant/pack.py"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
-    row = dict(name=name, command=" ".join(env_pairs + cmd[1:] if nproc > 1 else env_pairs + ["python", script]),
-               git_commit=commit, train_gpt_dirty=dirty, returncode=returncode, wall_seconds=round(time.time() - t0, 1),
-               **parse(log))
+    dirty = (
+        not stamp.exists()
+        and git.returncode == 0
+        and bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "train_gpt.py", "quant/pack.py"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+        )
+    )
+    row = dict(
+        name=name,
+        command=" ".join(env_pairs + cmd[1:] if nproc > 1 else env_pairs + ["python", script]),
+        git_commit=commit,
+        train_gpt_dirty=dirty,
+        returncode=returncode,
+        wall_seconds=round(time.time() - t0, 1),
+        **parse(log),
+    )
     if returncode:
         row["stderr_tail"] = stderr[-3000:]
     (out / f"{name}.json").write_text(json.dumps(row, indent=1))

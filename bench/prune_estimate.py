@@ -21,6 +21,7 @@ Measured (2 layers, ROW_SIGMA 0.35), bytes saved:
 | 160,000 | 1,083,560 | -312,308 | -296,584 | 188,429 | 190,073 | 162,306 | 160,000 | 142,777 |
 brotli and header-less zstd track `huff` (order0 under-predicts 1.3-2.1x); zstd-22 on the whole blob is chaotic:
 with the JSON header in its first block its optimal parser can switch to short matches and grow the blob by ~10%."""
+
 import copy
 import struct
 import sys
@@ -33,16 +34,23 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_gpt as tg  # noqa: E402
 
-CFG = tg.QuantConfig(classes=(("embed", r"emb", 7, 14.0), ("attn", r"attn", 6, 13.0), ("mlp", r"mlp", 6, 12.5),
-                              ("matrix", r"", 6, 12.5)))
+CFG = tg.QuantConfig(
+    classes=(("embed", r"emb", 7, 14.0), ("attn", r"attn", 6, 13.0), ("mlp", r"mlp", 6, 12.5), ("matrix", r"", 6, 12.5))
+)
 
 
 def synth(layers: int, sigma: float) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     t = torch.distributions.StudentT(5.0)
     w = lambda r, c, rs: t.sample((r, c)) * (3 / 5) ** 0.5 * rs[:, None] * torch.exp(0.2 * torch.randn(c))
-    shapes = {"attn.c_q": (512, 512, 0.035), "attn.c_k": (256, 512, 0.035), "attn.c_v": (256, 512, 0.03),
-              "attn.proj": (512, 512, 0.025), "mlp.fc": (2048, 512, 0.03), "mlp.proj": (512, 2048, 0.02)}
+    shapes = {
+        "attn.c_q": (512, 512, 0.035),
+        "attn.c_k": (256, 512, 0.035),
+        "attn.c_v": (256, 512, 0.03),
+        "attn.proj": (512, 512, 0.025),
+        "mlp.fc": (2048, 512, 0.03),
+        "mlp.proj": (512, 2048, 0.02),
+    }
     st = {}
     for i in range(layers):
         for k, (r, c, std) in shapes.items():
@@ -51,7 +59,9 @@ def synth(layers: int, sigma: float) -> dict[str, torch.Tensor]:
                 rs = rs * torch.exp(0.4 * torch.randn(r // 64)).repeat_interleave(64)
             st[f"blocks.{i}.{k}.weight"] = w(r, c, rs)
     ids = torch.arange(8192).float()
-    st["tok_emb.weight"] = w(8192, 512, 0.05 * (0.35 + 0.65 * torch.exp(-ids / 3000)) * torch.exp(0.25 * torch.randn(8192)))
+    st["tok_emb.weight"] = w(
+        8192, 512, 0.05 * (0.35 + 0.65 * torch.exp(-ids / 3000)) * torch.exp(0.25 * torch.randn(8192))
+    )
     st["blocks.0.attn_scale"] = torch.rand(512)
     return st
 
@@ -63,14 +73,17 @@ def order0(q: torch.Tensor) -> float:
 
 
 def huff(q: torch.Tensor) -> float:
-    return sum(tg._huffman_bytes(torch.bincount(b.long() + 128, minlength=256).tolist()) for b in q.flatten().split(tg.PRUNE_BLOCK))
+    return sum(
+        tg._huffman_bytes(torch.bincount(b.long() + 128, minlength=256).tolist())
+        for b in q.flatten().split(tg.PRUNE_BLOCK)
+    )
 
 
 def sizes(q: dict, pool: ThreadPoolExecutor) -> dict[str, int]:
     raws = {s: tg._serialize(q, {"format": "bench"}, s, False) for s in (False, True)}
     jobs = {f"{c} s{int(s)}": (c, raws[s]) for c in ("zstd", "brotli") for s in (False, True)}
     r = raws[False]  # payload | header | u32 header length
-    jobs["zstd payload"] = ("zstd", r[:len(r) - 4 - struct.unpack_from("<I", r, len(r) - 4)[0]])
+    jobs["zstd payload"] = ("zstd", r[: len(r) - 4 - struct.unpack_from("<I", r, len(r) - 4)[0]])
     out = dict(zip(jobs, pool.map(lambda cb: len(tg._codec(cb[0])[0](cb[1])), jobs.values())))
     return out | {e: sum(f(x["q"]) for x in q.values() if "q" in x) for e, f in (("huff", huff), ("order0", order0))}
 
@@ -81,14 +94,19 @@ def main(layers: int = 2, sigma: float = 0.35, asks: str = "5000,10000,20000,400
     with ThreadPoolExecutor(2) as pool:
         base = sizes(q, pool)
         n = sum(x["q"].numel() for x in q.values() if "q" in x)
-        print(f"{layers} layers, row sigma {sigma}: {n:,} codes; unpruned bytes: "
-              + ", ".join(f"{k} {v:,.0f}" for k, v in base.items()))
+        print(
+            f"{layers} layers, row sigma {sigma}: {n:,} codes; unpruned bytes: "
+            + ", ".join(f"{k} {v:,.0f}" for k, v in base.items())
+        )
         print("| ask | zeroed | prune s | " + " | ".join(base) + " |\n|" + "---|" * (len(base) + 3))
         for ask in map(int, asks.split(",")):
             qq, t0 = copy.deepcopy(q), time.time()
             zeroed, dt = tg.prune_to_fit(qq, st, ask), time.time() - t0
             saved = {k: base[k] - v for k, v in sizes(qq, pool).items()}
-            print(f"| {ask:,} | {zeroed:,} | {dt:.1f} | " + " | ".join(f"{v:,.0f}" for v in saved.values()) + " |", flush=True)
+            print(
+                f"| {ask:,} | {zeroed:,} | {dt:.1f} | " + " | ".join(f"{v:,.0f}" for v in saved.values()) + " |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

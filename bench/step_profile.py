@@ -28,6 +28,7 @@ tokens with a BOS every 1,000: the documents set the attention work (bench/doc_s
 STEP_SUSTAIN=N: also time N steps in a row (the clock of a real run: heat and power limits) and read the SM
 clock and power from nvidia-smi right after.
 """
+
 import json
 import os
 import subprocess
@@ -53,8 +54,9 @@ def timed(fn, n: int) -> float:
 
 def gpu_state() -> str:
     q = "clocks.sm,clocks.max.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active"
-    return subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"], capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"], capture_output=True, text=True
+    ).stdout.strip()
 
 
 def main() -> None:
@@ -108,7 +110,9 @@ def main() -> None:
     if sustain:
         idle = gpu_state()
         ms = timed(lambda: (fwd_bwd(), step()), sustain)
-        sustained = dict(sustained_steps=sustain, sustained_step_ms=round(ms, 1), gpu_before=idle, gpu_after=gpu_state())
+        sustained = dict(
+            sustained_steps=sustain, sustained_step_ms=round(ms, 1), gpu_before=idle, gpu_after=gpu_state()
+        )
 
     def top(fn, n=n_top):
         if h.world_size > 1:  # start together: else a collective's kernel time is mostly waiting for the late rank
@@ -119,21 +123,40 @@ def main() -> None:
             torch.cuda.synchronize()
         ev = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)
         comm = sum(e.device_time_total for e in ev if "nccl" in e.key.lower()) / 1000
-        return dict(total_cuda_ms=round(sum(e.device_time_total for e in ev) / 1000, 2), comm_ms=round(comm, 3),
-                    top=[dict(name=e.key[:80], cuda_ms=round(e.device_time_total / 1000, 3), calls=e.count) for e in ev[:n]])
+        return dict(
+            total_cuda_ms=round(sum(e.device_time_total for e in ev) / 1000, 2),
+            comm_ms=round(comm, 3),
+            top=[dict(name=e.key[:80], cuda_ms=round(e.device_time_total / 1000, 3), calls=e.count) for e in ev[:n]],
+        )
 
     fb_k, opt_k = top(fwd_bwd), top(step)  # every rank profiles: the collectives need all of them
     if h.rank == 0:
-        print(json.dumps(dict(data=data or "random, a BOS every 1000", attention=model.attn_impl,
-                              compile=h.compile, weights=dtype,
-                              autotune=autotune,
-                              bf16_resid=h.bf16_resid, world_size=h.world_size, seqs=seqs,
-                              micro=micro, warmup_s=round(warm, 1), step_ms=round(full, 1), fwd_bwd_ms=round(fb, 1),
-                              optimizer_step_ms=round(full - fb, 1), comm_ms=opt_k["comm_ms"],
-                              comm_share=round(opt_k["comm_ms"] / full, 4),  # NCCL kernel time incl. rank skew
-                              peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1),
-                              muon_matrices=len(opt.muon.param_groups[0]["params"]),
-                              **sustained, fwd_bwd_kernels=fb_k, optimizer_kernels=opt_k)))
+        print(
+            json.dumps(
+                dict(
+                    data=data or "random, a BOS every 1000",
+                    attention=model.attn_impl,
+                    compile=h.compile,
+                    weights=dtype,
+                    autotune=autotune,
+                    bf16_resid=h.bf16_resid,
+                    world_size=h.world_size,
+                    seqs=seqs,
+                    micro=micro,
+                    warmup_s=round(warm, 1),
+                    step_ms=round(full, 1),
+                    fwd_bwd_ms=round(fb, 1),
+                    optimizer_step_ms=round(full - fb, 1),
+                    comm_ms=opt_k["comm_ms"],
+                    comm_share=round(opt_k["comm_ms"] / full, 4),  # NCCL kernel time incl. rank skew
+                    peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1),
+                    muon_matrices=len(opt.muon.param_groups[0]["params"]),
+                    **sustained,
+                    fwd_bwd_kernels=fb_k,
+                    optimizer_kernels=opt_k,
+                )
+            )
+        )
     if h.world_size > 1:
         tg.dist.destroy_process_group()
 

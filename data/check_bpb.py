@@ -10,6 +10,7 @@ normalisation means that text can differ from the raw input, e.g. collapsed whit
 not the raw input, are what a model is scored on.) Exits 1 at any mismatch, naming the first bad
 token. `tokens` in the summary counts BOS, as a shard does.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,11 +56,13 @@ def first_mismatch(sp: spm.SentencePieceProcessor, doc: int, ids: list[int], cou
     done = 0
     for start, end in spans(sp, ids):
         upto = decoded_bytes(sp, ids[1:end])
-        got = sum(counts[start - 1:end - 1])
+        got = sum(counts[start - 1 : end - 1])
         if got != upto - done:
             toks = ", ".join(f"id {i} {sp.id_to_piece(i)!r}" for i in ids[start:end])
-            return (f"doc {doc}: counted {sum(counts)} bytes, decoding gives {decoded_bytes(sp, ids[1:])}; "
-                    f"first bad token {start} ({toks}): counted {got}, expected {upto - done}")
+            return (
+                f"doc {doc}: counted {sum(counts)} bytes, decoding gives {decoded_bytes(sp, ids[1:])}; "
+                f"first bad token {start} ({toks}): counted {got}, expected {upto - done}"
+            )
         done = upto
     raise AssertionError("document totals differ but no span does")
 
@@ -73,8 +76,10 @@ class Report:
     first_bad: str | None = None
 
     def line(self) -> str:
-        return (f"bytes match: {self.matched}/{self.docs} docs, bytes={self.bytes}, tokens={self.tokens}, "
-                f"bytes_per_token={self.bytes / max(self.tokens, 1):.4f}")
+        return (
+            f"bytes match: {self.matched}/{self.docs} docs, bytes={self.bytes}, tokens={self.tokens}, "
+            f"bytes_per_token={self.bytes / max(self.tokens, 1):.4f}"
+        )
 
 
 def check_docs(sp: spm.SentencePieceProcessor, texts: Iterable[str], rule: ByteRule | None = None) -> Report:

@@ -10,6 +10,7 @@ For each variant, in OUT (default data/datasets) and its sibling tokenizers/ fol
 Training documents that also occur in proxy_val or the FineWeb dev docs are refused. A variant whose
 manifest matches its inputs and whose shards are whole is skipped, so re-running is cheap.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,16 +63,18 @@ def build_variant(shared: str, variant: str, out: str, workers: int) -> str:
     dev_copy = os.path.join(out, f"devset_{variant}_fineweb_dev", "fineweb_val_000000.bin")
     copy_if_different(dev_shard, dev_copy)
     dev_tokens, dev_docs = check_shard(dev_copy, int(variant[2:]))
-    copy_if_different(tokenizer, os.path.join(os.path.dirname(os.path.abspath(out)), "tokenizers",
-                                              TOKENIZERS[variant]))
-    return (f"devset_{variant} ({state}): {summary(read_manifest(dest))}; "
-            f"fineweb_dev {dev_docs:,} docs {dev_tokens:,} tokens")
+    copy_if_different(tokenizer, os.path.join(os.path.dirname(os.path.abspath(out)), "tokenizers", TOKENIZERS[variant]))
+    return (
+        f"devset_{variant} ({state}): {summary(read_manifest(dest))}; "
+        f"fineweb_dev {dev_docs:,} docs {dev_tokens:,} tokens"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.devset", description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", default="../shared",
-                        help="folder holding data/{proxy,proxy_val,fineweb_dev,tokenizers}")
+    parser.add_argument(
+        "--shared", default="../shared", help="folder holding data/{proxy,proxy_val,fineweb_dev,tokenizers}"
+    )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--variants", default="sp1024,sp8192")
     parser.add_argument("--out", default=os.path.join("data", "datasets"))

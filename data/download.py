@@ -11,6 +11,7 @@ Files already present and whole are skipped (a second run makes no request). Eac
 downloaded into OUT/datasets/.download (an interrupted download restarts there), validated (shards
 with data.shards.check_shard), and only then moved into place; a bad one is deleted and reported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -130,22 +131,28 @@ def download(variant: str, train_shards: int, repo_id: str, root: str, out: str)
     for path in artifacts:
         hub.fetch(path, check_model if path.endswith(".model") else lambda p: None)
     shutil.rmtree(hub.stage, ignore_errors=True)
-    return (f"{dataset}: {n_val} val + {train_shards} train shards ({tokens:,} tokens) and "
-            f"{', '.join(os.path.basename(a) for a in artifacts)} in {out} ({hub.downloaded} file(s) downloaded)")
+    return (
+        f"{dataset}: {n_val} val + {train_shards} train shards ({tokens:,} tokens) and "
+        f"{', '.join(os.path.basename(a) for a in artifacts)} in {out} ({hub.downloaded} file(s) downloaded)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.download", description=__doc__.splitlines()[0])
     parser.add_argument("--variant", choices=sorted(REPO_IDS), required=True)
     parser.add_argument("--train-shards", type=int, required=True, help="download the first N train shards")
-    parser.add_argument("--repo-id", help="hub dataset repo (default: " +
-                        ", ".join(f"{r} for {v}" for v, r in REPO_IDS.items()) + ")")
+    parser.add_argument(
+        "--repo-id", help="hub dataset repo (default: " + ", ".join(f"{r} for {v}" for v, r in REPO_IDS.items()) + ")"
+    )
     parser.add_argument("--remote-root", default=REMOTE_ROOT, help="folder of manifest.json in the repo")
     parser.add_argument("--out", default="data")
     args = parser.parse_args(argv)
     try:
-        print(download(args.variant, args.train_shards, args.repo_id or REPO_IDS[args.variant],
-                       args.remote_root, args.out))
+        print(
+            download(
+                args.variant, args.train_shards, args.repo_id or REPO_IDS[args.variant], args.remote_root, args.out
+            )
+        )
     except (DownloadError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

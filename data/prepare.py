@@ -10,6 +10,7 @@ of at most --shard-tokens tokens; only a document longer than a shard is split. 
 A training document whose stripped text is also a validation document is refused: nothing is
 written. The output is byte-identical for any --workers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -105,8 +106,10 @@ def load_tokenizer(path: str) -> spm.SentencePieceProcessor:
     except (OSError, RuntimeError):
         raise PrepareError(f"{path}: not a readable SentencePiece model") from None
     if sp.bos_id() != BOS_ID or sp.vocab_size() > 2**16:
-        raise PrepareError(f"{path}: need bos_id={BOS_ID} and at most 65536 pieces for uint16 shards "
-                           f"(has bos_id={sp.bos_id()}, {sp.vocab_size()} pieces)")
+        raise PrepareError(
+            f"{path}: need bos_id={BOS_ID} and at most 65536 pieces for uint16 shards "
+            f"(has bos_id={sp.bos_id()}, {sp.vocab_size()} pieces)"
+        )
     return sp
 
 
@@ -163,6 +166,7 @@ def encoder(model: str, workers: int) -> Iterator[Encoder]:
 # -----------------------------------------------------------------------------
 # shards
 
+
 class ShardWriter:
     """Packs whole documents into fineweb_<split>_NNNNNN.bin of at most `cap` tokens."""
 
@@ -195,15 +199,18 @@ class ShardWriter:
         self.buf, self.fill = [], 0
 
 
-def write_split(encode: Encoder, paths: list[str], folder: str, split: str, cap: int,
-                forbidden: set[bytes] = frozenset()) -> tuple[dict, set[bytes]]:
+def write_split(
+    encode: Encoder, paths: list[str], folder: str, split: str, cap: int, forbidden: set[bytes] = frozenset()
+) -> tuple[dict, set[bytes]]:
     """Tokenize the documents of `paths` into shards; return (stats, keys of the documents)."""
     writer, keys = ShardWriter(folder, split, cap), set()
     docs = tokens = 0
     for path, lineno, key, doc in encode(paths):
         if key in forbidden and key != EMPTY_KEY:
-            raise PrepareError(f"{path}:{lineno}: this training document is also a validation document "
-                               f"(same text after strip); refusing to write shards")
+            raise PrepareError(
+                f"{path}:{lineno}: this training document is also a validation document "
+                f"(same text after strip); refusing to write shards"
+            )
         keys.add(key)
         writer.add(doc)
         docs, tokens = docs + 1, tokens + len(doc)
@@ -219,10 +226,22 @@ def train_tokenizer(paths: list[str], vocab_size: int, model_path: str) -> str:
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=(t for t in texts if t), model_writer=model, model_type="bpe",
-            vocab_size=vocab_size, character_coverage=0.999, byte_fallback=True, split_digits=True,
-            normalization_rule_name="nmt_nfkc", add_dummy_prefix=False, pad_id=0, bos_id=1, eos_id=2,
-            unk_id=3, hard_vocab_limit=False, minloglevel=2)
+            sentence_iterator=(t for t in texts if t),
+            model_writer=model,
+            model_type="bpe",
+            vocab_size=vocab_size,
+            character_coverage=0.999,
+            byte_fallback=True,
+            split_digits=True,
+            normalization_rule_name="nmt_nfkc",
+            add_dummy_prefix=False,
+            pad_id=0,
+            bos_id=1,
+            eos_id=2,
+            unk_id=3,
+            hard_vocab_limit=False,
+            minloglevel=2,
+        )
     except RuntimeError as e:
         raise PrepareError(f"tokenizer training failed: {str(e).splitlines()[0]}") from None
     with open(model_path, "wb") as f:
@@ -233,19 +252,28 @@ def train_tokenizer(paths: list[str], vocab_size: int, model_path: str) -> str:
 # -----------------------------------------------------------------------------
 # the build and its manifest
 
+
 def _sources(paths: Iterable[str]) -> list[dict]:
     return [{"path": p, "sha256": file_sha256(p)} for p in paths]
 
 
 def _fingerprint(manifest: dict) -> tuple:
     """What a build depends on: format, tokenizer and source contents (not their paths)."""
-    return (manifest["format"], manifest["tokenizer"]["sha256"],
-            {k: [s["sha256"] for s in v] for k, v in manifest["sources"].items()})
+    return (
+        manifest["format"],
+        manifest["tokenizer"]["sha256"],
+        {k: [s["sha256"] for s in v] for k, v in manifest["sources"].items()},
+    )
 
 
 def _format(shard_tokens: int) -> dict:
-    return {"magic": SHARD_MAGIC, "version": SHARD_VERSION, "bos_id": BOS_ID, "append_eos": False,
-            "shard_tokens": shard_tokens}
+    return {
+        "magic": SHARD_MAGIC,
+        "version": SHARD_VERSION,
+        "bos_id": BOS_ID,
+        "append_eos": False,
+        "shard_tokens": shard_tokens,
+    }
 
 
 def read_manifest(out: str) -> dict | None:
@@ -256,15 +284,24 @@ def read_manifest(out: str) -> dict | None:
         return None
 
 
-def up_to_date(out: str, train: list[str], tokenizer: str, val: list[str] = (), holdout: list[str] = (),
-               shard_tokens: int = SHARD_TOKENS) -> bool:
+def up_to_date(
+    out: str,
+    train: list[str],
+    tokenizer: str,
+    val: list[str] = (),
+    holdout: list[str] = (),
+    shard_tokens: int = SHARD_TOKENS,
+) -> bool:
     """True if DIR holds a complete build of exactly these inputs and every shard is whole.
     Shards are checked by header and size, not re-hashed: that catches missing and truncated files."""
     m = read_manifest(out)
     if not m or not m.get("complete"):
         return False
-    want = {"format": _format(shard_tokens), "tokenizer": {"sha256": file_sha256(tokenizer)},
-            "sources": {"train": _sources(train), "val": _sources(val), "holdout": _sources(holdout)}}
+    want = {
+        "format": _format(shard_tokens),
+        "tokenizer": {"sha256": file_sha256(tokenizer)},
+        "sources": {"train": _sources(train), "val": _sources(val), "holdout": _sources(holdout)},
+    }
     try:
         if _fingerprint(m) != _fingerprint(want):
             return False
@@ -296,9 +333,16 @@ def _publish(stage: str, out: str, manifest: dict) -> None:
     os.replace(tmp, manifest_path)
 
 
-def prepare(train: list[str], out: str, tokenizer: str | None = None, val: list[str] = (),
-            holdout: list[str] = (), shard_tokens: int = SHARD_TOKENS, workers: int = 1,
-            train_vocab: int | None = None) -> dict:
+def prepare(
+    train: list[str],
+    out: str,
+    tokenizer: str | None = None,
+    val: list[str] = (),
+    holdout: list[str] = (),
+    shard_tokens: int = SHARD_TOKENS,
+    workers: int = 1,
+    train_vocab: int | None = None,
+) -> dict:
     """Build DIR from the documents of `train` (and `val`); `holdout` documents are only checked
     for overlap. Tokenizes with `tokenizer`, or trains DIR/tokenizer.model when train_vocab is set.
     Returns the manifest. On any error DIR is left as it was."""
@@ -322,8 +366,11 @@ def prepare(train: list[str], out: str, tokenizer: str | None = None, val: list[
         manifest = {
             "complete": True,
             "format": _format(shard_tokens),
-            "tokenizer": {"path": "tokenizer.model" if train_vocab else tokenizer,  # trained: in DIR
-                          "sha256": file_sha256(tokenizer), "vocab_size": sp.vocab_size()},
+            "tokenizer": {
+                "path": "tokenizer.model" if train_vocab else tokenizer,  # trained: in DIR
+                "sha256": file_sha256(tokenizer),
+                "vocab_size": sp.vocab_size(),
+            },
             "sources": {"train": _sources(train), "val": _sources(val), "holdout": _sources(holdout)},
             "splits": {"train": train_stats, **({"val": val_stats} if val else {})},
         }
@@ -338,8 +385,10 @@ def prepare(train: list[str], out: str, tokenizer: str | None = None, val: list[
 
 
 def summary(manifest: dict) -> str:
-    return ", ".join(f"{k} {v['docs']:,} docs {v['tokens']:,} tokens in {len(v['shards'])} shard(s)"
-                     for k, v in manifest["splits"].items())
+    return ", ".join(
+        f"{k} {v['docs']:,} docs {v['tokens']:,} tokens in {len(v['shards'])} shard(s)"
+        for k, v in manifest["splits"].items()
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,8 +406,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give either --tokenizer MODEL or --train-tokenizer --vocab-size V")
     t0 = time.perf_counter()
     try:
-        manifest = prepare(args.docs, args.out, args.tokenizer, args.val_docs, shard_tokens=args.shard_tokens,
-                           workers=args.workers, train_vocab=args.vocab_size)
+        manifest = prepare(
+            args.docs,
+            args.out,
+            args.tokenizer,
+            args.val_docs,
+            shard_tokens=args.shard_tokens,
+            workers=args.workers,
+            train_vocab=args.vocab_size,
+        )
     except (PrepareError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

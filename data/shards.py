@@ -1,7 +1,8 @@
 """Write and check shards in the official format (train_gpt.py defines and reads it).
 
-    python -m data.shards check FILE... [--vocab-size V]
+python -m data.shards check FILE... [--vocab-size V]
 """
+
 from __future__ import annotations
 
 import argparse

@@ -3,6 +3,7 @@
 When the section is merged into train_gpt.py, change the import below to
 `from train_gpt import NgramMixer` and nothing else.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,6 +13,7 @@ import torch
 from torch import Tensor
 
 from train_gpt import NgramMixer, load_shard, mix_ngram  # noqa: F401  (the fast implementation lives in train_gpt.py)
+
 
 def read_tokens(path: str, limit: int | None = None) -> Tensor:
     """Tokens of an official-format shard (validated by train_gpt.load_shard), as int64."""
@@ -23,6 +25,7 @@ def target_bytes(tokens: Tensor, tokenizer: str, vocab_size: int) -> Tensor:
     import sentencepiece as spm
 
     from train_gpt import build_byte_luts, token_bytes
+
     luts = build_byte_luts(spm.SentencePieceProcessor(model_file=tokenizer), vocab_size)
     return token_bytes(tokens[:-1], tokens[1:], luts).long()
 
@@ -43,13 +46,16 @@ class FakeModel:
     def stats(self, tokens: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
         """(log p(tokens[i+1]), entropy at i+1) for every target tokens[1:], float32."""
         T = tokens.numel()
-        out = [NgramMixer.model_stats(tokens[s + 1:s + 1 + chunk], self.logprobs(tokens[s:min(s + chunk, T - 1)]))
-               for s in range(0, T - 1, chunk)]
+        out = [
+            NgramMixer.model_stats(tokens[s + 1 : s + 1 + chunk], self.logprobs(tokens[s : min(s + chunk, T - 1)]))
+            for s in range(0, T - 1, chunk)
+        ]
         return torch.cat([a for a, _ in out]), torch.cat([b for _, b in out])
 
 
-def run_stream(mixer: NgramMixer, tokens: Tensor, model: FakeModel, chunk: int, trace=None,
-               update_first: bool = False) -> Tensor:
+def run_stream(
+    mixer: NgramMixer, tokens: Tensor, model: FakeModel, chunk: int, trace=None, update_first: bool = False
+) -> Tensor:
     """Mixed NLL [T] (float64) of tokens[1:] in one left-to-right chunked pass; nll[0] = 0 (no prefix).
     trace (optional) gets .score(positions) / .update(positions) events. update_first=True is the
     LEAKY negative control: it inserts each chunk before scoring it."""
@@ -68,7 +74,7 @@ def run_stream(mixer: NgramMixer, tokens: Tensor, model: FakeModel, chunk: int, 
         e = min(s + chunk, T)
         if update_first:
             update(e)
-        nll[s:e] = mixer.score(tokens[s:e], model.logprobs(tokens[s - 1:e - 1]), prefix=tokens[done:s]).cpu()
+        nll[s:e] = mixer.score(tokens[s:e], model.logprobs(tokens[s - 1 : e - 1]), prefix=tokens[done:s]).cpu()
         if trace is not None:
             trace.score(range(s, e))
         if not update_first:

@@ -20,6 +20,7 @@ Probes (the conditions of issue #1017):
                  only after it was scored. Only as good as the scorer's reporting; the two probes above
                  test behaviour and trust nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,13 +70,14 @@ def _result(name: str, ok: bool | None, detail: str, value: float = 0.0) -> Resu
     return Result(name, {True: "PASS", False: "FAIL", None: "SKIP"}[ok], detail, value)
 
 
-def probe_normalisation(scorer, tokens: Tensor, positions, vocab: int, tol: float = 1e-5,
-                        stop_above: float | None = None):
+def probe_normalisation(
+    scorer, tokens: Tensor, positions, vocab: int, tol: float = 1e-5, stop_above: float | None = None
+):
     """Implied mass sum_v p(v | tokens[:t]) at each t, by substituting every v at t and re-scoring.
     stop_above: stop a position's sum once it passes this (then it is a lower bound, marked >=)."""
     worst, worst_claim, details = 0.0, 0.0, []
     for t in positions:
-        stream = tokens[:t + 1].clone()
+        stream = tokens[: t + 1].clone()
         p, total = torch.zeros(vocab, dtype=torch.float64), 0.0
         for v in range(vocab):
             stream[t] = v
@@ -85,14 +87,19 @@ def probe_normalisation(scorer, tokens: Tensor, positions, vocab: int, tol: floa
                 break
         partial = v < vocab - 1
         worst = max(worst, abs(total - 1))
-        details.append(f"t={t}: {'>=' if partial else ''}{total:.8f}"
-                       + (f" (first {v + 1} of {vocab} tokens)" if partial else ""))
+        details.append(
+            f"t={t}: {'>=' if partial else ''}{total:.8f}" + (f" (first {v + 1} of {vocab} tokens)" if partial else "")
+        )
         if hasattr(scorer, "distribution"):  # a claimed distribution must be proper AND be what is scored
             q = scorer.distribution(tokens[:t]).double().cpu()
             worst_claim = max(worst_claim, abs(q.sum().item() - 1), (q - p).abs().max().item())
     extra = f"; claimed distribution off by {worst_claim:.2g}" if hasattr(scorer, "distribution") else ""
-    return _result("normalisation", worst <= tol and worst_claim <= tol,
-                   f"implied sum over V: {', '.join(details)} (|sum-1| <= {tol}){extra}", worst)
+    return _result(
+        "normalisation",
+        worst <= tol and worst_claim <= tol,
+        f"implied sum over V: {', '.join(details)} (|sum-1| <= {tol}){extra}",
+        worst,
+    )
 
 
 def probe_causality(scorer, tokens: Tensor, positions, vocab: int, seed: int = 0, tol: float = 1e-7):
@@ -103,8 +110,11 @@ def probe_causality(scorer, tokens: Tensor, positions, vocab: int, seed: int = 0
     for t in positions:
         pert = tokens.clone()
         pert[t:] = torch.randint(vocab, (tokens.numel() - t,), generator=g)
-        worst = max(worst, (scorer(pert).double()[1:t] - base[1:t]).abs().max().item(),
-                    (scorer(tokens[:t]).double()[1:t] - base[1:t]).abs().max().item())
+        worst = max(
+            worst,
+            (scorer(pert).double()[1:t] - base[1:t]).abs().max().item(),
+            (scorer(tokens[:t]).double()[1:t] - base[1:t]).abs().max().item(),
+        )
     return _result("causality", worst <= tol, f"max |change of nll before t| = {worst:.3g} (tol {tol})", worst)
 
 
@@ -117,25 +127,36 @@ def probe_score_first(scorer, tokens: Tensor):
     finally:
         scorer.trace = None
     upd = tr.n_updated[1:] > 0
-    bad = {"not scored exactly once": int((tr.n_scored[1:] != 1).sum()),
-           "updated more than once": int((tr.n_updated[1:] > 1).sum()),
-           "updated before scored": int((upd & (tr.updated_at[1:] <= tr.scored_at[1:])).sum())}
+    bad = {
+        "not scored exactly once": int((tr.n_scored[1:] != 1).sum()),
+        "updated more than once": int((tr.n_updated[1:] > 1).sum()),
+        "updated before scored": int((upd & (tr.updated_at[1:] <= tr.scored_at[1:])).sum()),
+    }
     ok = not any(bad.values())
-    return _result("score-first", ok, "all positions scored once, each update after its score" if ok
-                   else ", ".join(f"{k}: {v}" for k, v in bad.items() if v))
+    return _result(
+        "score-first",
+        ok,
+        "all positions scored once, each update after its score"
+        if ok
+        else ", ".join(f"{k}: {v}" for k, v in bad.items() if v),
+    )
 
 
 def run_probes(scorer, tokens: Tensor, positions, vocab: int) -> list[Result]:
-    return [probe_normalisation(scorer, tokens, positions, vocab),
-            probe_causality(scorer, tokens, positions, vocab), probe_score_first(scorer, tokens)]
+    return [
+        probe_normalisation(scorer, tokens, positions, vocab),
+        probe_causality(scorer, tokens, positions, vocab),
+        probe_score_first(scorer, tokens),
+    ]
 
 
 # --- scorers ------------------------------------------------------------------------------------------
 class MixerScorer:
     """Our mixer over a fixed fake model, chunked score-first. update_first=True: LEAKY control."""
 
-    def __init__(self, vocab: int, order: int = 6, chunk: int = 64, seed: int = 0,
-                 update_first: bool = False, **mixer_kw):
+    def __init__(
+        self, vocab: int, order: int = 6, chunk: int = 64, seed: int = 0, update_first: bool = False, **mixer_kw
+    ):
         self.V, self.order, self.chunk, self.kw = vocab, order, chunk, mixer_kw
         self.model, self.update_first, self.trace = FakeModel(vocab, seed), update_first, None
 
@@ -150,8 +171,11 @@ class MixerScorer:
         s = 1 + (t - 1) // self.chunk * self.chunk
         mixer = self._mixer()
         run_stream(mixer, prefix[:s], self.model, self.chunk)  # inserts prefix[:s] unless s == 1
-        return mixer.distribution(torch.cat([prefix[s:], prefix[:1]]), self.model.logprobs(prefix[s - 1:t]),
-                                  prefix=prefix[:1] if s == 1 else None)[-1]
+        return mixer.distribution(
+            torch.cat([prefix[s:], prefix[:1]]),
+            self.model.logprobs(prefix[s - 1 : t]),
+            prefix=prefix[:1] if s == 1 else None,
+        )[-1]
 
 
 class Seed003Scorer:
@@ -161,8 +185,16 @@ class Seed003Scorer:
     (1 - alpha) p_model + alpha p_ng. Causal and score-first, but keyed on the target: with hash
     collisions the implied mass over V is far above 1."""
 
-    def __init__(self, vocab: int, orders=(2, 3, 4, 5), buckets: int = 1 << 16, alpha: float = 0.2,
-                 min_count: int = 2, chunk: int = 256, seed: int = 0):
+    def __init__(
+        self,
+        vocab: int,
+        orders=(2, 3, 4, 5),
+        buckets: int = 1 << 16,
+        alpha: float = 0.2,
+        min_count: int = 2,
+        chunk: int = 256,
+        seed: int = 0,
+    ):
         self.V, self.orders, self.B, self.alpha = vocab, orders, buckets, alpha
         self.min_count, self.chunk, self.model = min_count, chunk, FakeModel(vocab, seed)
 
@@ -179,7 +211,7 @@ class Seed003Scorer:
         nll = torch.zeros(T, dtype=torch.float64)
         for s in range(1, T, self.chunk):
             e = min(s + self.chunk, T)
-            p_model = self.model.logprobs(tokens[s - 1:e - 1]).gather(1, tokens[s:e, None])[:, 0].double().exp()
+            p_model = self.model.logprobs(tokens[s - 1 : e - 1]).gather(1, tokens[s:e, None])[:, 0].double().exp()
             p_ng, found = torch.zeros(e - s, dtype=torch.float64), torch.zeros(e - s, dtype=torch.bool)
             for i, o in reversed(list(enumerate(self.orders))):
                 cc, pc = ctab[i][ctx[i][s:e]], ptab[i][pair[i][s:e]]
@@ -201,23 +233,30 @@ def check_per_token(path: str, shard: str, tokenizer: str | None, expect: int | 
     nll = np.load(path)
     tokens = read_tokens(shard)
     n = tokens.numel() - 1 if expect is None else expect
-    checks = [("1-D float32", nll.ndim == 1 and nll.dtype == np.float32, f"shape {nll.shape}, dtype {nll.dtype}"),
-              ("length", nll.size == n, f"{nll.size} values, expected {n} (scored targets)"),
-              ("finite", bool(np.isfinite(nll).all()), f"{int((~np.isfinite(nll)).sum())} non-finite"),
-              ("p <= 1", bool((nll >= 0).all()), f"{int((nll < 0).sum())} negative NLLs (p > 1)")]
+    checks = [
+        ("1-D float32", nll.ndim == 1 and nll.dtype == np.float32, f"shape {nll.shape}, dtype {nll.dtype}"),
+        ("length", nll.size == n, f"{nll.size} values, expected {n} (scored targets)"),
+        ("finite", bool(np.isfinite(nll).all()), f"{int((~np.isfinite(nll)).sum())} non-finite"),
+        ("p <= 1", bool((nll >= 0).all()), f"{int((nll < 0).sum())} negative NLLs (p > 1)"),
+    ]
     ok = all(c[1] for c in checks)
     for name, good, detail in checks:
         print(f"{'PASS' if good else 'FAIL'} per-token {name}: {detail}")
     if tokenizer and ok:
         vocab = int(tokens.max()) + 1
         import sentencepiece as spm
+
         vocab = max(vocab, spm.SentencePieceProcessor(model_file=tokenizer).vocab_size())
-        nbytes = target_bytes(tokens[:nll.size + 1], tokenizer, vocab).sum().item()
-        print(f"INFO nats/token {nll.astype(np.float64).mean():.5f}, "
-              f"bpb {nll.astype(np.float64).sum() / math.log(2) / nbytes:.5f} over {nll.size} tokens")
-    print("NOTE a file of per-token NLLs cannot show normalisation over V, causality or score-first:\n"
-          "     those need the scorer itself (run the probes on it). It can only show the count, that\n"
-          "     every value is a finite NLL of a probability <= 1, and the bpb the file implies.")
+        nbytes = target_bytes(tokens[: nll.size + 1], tokenizer, vocab).sum().item()
+        print(
+            f"INFO nats/token {nll.astype(np.float64).mean():.5f}, "
+            f"bpb {nll.astype(np.float64).sum() / math.log(2) / nbytes:.5f} over {nll.size} tokens"
+        )
+    print(
+        "NOTE a file of per-token NLLs cannot show normalisation over V, causality or score-first:\n"
+        "     those need the scorer itself (run the probes on it). It can only show the count, that\n"
+        "     every value is a finite NLL of a probability <= 1, and the bpb the file implies."
+    )
     return ok
 
 
@@ -251,9 +290,11 @@ def main(argv=None) -> int:
         long = read_tokens(a.tokens, a.control_n)  # seed 003's collisions need a fuller table
         lpos = sorted(rng.choice(np.arange(long.numel() // 2, long.numel()), a.positions, replace=False).tolist())
         leaky = MixerScorer(a.vocab, a.order, a.chunk, update_first=True)
-        controls = [("seed003", lambda: probe_normalisation(Seed003Scorer(a.vocab), long, lpos, a.vocab, stop_above=2.0)),
-                    ("leaky-update-first", lambda: probe_causality(leaky, tokens, positions, a.vocab)),
-                    ("leaky-update-first", lambda: probe_score_first(leaky, tokens))]
+        controls = [
+            ("seed003", lambda: probe_normalisation(Seed003Scorer(a.vocab), long, lpos, a.vocab, stop_above=2.0)),
+            ("leaky-update-first", lambda: probe_causality(leaky, tokens, positions, a.vocab)),
+            ("leaky-update-first", lambda: probe_score_first(leaky, tokens)),
+        ]
         for label, probe in controls:
             name, status, detail, _ = probe()
             print(f"{status} control {label} {name} (expected FAIL): {detail}")

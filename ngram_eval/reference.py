@@ -7,6 +7,7 @@ possible semantics: predict position t from the counts of tokens[:t], then add t
 The fast path is chunked but counts each chunk's own strict prefix too, so the two must agree
 token by token for any chunk size.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,7 +35,7 @@ class RefNgram:
     def _contexts(self):
         t = len(self.hist)
         for L in range(self._max_len() + 1):
-            yield L, tuple(self.hist[t - L:t])
+            yield L, tuple(self.hist[t - L : t])
 
     def stats(self, y: int) -> tuple[float, int, int]:
         """(p_ngram(y | history), count of the longest context with data, its order L+1 (0: none))."""
@@ -74,8 +75,16 @@ def ref_weight(entropy: float, top_c: int, top_o: int, alpha=DEFAULT_ALPHA) -> f
     return 1.0 / (1.0 + math.exp(-(w0 + w1 * entropy + w2 * math.log1p(top_c) + w3 * top_o)))
 
 
-def ref_stream(tokens, logp_true, entropy, vocab_size: int, order: int = 6, alpha=DEFAULT_ALPHA,
-               cross_bos: bool = False, bos_id: int = 1):
+def ref_stream(
+    tokens,
+    logp_true,
+    entropy,
+    vocab_size: int,
+    order: int = 6,
+    alpha=DEFAULT_ALPHA,
+    cross_bos: bool = False,
+    bos_id: int = 1,
+):
     """Score tokens[1:] one by one (tokens[0] is context only). logp_true[i], entropy[i] belong to
     target tokens[i+1]. Returns float64 arrays (nll, p_ngram, top_count, top_order) of length T-1."""
     tokens = [int(x) for x in tokens]

@@ -19,13 +19,14 @@ With --gate-lr > 0 each policy is instead the START of train_gpt's online gate (
 the eval path's own mix_ngram runs, learning the gate from each scored chunk, so NGRAM_CHUNK (--chunk) matters.
 Choosing a policy by its score on val is tuning on val: prefer a sweep on non-val text, or report it.
 """
+
 from __future__ import annotations
 
 import argparse
 import math
-from types import SimpleNamespace
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -42,9 +43,19 @@ def parse_alphas(spec: str) -> list[tuple[float, float, float, float]]:
     return out
 
 
-def sweep(tokens: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor, nbytes: int, vocab: int,
-          orders: list[int], alphas: list[tuple], chunk: int = 32768, cross_bos: bool = False,
-          device: str = "cpu", gate_lr: float = 0.0) -> list[dict]:
+def sweep(
+    tokens: torch.Tensor,
+    logp: torch.Tensor,
+    entropy: torch.Tensor,
+    nbytes: int,
+    vocab: int,
+    orders: list[int],
+    alphas: list[tuple],
+    chunk: int = 32768,
+    cross_bos: bool = False,
+    device: str = "cpu",
+    gate_lr: float = 0.0,
+) -> list[dict]:
     """One row per (order, policy): bpb and its change against the model alone."""
     to_bpb = 1 / (math.log(2) * nbytes)
     base = -logp.double().sum().item() * to_bpb
@@ -54,11 +65,26 @@ def sweep(tokens: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor, nbyte
         stats[0, 1:], stats[1, 1:] = -logp.double(), entropy.double()
         for order, alpha in ((o, a) for o in orders for a in alphas):
             t0 = time.time()
-            h = SimpleNamespace(vocab_size=vocab, ngram_order=order, ngram_alpha=",".join(map(str, alpha)),
-                                ngram_gate_lr=gate_lr, ngram_chunk=chunk)
+            h = SimpleNamespace(
+                vocab_size=vocab,
+                ngram_order=order,
+                ngram_alpha=",".join(map(str, alpha)),
+                ngram_gate_lr=gate_lr,
+                ngram_chunk=chunk,
+            )
             bpb = mix_ngram(stats, tokens.to(device), h)[1:].sum().item() * to_bpb
-            rows.append(dict(order=order, alpha=alpha, bpb=bpb, delta=bpb - base, ngram_only=math.nan,
-                             mean_a=math.nan, secs=time.time() - t0, model=base))
+            rows.append(
+                dict(
+                    order=order,
+                    alpha=alpha,
+                    bpb=bpb,
+                    delta=bpb - base,
+                    ngram_only=math.nan,
+                    mean_a=math.nan,
+                    secs=time.time() - t0,
+                    model=base,
+                )
+            )
         return rows
     for order in orders:
         t0 = time.time()
@@ -69,8 +95,18 @@ def sweep(tokens: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor, nbyte
         for alpha in alphas:
             mixer.alpha = alpha
             bpb = mixer.mix_nll(logp, entropy, p, c, o).sum().item() * to_bpb
-            rows.append(dict(order=order, alpha=alpha, bpb=bpb, delta=bpb - base, ngram_only=ng_only,
-                             mean_a=mixer.mix_weight(entropy, c, o).mean().item(), secs=secs, model=base))
+            rows.append(
+                dict(
+                    order=order,
+                    alpha=alpha,
+                    bpb=bpb,
+                    delta=bpb - base,
+                    ngram_only=ng_only,
+                    mean_a=mixer.mix_weight(entropy, c, o).mean().item(),
+                    secs=secs,
+                    model=base,
+                )
+            )
     return rows
 
 
@@ -80,7 +116,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", required=True, help="the official-format shard they were scored on")
     ap.add_argument("--tokenizer", required=True, help="sentencepiece model (bytes for bpb)")
     ap.add_argument("--orders", default="2,3,4,6,8")
-    ap.add_argument("--alphas", default=DEFAULT_ALPHAS, help="';'-separated policies w0,w1,w2,w3 (write --alphas=-3,...)")
+    ap.add_argument(
+        "--alphas", default=DEFAULT_ALPHAS, help="';'-separated policies w0,w1,w2,w3 (write --alphas=-3,...)"
+    )
     ap.add_argument("--n", type=int, help="use only the first N targets")
     ap.add_argument("--chunk", type=int, default=32768, help="update granularity (results do not depend on it)")
     ap.add_argument("--cross-bos", action="store_true", help="let contexts run across documents")
@@ -98,16 +136,32 @@ def main(argv=None) -> int:
     if tokens.numel() != n + 1:
         raise SystemExit(f"{a.tokens}: {tokens.numel()} tokens, fewer than the {n} targets + 1 of {a.logprobs}")
     import sentencepiece as spm
+
     vocab = max(spm.SentencePieceProcessor(model_file=a.tokenizer).vocab_size(), int(tokens.max()) + 1)
     nbytes = target_bytes(tokens, a.tokenizer, vocab).sum().item()
-    rows = sweep(tokens, logp[:n], entropy[:n], nbytes, vocab, [int(x) for x in a.orders.split(",")],
-                 parse_alphas(a.alphas), a.chunk, a.cross_bos, a.device, a.gate_lr)
+    rows = sweep(
+        tokens,
+        logp[:n],
+        entropy[:n],
+        nbytes,
+        vocab,
+        [int(x) for x in a.orders.split(",")],
+        parse_alphas(a.alphas),
+        a.chunk,
+        a.cross_bos,
+        a.device,
+        a.gate_lr,
+    )
     print(f"{n} targets, {nbytes} bytes, V={vocab}; model alone: {rows[0]['model']:.5f} bpb")
-    print(f"{'order':>5}  {'policy w0,w1,w2,w3':<24} {'bpb':>8} {'delta':>9} {'mean a':>7} {'ngram-only':>10} {'ngram s':>8}")
+    print(
+        f"{'order':>5}  {'policy w0,w1,w2,w3':<24} {'bpb':>8} {'delta':>9} {'mean a':>7} {'ngram-only':>10} {'ngram s':>8}"
+    )
     for r in rows:
         pol = ",".join(f"{w:g}" for w in r["alpha"])
-        print(f"{r['order']:>5}  {pol:<24} {r['bpb']:8.5f} {r['delta']:+9.5f} {r['mean_a']:7.4f} "
-              f"{r['ngram_only']:10.5f} {r['secs']:8.1f}")
+        print(
+            f"{r['order']:>5}  {pol:<24} {r['bpb']:8.5f} {r['delta']:+9.5f} {r['mean_a']:7.4f} "
+            f"{r['ngram_only']:10.5f} {r['secs']:8.1f}"
+        )
     return 0
 
 

@@ -7,6 +7,7 @@ compressed with lzma (stdlib, so it runs wherever Python does) and wrapped in a 
 decompresses and executes it. The packed file is what ships and what runs: it embeds its own source
 in the log and counts its own size, exactly as the plain file does.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,11 +27,16 @@ def _docstrings(src: str, lines: list[str]) -> tuple[set[int], dict[int, str]]:
     drop, repl = set(), {}
     for node in ast.walk(ast.parse(src)):
         body = getattr(node, "body", None)
-        if not (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
-                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+        if not (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             continue
         d = body[0]
-        if lines[d.lineno - 1][:d.col_offset].strip() or lines[d.end_lineno - 1][d.end_col_offset:].strip():
+        if lines[d.lineno - 1][: d.col_offset].strip() or lines[d.end_lineno - 1][d.end_col_offset :].strip():
             continue  # shares a line with code: keep it
         drop.update(range(d.lineno, d.end_lineno + 1))
         if len(body) == 1:
@@ -56,7 +62,7 @@ def minify(src: str) -> str:
         if row in repl or row in inside and row not in drop:
             out.append(repl.get(row, line))
         elif row not in drop:
-            line = line[:cut.get(row, len(line))]
+            line = line[: cut.get(row, len(line))]
             line = line if row in starts else line.rstrip()
             if line.strip():
                 out.append(line)
@@ -76,7 +82,7 @@ def unpack(text: str) -> str | None:
     if head != STUB.split("b85decode(")[0] or not rest.startswith(("b'", 'b"')):
         return None
     try:
-        blob = rest[2:rest.index(rest[1], 2)]  # the b85 alphabet has no quotes
+        blob = rest[2 : rest.index(rest[1], 2)]  # the b85 alphabet has no quotes
         return lzma.decompress(base64.b85decode(blob)).decode("utf-8")
     except (ValueError, lzma.LZMAError):  # b85 and UTF-8 decoding errors are ValueErrors
         return None

@@ -7,6 +7,7 @@ codes at that fixed rate, their order-0 entropy in bytes (what an ideal codec of
 reaches), fp16 scale bytes and LQER factor bytes. Per codec candidate (codec x byte shuffle x bit
 packing): the artifact's size when re-encoded, which takes as long as an export; --no-recompress skips it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,9 @@ def table(rows: list[dict], cols: tuple[str, ...]) -> str:
     cell = lambda v: str(int(v)) if isinstance(v, bool) else f"{v:,}" if isinstance(v, int) else str(v)
     cells = [list(cols)] + [[cell(r.get(c, "")) for c in cols] for r in rows]
     width = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-    return "\n".join("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, width)))
-                     for row in cells)
+    return "\n".join(
+        "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, width))) for row in cells
+    )
 
 
 def report(buf: bytes, codecs: tuple[str, ...]) -> str:

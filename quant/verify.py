@@ -21,6 +21,7 @@ Exit 0: no FAIL; 1: a FAIL (one `error:` line on stderr); 2: bad arguments (argp
 the score differs and the log ran on another device, world size or torch, where the tolerance does not
 apply (WARN: reported, not judged).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,22 +75,34 @@ def parse_log(path: str) -> RunLog:
     # (`code:`; `env:` in logs of older versions); a second one means runs stacked by a reused RUN_ID
     seps = [m.start() for m in re.finditer(re.escape(f"\n{SEP}\n") + "(?=code: |env: python )", text)]
     if len(seps) != 1:
-        why = f"holds {len(seps)} runs (RUN_ID reused; train_gpt.py appends)" if seps else \
-            "no source followed by a line of 100 '=': not a train_gpt.py log"
+        why = (
+            f"holds {len(seps)} runs (RUN_ID reused; train_gpt.py appends)"
+            if seps
+            else "no source followed by a line of 100 '=': not a train_gpt.py log"
+        )
         raise Fatal("code", f"log {path}: {why}")
-    source, lines = text[:seps[0]], text[seps[0] + len(SEP) + 2:].splitlines()
-    field = lambda prefix: next((l[len(prefix):] for l in lines if l.startswith(prefix)), "")
+    source, lines = text[: seps[0]], text[seps[0] + len(SEP) + 2 :].splitlines()
+    field = lambda prefix: next((l[len(prefix) :] for l in lines if l.startswith(prefix)), "")
     code = re.fullmatch(r"\S+ (\d+) bytes sha256 ([0-9a-f]{64})", field("code: "))
     env = re.search(r"torch (\S+) .*gpus (\[.*\]) world_size (\d+)", field("env: "))
     if not (env and field("hyperparameters: ")):
         raise Fatal("code", f"log {path}: no `env:` or `hyperparameters:` line: not a train_gpt.py log")
     gpus = ast.literal_eval(env[2])
     art = re.match(r"(\d+) bytes", field("artifact: "))
-    finals = {m[1]: dict(bpb=float(m[3]), tokens=int(m[4]), bytes=int(m[5]))
-              for m in map(FINAL.match, lines) if m and not m[1].startswith("pre_")}
-    return RunLog(hashlib.sha256(source.encode()).hexdigest(), code and code[2], code and int(code[1]),
-                  f"{gpus[0] if gpus else 'cpu'} x{env[3]} torch {env[1]}", json.loads(field("hyperparameters: ")),
-                  int(art[1]) if art else None, finals)
+    finals = {
+        m[1]: dict(bpb=float(m[3]), tokens=int(m[4]), bytes=int(m[5]))
+        for m in map(FINAL.match, lines)
+        if m and not m[1].startswith("pre_")
+    }
+    return RunLog(
+        hashlib.sha256(source.encode()).hexdigest(),
+        code and code[2],
+        code and int(code[1]),
+        f"{gpus[0] if gpus else 'cpu'} x{env[3]} torch {env[1]}",
+        json.loads(field("hyperparameters: ")),
+        int(art[1]) if art else None,
+        finals,
+    )
 
 
 def read_bytes(path: str, what: str) -> bytes:
@@ -114,10 +127,14 @@ def check_code(code: bytes, log: RunLog) -> Row:
     """The log proves its code twice: the source it starts with and (newer logs) the `code:` line."""
     sha = hashlib.sha256(code).hexdigest()
     if sha != log.source_sha or (log.code_sha and (sha, len(code)) != (log.code_sha, log.code_bytes)):
-        return "FAIL", f"--code is sha256 {sha[:12]}.. ({len(code):,} bytes), the run's code was " \
-                       f"{(log.code_sha or log.source_sha)[:12]}..: not the code that ran"
-    return "PASS", f"sha256 {sha[:12]}.. ({len(code):,} bytes) equals the log's source" + \
-        (" and code: line" if log.code_sha else " (this log has no code: line)")
+        return (
+            "FAIL",
+            f"--code is sha256 {sha[:12]}.. ({len(code):,} bytes), the run's code was "
+            f"{(log.code_sha or log.source_sha)[:12]}..: not the code that ran",
+        )
+    return "PASS", f"sha256 {sha[:12]}.. ({len(code):,} bytes) equals the log's source" + (
+        " and code: line" if log.code_sha else " (this log has no code: line)"
+    )
 
 
 def import_code(path: str) -> ModuleType:
@@ -162,8 +179,9 @@ def settings(tg: ModuleType, args: argparse.Namespace, meta: dict, log: RunLog |
             h = tg.Hyperparameters({k.upper(): str(v) for k, v in log.hparams.items() if k.upper() in tg.DEFAULTS})
             drift = sorted(k for k, v in log.hparams.items() if k not in LAYOUT and getattr(h, k, None) != v)
             if drift:
-                raise Fatal("rebuild", f"logged settings do not round-trip through this code's Hyperparameters: "
-                                       f"{drift[:4]}")
+                raise Fatal(
+                    "rebuild", f"logged settings do not round-trip through this code's Hyperparameters: {drift[:4]}"
+                )
             source = "the log's"
         else:
             unknown = [k for k, _ in args.set if k not in tg.DEFAULTS]
@@ -182,9 +200,22 @@ def settings(tg: ModuleType, args: argparse.Namespace, meta: dict, log: RunLog |
 
 def describe(h, path: str) -> str:
     keys = ["eval_seq_len", "eval_stride", "eval_cross_doc", "eval_batch_seqs", "val_files"]
-    keys += {"ttt": ["ttt_lora", "ttt_global", "ttt_chunk", "ttt_docs", "ttt_rank", "ttt_alpha", "ttt_targets",
-                     "ttt_lr", "ttt_phases", "ttt_epochs", "ttt_sgd_lr"],
-             "ngram": ["ngram_order", "ngram_alpha", "ngram_chunk"]}.get(path, [])
+    keys += {
+        "ttt": [
+            "ttt_lora",
+            "ttt_global",
+            "ttt_chunk",
+            "ttt_docs",
+            "ttt_rank",
+            "ttt_alpha",
+            "ttt_targets",
+            "ttt_lr",
+            "ttt_phases",
+            "ttt_epochs",
+            "ttt_sgd_lr",
+        ],
+        "ngram": ["ngram_order", "ngram_alpha", "ngram_chunk"],
+    }.get(path, [])
     return " ".join(f"{k} {getattr(h, k)}" for k in keys)
 
 
@@ -199,8 +230,10 @@ def rebuild(tg: ModuleType, args: argparse.Namespace, meta: dict, log: RunLog | 
         raise Fatal("rebuild", " ".join(str(e).split())) from None
     if hm.compile and device.type == "cuda":  # as train_gpt.main(): the compiled graphs are the scored ones
         model.compile_parts()
-    detail = f"GPT {sum(p.numel() for p in model.parameters()):,} params, attention {model.attn_impl}, " \
-             f"layer order {model.orders[model.recur]}; {source} settings: {describe(hm, args.path)}"
+    detail = (
+        f"GPT {sum(p.numel() for p in model.parameters()):,} params, attention {model.attn_impl}, "
+        f"layer order {model.orders[model.recur]}; {source} settings: {describe(hm, args.path)}"
+    )
     if log:
         model_keys = meta["hyperparameters"].items()
         other = [f"{k} {v} vs {log.hparams.get(k)}" for k, v in model_keys if log.hparams.get(k) != v]
@@ -221,8 +254,10 @@ def evaluate(tg: ModuleType, model, h, path: str, device: torch.device) -> tuple
     except Exception as e:  # a crash inside an eval path is that check's FAIL, reported in one line
         raise Fatal("eval", f"{path} raised {type(e).__name__}: {' '.join(str(e).split())}") from None
     r = results[f"val/{path}"]
-    detail = f"{path} on {device.type}: val_loss {r['loss']:.6f} val_bpb {r['bpb']:.8f} tokens {r['tokens']} " \
-             f"bytes {r['bytes']} in {r['seconds']:.1f}s"
+    detail = (
+        f"{path} on {device.type}: val_loss {r['loss']:.6f} val_bpb {r['bpb']:.8f} tokens {r['tokens']} "
+        f"bytes {r['bytes']} in {r['seconds']:.1f}s"
+    )
     return r, ("PASS" if math.isfinite(r["bpb"]) else "FAIL", detail)
 
 
@@ -233,10 +268,16 @@ def here_setup(device: torch.device) -> str:
 def compare(r: dict, args: argparse.Namespace, log: RunLog | None, here: str) -> Row:
     final = log.finals.get(args.path) if log else None
     if final and (r["tokens"], r["bytes"]) != (final["tokens"], final["bytes"]):
-        return "FAIL", f"scored {r['tokens']} tokens / {r['bytes']} bytes, the log {final['tokens']} / " \
-                       f"{final['bytes']}: another val set"
-    ref, src = (args.expect_bpb, "--expect-bpb") if args.expect_bpb is not None else \
-        (final and final["bpb"], f"log's final eval val {args.path}")
+        return (
+            "FAIL",
+            f"scored {r['tokens']} tokens / {r['bytes']} bytes, the log {final['tokens']} / "
+            f"{final['bytes']}: another val set",
+        )
+    ref, src = (
+        (args.expect_bpb, "--expect-bpb")
+        if args.expect_bpb is not None
+        else (final and final["bpb"], f"log's final eval val {args.path}")
+    )
     if ref is None:
         return "SKIP", f"nothing to compare with: no final `eval val {args.path}` line in a log, no --expect-bpb"
     diff = r["bpb"] - ref
@@ -285,14 +326,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--val", help="val shard glob (default: the logged DATA_PATH's fineweb_val_*.bin)")
     ap.add_argument("--tokenizer", help="sentencepiece model (default: the logged TOKENIZER_PATH)")
     ap.add_argument("--expect-bpb", type=float, help="reference val_bpb (default: the log's final line)")
-    ap.add_argument("--path", choices=("sliding", "plain", "ttt", "ngram"),
-                    help="default: the log's last final path, else sliding")
+    ap.add_argument(
+        "--path", choices=("sliding", "plain", "ttt", "ngram"), help="default: the log's last final path, else sliding"
+    )
     ap.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when visible")
     ap.add_argument("--cap", type=int, default=CAP, help=f"size cap in bytes (default {CAP:,})")
     ap.add_argument("--tol", type=float, default=1e-6, help="allowed |val_bpb difference| (default 1e-6)")
     ap.add_argument("--preset", help="without --log: whose defaults to use (default: closest to the artifact's model)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=lambda s: tuple(s.split("=", 1)),
-                    help="without --log: a Hyperparameters override, e.g. EVAL_STRIDE=64 (repeatable)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        type=lambda s: tuple(s.split("=", 1)),
+        help="without --log: a Hyperparameters override, e.g. EVAL_STRIDE=64 (repeatable)",
+    )
     args = ap.parse_args(argv)
     if any(len(kv) != 2 for kv in args.set):
         ap.error("--set takes KEY=VALUE")

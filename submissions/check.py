@@ -22,6 +22,7 @@ to 0.15 (two numbers printed to 0.1), ms/step to 0.05.
 
 Statuses: PASS, FAIL, SKIP (cannot be checked here), WARN (worth a look; not a failure).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,15 +36,31 @@ from decimal import Decimal
 from pathlib import Path
 
 from submissions.logs import LogError, find_logs, parse_log, read_text, split_source
-from submissions.make import SIZE_CAP, distribution, imports_of, _distributions
+from submissions.make import SIZE_CAP, _distributions, distribution, imports_of
 
 LIMIT_S = 600.0
 NOT_OURS = "not a train_gpt.py log of this toolkit"
 REQUIRED_FILES = ("README.md", "submission.json", "train_gpt.py", "requirements.txt")
 NUM, INT, STR = "number", "integer", "string"
-FIELDS = dict(author=STR, github_id=STR, name=STR, blurb=STR, date=STR, track=STR, val_loss=NUM, val_bpb=NUM,
-              val_bpb_std=NUM, seeds="list", seed_results="object", artifact_bytes_max=INT, bytes_total=INT,
-              bytes_code=INT, hardware=STR, pytorch_version=STR, technique_summary=STR)
+FIELDS = dict(
+    author=STR,
+    github_id=STR,
+    name=STR,
+    blurb=STR,
+    date=STR,
+    track=STR,
+    val_loss=NUM,
+    val_bpb=NUM,
+    val_bpb_std=NUM,
+    seeds="list",
+    seed_results="object",
+    artifact_bytes_max=INT,
+    bytes_total=INT,
+    bytes_code=INT,
+    hardware=STR,
+    pytorch_version=STR,
+    technique_summary=STR,
+)
 SEED_FIELDS = dict(val_bpb=NUM, artifact_bytes=INT, steps=INT, step_avg_ms=NUM, eval_time_s=NUM)
 CORE = ("author", "github_id", "name", "date", "val_bpb")  # on (nearly) every merged record
 Row = tuple[str, str, str]
@@ -52,8 +69,13 @@ Row = tuple[str, str, str]
 def _is(value: object, kind: str) -> bool:
     if isinstance(value, bool):
         return False
-    return {NUM: isinstance(value, (int, float)) and math.isfinite(value), INT: isinstance(value, int),
-            STR: isinstance(value, str), "list": isinstance(value, list), "object": isinstance(value, dict)}[kind]
+    return {
+        NUM: isinstance(value, (int, float)) and math.isfinite(value),
+        INT: isinstance(value, int),
+        STR: isinstance(value, str),
+        "list": isinstance(value, list),
+        "object": isinstance(value, dict),
+    }[kind]
 
 
 def _row(name: str, fails: list[str], warns: list[str], ok: str) -> Row:
@@ -64,8 +86,7 @@ def _row(name: str, fails: list[str], warns: list[str], ok: str) -> Row:
 
 def load(folder: Path) -> dict:
     """Everything the checks read, read once: the JSON, the logs (ours parsed, others set aside), the code."""
-    ctx = dict(folder=folder, meta=None, meta_error=None, raw_json="", logs=[], foreign=[], broken=[],
-               shipped=None)
+    ctx = dict(folder=folder, meta=None, meta_error=None, raw_json="", logs=[], foreign=[], broken=[], shipped=None)
     try:
         ctx["raw_json"] = (folder / "submission.json").read_text(encoding="utf-8")
         ctx["meta"] = json.loads(ctx["raw_json"])
@@ -108,6 +129,7 @@ def _json_seeds(ctx: dict) -> list | None:
 # the checks: each returns one row
 # -----------------------------------------------------------------------------
 
+
 def check_files(ctx: dict) -> Row:
     folder, fails, warns = ctx["folder"], [], []
     for name in REQUIRED_FILES:
@@ -133,8 +155,9 @@ def check_json(ctx: dict) -> Row:
             (fails if strict else warns).append(f"{key} is {type(meta[key]).__name__}, expected {kind}")
     for seed, r in _seed_results(ctx).items():
         for key, kind in SEED_FIELDS.items():
-            bad = f"seed_results[{seed}].{key}: " + ("missing" if not isinstance(r, dict) or key not in r
-                                                     else f"{type(r[key]).__name__}, expected {kind}")
+            bad = f"seed_results[{seed}].{key}: " + (
+                "missing" if not isinstance(r, dict) or key not in r else f"{type(r[key]).__name__}, expected {kind}"
+            )
             if not isinstance(r, dict) or key not in r or not _is(r[key], kind):
                 (fails if ctx["ours"] else warns).append(bad)
     for key in ("author", "github_id"):
@@ -161,15 +184,20 @@ def check_seeds(ctx: dict) -> Row:
         fails.append(f"logs repeat seeds: {sorted(logged)}")
     if ctx["ours"] and seeds and sorted(map(str, logged)) != sorted(map(str, seeds)):
         fails.append(f"logged seeds {sorted(logged)} != submission.json seeds {seeds}")
-    return _row("seeds", fails, warns, f"{len(seeds)} distinct: {', '.join(map(str, seeds))}"
-                + (" (each with one log)" if ctx["ours"] else ""))
+    return _row(
+        "seeds",
+        fails,
+        warns,
+        f"{len(seeds)} distinct: {', '.join(map(str, seeds))}" + (" (each with one log)" if ctx["ours"] else ""),
+    )
 
 
 def check_logs(ctx: dict) -> Row:
     if not ctx["ours"]:
         return "logs", "SKIP", f"{NOT_OURS}: {', '.join(p.name for p in ctx['foreign']) or 'none'}"
-    fails = ctx["broken"] + [f"{p.name}: {NOT_OURS} (a folder of this toolkit ships only its logs)"
-                             for p in ctx["foreign"]]
+    fails = ctx["broken"] + [
+        f"{p.name}: {NOT_OURS} (a folder of this toolkit ships only its logs)" for p in ctx["foreign"]
+    ]
     return _row("logs", fails, [], f"{len(ctx['logs'])} log(s) of this toolkit, each one finished run")
 
 
@@ -188,10 +216,16 @@ def check_code(ctx: dict) -> Row:
             warns.append(f"{name}: no code: line (older log); its source is compared, not self-checked")
         source = log["source"].encode("utf-8")
         if source != shipped:
-            fails.append(f"train_gpt.py ({len(shipped)} bytes, sha256 {sha[:12]}) differs from the source embedded "
-                         f"in {name} ({len(source)} bytes, sha256 {hashlib.sha256(source).hexdigest()[:12]})")
-    return _row("code", fails, warns, f"train_gpt.py (sha256 {sha[:12]}) is byte-identical to the source in "
-                                      f"{len(ctx['logs'])} logs")
+            fails.append(
+                f"train_gpt.py ({len(shipped)} bytes, sha256 {sha[:12]}) differs from the source embedded "
+                f"in {name} ({len(source)} bytes, sha256 {hashlib.sha256(source).hexdigest()[:12]})"
+            )
+    return _row(
+        "code",
+        fails,
+        warns,
+        f"train_gpt.py (sha256 {sha[:12]}) is byte-identical to the source in {len(ctx['logs'])} logs",
+    )
 
 
 def _close(a: object, b: float, tol: float) -> bool:
@@ -211,8 +245,7 @@ def check_mean(ctx: dict) -> Row:
     meta, results = ctx["meta"] or {}, _seed_results(ctx)
     bpb = [r.get("val_bpb") for r in results.values() if isinstance(r, dict)]
     if not results or not all(_is(x, NUM) for x in bpb) or len(bpb) != len(results):
-        return ("json mean", "FAIL" if ctx["ours"] else "SKIP",
-                "no per-seed val_bpb in seed_results to average")
+        return ("json mean", "FAIL" if ctx["ours"] else "SKIP", "no per-seed val_bpb in seed_results to average")
     fails, warns = [], []
     for key in ("val_bpb", "val_loss"):
         values = [r.get(key) for r in results.values()]
@@ -244,29 +277,46 @@ def check_scores(ctx: dict) -> Row:
         f = log["final"]["val"]  # the line must agree with itself: bpb = loss / ln 2 * tokens / bytes
         ratio = f["tokens"] / f["bytes"] / math.log(2)
         if abs(f["val_loss"] * ratio - f["val_bpb"]) > 5e-7 * (1 + ratio):
-            fails.append(f"{name}: final eval line inconsistent: val_loss {f['val_loss']} x tokens / bytes / ln 2 = "
-                         f"{f['val_loss'] * ratio:.6f} != val_bpb {f['val_bpb']}")
+            fails.append(
+                f"{name}: final eval line inconsistent: val_loss {f['val_loss']} x tokens / bytes / ln 2 = "
+                f"{f['val_loss'] * ratio:.6f} != val_bpb {f['val_bpb']}"
+            )
         if not isinstance(r, dict):
             fails.append(f"{name}: seed {log['seed']} not in seed_results")
             continue
-        for key, logged, tol in (("val_bpb", log["val_bpb"], 5e-7), ("val_loss", log["val_loss"], 5e-7),
-                                 ("steps", log["steps"], 0), ("step_avg_ms", log["step_avg_ms"], 0.05),
-                                 ("eval_time_s", log["eval_seconds"], 0.15), ("train_time_s", log["train_seconds"], 0.15)):
+        for key, logged, tol in (
+            ("val_bpb", log["val_bpb"], 5e-7),
+            ("val_loss", log["val_loss"], 5e-7),
+            ("steps", log["steps"], 0),
+            ("step_avg_ms", log["step_avg_ms"], 0.05),
+            ("eval_time_s", log["eval_seconds"], 0.15),
+            ("train_time_s", log["train_seconds"], 0.15),
+        ):
             if key in r and not _close(r[key], logged, tol):
                 fails.append(f"{name}: {key} logged {logged} != submission.json {r[key]}")
             elif key not in r and key in SEED_FIELDS:
                 fails.append(f"{name}: seed_results[{log['seed']}] has no {key}")
     paths = {log["eval_path"] for log in ctx["logs"]}
-    return _row("scores vs logs", fails, [], f"{len(ctx['logs'])} seed(s): final 'eval val {'/'.join(paths)}' "
-                                             f"val_bpb, val_loss, steps, ms/step, seconds as logged")
+    return _row(
+        "scores vs logs",
+        fails,
+        [],
+        f"{len(ctx['logs'])} seed(s): final 'eval val {'/'.join(paths)}' "
+        f"val_bpb, val_loss, steps, ms/step, seconds as logged",
+    )
 
 
 def check_size(ctx: dict) -> Row:
     meta, fails, warns = ctx["meta"] or {}, [], []
     if not ctx["ours"]:
         stated = [(k, meta[k]) for k in ("bytes_total", "artifact_bytes_max") if _is(meta.get(k), INT)]
-        stated += [(f"seed_results[{s}].{k}", r[k]) for s, r in _seed_results(ctx).items() if isinstance(r, dict)
-                   for k in ("artifact_bytes", "bytes_total") if _is(r.get(k), INT)]
+        stated += [
+            (f"seed_results[{s}].{k}", r[k])
+            for s, r in _seed_results(ctx).items()
+            if isinstance(r, dict)
+            for k in ("artifact_bytes", "bytes_total")
+            if _is(r.get(k), INT)
+        ]
         if not stated:
             return "size", "FAIL", "submission.json states no byte count (bytes_total, artifact_bytes...)"
         fails = [f"{k} {v:,} > {SIZE_CAP:,}" for k, v in stated if v > SIZE_CAP]
@@ -278,20 +328,28 @@ def check_size(ctx: dict) -> Row:
         if a["bytes"] + a["code"] != a["total"]:
             fails.append(f"{name}: artifact line inconsistent: {a['bytes']} + {a['code']} != {a['total']}")
         if a["code"] != len(log["source"].encode("utf-8")):
-            fails.append(f"{name}: counted code {a['code']} bytes, but the embedded source is "
-                         f"{len(log['source'].encode('utf-8'))}")
+            fails.append(
+                f"{name}: counted code {a['code']} bytes, but the embedded source is "
+                f"{len(log['source'].encode('utf-8'))}"
+            )
         if a["bytes"] + a["code"] > SIZE_CAP or not a["cap_held"]:
-            fails.append(f"{name}: code {a['code']:,} + artifact {a['bytes']:,} = {a['bytes'] + a['code']:,} "
-                         f"> {SIZE_CAP:,}" if a["bytes"] + a["code"] > SIZE_CAP else f"{name}: cap_held False")
+            fails.append(
+                f"{name}: code {a['code']:,} + artifact {a['bytes']:,} = {a['bytes'] + a['code']:,} > {SIZE_CAP:,}"
+                if a["bytes"] + a["code"] > SIZE_CAP
+                else f"{name}: cap_held False"
+            )
         r = results.get(str(log["seed"]), {})
         if isinstance(r, dict) and r.get("artifact_bytes") != a["bytes"]:
             fails.append(f"{name}: artifact_bytes logged {a['bytes']} != submission.json {r.get('artifact_bytes')}")
     if ctx["logs"]:
-        expect = dict(bytes_code=ctx["logs"][0]["artifact"]["code"],
-                      artifact_bytes_max=max(l["artifact"]["bytes"] for l in ctx["logs"]),
-                      bytes_total=max(l["artifact"]["bytes"] + l["artifact"]["code"] for l in ctx["logs"]))
-        fails += [f"{k} in submission.json {meta.get(k)} != {v} from the logs" for k, v in expect.items()
-                  if meta.get(k) != v]
+        expect = dict(
+            bytes_code=ctx["logs"][0]["artifact"]["code"],
+            artifact_bytes_max=max(l["artifact"]["bytes"] for l in ctx["logs"]),
+            bytes_total=max(l["artifact"]["bytes"] + l["artifact"]["code"] for l in ctx["logs"]),
+        )
+        fails += [
+            f"{k} in submission.json {meta.get(k)} != {v} from the logs" for k, v in expect.items() if meta.get(k) != v
+        ]
         if _is(meta.get("bytes_total"), INT) and meta["bytes_total"] > SIZE_CAP:
             fails.append(f"bytes_total {meta['bytes_total']:,} > {SIZE_CAP:,}")
         if ctx["shipped"] is not None and len(ctx["shipped"]) != expect["bytes_code"]:
@@ -322,7 +380,9 @@ def check_train_time(ctx: dict) -> Row:
         if not c["held"]:
             fails.append(f"{name}: compliance train held False")
         if abs(c["train_seconds"] + c["calibration_seconds"] - c["total"]) > 0.15:
-            fails.append(f"{name}: train {c['train_seconds']} + calibration {c['calibration_seconds']} != total {c['total']}")
+            fails.append(
+                f"{name}: train {c['train_seconds']} + calibration {c['calibration_seconds']} != total {c['total']}"
+            )
     worst = max((l["compliance_train"]["total"] for l in ctx["logs"]), default=0)
     return _row("train time", fails, [], f"max total {worst} s (train + calibration) <= cap <= {LIMIT_S:.0f}")
 
@@ -347,9 +407,12 @@ def check_eval_time(ctx: dict) -> Row:
 
 
 def _requirement_names(text: str) -> set[str]:
-    norm = (lambda s: re.sub(r"[-_.]+", "-", s).lower())
-    return {norm(m.group(0)) for line in text.splitlines()
-            if (m := re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", line.split("#")[0].strip()))}
+    norm = lambda s: re.sub(r"[-_.]+", "-", s).lower()
+    return {
+        norm(m.group(0))
+        for line in text.splitlines()
+        if (m := re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", line.split("#")[0].strip()))
+    }
 
 
 def check_requirements(ctx: dict) -> Row:
@@ -361,19 +424,26 @@ def check_requirements(ctx: dict) -> Row:
     except (SyntaxError, UnicodeDecodeError, ValueError) as e:
         return "requirements", "FAIL" if ctx["ours"] else "WARN", f"train_gpt.py does not parse: {e}"
     listed = _requirement_names((folder / "requirements.txt").read_text(encoding="utf-8", errors="replace"))
-    norm = (lambda s: re.sub(r"[-_.]+", "-", s).lower())
+    norm = lambda s: re.sub(r"[-_.]+", "-", s).lower()
     fails, warns, covered, unknown = [], [], [], []
     for module, optional in imports.items():
         if norm(distribution(module)) in listed or norm(module) in listed:
             covered.append(module)
         elif not optional:
-            (fails if ctx["ours"] else warns).append(f"imports {module} but requirements.txt lacks {distribution(module)}")
+            (fails if ctx["ours"] else warns).append(
+                f"imports {module} but requirements.txt lacks {distribution(module)}"
+            )
         elif module in _distributions():
             warns.append(f"optional import {module} ({distribution(module)}) not in requirements.txt")
         else:  # optional, and no pip name known here: left to whoever installs it by hand
             unknown.append(module)
-    return _row("requirements", fails, warns, f"lists the non-stdlib imports {', '.join(covered) or '(none)'}"
-                + (f"; optional without a known pip name: {', '.join(unknown)}" if unknown else ""))
+    return _row(
+        "requirements",
+        fails,
+        warns,
+        f"lists the non-stdlib imports {', '.join(covered) or '(none)'}"
+        + (f"; optional without a known pip name: {', '.join(unknown)}" if unknown else ""),
+    )
 
 
 def check_artifacts(ctx: dict, folder: Path) -> Row:
@@ -391,11 +461,24 @@ def check_artifacts(ctx: dict, folder: Path) -> Row:
         recorded = results.get(str(log["seed"]), {}).get("artifact_sha256")
         if recorded and recorded != hashlib.sha256(blob).hexdigest():
             fails.append(f"{path.name}: sha256 differs from submission.json's")
-    return _row("artifacts", fails, [], f"{len(ctx['logs'])} artifacts in {folder}: sizes as logged, sha256 as recorded")
+    return _row(
+        "artifacts", fails, [], f"{len(ctx['logs'])} artifacts in {folder}: sizes as logged, sha256 as recorded"
+    )
 
 
-CHECKS = (check_files, check_json, check_seeds, check_logs, check_code, check_mean, check_scores, check_size,
-          check_train_time, check_eval_time, check_requirements)
+CHECKS = (
+    check_files,
+    check_json,
+    check_seeds,
+    check_logs,
+    check_code,
+    check_mean,
+    check_scores,
+    check_size,
+    check_train_time,
+    check_eval_time,
+    check_requirements,
+)
 
 
 def check(folder: str | Path, artifacts: str | Path | None = None) -> list[Row]:
@@ -405,8 +488,9 @@ def check(folder: str | Path, artifacts: str | Path | None = None) -> list[Row]:
         try:
             rows.append(fn(ctx))
         except (KeyError, TypeError, ValueError, AttributeError, OSError) as e:  # odd input: a row, not a traceback
-            rows.append((fn.__name__.removeprefix("check_").replace("_", " "), "FAIL",
-                         f"cannot check: {type(e).__name__}: {e}"))
+            rows.append(
+                (fn.__name__.removeprefix("check_").replace("_", " "), "FAIL", f"cannot check: {type(e).__name__}: {e}")
+            )
     if artifacts:
         rows.append(check_artifacts(ctx, Path(artifacts)))
     return rows
@@ -416,8 +500,11 @@ def table(rows: list[Row]) -> str:
     width = max(len(r[0]) for r in rows)
     lines = [f"{'check':<{width}}  status  reason"] + [f"{n:<{width}}  {s:<6}  {why}" for n, s, why in rows]
     failed = [n for n, s, _ in rows if s == "FAIL"]
-    lines.append(f"FAIL: {len(failed)} of {len(rows)} checks failed ({', '.join(failed)})" if failed
-                 else f"PASS: {len(rows)} checks, none failed")
+    lines.append(
+        f"FAIL: {len(failed)} of {len(rows)} checks failed ({', '.join(failed)})"
+        if failed
+        else f"PASS: {len(rows)} checks, none failed"
+    )
     return "\n".join(lines)
 
 

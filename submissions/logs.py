@@ -5,6 +5,7 @@ that source), then one line per event (train_gpt.py: log_header, train, export_a
 Lines are recognised by their leading words and read as `name value` pairs, so a field added to a
 line does not break the parser; a missing required line is a LogError naming it.
 """
+
 from __future__ import annotations
 
 import ast
@@ -39,7 +40,7 @@ def split_source(text: str) -> tuple[str, str] | None:
     if not found:
         return None
     at = next((a for a, n in found if len(text[:a].encode("utf-8")) == n), found[0][0])
-    return text[:at], text[at + len(SEP):]
+    return text[:at], text[at + len(SEP) :]
 
 
 def read_text(path: str | Path) -> str:
@@ -88,8 +89,10 @@ def parse_log(path: str | Path, score_path: str | None = None) -> dict:
     where = str(path)
     split = split_source(read_text(path))
     if split is None:
-        raise LogError(f"{where}: not a train_gpt.py log of this toolkit (no embedded source "
-                       f"followed by a line of 100 '=' and a 'code:' line)")
+        raise LogError(
+            f"{where}: not a train_gpt.py log of this toolkit (no embedded source "
+            f"followed by a line of 100 '=' and a 'code:' line)"
+        )
     source, rest = split
     raw = source.encode("utf-8")
     lines = rest.splitlines()
@@ -99,49 +102,86 @@ def parse_log(path: str | Path, score_path: str | None = None) -> dict:
     runs = sum(line.startswith("hyperparameters: ") for line in lines)
     if runs > 1:  # the Logger appends: a reused RUN_ID stacks runs in one file
         raise LogError(f"{where}: holds {runs} runs (RUN_ID reused, train_gpt.py appends); keep one run per log")
-    log: dict = dict(path=where, source=source, code_name=code_name, code_bytes=int(code_bytes),
-                     code_sha256=code_sha, code_line=m is not None, source_intact=len(raw) == int(code_bytes)
-                     and hashlib.sha256(raw).hexdigest() == code_sha,
-                     env=None, hyperparameters=None, params=None, train=None, compliance_train=None,
-                     artifact=None, compliance_eval=None, evals={}, codecs=[], train_curve=[], val_curve=[])
-    for line in lines[1 if m else 0:]:
+    log: dict = dict(
+        path=where,
+        source=source,
+        code_name=code_name,
+        code_bytes=int(code_bytes),
+        code_sha256=code_sha,
+        code_line=m is not None,
+        source_intact=len(raw) == int(code_bytes) and hashlib.sha256(raw).hexdigest() == code_sha,
+        env=None,
+        hyperparameters=None,
+        params=None,
+        train=None,
+        compliance_train=None,
+        artifact=None,
+        compliance_eval=None,
+        evals={},
+        codecs=[],
+        train_curve=[],
+        val_curve=[],
+    )
+    for line in lines[1 if m else 0 :]:
         _parse_line(line, log, where)
-    for key, what in (("hyperparameters", "hyperparameters:"), ("train", "train:"),
-                      ("compliance_train", "compliance train:"), ("artifact", "artifact:"),
-                      ("compliance_eval", "compliance eval:")):
+    for key, what in (
+        ("hyperparameters", "hyperparameters:"),
+        ("train", "train:"),
+        ("compliance_train", "compliance train:"),
+        ("artifact", "artifact:"),
+        ("compliance_eval", "compliance eval:"),
+    ):
         if log[key] is None:
             raise LogError(f"{where}: no '{what}' line (run unfinished, or an EVAL_ONLY log)")
-    final = {k.split("/")[0]: k for k in log["evals"]  # dicts keep order: last wins
-             if "/pre_" not in k and score_path in (None, k.split("/", 1)[1])}
+    final = {
+        k.split("/")[0]: k
+        for k in log["evals"]  # dicts keep order: last wins
+        if "/pre_" not in k and score_path in (None, k.split("/", 1)[1])
+    }
     if "val" not in final:
-        raise LogError(f"{where}: no final 'eval val {score_path or '<path>'}:' line (the score from the artifact on disk)")
+        raise LogError(
+            f"{where}: no final 'eval val {score_path or '<path>'}:' line (the score from the artifact on disk)"
+        )
     pre = {k.split("/")[0]: k for k in log["evals"] if "/pre_" in k}
     h = log["hyperparameters"]
     for key in ("seed", "run_id", "preset", "world_size"):
         if key not in h:
             raise LogError(f"{where}: hyperparameters lack '{key}'")
     score = log["evals"][final["val"]]
-    log.update(seed=int(h["seed"]), run_id=str(h["run_id"]), preset=str(h["preset"]),
-               world_size=int(h["world_size"]), final={s: log["evals"][k] | {"path": k.split("/", 1)[1]}
-                                                        for s, k in final.items()},
-               pre_export={s: log["evals"][k] | {"path": k.split("/", 1)[1]} for s, k in pre.items()},
-               val_bpb=score["val_bpb"], val_loss=score["val_loss"], eval_path=final["val"].split("/", 1)[1],
-               steps=log["train"]["steps"], step_avg_ms=log["train"]["step_avg_ms"],
-               train_seconds=log["compliance_train"]["total"], eval_seconds=log["compliance_eval"]["eval_seconds"],
-               artifact_bytes=log["artifact"]["bytes"], total_bytes=log["artifact"]["total"],
-               codec=min(log["codecs"], key=lambda c: c[3])[0] if log["codecs"] else None)
+    log.update(
+        seed=int(h["seed"]),
+        run_id=str(h["run_id"]),
+        preset=str(h["preset"]),
+        world_size=int(h["world_size"]),
+        final={s: log["evals"][k] | {"path": k.split("/", 1)[1]} for s, k in final.items()},
+        pre_export={s: log["evals"][k] | {"path": k.split("/", 1)[1]} for s, k in pre.items()},
+        val_bpb=score["val_bpb"],
+        val_loss=score["val_loss"],
+        eval_path=final["val"].split("/", 1)[1],
+        steps=log["train"]["steps"],
+        step_avg_ms=log["train"]["step_avg_ms"],
+        train_seconds=log["compliance_train"]["total"],
+        eval_seconds=log["compliance_eval"]["eval_seconds"],
+        artifact_bytes=log["artifact"]["bytes"],
+        total_bytes=log["artifact"]["total"],
+        codec=min(log["codecs"], key=lambda c: c[3])[0] if log["codecs"] else None,
+    )
     return log
 
 
 def _parse_line(line: str, log: dict, where: str) -> None:
     if line.startswith("env: "):
         m = re.search(r"gpus (\[.*\])", line)
-        log["env"] = dict(python=_field(line, "python", where), torch=_field(line, "torch", where),
-                          cuda=_field(line, "cuda", where), gpus=ast.literal_eval(m.group(1)) if m else [],
-                          world_size=int(_num(_field(line, "world_size", where))))
+        log["env"] = dict(
+            python=_field(line, "python", where),
+            torch=_field(line, "torch", where),
+            cuda=_field(line, "cuda", where),
+            gpus=ast.literal_eval(m.group(1)) if m else [],
+            world_size=int(_num(_field(line, "world_size", where))),
+        )
     elif line.startswith("hyperparameters: "):
         try:
-            log["hyperparameters"] = json.loads(line[len("hyperparameters: "):])
+            log["hyperparameters"] = json.loads(line[len("hyperparameters: ") :])
         except json.JSONDecodeError as e:
             raise LogError(f"{where}: hyperparameters line is not JSON ({e.msg})") from None
     elif line.startswith("model: "):
@@ -158,11 +198,16 @@ def _parse_line(line: str, log: dict, where: str) -> None:
         m = TRAIN_LINE.match(line)
         if m is None:
             raise LogError(f"{where}: cannot read line {line!r}")
-        log["train"] = dict(steps=int(m.group(1)), seconds=float(m.group(2)), step_avg_ms=float(m.group(3)),
-                            peak_memory_gib=float(m.group(4) or 0))
+        log["train"] = dict(
+            steps=int(m.group(1)),
+            seconds=float(m.group(2)),
+            step_avg_ms=float(m.group(3)),
+            peak_memory_gib=float(m.group(4) or 0),
+        )
     elif line.startswith("compliance train: "):
-        log["compliance_train"] = _fields(line, ("train_seconds", "calibration_seconds", "reserve", "total", "cap"),
-                                          where) | {"held": _held(line, "held", where)}
+        log["compliance_train"] = _fields(
+            line, ("train_seconds", "calibration_seconds", "reserve", "total", "cap"), where
+        ) | {"held": _held(line, "held", where)}
     elif line.startswith("eval ") and (m := EVAL_LINE.match(line)):
         f = _fields(m.group(3), ("val_loss", "val_bpb", "tokens", "bytes", "seconds"), where)
         f["tokens"], f["bytes"] = int(f["tokens"]), int(f["bytes"])
@@ -175,8 +220,13 @@ def _parse_line(line: str, log: dict, where: str) -> None:
         if m is None:
             raise LogError(f"{where}: cannot read line {line!r}")
         f = _fields(line, ("code", "total", "margin"), where)
-        log["artifact"] = dict(bytes=int(m.group(1)), code=int(f["code"]), total=int(f["total"]),
-                               margin=int(f["margin"]), cap_held=_held(line, "cap_held", where))
+        log["artifact"] = dict(
+            bytes=int(m.group(1)),
+            code=int(f["code"]),
+            total=int(f["total"]),
+            margin=int(f["margin"]),
+            cap_held=_held(line, "cap_held", where),
+        )
     elif line.startswith("compliance eval: "):
         log["compliance_eval"] = _fields(line, ("eval_seconds", "budget"), where) | {"held": _held(line, "held", where)}
 
@@ -187,6 +237,7 @@ def find_logs(folder: str | Path) -> list[Path]:
     found = []
     for d in (Path(folder), Path(folder) / "logs"):
         if d.is_dir():
-            found += sorted(p for p in d.iterdir()
-                            if p.is_file() and p.suffix in (".log", ".txt") and p.name != "requirements.txt")
+            found += sorted(
+                p for p in d.iterdir() if p.is_file() and p.suffix in (".log", ".txt") and p.name != "requirements.txt"
+            )
     return found

@@ -10,6 +10,7 @@ source's imports) and loss_curves.png. It refuses logs that disagree on source o
 a seed. With a reference it adds a one-sided Welch t-test: the record bar is beating the reference
 by >= 0.005 nats at p < 0.01.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,11 +42,40 @@ DERIVED = {"run_id", "seed", "rank", "local_rank", "world_size", "train_files", 
 # May differ between seeds' logs (where the data lay on each machine; extra eval paths reported beside
 # the scored one); everything else must match.
 LOCAL = {"data_path", "tokenizer_path", "dev_val_files", "artifact", "per_token_out", "eval_paths", "pre_export_paths"}
-KEY_HPARAMS = ("preset", "vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult",
-               "train_seq_len", "train_batch_tokens", "iterations", "max_wallclock_seconds", "gptq_reserve_seconds",
-               "warmdown_frac", "matrix_lr", "scalar_lr", "tied_embed_lr", "muon_wd", "ema_decay", "recur_start",
-               "recur_end", "recur_extra", "recur_frac", "parallel_from", "quant", "matrix_bits", "embed_bits",
-               "lqer_top", "lqer_rank", "codecs", "eval_paths", "eval_seq_len", "eval_stride")
+KEY_HPARAMS = (
+    "preset",
+    "vocab_size",
+    "num_layers",
+    "model_dim",
+    "num_heads",
+    "num_kv_heads",
+    "mlp_mult",
+    "train_seq_len",
+    "train_batch_tokens",
+    "iterations",
+    "max_wallclock_seconds",
+    "gptq_reserve_seconds",
+    "warmdown_frac",
+    "matrix_lr",
+    "scalar_lr",
+    "tied_embed_lr",
+    "muon_wd",
+    "ema_decay",
+    "recur_start",
+    "recur_end",
+    "recur_extra",
+    "recur_frac",
+    "parallel_from",
+    "quant",
+    "matrix_bits",
+    "embed_bits",
+    "lqer_top",
+    "lqer_rank",
+    "codecs",
+    "eval_paths",
+    "eval_seq_len",
+    "eval_stride",
+)
 
 
 class SubmissionError(ValueError):
@@ -65,10 +95,14 @@ def load_logs(paths: list[str], score_path: str | None = None) -> list[dict]:
     shas = Counter(log["code_sha256"] for log in logs)
     if len(shas) > 1:
         listing = ", ".join(f"{Path(l['path']).name}={l['code_sha256'][:12]}" for l in logs)
-        raise SubmissionError(f"logs embed {len(shas)} different train_gpt.py sources ({listing}); one script per submission")
+        raise SubmissionError(
+            f"logs embed {len(shas)} different train_gpt.py sources ({listing}); one script per submission"
+        )
     seeds = Counter(log["seed"] for log in logs)
     if len(seeds) < len(logs):
-        raise SubmissionError(f"seeds repeat: {sorted(s for s, n in seeds.items() if n > 1)}; each log must be a distinct seed")
+        raise SubmissionError(
+            f"seeds repeat: {sorted(s for s, n in seeds.items() if n > 1)}; each log must be a distinct seed"
+        )
     ref = logs[0]["hyperparameters"]
     for log in logs[1:]:
         h = log["hyperparameters"]
@@ -83,7 +117,9 @@ def check_artifacts(logs: list[dict], folder: Path) -> dict[int, str]:
     try:
         from train_gpt import ArtifactError, decode_artifact
     except ImportError as e:
-        raise SubmissionError(f"--artifacts needs train_gpt.py importable (run from the repository root): {e}") from None
+        raise SubmissionError(
+            f"--artifacts needs train_gpt.py importable (run from the repository root): {e}"
+        ) from None
     shas = {}
     for log in logs:
         path = folder / f"{log['run_id']}.pgq"
@@ -103,6 +139,7 @@ def check_artifacts(logs: list[dict], folder: Path) -> dict[int, str]:
 # -----------------------------------------------------------------------------
 # reference and significance
 # -----------------------------------------------------------------------------
+
 
 def load_reference(folder: str | None, bpb: str | None) -> dict | None:
     """Per-seed val_bpb of the run to beat: explicit numbers, or a submission folder (its toolkit logs,
@@ -133,8 +170,11 @@ def load_reference(folder: str | None, bpb: str | None) -> dict | None:
     except (OSError, json.JSONDecodeError) as e:
         raise SubmissionError(f"--reference {folder}: no toolkit logs and no readable submission.json ({e})") from None
     results = meta.get("seed_results")
-    if isinstance(results, dict) and results and all(isinstance(r, dict) and _is_num(r.get("val_bpb"))
-                                                     for r in results.values()):
+    if (
+        isinstance(results, dict)
+        and results
+        and all(isinstance(r, dict) and _is_num(r.get("val_bpb")) for r in results.values())
+    ):
         return dict(source=f"{folder} (submission.json seed_results)", val_bpb=[r["val_bpb"] for r in results.values()])
     if _is_num(meta.get("val_bpb")):
         return dict(source=f"{folder} (submission.json val_bpb, one value)", val_bpb=[meta["val_bpb"]])
@@ -150,6 +190,7 @@ def welch(ours: list[float], ref: list[float], margin: float = 0.0) -> dict:
     equal_var=False) of ours + margin against ref. A reference of one value has no variance; it is
     then a constant and the test a one-sample t-test. p is None where the data give no variance."""
     from scipy import stats
+
     shifted = [x + margin for x in ours]
     if len(ours) < 2:  # one seed has no variance: nothing to test
         return dict(test="none: one seed has no variance", t=None, df=None, p=None)
@@ -180,11 +221,22 @@ def significance(logs: list[dict], ref: dict) -> dict:
     d_nats = statistics.fmean(ours_nats) - statistics.fmean(ref_nats)
     bpb_test, nats_test = welch(ours_bpb, ref_bpb), welch(ours_nats, ref_nats, THRESHOLD_NATS)
     meets = nats_test["p"] is not None and nats_test["p"] < ALPHA and d_nats <= -THRESHOLD_NATS
-    return dict(reference=ref["source"], reference_val_bpb=ref_bpb, reference_mean_val_bpb=_r(statistics.fmean(ref_bpb)),
-                bytes_per_token=_r(per_token), delta_bpb=_r(d_bpb), delta_nats=_r(d_nats),
-                test=nats_test["test"], t_nats=_r(nats_test["t"]), df=_r(nats_test["df"]),
-                p_nats_improvement_over_threshold=nats_test["p"], p_bpb_improvement=bpb_test["p"],
-                threshold_nats=THRESHOLD_NATS, alpha=ALPHA, meets_record_bar=meets)
+    return dict(
+        reference=ref["source"],
+        reference_val_bpb=ref_bpb,
+        reference_mean_val_bpb=_r(statistics.fmean(ref_bpb)),
+        bytes_per_token=_r(per_token),
+        delta_bpb=_r(d_bpb),
+        delta_nats=_r(d_nats),
+        test=nats_test["test"],
+        t_nats=_r(nats_test["t"]),
+        df=_r(nats_test["df"]),
+        p_nats_improvement_over_threshold=nats_test["p"],
+        p_bpb_improvement=bpb_test["p"],
+        threshold_nats=THRESHOLD_NATS,
+        alpha=ALPHA,
+        meets_record_bar=meets,
+    )
 
 
 def _r(x: float | None) -> float | None:
@@ -194,6 +246,7 @@ def _r(x: float | None) -> float | None:
 # -----------------------------------------------------------------------------
 # what the folder says
 # -----------------------------------------------------------------------------
+
 
 def imports_of(source: str) -> dict[str, bool]:
     """Top-level modules the source imports beyond the stdlib -> optional (every import of it sits in a
@@ -212,8 +265,11 @@ def imports_of(source: str) -> dict[str, bool]:
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names = [node.module]
-        elif isinstance(node, ast.Call) and ast.unparse(node.func) in ("importlib.import_module", "import_module") \
-                and node.args:
+        elif (
+            isinstance(node, ast.Call)
+            and ast.unparse(node.func) in ("importlib.import_module", "import_module")
+            and node.args
+        ):
             names = _strings(node.args[0])
         else:
             continue
@@ -230,8 +286,14 @@ def _scan_imports(source: str) -> dict[str, bool]:
         m = re.match(r"( *)(?:import ([\w., ]+)$|from (\w[\w.]*) import |.*import_module\((.*)\))", line)
         if not m:
             continue
-        names = ([n.split(" as ")[0].strip() for n in m.group(2).split(",")] if m.group(2) else [m.group(3)]
-                 if m.group(3) else re.findall(r"['\"]\s*:\s*['\"]([\w.]+)['\"]", m.group(4)) or re.findall(r"^['\"]([\w.]+)['\"]$", m.group(4)))
+        names = (
+            [n.split(" as ")[0].strip() for n in m.group(2).split(",")]
+            if m.group(2)
+            else [m.group(3)]
+            if m.group(3)
+            else re.findall(r"['\"]\s*:\s*['\"]([\w.]+)['\"]", m.group(4))
+            or re.findall(r"^['\"]([\w.]+)['\"]$", m.group(4))
+        )
         indent = len(m.group(1))
         above = next((l for l in reversed(lines[:i]) if len(l) - len(l.lstrip()) < indent), "")
         for top in {n.split(".")[0] for n in names} - set(sys.stdlib_module_names):
@@ -255,9 +317,15 @@ def _guarded(node: ast.AST, parents: dict) -> bool:
     catches = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
     child, parent = node, parents.get(node)
     while parent is not None:
-        if isinstance(parent, ast.Try) and child in parent.body and any(
-                h.type is None or catches & {ast.unparse(t) for t in (h.type.elts if isinstance(h.type, ast.Tuple)
-                                                                      else [h.type])} for h in parent.handlers):
+        if (
+            isinstance(parent, ast.Try)
+            and child in parent.body
+            and any(
+                h.type is None
+                or catches & {ast.unparse(t) for t in (h.type.elts if isinstance(h.type, ast.Tuple) else [h.type])}
+                for h in parent.handlers
+            )
+        ):
             return True
         child, parent = parent, parents.get(parent)
     return False
@@ -287,14 +355,20 @@ def requirements_txt(source: str, logs: list[dict]) -> str:
     optional = [m for m, opt in imports.items() if opt]
     if optional:
         codecs = sorted({l["codec"] for l in logs if l["codec"]})
-        lines.append("# Optional: imported inside try/except ImportError"
-                     + (f"; the artifacts of these runs use codec {', '.join(codecs)}" if codecs else ""))
+        lines.append(
+            "# Optional: imported inside try/except ImportError"
+            + (f"; the artifacts of these runs use codec {', '.join(codecs)}" if codecs else "")
+        )
         # a module not installed here has no known pip name: a comment, so `pip install -r` cannot fail on it
-        lines += [distribution(m) if m in _distributions() else f"# {m} (no pip name known here; install by hand)"
-                  for m in optional]
+        lines += [
+            distribution(m) if m in _distributions() else f"# {m} (no pip name known here; install by hand)"
+            for m in optional
+        ]
     if any(l.get("attention") == "fa3" for l in logs):  # an optional import the runs' speed depended on
-        lines.append("# The runs trained with FlashAttention-3 (logged 'attention fa3'). Without flash_attn_interface "
-                     "train_gpt.py falls back to torch's slower varlen kernel: fewer steps in the same 600 s.")
+        lines.append(
+            "# The runs trained with FlashAttention-3 (logged 'attention fa3'). Without flash_attn_interface "
+            "train_gpt.py falls back to torch's slower varlen kernel: fewer steps in the same 600 s."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -304,28 +378,43 @@ def hardware(logs: list[dict]) -> str:
         gpus = Counter(env.get("gpus") or [])
         what = ", ".join(f"{n}x {name}" for name, n in gpus.items()) or "CPU"
         return f"{what} (world_size {log['world_size']})"
+
     return " / ".join(dict.fromkeys(one(l) for l in logs))
 
 
 def techniques(h: dict, log: dict) -> str:
     """A factual summary of the logged config (what the switches are set to, nothing inferred)."""
     g = h.get
-    parts = [f"{g('num_layers')}L x {g('model_dim')}d, {g('num_heads')} heads / {g('num_kv_heads')} KV, "
-             f"MLP {g('mlp_mult')}x" + (f" LeakyReLU({g('leaky_slope')})^2" if g("leaky_slope") else " ReLU^2"),
-             f"vocab {g('vocab_size')}, seq {g('train_seq_len')}, batch {g('train_batch_tokens')} tokens"]
-    arch = {"worker": f"ARCH=worker (every {g('worker_interval')}th token attends, conv kernel {g('worker_kernel')})",
-            "pse": f"ARCH=pse ({g('pse_scales')} EMA scales up to half-life {g('pse_max_halflife')})",
-            "scan": f"ARCH=scan (chunks of {g('scan_chunk')}, Blelloch prefix scan)"}.get(g("arch", "gpt"))
+    parts = [
+        f"{g('num_layers')}L x {g('model_dim')}d, {g('num_heads')} heads / {g('num_kv_heads')} KV, "
+        f"MLP {g('mlp_mult')}x" + (f" LeakyReLU({g('leaky_slope')})^2" if g("leaky_slope") else " ReLU^2"),
+        f"vocab {g('vocab_size')}, seq {g('train_seq_len')}, batch {g('train_batch_tokens')} tokens",
+    ]
+    arch = {
+        "worker": f"ARCH=worker (every {g('worker_interval')}th token attends, conv kernel {g('worker_kernel')})",
+        "pse": f"ARCH=pse ({g('pse_scales')} EMA scales up to half-life {g('pse_max_halflife')})",
+        "scan": f"ARCH=scan (chunks of {g('scan_chunk')}, Blelloch prefix scan)",
+    }.get(g("arch", "gpt"))
     if arch:
         parts.insert(0, arch)
     if g("recur_extra"):
-        parts.append(f"layers {g('recur_start')}-{g('recur_end')} looped +{g('recur_extra')} from "
-                     f"{g('recur_frac')} of training")
+        parts.append(
+            f"layers {g('recur_start')}-{g('recur_end')} looped +{g('recur_extra')} from {g('recur_frac')} of training"
+        )
     if g("parallel_from", -1) >= 0:
         parts.append(f"parallel residuals from layer {g('parallel_from')}")
-    flags = [name for key, name in (("xsa", "XSA"), ("smear", "SmearGate"), ("attn_gate", "attention output gate"),
-                                    ("unet", "U-Net skips"), ("x0_mix", "x0 mix"), ("doc_mask", "document mask"))
-             if g(key)]
+    flags = [
+        name
+        for key, name in (
+            ("xsa", "XSA"),
+            ("smear", "SmearGate"),
+            ("attn_gate", "attention output gate"),
+            ("unet", "U-Net skips"),
+            ("x0_mix", "x0 mix"),
+            ("doc_mask", "document mask"),
+        )
+        if g(key)
+    ]
     if g("rope_dims"):
         flags.append(f"RoPE on {g('rope_dims')} dims")
     parts.append(", ".join(flags))
@@ -357,46 +446,75 @@ def preset_defaults(script: Path, preset: str) -> dict | None:
 
 def reproduce_command(logs: list[dict], defaults: dict | None) -> str:
     h = logs[0]["hyperparameters"]
-    env = {"PRESET": h["preset"]} | {k.upper(): v for k, v in sorted(h.items()) if k not in DERIVED | {"preset"}
-                                     and (defaults is None or defaults.get(k) != v)}
+    env = {"PRESET": h["preset"]} | {
+        k.upper(): v
+        for k, v in sorted(h.items())
+        if k not in DERIVED | {"preset"} and (defaults is None or defaults.get(k) != v)
+    }
     assigns = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items())
     n = logs[0]["world_size"]
     run = "python train_gpt.py" if n == 1 else f"torchrun --standalone --nproc_per_node={n} train_gpt.py"
     seeds = " ".join(str(l["seed"]) for l in logs)
-    return (f"for SEED in {seeds}; do\n  RUN_ID=seed$SEED SEED=$SEED {assigns} \\\n    {run}\ndone\n"
-            f"# -> logs/seed<SEED>.txt and artifacts/seed<SEED>.pgq")
+    return (
+        f"for SEED in {seeds}; do\n  RUN_ID=seed$SEED SEED=$SEED {assigns} \\\n    {run}\ndone\n"
+        f"# -> logs/seed<SEED>.txt and artifacts/seed<SEED>.pgq"
+    )
 
 
 # -----------------------------------------------------------------------------
 # writing
 # -----------------------------------------------------------------------------
 
-def submission_json(args: argparse.Namespace, logs: list[dict], date: str, sig: dict | None,
-                    artifact_shas: dict[int, str]) -> dict:
+
+def submission_json(
+    args: argparse.Namespace, logs: list[dict], date: str, sig: dict | None, artifact_shas: dict[int, str]
+) -> dict:
     bpb, loss = [l["val_bpb"] for l in logs], [l["val_loss"] for l in logs]
-    std = (lambda xs: _r(statistics.stdev(xs)) if len(xs) > 1 else None)
+    std = lambda xs: _r(statistics.stdev(xs)) if len(xs) > 1 else None
     seed_results = {}
     for l in logs:
         seed_results[str(l["seed"])] = dict(
-            val_loss=l["val_loss"], val_bpb=l["val_bpb"], artifact_bytes=l["artifact_bytes"], steps=l["steps"],
-            step_avg_ms=l["step_avg_ms"], eval_time_s=l["eval_seconds"], train_time_s=l["train_seconds"],
-            bytes_total=l["total_bytes"], log=log_name(l))
+            val_loss=l["val_loss"],
+            val_bpb=l["val_bpb"],
+            artifact_bytes=l["artifact_bytes"],
+            steps=l["steps"],
+            step_avg_ms=l["step_avg_ms"],
+            eval_time_s=l["eval_seconds"],
+            train_time_s=l["train_seconds"],
+            bytes_total=l["total_bytes"],
+            log=log_name(l),
+        )
         if "val" in l["pre_export"]:
             seed_results[str(l["seed"])]["pre_export_val_bpb"] = l["pre_export"]["val"]["val_bpb"]
         if l["seed"] in artifact_shas:
             seed_results[str(l["seed"])]["artifact_sha256"] = artifact_shas[l["seed"]]
     label = f" [{args.label}]" if args.label else ""
     h = logs[0]["hyperparameters"]
-    blurb = args.blurb or (f"{h['preset']} preset of train_gpt.py, {len(logs)} seeds, scored by eval path "
-                           f"'{logs[0]['eval_path']}' on the artifact read back from disk.")
-    meta = dict(author=args.author, github_id=args.github_id, name=args.name + label,
-                blurb=(f"[{args.label}] " if args.label else "") + blurb, date=date, track=args.track,
-                val_loss=_r(statistics.fmean(loss)), val_bpb=_r(statistics.fmean(bpb)),
-                val_loss_std=std(loss), val_bpb_std=std(bpb), seeds=[l["seed"] for l in logs], seed_results=seed_results,
-                artifact_bytes_max=max(l["artifact_bytes"] for l in logs), bytes_total=max(l["total_bytes"] for l in logs),
-                bytes_code=logs[0]["artifact"]["code"], hardware=hardware(logs),
-                pytorch_version=" / ".join(sorted({l["env"]["torch"] for l in logs if l["env"]})) or "unknown",
-                technique_summary=techniques(h, logs[0]), eval_path=logs[0]["eval_path"])
+    blurb = args.blurb or (
+        f"{h['preset']} preset of train_gpt.py, {len(logs)} seeds, scored by eval path "
+        f"'{logs[0]['eval_path']}' on the artifact read back from disk."
+    )
+    meta = dict(
+        author=args.author,
+        github_id=args.github_id,
+        name=args.name + label,
+        blurb=(f"[{args.label}] " if args.label else "") + blurb,
+        date=date,
+        track=args.track,
+        val_loss=_r(statistics.fmean(loss)),
+        val_bpb=_r(statistics.fmean(bpb)),
+        val_loss_std=std(loss),
+        val_bpb_std=std(bpb),
+        seeds=[l["seed"] for l in logs],
+        seed_results=seed_results,
+        artifact_bytes_max=max(l["artifact_bytes"] for l in logs),
+        bytes_total=max(l["total_bytes"] for l in logs),
+        bytes_code=logs[0]["artifact"]["code"],
+        hardware=hardware(logs),
+        pytorch_version=" / ".join(sorted({l["env"]["torch"] for l in logs if l["env"]})) or "unknown",
+        technique_summary=techniques(h, logs[0]),
+        eval_path=logs[0]["eval_path"],
+    )
     if all("val" in l["pre_export"] for l in logs):
         meta["pre_quant_val_bpb"] = _r(statistics.fmean(l["pre_export"]["val"]["val_bpb"] for l in logs))
     if args.label:
@@ -420,79 +538,132 @@ def readme(meta: dict, logs: list[dict], args: argparse.Namespace, command: str,
     h = logs[0]["hyperparameters"]
     label = args.label
     tag = f" [{label}]" if label else ""
-    pre_path = logs[0]["pre_export"].get("val", {}).get("path", "").removeprefix("pre_")  # may differ from the scored one
+    pre_path = (
+        logs[0]["pre_export"].get("val", {}).get("path", "").removeprefix("pre_")
+    )  # may differ from the scored one
     out = [f"# {meta['name']}", ""]
     if label:
-        out += [f"> **{label}.** Every number below is from runs labelled \"{label}\"; "
-                "it is not a record claim on the official setting.", ""]
-    out += [meta["blurb"], "",
-            f"## Result{tag}", "",
-            "| | |", "|---|---|",
-            f"| val_bpb, mean of {len(logs)} seeds | **{fmt(meta['val_bpb'], 8)}** (std {fmt(meta['val_bpb_std'], 8)}) |",
-            f"| val_loss (nats/token), mean | {fmt(meta['val_loss'], 8)} (std {fmt(meta['val_loss_std'], 8)}) |",
-            f"| scored eval path | `{meta['eval_path']}`, on the artifact read back from disk |",
-            f"| pre-export val_bpb ({pre_path or 'n/a'}), mean | {fmt(meta.get('pre_quant_val_bpb'), 8)} |",
-            f"| artifact bytes, max | {meta['artifact_bytes_max']:,} |",
-            f"| code bytes (train_gpt.py) | {meta['bytes_code']:,} |",
-            f"| total bytes, max | {meta['bytes_total']:,} (margin {SIZE_CAP - meta['bytes_total']:,} under {SIZE_CAP:,}) |",
-            f"| ms/step, mean | {statistics.fmean(l['step_avg_ms'] for l in logs):.1f} |",
-            f"| train seconds incl. calibration, max | {max(l['train_seconds'] for l in logs):.1f} |",
-            f"| eval seconds, max | {max(l['eval_seconds'] for l in logs):.1f} |", "",
-            f"## Per seed{tag}", "",
-            f"| seed | val_bpb | val_loss | pre-export val_bpb ({pre_path or 'n/a'}) | steps | ms/step | train s | eval s | artifact bytes "
-            "| total bytes | log |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+        out += [
+            f'> **{label}.** Every number below is from runs labelled "{label}"; '
+            "it is not a record claim on the official setting.",
+            "",
+        ]
+    out += [
+        meta["blurb"],
+        "",
+        f"## Result{tag}",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| val_bpb, mean of {len(logs)} seeds | **{fmt(meta['val_bpb'], 8)}** (std {fmt(meta['val_bpb_std'], 8)}) |",
+        f"| val_loss (nats/token), mean | {fmt(meta['val_loss'], 8)} (std {fmt(meta['val_loss_std'], 8)}) |",
+        f"| scored eval path | `{meta['eval_path']}`, on the artifact read back from disk |",
+        f"| pre-export val_bpb ({pre_path or 'n/a'}), mean | {fmt(meta.get('pre_quant_val_bpb'), 8)} |",
+        f"| artifact bytes, max | {meta['artifact_bytes_max']:,} |",
+        f"| code bytes (train_gpt.py) | {meta['bytes_code']:,} |",
+        f"| total bytes, max | {meta['bytes_total']:,} (margin {SIZE_CAP - meta['bytes_total']:,} under {SIZE_CAP:,}) |",
+        f"| ms/step, mean | {statistics.fmean(l['step_avg_ms'] for l in logs):.1f} |",
+        f"| train seconds incl. calibration, max | {max(l['train_seconds'] for l in logs):.1f} |",
+        f"| eval seconds, max | {max(l['eval_seconds'] for l in logs):.1f} |",
+        "",
+        f"## Per seed{tag}",
+        "",
+        f"| seed | val_bpb | val_loss | pre-export val_bpb ({pre_path or 'n/a'}) | steps | ms/step | train s | eval s | artifact bytes "
+        "| total bytes | log |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for l in logs:
         pre = l["pre_export"].get("val", {}).get("val_bpb")
-        out.append(f"| {l['seed']} | {fmt(l['val_bpb'])} | {fmt(l['val_loss'])} | {fmt(pre)} | {l['steps']} | "
-                   f"{l['step_avg_ms']:.1f} | {l['train_seconds']:.1f} | {l['eval_seconds']:.1f} | "
-                   f"{l['artifact_bytes']:,} | {l['total_bytes']:,} | [{log_name(l)}]({log_name(l)}) |")
-    out += [f"| mean | {fmt(meta['val_bpb'], 8)} | {fmt(meta['val_loss'], 8)} | | | | | | | | |",
-            f"| std | {fmt(meta['val_bpb_std'], 8)} | {fmt(meta['val_loss_std'], 8)} | | | | | | | | |", "",
-            "std is the sample standard deviation (n-1).", ""]
+        out.append(
+            f"| {l['seed']} | {fmt(l['val_bpb'])} | {fmt(l['val_loss'])} | {fmt(pre)} | {l['steps']} | "
+            f"{l['step_avg_ms']:.1f} | {l['train_seconds']:.1f} | {l['eval_seconds']:.1f} | "
+            f"{l['artifact_bytes']:,} | {l['total_bytes']:,} | [{log_name(l)}]({log_name(l)}) |"
+        )
+    out += [
+        f"| mean | {fmt(meta['val_bpb'], 8)} | {fmt(meta['val_loss'], 8)} | | | | | | | | |",
+        f"| std | {fmt(meta['val_bpb_std'], 8)} | {fmt(meta['val_loss_std'], 8)} | | | | | | | | |",
+        "",
+        "std is the sample standard deviation (n-1).",
+        "",
+    ]
     if "significance" in meta:
         s = meta["significance"]
         verdict = "**yes**" if s["meets_record_bar"] else "**no**"
-        out += [f"## Significance{tag}", "",
-                f"Reference: {s['reference']}: val_bpb {', '.join(fmt(x) for x in s['reference_val_bpb'])} "
-                f"(mean {fmt(s['reference_mean_val_bpb'], 8)}).", "",
-                "| | |", "|---|---|",
-                f"| delta val_bpb (ours - reference) | {s['delta_bpb']:+.8f} |",
-                f"| delta nats/token | {s['delta_nats']:+.8f} (at {s['bytes_per_token']:.4f} bytes/token) |",
-                f"| p, improvement > {s['threshold_nats']} nats ({s['test']}) "
-                f"| {fmt(s['p_nats_improvement_over_threshold'], 6)} |",
-                f"| p, any improvement in bpb | {fmt(s['p_bpb_improvement'], 6)} |",
-                f"| beats the reference by >= {s['threshold_nats']} nats with p < {s['alpha']} | {verdict} |", "",
-                "The reference's nats are its val_bpb at this run's bytes per token (val_loss = val_bpb x ln 2 x "
-                "bytes / tokens), so references on another tokenizer compare fairly.", ""]
+        out += [
+            f"## Significance{tag}",
+            "",
+            f"Reference: {s['reference']}: val_bpb {', '.join(fmt(x) for x in s['reference_val_bpb'])} "
+            f"(mean {fmt(s['reference_mean_val_bpb'], 8)}).",
+            "",
+            "| | |",
+            "|---|---|",
+            f"| delta val_bpb (ours - reference) | {s['delta_bpb']:+.8f} |",
+            f"| delta nats/token | {s['delta_nats']:+.8f} (at {s['bytes_per_token']:.4f} bytes/token) |",
+            f"| p, improvement > {s['threshold_nats']} nats ({s['test']}) "
+            f"| {fmt(s['p_nats_improvement_over_threshold'], 6)} |",
+            f"| p, any improvement in bpb | {fmt(s['p_bpb_improvement'], 6)} |",
+            f"| beats the reference by >= {s['threshold_nats']} nats with p < {s['alpha']} | {verdict} |",
+            "",
+            "The reference's nats are its val_bpb at this run's bytes per token (val_loss = val_bpb x ln 2 x "
+            "bytes / tokens), so references on another tokenizer compare fairly.",
+            "",
+        ]
     keys = [k for k in KEY_HPARAMS if k in h]
-    out += ["## Configuration", "",
-            f"train_gpt.py preset `{h['preset']}`; hardware {meta['hardware']}; torch {meta['pytorch_version']}; "
-            f"python {' / '.join(sorted({l['env']['python'] for l in logs if l['env']})) or 'unknown'}"
-            + (f"; {logs[0]['params']:,} parameters" if logs[0]["params"] else "") + ".", "",
-            "| hyperparameter | value |", "|---|---|"] + [f"| {k} | `{h[k]}` |" for k in keys]
-    out += ["", "Every resolved hyperparameter is in the `hyperparameters:` line of each log.", "",
-            "## Techniques", "", meta["technique_summary"], "",
-            "## Reproduce", "",
-            "From this folder, with the data and tokenizer the paths below name:", "",
-            "```bash", "pip install -r requirements.txt", command, "```", "",
-            "Check the folder (files, scores, sizes, time limits, byte-identical code):", "",
-            "```bash", f"python -m submissions.check {Path(args.out) / folder_name(meta['date'], args.name)}", "```", "",
-            "## Files", "",
-            f"- `train_gpt.py`: {logs[0]['code_bytes']:,} bytes, sha256 `{logs[0]['code_sha256']}`, byte-identical "
-            "to the source embedded at the top of every log.",
-            "- " + ", ".join(f"`{log_name(l)}`" for l in logs) + ": the logs, as written by train_gpt.py.",
-            "- `requirements.txt`: " + ", ".join(l for l in requirements.splitlines() if not l.startswith("#")) + ".",
-            "- `loss_curves.png`: train loss (and val loss where logged) against elapsed training time, per seed.",
-            "- `submission.json`: the numbers above.", "",
-            "Generated by `python -m submissions.make` from the logs; no number here was typed by hand.", ""]
+    out += [
+        "## Configuration",
+        "",
+        f"train_gpt.py preset `{h['preset']}`; hardware {meta['hardware']}; torch {meta['pytorch_version']}; "
+        f"python {' / '.join(sorted({l['env']['python'] for l in logs if l['env']})) or 'unknown'}"
+        + (f"; {logs[0]['params']:,} parameters" if logs[0]["params"] else "")
+        + ".",
+        "",
+        "| hyperparameter | value |",
+        "|---|---|",
+    ] + [f"| {k} | `{h[k]}` |" for k in keys]
+    out += [
+        "",
+        "Every resolved hyperparameter is in the `hyperparameters:` line of each log.",
+        "",
+        "## Techniques",
+        "",
+        meta["technique_summary"],
+        "",
+        "## Reproduce",
+        "",
+        "From this folder, with the data and tokenizer the paths below name:",
+        "",
+        "```bash",
+        "pip install -r requirements.txt",
+        command,
+        "```",
+        "",
+        "Check the folder (files, scores, sizes, time limits, byte-identical code):",
+        "",
+        "```bash",
+        f"python -m submissions.check {Path(args.out) / folder_name(meta['date'], args.name)}",
+        "```",
+        "",
+        "## Files",
+        "",
+        f"- `train_gpt.py`: {logs[0]['code_bytes']:,} bytes, sha256 `{logs[0]['code_sha256']}`, byte-identical "
+        "to the source embedded at the top of every log.",
+        "- " + ", ".join(f"`{log_name(l)}`" for l in logs) + ": the logs, as written by train_gpt.py.",
+        "- `requirements.txt`: " + ", ".join(l for l in requirements.splitlines() if not l.startswith("#")) + ".",
+        "- `loss_curves.png`: train loss (and val loss where logged) against elapsed training time, per seed.",
+        "- `submission.json`: the numbers above.",
+        "",
+        "Generated by `python -m submissions.make` from the logs; no number here was typed by hand.",
+        "",
+    ]
     return "\n".join(out)
 
 
 def plot(logs: list[dict], path: Path, title: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(8, 5))
     for log in logs:
         color = None
@@ -559,8 +730,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--author", default="", help="submission.json author")
     p.add_argument("--github-id", default="", help="submission.json github_id")
     p.add_argument("--label", default="", help='e.g. "proxy (not FineWeb, 1xH100)": shown everywhere')
-    p.add_argument("--track", default=TRACKS[0], choices=TRACKS,
-                   help="non_record_16mb for a new idea that does not beat the record (it still fits 16 MB)")
+    p.add_argument(
+        "--track",
+        default=TRACKS[0],
+        choices=TRACKS,
+        help="non_record_16mb for a new idea that does not beat the record (it still fits 16 MB)",
+    )
     p.add_argument("--blurb", default="", help="one-paragraph description (default: generated)")
     p.add_argument("--date", default="", help="YYYY-MM-DD (default: today)")
     p.add_argument("--force", action="store_true", help="replace an existing folder of the same date and name")
@@ -571,12 +746,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     meta = json.loads((folder / "submission.json").read_text(encoding="utf-8"))
-    print(f"wrote {folder}: val_bpb {meta['val_bpb']:.8f} (std {fmt(meta['val_bpb_std'], 8)}, "
-          f"{len(meta['seeds'])} seed(s)), total bytes max {meta['bytes_total']:,}")
+    print(
+        f"wrote {folder}: val_bpb {meta['val_bpb']:.8f} (std {fmt(meta['val_bpb_std'], 8)}, "
+        f"{len(meta['seeds'])} seed(s)), total bytes max {meta['bytes_total']:,}"
+    )
     if "significance" in meta:
         s = meta["significance"]
-        print(f"vs {s['reference']}: delta {s['delta_nats']:+.6f} nats, p {fmt(s['p_nats_improvement_over_threshold'])}, "
-              f"record bar {'met' if s['meets_record_bar'] else 'not met'}")
+        print(
+            f"vs {s['reference']}: delta {s['delta_nats']:+.6f} nats, p {fmt(s['p_nats_improvement_over_threshold'])}, "
+            f"record bar {'met' if s['meets_record_bar'] else 'not met'}"
+        )
     if not (args.author and args.github_id):
         print("note: --author/--github-id not given; fill them in before opening a PR")
     return 0

@@ -1,4 +1,5 @@
 """Shared test fixtures: the repository root, the shared data folder, and running a module's CLI."""
+
 from __future__ import annotations
 
 import os
@@ -18,6 +19,7 @@ def one_thread():
     """Every test's tensors are tiny: one intra-op thread avoids oversubscription (two threads on two
     shared cores ran some tests 10x slower). Subprocess runs set OMP_NUM_THREADS=1 for the same reason."""
     import torch
+
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -36,9 +38,17 @@ def shared() -> Path:
 @pytest.fixture(scope="session")
 def run_cli():
     """run_cli("data.shards", "check", path, env={...}) -> CompletedProcess of `python -m` in the repo root."""
+
     def run(module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", module, *map(str, args)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
     return run
 
 
@@ -46,6 +56,7 @@ def run_cli():
 def one_line_error():
     """one_line_error(proc, *needles): the CLI failed with a non-zero exit and exactly one stderr line,
     'error: ...', containing each needle (so no traceback)."""
+
     def check(proc: subprocess.CompletedProcess, *needles: str) -> str:
         assert proc.returncode != 0, proc.stdout
         lines = proc.stderr.strip().splitlines()
@@ -53,4 +64,5 @@ def one_line_error():
         for needle in needles:
             assert needle in lines[0], lines[0]
         return lines[0]
+
     return check

@@ -1,6 +1,7 @@
 """Alternative blocks (issue 8, train_gpt.py ALTERNATIVE BLOCKS): causality, document isolation, shapes, learnability,
 and each design's defining property (scan == recurrence, PSE == attention over slots, memory tokens
 conv-only), on tiny CPU configs."""
+
 import math
 
 import numpy as np
@@ -15,11 +16,20 @@ arch = tg  # the blocks live in train_gpt.py's ALTERNATIVE BLOCKS section
 
 ARCHS = ("worker", "pse", "scan")
 # The tiny config of tests/test_train.py, less what only the training loop reads.
-TINY = dict(PRESET="tiny", MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2", NUM_LAYERS="2", ROPE_DIMS="4", RECUR_START="0", RECUR_END="1",
-            ATTN_GATE_DIMS="8", DEV_VAL_FILES="")
+TINY = dict(
+    PRESET="tiny",
+    MODEL_DIM="32",
+    NUM_HEADS="4",
+    NUM_KV_HEADS="2",
+    NUM_LAYERS="2",
+    ROPE_DIMS="4",
+    RECUR_START="0",
+    RECUR_END="1",
+    ATTN_GATE_DIMS="8",
+    DEV_VAL_FILES="",
+)
 # Small values, so T=50 crosses several worker and chunk boundaries and every scale matters.
 KNOBS = dict(worker_interval=4, worker_kernel=4, pse_scales=4, pse_max_halflife=64.0, scan_chunk=8)
-
 
 
 def hparams(arch_name: str, **knobs) -> tg.Hyperparameters:
@@ -151,8 +161,9 @@ def test_shapes(name, T):
 
 @pytest.fixture(scope="module")
 def tokens(shared) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(tg.load_shard(str(shared / "data/fineweb_dev/fineweb_val_sp1024.bin"))[:20000],
-                                       dtype=np.int64))
+    return torch.from_numpy(
+        np.asarray(tg.load_shard(str(shared / "data/fineweb_dev/fineweb_val_sp1024.bin"))[:20000], dtype=np.int64)
+    )
 
 
 @pytest.mark.parametrize("name", ARCHS)
@@ -172,7 +183,7 @@ def test_trains(name, tokens):
     before, touched = held_loss(), set()
     for _ in range(20):
         starts = torch.randint(0, len(train) - 65, (16,), generator=gen)
-        x = torch.stack([train[s:s + 65] for s in starts])
+        x = torch.stack([train[s : s + 65] for s in starts])
         loss = model(x[:, :-1], x[:, 1:])
         loss.backward()
         touched |= {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
@@ -222,11 +233,13 @@ def test_pse_is_attention_over_slots(doc_mask, monkeypatch):
                 last = {int(ids[b, o]): o for o in seen}  # slot -> its latest occurrence
                 bank = {i: sum(decay ** (t - o) for o in seen if ids[b, o] == i) * (1 - decay) for i in last}
                 for hh in range(H):
-                    s = torch.stack([q[b, t, hh] @ k[b, o, hh] / math.sqrt(hd) + u[b, t, hh] @ bank[i]
-                                     for i, o in last.items()])
+                    s = torch.stack(
+                        [q[b, t, hh] @ k[b, o, hh] / math.sqrt(hd) + u[b, t, hh] @ bank[i] for i, o in last.items()]
+                    )
                     p = s.softmax(0)
-                    y[b, t, hh] = sum(p[j] * (v[b, o, hh] + bank[i] @ att.ema_v[hh])
-                                      for j, (i, o) in enumerate(last.items()))
+                    y[b, t, hh] = sum(
+                        p[j] * (v[b, o, hh] + bank[i] @ att.ema_v[hh]) for j, (i, o) in enumerate(last.items())
+                    )
         want = att.proj(y.reshape(B, T, 32))
     assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
 

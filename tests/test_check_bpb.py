@@ -1,5 +1,6 @@
 """data.check_bpb: train_gpt.py's byte rule agrees with the tokenizers' own decoding, and the checker
 catches the two byte-accounting bugs seen in the challenge."""
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,23 @@ from train_gpt import build_byte_luts, token_bytes
 
 TOKENIZERS = ["fineweb_1024_bpe.model", "fineweb_8192_bpe.model"]
 ADVERSARIAL = [
-    "Emoji: 💩🎉👩‍👩‍👧 and flags 🇫🇷", "日本語のテキストと中文文本", "e\u0301 a\u0308 combining, precomposed é ä",
-    "control \x00 \x01 \x07 \x1b[0m bell", "runs     of      spaces", "   leading and trailing   ",
-    "\n\nnewlines\n\n\nin between\n", "\ttabs\tand\t\ttabs\t", "€ ☃ ∑ ǅ ℌ ﬁ ① byte fallback", "\ufeffBOM",
-    "\u2581literal lower one eighth block\u2581", "", " ", "\n", "a", "🙂" * 50, "x" * 3000,
+    "Emoji: 💩🎉👩‍👩‍👧 and flags 🇫🇷",
+    "日本語のテキストと中文文本",
+    "e\u0301 a\u0308 combining, precomposed é ä",
+    "control \x00 \x01 \x07 \x1b[0m bell",
+    "runs     of      spaces",
+    "   leading and trailing   ",
+    "\n\nnewlines\n\n\nin between\n",
+    "\ttabs\tand\t\ttabs\t",
+    "€ ☃ ∑ ǅ ℌ ﬁ ① byte fallback",
+    "\ufeffBOM",
+    "\u2581literal lower one eighth block\u2581",
+    "",
+    " ",
+    "\n",
+    "a",
+    "🙂" * 50,
+    "x" * 3000,
 ]
 
 
@@ -85,8 +99,13 @@ def test_catches_leading_space_counted_twice(sp, dev_texts):
 
 
 def test_cli_acceptance_command(shared, run_cli):
-    proc = run_cli("data.check_bpb", "--tokenizer", shared / "data" / "tokenizers" / TOKENIZERS[0],
-                   "--docs", shared / "data" / "fineweb_dev" / "fineweb_val_docs.jsonl")
+    proc = run_cli(
+        "data.check_bpb",
+        "--tokenizer",
+        shared / "data" / "tokenizers" / TOKENIZERS[0],
+        "--docs",
+        shared / "data" / "fineweb_dev" / "fineweb_val_docs.jsonl",
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("bytes match: 700/700 docs, bytes=1968062, tokens=817103, bytes_per_token=2.40")
 
@@ -95,7 +114,7 @@ def test_cli_exits_1_naming_first_bad_doc_and_token(shared, tmp_path, monkeypatc
     # The rule is a parameter of check_docs, not of the CLI: swap in a buggy one to see the CLI fail.
     docs = tmp_path / "docs.jsonl"
     docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["fine", "naïve café"]))
-    bad = lambda sp: (lambda prev, tgt: check_bpb.token_bytes(prev, tgt, build_byte_luts(sp, sp.vocab_size())) * 2)
+    bad = lambda sp: lambda prev, tgt: check_bpb.token_bytes(prev, tgt, build_byte_luts(sp, sp.vocab_size())) * 2
     monkeypatch.setattr(check_bpb, "official_rule", bad)
     code = check_bpb.main(["--tokenizer", str(shared / "data" / "tokenizers" / TOKENIZERS[0]), "--docs", str(docs)])
     out, err = capsys.readouterr()

@@ -1,5 +1,6 @@
 """data.devset: the real dev set when `make setup` has built it, and always the build itself on a tiny
 stand-in for ../shared (the same sub-layout, with the real sp1024 tokenizer and fineweb_dev files)."""
+
 from __future__ import annotations
 
 import json
@@ -44,13 +45,19 @@ def fake_shared(shared, tmp_path) -> Path:
     """shared/data with 2 proxy sources of 60 docs, 10 proxy_val docs, and the real fineweb_dev/tokenizer."""
     root, real = tmp_path / "shared", shared / "data"
     texts = list(iter_texts(str(real / "fineweb_dev" / "fineweb_train_docs.jsonl")))
-    for sub, name, docs in [("proxy", "b_second.jsonl.xz", texts[60:120]), ("proxy", "a_first.jsonl.xz", texts[:60]),
-                            ("proxy_val", "proxy_val.jsonl.xz", texts[120:130])]:
+    for sub, name, docs in [
+        ("proxy", "b_second.jsonl.xz", texts[60:120]),
+        ("proxy", "a_first.jsonl.xz", texts[:60]),
+        ("proxy_val", "proxy_val.jsonl.xz", texts[120:130]),
+    ]:
         (root / "data" / sub).mkdir(parents=True, exist_ok=True)
         lines = "".join(json.dumps({"text": t, "source": "test"}) + "\n" for t in docs)
         (root / "data" / sub / name).write_bytes(lzma.compress(lines.encode()))
-    for sub, name in [("fineweb_dev", "fineweb_val_docs.jsonl"), ("fineweb_dev", "fineweb_val_sp1024.bin"),
-                      ("tokenizers", "fineweb_1024_bpe.model")]:
+    for sub, name in [
+        ("fineweb_dev", "fineweb_val_docs.jsonl"),
+        ("fineweb_dev", "fineweb_val_sp1024.bin"),
+        ("tokenizers", "fineweb_1024_bpe.model"),
+    ]:
         (root / "data" / sub).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(real / sub / name, root / "data" / sub / name)
     return root
@@ -66,13 +73,15 @@ def test_build_skip_and_repair_on_a_stand_in(fake_shared, tmp_path, run_cli, cap
     folder = out / "devset_sp1024"
     assert sorted(os.listdir(folder)) == ["fineweb_train_000000.bin", "fineweb_val_000000.bin", "manifest.json"]
     real = fake_shared / "data"
-    assert (out / "devset_sp1024_fineweb_dev" / "fineweb_val_000000.bin").read_bytes() == \
-        (real / "fineweb_dev" / "fineweb_val_sp1024.bin").read_bytes()
-    assert (out.parent / "tokenizers" / "fineweb_1024_bpe.model").read_bytes() == \
-        (real / "tokenizers" / "fineweb_1024_bpe.model").read_bytes()
+    assert (out / "devset_sp1024_fineweb_dev" / "fineweb_val_000000.bin").read_bytes() == (
+        real / "fineweb_dev" / "fineweb_val_sp1024.bin"
+    ).read_bytes()
+    assert (out.parent / "tokenizers" / "fineweb_1024_bpe.model").read_bytes() == (
+        real / "tokenizers" / "fineweb_1024_bpe.model"
+    ).read_bytes()
     sp = spm.SentencePieceProcessor(model_file=str(real / "tokenizers" / "fineweb_1024_bpe.model"))
     first = [BOS_ID] + sp.encode(next(iter_texts(str(real / "proxy" / "a_first.jsonl.xz"))))
-    assert list(load_shard(str(folder / "fineweb_train_000000.bin"))[:len(first)]) == first  # sorted file order
+    assert list(load_shard(str(folder / "fineweb_train_000000.bin"))[: len(first)]) == first  # sorted file order
 
     args = ["--shared", str(fake_shared), "--variants", "sp1024", "--out", str(out), "--workers", "1"]
     stamp = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}

@@ -7,6 +7,7 @@ It can break a transfer off halfway: http_get then retries (with a Range header 
 some of the file; a file smaller than its 10 MB chunk is fetched again whole, which is what happens here).
 The downloader runs as a subprocess with HF_ENDPOINT pointing here and HF_HOME in tmp.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,7 +35,7 @@ class Hub(BaseHTTPRequestHandler):
     def _resolve(self, body: bool) -> None:
         self.requests.append(f"{self.command} {self.path}")
         prefix = f"/datasets/{REPO_ID}/resolve/main/"
-        name = self.path[len(prefix):] if self.path.startswith(prefix) else None
+        name = self.path[len(prefix) :] if self.path.startswith(prefix) else None
         data = self.files.get(name)
         if data is None:
             self.send_response(404)
@@ -50,7 +51,7 @@ class Hub(BaseHTTPRequestHandler):
         self.end_headers()
         if body and name in self.cut:
             self.cut.discard(name)
-            self.wfile.write(data[:len(data) // 2])  # then the connection closes: a broken transfer
+            self.wfile.write(data[: len(data) // 2])  # then the connection closes: a broken transfer
         elif body:
             self.wfile.write(data)
 
@@ -78,28 +79,62 @@ def hub(shared, tmp_path):
     for name in ["fineweb_1024_bpe.model", "fineweb_1024_bpe.vocab"]:
         files[f"datasets/tokenizers/{name}"] = (tok / name).read_bytes()
     manifest = {  # the shape openai/parameter-golf's export writes (download_hf_docs_and_tokenize.py)
-        "version": "10B", "num_docs": 8, "num_val_docs": 2, "shard_size": 100_000_000, "append_eos": False,
-        "tokenizers": [{"name": "sp_bpe_1024", "kind": "sentencepiece_bpe", "vocab_size": 1024, "bos_id": 1,
-                        "eos_id": 2, "model_path": "tokenizers/fineweb_1024_bpe.model",
-                        "vocab_path": "tokenizers/fineweb_1024_bpe.vocab"}],
-        "datasets": [{"name": "fineweb10B_sp1024", "tokenizer_name": "sp_bpe_1024", "vocab_size": 1024,
-                      "path": DATASET, "stats": {"files_train": 3, "files_val": 1}}],
+        "version": "10B",
+        "num_docs": 8,
+        "num_val_docs": 2,
+        "shard_size": 100_000_000,
+        "append_eos": False,
+        "tokenizers": [
+            {
+                "name": "sp_bpe_1024",
+                "kind": "sentencepiece_bpe",
+                "vocab_size": 1024,
+                "bos_id": 1,
+                "eos_id": 2,
+                "model_path": "tokenizers/fineweb_1024_bpe.model",
+                "vocab_path": "tokenizers/fineweb_1024_bpe.vocab",
+            }
+        ],
+        "datasets": [
+            {
+                "name": "fineweb10B_sp1024",
+                "tokenizer_name": "sp_bpe_1024",
+                "vocab_size": 1024,
+                "path": DATASET,
+                "stats": {"files_train": 3, "files_val": 1},
+            }
+        ],
     }
     files["datasets/manifest.json"] = json.dumps(manifest).encode()
     Hub.files, Hub.cut, Hub.requests = files, set(), []
     server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}  # HF_HUB_OFFLINE too
-    env.update(HF_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}", HF_HOME=str(tmp_path / "hf_home"),
-               HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_DISABLE_TELEMETRY="1", NO_PROXY="127.0.0.1")
+    env.update(
+        HF_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}",
+        HF_HOME=str(tmp_path / "hf_home"),
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        NO_PROXY="127.0.0.1",
+    )
     yield files, env
     server.shutdown()
     server.server_close()
 
 
 def download(run_cli, env, out: Path, train_shards: int):
-    return run_cli("data.download", "--variant", "sp1024", "--train-shards", str(train_shards),
-                   "--repo-id", REPO_ID, "--out", out, env=env)
+    return run_cli(
+        "data.download",
+        "--variant",
+        "sp1024",
+        "--train-shards",
+        str(train_shards),
+        "--repo-id",
+        REPO_ID,
+        "--out",
+        out,
+        env=env,
+    )
 
 
 def test_download_layout_validation_and_noop_rerun(hub, tmp_path, run_cli):
@@ -112,10 +147,14 @@ def test_download_layout_validation_and_noop_rerun(hub, tmp_path, run_cli):
     assert sum(r == f"GET /datasets/{REPO_ID}/resolve/main/{val}" for r in Hub.requests) == 2  # retried
     assert "1 val + 2 train shards (15,000 tokens)" in proc.stdout and "6 file(s) downloaded" in proc.stdout
     local = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
-    assert local == {"manifest.json", "tokenizers/fineweb_1024_bpe.model", "tokenizers/fineweb_1024_bpe.vocab",
-                     "datasets/fineweb10B_sp1024/fineweb_val_000000.bin",
-                     "datasets/fineweb10B_sp1024/fineweb_train_000000.bin",
-                     "datasets/fineweb10B_sp1024/fineweb_train_000001.bin"}  # no staging left behind
+    assert local == {
+        "manifest.json",
+        "tokenizers/fineweb_1024_bpe.model",
+        "tokenizers/fineweb_1024_bpe.vocab",
+        "datasets/fineweb10B_sp1024/fineweb_val_000000.bin",
+        "datasets/fineweb10B_sp1024/fineweb_train_000000.bin",
+        "datasets/fineweb10B_sp1024/fineweb_train_000001.bin",
+    }  # no staging left behind
     for path in local:
         assert (out / path).read_bytes() == files[f"datasets/{path}"]
         if path.endswith(".bin"):
@@ -132,8 +171,10 @@ def test_download_layout_validation_and_noop_rerun(hub, tmp_path, run_cli):
         f.truncate(3000)
     proc = download(run_cli, env, out, 2)
     assert proc.returncode == 0 and "2 file(s) downloaded" in proc.stdout, proc.stderr
-    assert {r.split()[1].rsplit("/", 1)[1] for r in Hub.requests} == {"fineweb_train_000000.bin",
-                                                                       "fineweb_train_000001.bin"}
+    assert {r.split()[1].rsplit("/", 1)[1] for r in Hub.requests} == {
+        "fineweb_train_000000.bin",
+        "fineweb_train_000001.bin",
+    }
     for i in range(2):
         assert check_shard(str(out / DATASET / f"fineweb_train_{i:06d}.bin"), 1024) == (5000, 10)
 
@@ -154,6 +195,16 @@ def test_corrupt_shard_is_deleted_and_reported(hub, tmp_path, run_cli, one_line_
 def test_errors_are_one_line(hub, tmp_path, run_cli, one_line_error):
     _, env = hub
     one_line_error(download(run_cli, env, tmp_path / "a", 4), "--train-shards 4", "has 3")
-    proc = run_cli("data.download", "--variant", "sp1024", "--train-shards", "1", "--repo-id", "golf/missing",
-                   "--out", tmp_path / "b", env=env)
+    proc = run_cli(
+        "data.download",
+        "--variant",
+        "sp1024",
+        "--train-shards",
+        "1",
+        "--repo-id",
+        "golf/missing",
+        "--out",
+        tmp_path / "b",
+        env=env,
+    )
     one_line_error(proc, "datasets/manifest.json from golf/missing")

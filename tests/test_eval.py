@@ -1,5 +1,6 @@
 """Eval legality probes on a tiny CPU model (issue 5): causality for every path, score before update
 for TTT, every target scored exactly once, and BPB totals equal to data.check_bpb's."""
+
 import copy
 import json
 import math
@@ -18,10 +19,29 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
 SP1024 = str(SHARED / "data/tokenizers/fineweb_1024_bpe.model")
 DEV = str(SHARED / "data/fineweb_dev/fineweb_val_sp1024.bin")
-TINY = dict(PRESET="tiny", MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2", NUM_LAYERS="3", ROPE_DIMS="4",
-            RECUR_START="0", RECUR_END="1", RECUR_EXTRA="1", PARALLEL_FROM="2", ATTN_GATE_DIMS="8",
-            EVAL_SEQ_LEN="48", EVAL_STRIDE="16", EVAL_BATCH_SEQS="8", TTT_CHUNK="16", TTT_DOCS="3", TTT_PHASES="2",
-            TTT_LORA="1", TTT_LR="0.01", TTT_SGD_LR="0.01", NGRAM_CHUNK="64")
+TINY = dict(
+    PRESET="tiny",
+    MODEL_DIM="32",
+    NUM_HEADS="4",
+    NUM_KV_HEADS="2",
+    NUM_LAYERS="3",
+    ROPE_DIMS="4",
+    RECUR_START="0",
+    RECUR_END="1",
+    RECUR_EXTRA="1",
+    PARALLEL_FROM="2",
+    ATTN_GATE_DIMS="8",
+    EVAL_SEQ_LEN="48",
+    EVAL_STRIDE="16",
+    EVAL_BATCH_SEQS="8",
+    TTT_CHUNK="16",
+    TTT_DOCS="3",
+    TTT_PHASES="2",
+    TTT_LORA="1",
+    TTT_LR="0.01",
+    TTT_SGD_LR="0.01",
+    NGRAM_CHUNK="64",
+)
 CPU = torch.device("cpu")
 
 
@@ -45,8 +65,9 @@ def run_path(path: str, model, tokens, h, luts):
         return tg.eval_ttt(model, tokens, tg.Hyperparameters({**TINY, "TTT_LORA": "0"}), luts, CPU)
     if path in ("ttt", "ttt_ngram"):
         return tg.eval_ttt(model, tokens, h, luts, CPU, ngram=path == "ttt_ngram")
-    return tg.eval_stream(model, tokens, h, luts, CPU, h.eval_seq_len if path == "plain" else h.eval_stride,
-                          ngram=path == "ngram")
+    return tg.eval_stream(
+        model, tokens, h, luts, CPU, h.eval_seq_len if path == "plain" else h.eval_stride, ngram=path == "ngram"
+    )
 
 
 @pytest.mark.parametrize("path", ["plain", "sliding", "ttt", "ttt_global", "ngram", "ttt_ngram"])
@@ -61,7 +82,7 @@ def test_causality(setup, path):
         other[free] = torch.randint(4, 1024, (len(free),), generator=torch.Generator().manual_seed(t))
         nll = run_path(path, model, other, h, luts)["nll"]
         # nll[i] scores target position i + 1: positions < t are nll[:t - 1]
-        torch.testing.assert_close(nll[:t - 1], base[:t - 1], rtol=0, atol=1e-6)
+        torch.testing.assert_close(nll[: t - 1], base[: t - 1], rtol=0, atol=1e-6)
         assert not torch.allclose(nll[t:], base[t:])  # the probe can see a change
 
 
@@ -82,13 +103,16 @@ def reference_ttt(model, tokens, h):
     model, nll = copy.deepcopy(model), torch.zeros(len(tokens), dtype=torch.float64)
     C, L, spans, phases = h.ttt_chunk, h.eval_seq_len, tg.doc_spans(tokens), h.ttt_phases if h.ttt_global else 1
     per = math.ceil(len(spans) / phases)
-    targets = [m for name, m in model.blocks.named_modules()
-               if isinstance(m, tg.CastedLinear) and name.split(".")[-1] in h.ttt_targets.split(",")]
+    targets = [
+        m
+        for name, m in model.blocks.named_modules()
+        if isinstance(m, tg.CastedLinear) and name.split(".")[-1] in h.ttt_targets.split(",")
+    ]
     for p in range(phases):
         model.requires_grad_(False)
         g = torch.Generator().manual_seed(h.seed)
         inits = [torch.randn(h.ttt_rank, m.in_features, generator=g) / math.sqrt(m.in_features) for m in targets]
-        for s, e in spans[p * per:(p + 1) * per]:  # in any order: documents do not interact
+        for s, e in spans[p * per : (p + 1) * per]:  # in any order: documents do not interact
             for m, A in zip(targets, inits):
                 m.lora = tg.BatchedLoRA(1, m.in_features, m.out_features, h.ttt_rank, h.ttt_alpha, torch.Generator())
                 m.lora.A.data = A[None].clone()
@@ -96,8 +120,8 @@ def reference_ttt(model, tokens, h):
             for lo in range(1, e - s + 1, C):
                 hi = min(lo + C - 1, e - s)
                 a = max(0, hi - L)
-                loss = model(tokens[None, s + a:s + hi], tokens[None, s + a + 1:s + hi + 1])[0, lo - 1 - a:]
-                nll[s + lo:s + hi + 1] = loss.detach().double()
+                loss = model(tokens[None, s + a : s + hi], tokens[None, s + a + 1 : s + hi + 1])[0, lo - 1 - a :]
+                nll[s + lo : s + hi + 1] = loss.detach().double()
                 opt.zero_grad()
                 loss.mean().backward()
                 opt.step()
@@ -105,12 +129,18 @@ def reference_ttt(model, tokens, h):
             m.lora = None
         model.requires_grad_(True)
         if p < phases - 1:
-            tg.global_sgd(model, tokens, spans[p * per:(p + 1) * per], h, CPU)
+            tg.global_sgd(model, tokens, spans[p * per : (p + 1) * per], h, CPU)
     return nll[1:]
 
 
-@pytest.mark.parametrize("cfg", [{}, {"TTT_DOCS": "2", "TTT_PHASES": "1"},
-                                 {"TTT_CHUNK": "8", "EVAL_SEQ_LEN": "40", "TTT_DOCS": "5", "TTT_GLOBAL": "0"}])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {},
+        {"TTT_DOCS": "2", "TTT_PHASES": "1"},
+        {"TTT_CHUNK": "8", "EVAL_SEQ_LEN": "40", "TTT_DOCS": "5", "TTT_GLOBAL": "0"},
+    ],
+)
 def test_ttt_equals_one_document_at_a_time(setup, cfg):
     """Batched TTT (TTT_DOCS padded rows, adapters made once and reset per batch, width buckets, one
     masked loss) computes what scoring each document alone does: full and short (padded) batches,
@@ -120,8 +150,9 @@ def test_ttt_equals_one_document_at_a_time(setup, cfg):
     longer[[100, 180, 230, 350, 360, 600, 700, 1000]] = tg.BOS_ID
     for toks in (tokens, longer):
         hc = tg.Hyperparameters({**TINY, **cfg})
-        torch.testing.assert_close(tg.eval_ttt(model, toks, hc, luts, CPU)["nll"], reference_ttt(model, toks, hc),
-                                   rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(
+            tg.eval_ttt(model, toks, hc, luts, CPU)["nll"], reference_ttt(model, toks, hc), rtol=1e-6, atol=1e-6
+        )
 
 
 def test_ttt_compiles_a_few_graphs_once(setup):
@@ -133,6 +164,7 @@ def test_ttt_compiles_a_few_graphs_once(setup):
         block.compile(backend="eager", dynamic=False)
     model.nll = torch.compile(model.nll, backend="eager", dynamic=False)
     from torch._dynamo.utils import counters
+
     counters.clear()
     tg.eval_ttt(model, tokens, h, luts, CPU)
     first = counters["stats"]["unique_graphs"]
@@ -167,6 +199,7 @@ def test_ttt_scores_before_every_update(setup, ngram, lora, monkeypatch):
         start = sum(e - s for k, s, e in events if k == "update")
         events.append(("update", start, start + len(toks)))
         update(self, toks)
+
     monkeypatch.setattr(tg.NgramMixer, "score", log_score)
     monkeypatch.setattr(tg.NgramMixer, "update", log_update)
 
@@ -200,12 +233,14 @@ def test_ttt_scores_before_every_update(setup, ngram, lora, monkeypatch):
         assert scored_to == inserted_to == len(tokens) and sum(k == "score" for k, _, _ in events) > 2
 
 
-@pytest.mark.parametrize("n,L,stride", [(2, 8, 4), (100, 16, 16), (101, 16, 5), (1000, 64, 64), (999, 64, 7), (50, 64, 8)])
+@pytest.mark.parametrize(
+    "n,L,stride", [(2, 8, 4), (100, 16, 16), (101, 16, 5), (1000, 64, 64), (999, 64, 7), (50, 64, 8)]
+)
 def test_windows_score_every_target_once(n, L, stride):
     count = np.zeros(n, dtype=int)
     for a, b, first in tg.eval_windows(n, min(L, n - 1), stride):
         assert b - a <= L and first > a  # at least one token of context, window no longer than L
-        count[first:b + 1] += 1
+        count[first : b + 1] += 1
     assert count[0] == 0 and (count[1:] == 1).all()
 
 
@@ -213,7 +248,7 @@ def test_doc_spans_cover_every_target_once(setup):
     *_, tokens = setup
     count = np.zeros(len(tokens), dtype=int)
     for s, e in tg.doc_spans(tokens):
-        count[s + 1:e + 1] += 1
+        count[s + 1 : e + 1] += 1
     assert count[0] == 0 and (count[1:] == 1).all()
 
 
@@ -239,7 +274,10 @@ def test_ngram_paths_reduce_to_the_model_when_its_weight_is_zero(setup):
     h, model, luts, tokens = setup
     off = tg.Hyperparameters({**TINY, "NGRAM_ALPHA": "-1000,0,0,0", "NGRAM_GATE_LR": "0"})
     for path, base in (("ngram", "sliding"), ("ttt_ngram", "ttt")):
-        mixed, model_only = run_path(path, model, tokens, off, luts)["nll"], run_path(base, model, tokens, h, luts)["nll"]
+        mixed, model_only = (
+            run_path(path, model, tokens, off, luts)["nll"],
+            run_path(base, model, tokens, h, luts)["nll"],
+        )
         torch.testing.assert_close(mixed, model_only, rtol=0, atol=1e-6)
 
 
@@ -247,7 +285,9 @@ def test_ngram_path_does_not_depend_on_chunking(setup):
     """With a fixed gate the chunk size is only a schedule (a learned gate learns per chunk, by design)."""
     h, model, luts, tokens = setup
     a = run_path("ngram", model, tokens, tg.Hyperparameters({**TINY, "NGRAM_GATE_LR": "0"}), luts)["nll"]
-    b = run_path("ngram", model, tokens, tg.Hyperparameters({**TINY, "NGRAM_CHUNK": "16", "NGRAM_GATE_LR": "0"}), luts)["nll"]
+    b = run_path("ngram", model, tokens, tg.Hyperparameters({**TINY, "NGRAM_CHUNK": "16", "NGRAM_GATE_LR": "0"}), luts)[
+        "nll"
+    ]
     torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
 
 
@@ -278,7 +318,7 @@ def test_ttt_without_adapters_is_sliding_then_global_sgd(setup):
     spans = tg.doc_spans(tokens)
     first_end = spans[math.ceil(len(spans) / hg.ttt_phases) - 1][1]  # targets 1..first_end: phase 0
     nll = tg.eval_ttt(model, tokens, hg, luts, CPU)["nll"]
-    phase0 = tg.eval_stream(model, tokens[:first_end + 1], hg, luts, CPU, hg.eval_stride)["nll"]  # that stretch alone
+    phase0 = tg.eval_stream(model, tokens[: first_end + 1], hg, luts, CPU, hg.eval_stride)["nll"]  # that stretch alone
     assert torch.equal(nll[:first_end], phase0) and not torch.allclose(nll[first_end:], sliding[first_end:])
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -331,12 +371,22 @@ def test_sweep_with_gate_lr_replays_the_eval_paths_online_gate(setup, tmp_path):
     from scored chunks) on saved model outputs: it must give the ngram path's bpb."""
     from ngram_eval import sweep
     from ngram_eval._impl import target_bytes
+
     _, model, luts, tokens = setup
     h = tg.Hyperparameters({**TINY, "PER_TOKEN_OUT": str(tmp_path / "val.npy")})
     r = tg.run_evals(model, h, {"val": tokens}, luts, CPU, lambda s: None, "sliding,ngram")
     m = np.load(tmp_path / "val_model.npz")
     nbytes = int(target_bytes(tokens, SP1024, h.vocab_size).sum())
     alpha = tuple(float(a) for a in h.ngram_alpha.split(","))
-    row, = sweep.sweep(tokens, torch.from_numpy(m["logp"]), torch.from_numpy(m["entropy"]), nbytes, h.vocab_size,
-                       [h.ngram_order], [alpha], h.ngram_chunk, gate_lr=h.ngram_gate_lr)
+    (row,) = sweep.sweep(
+        tokens,
+        torch.from_numpy(m["logp"]),
+        torch.from_numpy(m["entropy"]),
+        nbytes,
+        h.vocab_size,
+        [h.ngram_order],
+        [alpha],
+        h.ngram_chunk,
+        gate_lr=h.ngram_gate_lr,
+    )
     assert h.ngram_gate_lr > 0 and row["bpb"] == pytest.approx(r["val/ngram"]["bpb"], abs=1e-6)

@@ -1,4 +1,5 @@
 """Export section: GPTQ vs RTN, bit packing, codecs, corruption detection, bitwise round trip."""
+
 import copy
 import json
 import os
@@ -16,7 +17,6 @@ TRAIN_DOCS = os.path.join(SHARED, "data", "fineweb_dev", "fineweb_train_docs.jso
 SP1024 = os.path.join(SHARED, "data", "tokenizers", "fineweb_1024_bpe.model")
 
 
-
 def out_err(W: torch.Tensor, Wq: torch.Tensor, H: torch.Tensor) -> float:
     """||W X^T - Wq X^T||_F^2 for H = X^T X."""
     E = (W - Wq).double()
@@ -26,17 +26,21 @@ def out_err(W: torch.Tensor, Wq: torch.Tensor, H: torch.Tensor) -> float:
 def deq(q, s):
     return q.float() * s.float()[:, None]
 
+
 # ---------------------------------------------------------------- GPTQ vs RTN
+
 
 @pytest.mark.parametrize("bits", [4, 6])
 def test_gptq_beats_rtn_with_outlier_columns(bits):
     g = torch.Generator().manual_seed(0)
     W = torch.randn(96, 256, generator=g)
     M = torch.randn(32, 256, generator=g)
+
     def acts(n):  # LLM-like activations: strongly correlated (near low-rank) with a few heavy columns
         X = torch.randn(n, 32, generator=g) @ M + 0.3 * torch.randn(n, 256, generator=g)
         X[:, [3, 77, 150, 201]] *= 25.0
         return X
+
     X, Xv = acts(4096), acts(4096)
     H, Hv = X.T @ X, Xv.T @ Xv
     q_g, s_g = ex.gptq_quantize(W, H, bits, clip_k=12.85)
@@ -98,10 +102,12 @@ def test_gptq_beats_rtn_on_trained_weights():
     toks = train_tokens()
     T, B = 64, 16
     split = int(0.8 * len(toks))
+
     def batch(lo, hi, gen):
         i = torch.randint(lo, hi - T - 1, (B,), generator=gen)
-        x = torch.stack([toks[j:j + T + 1] for j in i.tolist()])
+        x = torch.stack([toks[j : j + T + 1] for j in i.tolist()])
         return x[:, :-1], x[:, 1:]
+
     model, g = TinyLM(), torch.Generator().manual_seed(0)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(100):
@@ -113,13 +119,16 @@ def test_gptq_beats_rtn_on_trained_weights():
     assert loss.item() < 6.0  # it learned something (uniform over 1024 is 6.93)
 
     def hessians(lo, hi, seed):
-        hc = ex.HessianCollector(model, lambda n, m: isinstance(m, CastedLinear), head_inputs={"emb.weight": model.norm})
+        hc = ex.HessianCollector(
+            model, lambda n, m: isinstance(m, CastedLinear), head_inputs={"emb.weight": model.norm}
+        )
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for _ in range(8):
                 model(batch(lo, hi, gen)[0])
         hc.remove()
         return hc.hessians()
+
     cut = split + (len(toks) - split) // 2
     H, Hv = hessians(split, cut, 1), hessians(cut, len(toks), 2)  # calibration, held-out: neither trained on
     assert set(H) == {"fc1.weight", "fc2.weight", "emb.weight"}
@@ -134,9 +143,11 @@ def test_gptq_beats_rtn_on_trained_weights():
             assert e_g < 0.8 * e_r, (name, bits, e_g, e_r)  # measured 0.14-0.60 of RTN
     # end to end: the artifact reloads into the model and the quantized model still predicts
     x, y = batch(cut, len(toks), torch.Generator().manual_seed(3))
+
     def held_out_loss():
         with torch.no_grad():
             return F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item()
+
     base = held_out_loss()
     qstate = ex.quantize_state(model.state_dict(), H, ex.QuantConfig(small_numel=4096, lqer_top=1))
     blob, _ = ex.encode_artifact(qstate, {"d": 64}, codecs=("lzma",), log=lambda s: None)
@@ -151,6 +162,7 @@ def test_hessian_collector_is_x_transpose_x():
     lin(x)
     torch.testing.assert_close(hc.hessians()["0.weight"], 2 * x.reshape(-1, 8).T @ x.reshape(-1, 8))
 
+
 def test_clip_zero_keeps_row_outliers():
     """clip_k = 0 (the baseline preset's int8) scales each row by its max |w|: an outlier 40 std out
     comes back within half a step, where a 20-std clip would cut it to less than half its size."""
@@ -162,7 +174,9 @@ def test_clip_zero_keeps_row_outliers():
     q20, s20 = ex.rtn_quantize(W, 8, 20.0)
     assert float(deq(q20, s20)[1, 7]) < 25.0
 
+
 # ---------------------------------------------------------------- bit packing
+
 
 @pytest.mark.parametrize("bits", range(2, 9))
 def test_pack_roundtrip_exact(bits):
@@ -185,7 +199,9 @@ def test_int6_is_four_values_in_three_bytes():
     every = torch.arange(-32, 32, dtype=torch.int8)
     assert len(ex.pack_bits(every, 6)) == 48
 
+
 # ---------------------------------------------------------------- artifact
+
 
 def toy_state():
     g = torch.Generator().manual_seed(3)
@@ -226,6 +242,7 @@ def test_quantize_state_classes_and_lqer():
 
 def test_fit_artifact_prunes_the_cheapest_codes_to_the_budget():
     import copy
+
     state, q = toy_qstate(lqer_top=1)
     meta, log = {"format": "test"}, []
     full, _ = ex.encode_artifact(copy.deepcopy(q), meta, ("zlib",))
@@ -243,7 +260,7 @@ def test_fit_artifact_prunes_the_cheapest_codes_to_the_budget():
         # the same number of +-1 codes zeroed at random costs more weight error
         ones = torch.nonzero(e["q"].flatten().abs() == 1).flatten()
         rand = e["q"].flatten().clone()
-        rand[ones[torch.randperm(len(ones), generator=g)[:int(changed.sum())]]] = 0
+        rand[ones[torch.randperm(len(ones), generator=g)[: int(changed.sum())]]] = 0
         W = state[name].float()
         err_fit += float((W - ex._deq(fit[name]["q"], e["scale"])).pow(2).sum())
         err_rand += float((W - ex._deq(rand.view_as(e["q"]), e["scale"])).pow(2).sum())
@@ -266,8 +283,12 @@ def test_fit_artifact_lands_just_under_the_budget(monkeypatch):
     next re-prunes the original codes with the measured rate, landing within 10% (+4 KB) of the excess."""
     g = torch.Generator().manual_seed(0)
     rows = lambda: 0.02 * torch.exp(0.5 * torch.randn(384, 1, generator=g))  # lognormal row stds
-    state = {f"blocks.{i}.mlp.fc.weight": torch.randn(384, 512, generator=g)
-             * torch.exp(0.3 * torch.randn(384, 512, generator=g)) * rows() for i in range(4)}
+    state = {
+        f"blocks.{i}.mlp.fc.weight": torch.randn(384, 512, generator=g)
+        * torch.exp(0.3 * torch.randn(384, 512, generator=g))
+        * rows()
+        for i in range(4)
+    }
     q = ex.quantize_state(state, {}, ex.QuantConfig(classes=(("mlp", r"", 6, 12.5),)))
     full, _ = ex.encode_artifact(q, {}, ("zstd",))
     need = 10000
@@ -276,7 +297,9 @@ def test_fit_artifact_lands_just_under_the_budget(monkeypatch):
         log, qs, huffman = [], copy.deepcopy(q), ex._huffman_bytes
         monkeypatch.setattr(ex, "_huffman_bytes", lambda counts: scale * huffman(counts))
         blob, _ = ex.fit_artifact(qs, state, {}, ("zstd",), len(full) - need, log.append)
-        rounds = [int(re.search(r"zeroed ([\d,]+)", line).group(1).replace(",", "")) for line in log if "zeroed" in line]
+        rounds = [
+            int(re.search(r"zeroed ([\d,]+)", line).group(1).replace(",", "")) for line in log if "zeroed" in line
+        ]
         assert need <= len(full) - len(blob) <= 1.1 * need + 4096
         held, _ = ex.decode_artifact(blob)  # qs is left as the blob holds it, not as a discarded round left it
         assert all(torch.equal(held[n]["q"], e["q"]) for n, e in qs.items() if "q" in e)
@@ -293,12 +316,13 @@ def test_header_last_keeps_zstd_from_tuning_to_it():
     if ex._codec("zstd") is None:
         pytest.skip("zstandard not installed")
     import struct
+
     g = torch.Generator().manual_seed(0)
     state = {f"blocks.{i}.mlp.fc.weight": torch.randn(384, 512, generator=g) * 0.02 for i in range(4)}
     q = ex.quantize_state(state, {}, ex.QuantConfig(classes=(("mlp", r"", 6, 12.5),)))
     raw = ex._serialize(q, {"hyperparameters": {f"key_{i}": i * 1.5 for i in range(300)}}, False, False)
     (n,) = struct.unpack_from("<I", raw, len(raw) - 4)
-    header, payload = raw[len(raw) - 4 - n:len(raw) - 4], raw[:len(raw) - 4 - n]
+    header, payload = raw[len(raw) - 4 - n : len(raw) - 4], raw[: len(raw) - 4 - n]
     zstd = ex._codec("zstd")[0]
     assert n > 4000 and len(zstd(raw)) <= 1.01 * (len(zstd(payload)) + len(zstd(header)))
 

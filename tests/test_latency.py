@@ -3,15 +3,16 @@ for gpt, worker and pse (tiny fp32 configs with every Block knob of the record s
 on, BOS inside the sequence at different places per row, doc masking on and off); its state sizes are
 those the design promises; the static-shape step (CUDA graph mode) gives the eager step's logits; and the
 timing path runs on CPU."""
+
 import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from test_arch import hparams, randomize, sample_ids
 
 import train_gpt as tg
-from test_arch import hparams, randomize, sample_ids
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import latency  # noqa: E402
@@ -44,7 +45,9 @@ def mixed_docs(seed: int) -> torch.Tensor:
     return ids
 
 
-def decode(model: tg.GPT, ids: torch.Tensor, doc_mask: bool, static: bool = False) -> tuple[torch.Tensor, latency.Decoder]:
+def decode(
+    model: tg.GPT, ids: torch.Tensor, doc_mask: bool, static: bool = False
+) -> tuple[torch.Tensor, latency.Decoder]:
     dec = latency.Decoder(model, ids.size(0), ids.size(1), doc_mask, static)
     return torch.stack([dec.step(ids[:, t]) for t in range(ids.size(1))], 1), dec
 
@@ -116,8 +119,8 @@ def test_rotary_at_a_start_position_equals_the_full_sequence():
     full = rot(x)
     assert torch.allclose(tg.Rotary(4, 10000.0, 32)(x), full, atol=1e-6)  # the same values from the table
     for pos in (0, 1, 7, 19):  # as the decoder calls it: an int (eager step) or a device tensor (static step)
-        assert torch.allclose(rot(x[:, pos:pos + 1], pos), full[:, pos:pos + 1], atol=1e-6)
-        assert torch.allclose(rot(x[:, pos:pos + 1], torch.tensor(pos)), full[:, pos:pos + 1], atol=1e-6)
+        assert torch.allclose(rot(x[:, pos : pos + 1], pos), full[:, pos : pos + 1], atol=1e-6)
+        assert torch.allclose(rot(x[:, pos : pos + 1], torch.tensor(pos)), full[:, pos : pos + 1], atol=1e-6)
 
 
 def test_state_sizes():
@@ -138,12 +141,17 @@ def test_state_sizes():
 def test_timing_smoke(tmp_path):
     """The timing path end to end on CPU: record-preset models, random state, JSON and table."""
     out = tmp_path / "lat.json"
-    r = latency.main(["--device", "cpu", "--contexts", "64,128", "--batch", "1", "--groups", "1", "--warmup", "0",
-                      "--out", str(out)])
+    r = latency.main(
+        ["--device", "cpu", "--contexts", "64,128", "--batch", "1", "--groups", "1", "--warmup", "0", "--out", str(out)]
+    )
     assert json.loads(out.read_text()) == r and "RANDOM" in r["state"] and r["torch"] == torch.__version__
-    assert [(x["arch"], x["context"]) for x in r["rows"]] == [(a, c) for a in ("gpt", "worker", "pse") for c in (64, 128)]
+    assert [(x["arch"], x["context"]) for x in r["rows"]] == [
+        (a, c) for a in ("gpt", "worker", "pse") for c in (64, 128)
+    ]
     assert all(x["ms_per_token_eager"] > 0 and x["floor_ms_eager"] > 0 and x["state_bytes"] > 0 for x in r["rows"])
     assert all(x["ms_per_token_graph"] is None and x["graph_error"].startswith("skipped") for x in r["rows"])
-    gpt, worker, pse = (next(x for x in r["rows"] if x["arch"] == a and x["context"] == 128) for a in ("gpt", "worker", "pse"))
+    gpt, worker, pse = (
+        next(x for x in r["rows"] if x["arch"] == a and x["context"] == 128) for a in ("gpt", "worker", "pse")
+    )
     kv = 2 * 17 * 128 * 4 * 64 * 2  # 17 virtual layers x 128 positions x 4 kv heads x 64 dims, k and v, bf16
     assert gpt["state_bytes"] == kv and worker["state_bytes"] == kv // 4 + 17 * 3 * 512 * 2 and pse["pse_slots"] == 128

@@ -1,6 +1,7 @@
 """The legal n-gram mixture (issue 6): fast path == slow reference on real devset tokens, proper
 distributions, and the legality probes: PASS on ours, FAIL on seed 003's construction and on a leaky
 (update-before-score) scorer."""
+
 import os
 import sys
 from pathlib import Path
@@ -22,12 +23,14 @@ TOK1024 = DATA / "tokenizers/fineweb_1024_bpe.model"
 pytestmark = pytest.mark.skipif(not SP1024.exists() or not SP8192.exists(), reason="needs ../shared devset")
 
 
-
-@pytest.mark.parametrize("shard,vocab,n,order,chunk,cross_bos", [
-    (SP1024, 1024, 20000, 6, 1000, False),
-    (SP1024, 1024, 6000, 3, 777, True),
-    (SP8192, 8192, 4000, 6, 1500, False),
-])
+@pytest.mark.parametrize(
+    "shard,vocab,n,order,chunk,cross_bos",
+    [
+        (SP1024, 1024, 20000, 6, 1000, False),
+        (SP1024, 1024, 6000, 3, 777, True),
+        (SP8192, 8192, 4000, 6, 1500, False),
+    ],
+)
 def test_fast_matches_reference_token_by_token(shard, vocab, n, order, chunk, cross_bos):
     tokens = read_tokens(str(shard), n)
     model = FakeModel(vocab)
@@ -83,8 +86,9 @@ def test_probes_pass_on_our_mixer(gate_lr):
     assert norm.status == "PASS", norm.detail
     caus = probe.probe_causality(scorer, tokens, [30, 101, 170, 230], 1024)
     assert caus.status == "PASS", caus.detail
-    first = probe.probe_score_first(probe.MixerScorer(1024, order=6, chunk=256, gate_lr=gate_lr),
-                                    read_tokens(str(SP1024), 3000))
+    first = probe.probe_score_first(
+        probe.MixerScorer(1024, order=6, chunk=256, gate_lr=gate_lr), read_tokens(str(SP1024), 3000)
+    )
     assert first.status == "PASS", first.detail
 
 
@@ -138,11 +142,28 @@ def test_sweep_matches_reference_bpb(tmp_path, capsys):
     tokens = read_tokens(str(SP1024), 4001)
     logp, ent = FakeModel(1024).stats(tokens)
     np.savez(tmp_path / "lp.npz", logp=logp.numpy(), entropy=ent.numpy())
-    assert sweep.main(["--logprobs", str(tmp_path / "lp.npz"), "--tokens", str(SP1024), "--tokenizer",
-                       str(TOK1024), "--orders", "2,4", "--alphas=-3,0.25,0.1,0.25;-2,0,0,0", "--chunk", "999"]) == 0
+    assert (
+        sweep.main(
+            [
+                "--logprobs",
+                str(tmp_path / "lp.npz"),
+                "--tokens",
+                str(SP1024),
+                "--tokenizer",
+                str(TOK1024),
+                "--orders",
+                "2,4",
+                "--alphas=-3,0.25,0.1,0.25;-2,0,0,0",
+                "--chunk",
+                "999",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "4000 targets" in out and len(out.strip().splitlines()) == 2 + 4
     from ngram_eval._impl import target_bytes
+
     nbytes = target_bytes(tokens, str(TOK1024), 1024).sum().item()
     rows = sweep.sweep(tokens, logp, ent, nbytes, 1024, [4], [(-3, 0.25, 0.1, 0.25)], chunk=999)
     nll_ref = ref_stream(tokens, logp, ent, 1024, 4)[0]
@@ -157,7 +178,7 @@ def test_score_from_model_stats_equals_score_from_full_logprobs(gate_lr):
     full, stats = NgramMixer(1024, 6, gate_lr=gate_lr), NgramMixer(1024, 6, gate_lr=gate_lr)
     done = 0
     for s in range(1, 3000, 700):
-        e, lp = min(s + 700, 3000), model.logprobs(tokens[s - 1:min(s + 700, 3000) - 1])
+        e, lp = min(s + 700, 3000), model.logprobs(tokens[s - 1 : min(s + 700, 3000) - 1])
         a = full.score(tokens[s:e], lp, prefix=tokens[done:s])
         b = stats.score(tokens[s:e], NgramMixer.model_stats(tokens[s:e], lp), prefix=tokens[done:s])
         assert (a - b).abs().max() < 1e-9

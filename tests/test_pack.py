@@ -1,4 +1,5 @@
 """CODE_PACK: the self-extracting copy of train_gpt.py runs the same computation as the source."""
+
 import ast
 import os
 import subprocess
@@ -12,14 +13,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(script: Path, cwd: Path, data: Path, run_id: str) -> list[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **TINY, "DATA_PATH": str(data), "TOKENIZER_PATH": str(SP1024), "ITERATIONS": "3",
-           "RUN_ID": run_id, "CODECS": "zlib"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        **TINY,
+        "DATA_PATH": str(data),
+        "TOKENIZER_PATH": str(SP1024),
+        "ITERATIONS": "3",
+        "RUN_ID": run_id,
+        "CODECS": "zlib",
+    }
     r = subprocess.run([sys.executable, str(script)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     log = (cwd / "logs" / f"{run_id}.txt").read_text()
     assert log.startswith(script.read_text())  # each log embeds the file that actually ran
-    return [l.split(" seconds ")[0].split(" tok/s ")[0] for l in log.splitlines()
-            if l.startswith(("step ", "eval ", "artifact:"))]
+    return [
+        l.split(" seconds ")[0].split(" tok/s ")[0]
+        for l in log.splitlines()
+        if l.startswith(("step ", "eval ", "artifact:"))
+    ]
 
 
 def test_packed_copy_gives_the_same_losses(tiny_data, tmp_path):
@@ -36,15 +48,24 @@ def test_packed_copy_gives_the_same_losses(tiny_data, tmp_path):
 def test_minify_keeps_the_program_and_only_the_program():
     """minify changes no statement: its AST is the source's with docstrings removed (a docstring-only
     body becomes `pass`), strings that span lines (and blank lines or '#' inside them) are untouched."""
+
     def without_docstrings(tree: ast.AST) -> str:
         for node in ast.walk(tree):
             body = getattr(node, "body", None)
-            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
-                    and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            if (
+                isinstance(body, list)
+                and body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 node.body = body[1:] or [ast.Pass()]
         return ast.dump(tree)
-    tricky = ('def f(x):  # comment\n    """Doc.\n\n    more."""\n    s = """a  \n\n# not a comment\n  b"""\n'
-              '    return s + f"{x!r:>4}" + "#"  # trailing\n\n\nclass C:\n    """Only a docstring."""\n')
+
+    tricky = (
+        'def f(x):  # comment\n    """Doc.\n\n    more."""\n    s = """a  \n\n# not a comment\n  b"""\n'
+        '    return s + f"{x!r:>4}" + "#"  # trailing\n\n\nclass C:\n    """Only a docstring."""\n'
+    )
     for src in (tricky, (ROOT / "train_gpt.py").read_text()):
         out = minify(src)
         assert without_docstrings(ast.parse(out)) == without_docstrings(ast.parse(src))

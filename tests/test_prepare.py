@@ -1,5 +1,6 @@
 """data.prepare: documents -> official shards + manifest, the val-overlap refusal, determinism across
 worker counts, and tokenizer training."""
+
 from __future__ import annotations
 
 import hashlib
@@ -21,10 +22,12 @@ from train_gpt import BOS_ID, load_shard
 @pytest.fixture(scope="module")
 def dev(shared):
     d = shared / "data"
-    return {"train": str(d / "fineweb_dev" / "fineweb_train_docs.jsonl"),
-            "val": str(d / "fineweb_dev" / "fineweb_val_docs.jsonl"),
-            "sp1024": str(d / "tokenizers" / "fineweb_1024_bpe.model"),
-            "shard1024": str(d / "fineweb_dev" / "fineweb_val_sp1024.bin")}
+    return {
+        "train": str(d / "fineweb_dev" / "fineweb_train_docs.jsonl"),
+        "val": str(d / "fineweb_dev" / "fineweb_val_docs.jsonl"),
+        "sp1024": str(d / "tokenizers" / "fineweb_1024_bpe.model"),
+        "shard1024": str(d / "fineweb_dev" / "fineweb_val_sp1024.bin"),
+    }
 
 
 def write_jsonl(path, texts, xz=False) -> str:
@@ -40,8 +43,19 @@ def folder_bytes(folder) -> dict[str, bytes]:
 def test_cli_val_shard_is_the_official_one(dev, tmp_path, run_cli):
     # Our export of the 700 dev docs is byte-identical to the official val shard of those docs.
     out = tmp_path / "out"
-    proc = run_cli("data.prepare", "--docs", dev["train"], "--val-docs", dev["val"], "--tokenizer", dev["sp1024"],
-                   "--out", out, "--workers", "2")
+    proc = run_cli(
+        "data.prepare",
+        "--docs",
+        dev["train"],
+        "--val-docs",
+        dev["val"],
+        "--tokenizer",
+        dev["sp1024"],
+        "--out",
+        out,
+        "--workers",
+        "2",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "train 200 docs" in proc.stdout and "val 700 docs 817,103 tokens in 1 shard(s)" in proc.stdout
     assert (out / "fineweb_val_000000.bin").read_bytes() == open(dev["shard1024"], "rb").read()
@@ -74,8 +88,9 @@ def test_only_a_doc_longer_than_a_shard_is_split(dev, tmp_path):
     sp = spm.SentencePieceProcessor(model_file=dev["sp1024"])
     n1, n2, n3 = (1 + len(sp.encode(t)) for t in texts)
     assert n1 < 100 < n2 and n2 % 100 + n3 <= 100
-    m = prepare([write_jsonl(tmp_path / "d.jsonl.xz", texts, xz=True)], str(tmp_path / "out"), dev["sp1024"],
-                shard_tokens=100)
+    m = prepare(
+        [write_jsonl(tmp_path / "d.jsonl.xz", texts, xz=True)], str(tmp_path / "out"), dev["sp1024"], shard_tokens=100
+    )
     shards = m["splits"]["train"]["shards"]
     # the short docs stay whole; the long one starts a shard, and its tail shares one with the next doc
     assert [s["tokens"] for s in shards] == [n1] + [100] * (n2 // 100) + [n2 % 100 + n3]
@@ -86,8 +101,9 @@ def test_workers_do_not_change_the_output(dev, tmp_path):
     outs = []
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
-        prepare([dev["train"], dev["train"]], str(out), dev["sp1024"], [dev["val"]], shard_tokens=200_000,
-                workers=workers)
+        prepare(
+            [dev["train"], dev["train"]], str(out), dev["sp1024"], [dev["val"]], shard_tokens=200_000, workers=workers
+        )
         outs.append(folder_bytes(out))
     assert outs[0] == outs[1] and len(outs[0]) > 4
 
@@ -98,8 +114,20 @@ def test_refuses_val_overlap_and_writes_nothing(dev, tmp_path, run_cli, one_line
     before = folder_bytes(out)
     val_doc = next(iter_texts(dev["val"]))
     leaky = write_jsonl(tmp_path / "leaky.jsonl", ["an innocent doc", f"  {val_doc}\n", ""])
-    proc = run_cli("data.prepare", "--docs", dev["train"], leaky, "--val-docs", dev["val"],
-                   "--tokenizer", dev["sp1024"], "--out", out, "--shard-tokens", "1000")
+    proc = run_cli(
+        "data.prepare",
+        "--docs",
+        dev["train"],
+        leaky,
+        "--val-docs",
+        dev["val"],
+        "--tokenizer",
+        dev["sp1024"],
+        "--out",
+        out,
+        "--shard-tokens",
+        "1000",
+    )
     one_line_error(proc, f"{leaky}:2: this training document is also a validation document")
     assert folder_bytes(out) == before  # the previous build is untouched, no new shards, no temp folder
 

@@ -1,5 +1,6 @@
 """quant.verify and quant.report on a real tiny CPU run (train_gpt.py as a subprocess), and a check
 that GPTQ calibration with CALIB=train reads training shards only."""
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,6 @@ class Run:
         return line.split(" seconds ")[0]
 
 
-
 @pytest.fixture(scope="module")
 def run(tiny_data, tmp_path_factory) -> Run:
     """train_gpt.py run from a tmp cwd on tiny_data's train shard and its first 10 val docs (fewer tokens:
@@ -57,7 +57,7 @@ def run(tiny_data, tmp_path_factory) -> Run:
     data.mkdir()
     (data / "fineweb_train_000000.bin").symlink_to(tiny_data / "fineweb_train_000000.bin")
     val = np.asarray(tg.load_shard(str(tiny_data / "fineweb_val_000000.bin")))
-    write_shard(data / "fineweb_val_000000.bin", val[:np.flatnonzero(val == tg.BOS_ID)[10]])
+    write_shard(data / "fineweb_val_000000.bin", val[: np.flatnonzero(val == tg.BOS_ID)[10]])
     env = {**ENV, **RUN, "DATA_PATH": str(data), "TOKENIZER_PATH": str(SP1024)}
     p = subprocess.run([sys.executable, str(TRAIN)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
@@ -67,14 +67,20 @@ def run(tiny_data, tmp_path_factory) -> Run:
 def rows_of(stdout: str) -> dict[str, str]:
     """{check: status} from verify's table."""
     lines = stdout.splitlines()
-    table = lines[lines.index(next(l for l in lines if l.startswith("check "))) + 1:]
+    table = lines[lines.index(next(l for l in lines if l.startswith("check "))) + 1 :]
     return {l.split()[0]: l.split()[1] for l in table if l.split() and l.split()[0] in CHECKS}
 
 
 def verify(*args: object) -> tuple[subprocess.CompletedProcess, dict[str, str]]:
     """`python -m quant.verify` in a fresh process from the repo root, as make runs it."""
-    p = subprocess.run([sys.executable, "-m", "quant.verify", *map(str, args)], cwd=ROOT, env=ENV,
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-m", "quant.verify", *map(str, args)],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return p, rows_of(p.stdout)
 
 
@@ -88,13 +94,26 @@ def verify_here(capsys, monkeypatch):
         rc = verify_mod.main(list(map(str, args)))
         out, err = capsys.readouterr()
         return subprocess.CompletedProcess(args, rc, out, err), rows_of(out)
+
     return call
 
 
 def no_log_args(run: Run, code: Path) -> list[object]:
     bpb = run.final("plain").split("val_bpb ")[1].split()[0]
-    return [run.artifact, "--code", code, "--val", run.data / "fineweb_val_*.bin", "--tokenizer", SP1024,
-            "--expect-bpb", bpb, "--path", "plain", *NO_LOG]
+    return [
+        run.artifact,
+        "--code",
+        code,
+        "--val",
+        run.data / "fineweb_val_*.bin",
+        "--tokenizer",
+        SP1024,
+        "--expect-bpb",
+        bpb,
+        "--path",
+        "plain",
+        *NO_LOG,
+    ]
 
 
 def test_verify_passes_with_the_logged_bpb(run):
@@ -154,10 +173,13 @@ def test_other_device_is_reported_not_judged(run, tmp_path, verify_here):
     assert verify_mod.compare(ref, args(expect_bpb=ref["bpb"] + 1e-3), cpu_log, here)[0] == "FAIL"
 
 
-@pytest.mark.parametrize("damage, needle", [
-    (lambda b: b[:len(b) // 2], "artifact truncated"),
-    (lambda b: b[:100] + bytes([b[100] ^ 0x01]) + b[101:], "artifact corrupted: CRC32"),
-])
+@pytest.mark.parametrize(
+    "damage, needle",
+    [
+        (lambda b: b[: len(b) // 2], "artifact truncated"),
+        (lambda b: b[:100] + bytes([b[100] ^ 0x01]) + b[101:], "artifact corrupted: CRC32"),
+    ],
+)
 def test_damaged_artifact_is_one_line_error(run, tmp_path, damage, needle, verify_here, one_line_error):
     bad = tmp_path / "bad.pgq"
     bad.write_bytes(damage(run.artifact.read_bytes()))
@@ -212,6 +234,7 @@ def recording_opens(monkeypatch: pytest.MonkeyPatch):
             if isinstance(f, (str, os.PathLike)):
                 seen.append(os.path.realpath(f))
             return fn(f, *a, **k)
+
         return wrapped
 
     with monkeypatch.context() as m:
@@ -240,7 +263,7 @@ def test_calibration_reads_no_val_shard(tiny_data, monkeypatch):
     assert {p for p in opened if p.endswith(".bin")} == {train_path}
     train = np.asarray(tg.load_shard(train_path))
     L = h.train_seq_len  # TokenLoader's windows: L + 1 tokens at offsets 0, L, 2L, ...
-    windows = {train[o:o + L + 1].tobytes() for o in range(0, len(train) - L, L)}
+    windows = {train[o : o + L + 1].tobytes() for o in range(0, len(train) - L, L)}
     assert all(row.numpy().astype("<u2").tobytes() in windows for b in fed for row in b)
     with recording_opens(monkeypatch) as control:
         tg.load_val(h.val_files, h.vocab_size)

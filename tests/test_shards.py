@@ -1,4 +1,5 @@
 """data.shards: the official shard format, written and checked, and its CLI's messages."""
+
 from __future__ import annotations
 
 import os
@@ -50,13 +51,16 @@ def test_check_names_first_bad_token(tmp_path):
     assert check_shard(path, 4001) == (5, 1)
 
 
-@pytest.mark.parametrize("path,vocab", [
-    ("data/datasets/fineweb10B_sp1024/fineweb_val_000000.bin", 1024),
-    ("../shared/data/fineweb_dev/fineweb_val_sp8192.bin", 8192),
-    ("data/datasets/devset_sp8192_fineweb_dev/fineweb_val_000000.bin", 8192),
-    ("/tmp/wasp2/x.bin", None),
-    ("/tmp/x.bin", None),
-])
+@pytest.mark.parametrize(
+    "path,vocab",
+    [
+        ("data/datasets/fineweb10B_sp1024/fineweb_val_000000.bin", 1024),
+        ("../shared/data/fineweb_dev/fineweb_val_sp8192.bin", 8192),
+        ("data/datasets/devset_sp8192_fineweb_dev/fineweb_val_000000.bin", 8192),
+        ("/tmp/wasp2/x.bin", None),
+        ("/tmp/x.bin", None),
+    ],
+)
 def test_vocab_size_from_path(path, vocab):
     assert vocab_size_from_path(path) == vocab
 
@@ -127,5 +131,7 @@ def test_cli_ok_on_real_dev_shards(shared, run_cli):
     dev = shared / "data" / "fineweb_dev"
     proc = run_cli("data.shards", "check", dev / "fineweb_val_sp1024.bin", dev / "fineweb_val_sp8192.bin")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == [f"ok {dev / 'fineweb_val_sp1024.bin'} tokens=817103 docs=700",
-                                        f"ok {dev / 'fineweb_val_sp8192.bin'} tokens=533502 docs=700"]
+    assert proc.stdout.splitlines() == [
+        f"ok {dev / 'fineweb_val_sp1024.bin'} tokens=817103 docs=700",
+        f"ok {dev / 'fineweb_val_sp8192.bin'} tokens=533502 docs=700",
+    ]

@@ -1,4 +1,5 @@
 """Training half of train_gpt.py on tiny CPU configs with real tokens (FineWeb train-pool docs)."""
+
 import copy
 import json
 import os
@@ -17,11 +18,29 @@ import train_gpt as tg
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
 SP1024 = SHARED / "data/tokenizers/fineweb_1024_bpe.model"
-TINY = dict(PRESET="tiny", MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2", NUM_LAYERS="4", ROPE_DIMS="4",
-            RECUR_START="1", RECUR_END="2", RECUR_EXTRA="1", PARALLEL_FROM="2", TRAIN_SEQ_LEN="64",
-            TRAIN_BATCH_TOKENS="1024", MICRO_BATCH_TOKENS="1024", EVAL_SEQ_LEN="64", EVAL_STRIDE="32",
-            EVAL_BATCH_SEQS="16", MAX_WALLCLOCK_SECONDS="0", GPTQ_RESERVE_SECONDS="0", TRAIN_LOG_EVERY="1",
-            ATTN_GATE_DIMS="8", DEV_VAL_FILES="")
+TINY = dict(
+    PRESET="tiny",
+    MODEL_DIM="32",
+    NUM_HEADS="4",
+    NUM_KV_HEADS="2",
+    NUM_LAYERS="4",
+    ROPE_DIMS="4",
+    RECUR_START="1",
+    RECUR_END="2",
+    RECUR_EXTRA="1",
+    PARALLEL_FROM="2",
+    TRAIN_SEQ_LEN="64",
+    TRAIN_BATCH_TOKENS="1024",
+    MICRO_BATCH_TOKENS="1024",
+    EVAL_SEQ_LEN="64",
+    EVAL_STRIDE="32",
+    EVAL_BATCH_SEQS="16",
+    MAX_WALLCLOCK_SECONDS="0",
+    GPTQ_RESERVE_SECONDS="0",
+    TRAIN_LOG_EVERY="1",
+    ATTN_GATE_DIMS="8",
+    DEV_VAL_FILES="",
+)
 
 
 def write_shard(path: Path, tokens: np.ndarray) -> None:
@@ -90,6 +109,7 @@ def test_loader_deterministic_and_world_size_independent(tiny_data):
     def batches(seed: int, rank: int = 0, world: int = 1) -> list[torch.Tensor]:
         ld = tg.TokenLoader(str(tiny_data / "fineweb_train_*.bin"), 64, seed, rank, world, torch.device("cpu"))
         return [ld.next_batch(8) for _ in range(3)]
+
     a, b, c = batches(1), batches(1), batches(2)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x, y) for x, y in zip(a, c))
@@ -104,13 +124,15 @@ def test_stream_loader_reads_like_the_official_baseline(tiny_data):
     flat = torch.from_numpy(np.concatenate([tg.load_shard(f) for f in files]).astype(np.int64))
     L, seqs, world = 64, 4, 2
     span = seqs // world * L + 1
-    loaders = [tg.TokenLoader(str(tiny_data / "fineweb_train_*.bin"), L, 0, r, world, torch.device("cpu"), stream=True)
-               for r in range(world)]
+    loaders = [
+        tg.TokenLoader(str(tiny_data / "fineweb_train_*.bin"), L, 0, r, world, torch.device("cpu"), stream=True)
+        for r in range(world)
+    ]
     steps = len(flat) // (span * world) + 2  # past the end: the stream wraps to the first shard
     for step in range(steps):
         for r, ld in enumerate(loaders):
             start = step * span * world + r * span
-            want = torch.cat([flat, flat])[start:start + span]
+            want = torch.cat([flat, flat])[start : start + span]
             assert torch.equal(ld.next_batch(seqs), want.unfold(0, L + 1, L))
 
 
@@ -143,9 +165,11 @@ def test_varlen_call_gets_document_offsets_and_unrepeated_kv(monkeypatch):
         out, rep = torch.empty_like(q), q.size(1) // k.size(1)
         for a, b in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
             qs, ks, vs = (t[a:b].transpose(0, 1) for t in (q, k, v))
-            out[a:b] = F.scaled_dot_product_attention(qs, ks.repeat_interleave(rep, 0), vs.repeat_interleave(rep, 0),
-                                                      is_causal=True).transpose(0, 1)
+            out[a:b] = F.scaled_dot_product_attention(
+                qs, ks.repeat_interleave(rep, 0), vs.repeat_interleave(rep, 0), is_causal=True
+            ).transpose(0, 1)
         return out
+
     monkeypatch.setattr(tg, "varlen_attn", varlen)
     torch.manual_seed(0)
     ids = torch.randint(4, 1024, (2, 24))
@@ -156,9 +180,26 @@ def test_varlen_call_gets_document_offsets_and_unrepeated_kv(monkeypatch):
     assert calls == [(4, [0, 10, 24, 29, 48], {**tg.VARLEN_CAUSAL, **tg.VARLEN_GQA})]
 
 
-SWITCHES = ["XSA=0", "SMEAR=0", "ATTN_GATE=0", "UNET=0", "SKIP_GATES=0", "X0_MIX=0", "LN_SCALE=0",
-            "PARALLEL_FROM=-1", "RECUR_EXTRA=0", "DOC_MASK=0", "MUON_ROW_NORM=0", "POLAR_EXPRESS=0", "EMA=0",
-            "ROPE_DIMS=0", "LEAKY_SLOPE=0", "GRAD_CLIP_NORM=0", "BF16_RESID=0", "EMBED_BF16=1"]
+SWITCHES = [
+    "XSA=0",
+    "SMEAR=0",
+    "ATTN_GATE=0",
+    "UNET=0",
+    "SKIP_GATES=0",
+    "X0_MIX=0",
+    "LN_SCALE=0",
+    "PARALLEL_FROM=-1",
+    "RECUR_EXTRA=0",
+    "DOC_MASK=0",
+    "MUON_ROW_NORM=0",
+    "POLAR_EXPRESS=0",
+    "EMA=0",
+    "ROPE_DIMS=0",
+    "LEAKY_SLOPE=0",
+    "GRAD_CLIP_NORM=0",
+    "BF16_RESID=0",
+    "EMBED_BF16=1",
+]
 
 
 @pytest.mark.parametrize("switch", SWITCHES)
@@ -216,8 +257,10 @@ def test_whole_compile_matches_eager(monkeypatch):
     with pytest.raises(ValueError, match="COMPILE=2 with ARCH=pse"):
         tg.Hyperparameters({**TINY, "COMPILE": "2", "ARCH": "pse"})
     # the record default compiles whole; an alternative ARCH and the baseline (as measured) per block
-    assert [tg.Hyperparameters({"PRESET": p, "ARCH": a}).compile for p, a in
-            (("record", "gpt"), ("record", "pse"), ("baseline", "gpt"))] == [2, 1, 1]
+    assert [
+        tg.Hyperparameters({"PRESET": p, "ARCH": a}).compile
+        for p, a in (("record", "gpt"), ("record", "pse"), ("baseline", "gpt"))
+    ] == [2, 1, 1]
 
 
 def test_baseline_parameter_count():
@@ -245,10 +288,19 @@ def test_lr_schedule():
 
 
 def test_cli_run_logs_source_and_compliance(tiny_data, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **TINY, "DATA_PATH": str(tiny_data), "TOKENIZER_PATH": str(SP1024), "ITERATIONS": "4",
-           "RUN_ID": "cli_test", "TRAIN_LOG_EVERY": "2"}
-    r = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=600)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        **TINY,
+        "DATA_PATH": str(tiny_data),
+        "TOKENIZER_PATH": str(SP1024),
+        "ITERATIONS": "4",
+        "RUN_ID": "cli_test",
+        "TRAIN_LOG_EVERY": "2",
+    }
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "train_gpt.py")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stderr
     log = (tmp_path / "logs/cli_test.txt").read_text()
     assert log.startswith((ROOT / "train_gpt.py").read_text())
@@ -257,8 +309,9 @@ def test_cli_run_logs_source_and_compliance(tiny_data, tmp_path):
     assert len(final) == 1 and (tmp_path / "artifacts/cli_test.pgq").exists()
     # EVAL_ONLY re-scores the artifact from disk: the same numbers, and PER_TOKEN_OUT holds them per token
     env.update(EVAL_ONLY="1", ARTIFACT="artifacts/cli_test.pgq", RUN_ID="cli_eval", PER_TOKEN_OUT="nll.npy")
-    r = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "train_gpt.py")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stderr
     again = [l for l in (tmp_path / "logs/cli_eval.txt").read_text().splitlines() if l.startswith("eval val sliding:")]
     assert again[0].split(" seconds ")[0] == final[0].split(" seconds ")[0]
@@ -269,15 +322,24 @@ def test_cli_run_logs_source_and_compliance(tiny_data, tmp_path):
     assert float(nll.astype(np.float64).mean()) == pytest.approx(loss, abs=1e-5)
     # an artifact over SIZE_CAP is still scored, then the run fails with one line
     env.update(SIZE_CAP="100000", RUN_ID="cli_cap", PER_TOKEN_OUT="")
-    r = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "train_gpt.py")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 1 and r.stderr.strip().startswith("error:") and "SIZE_CAP" in r.stderr
     assert "eval val sliding:" in (tmp_path / "logs/cli_cap.txt").read_text()
 
 
 def test_cli_bad_tokenizer_is_one_line_error(tiny_data, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **TINY, "DATA_PATH": str(tiny_data), "TOKENIZER_PATH": str(SHARED / "data/tokenizers/fineweb_8192_bpe.model")}
-    r = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], cwd=tmp_path, env=env, capture_output=True, text=True)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        **TINY,
+        "DATA_PATH": str(tiny_data),
+        "TOKENIZER_PATH": str(SHARED / "data/tokenizers/fineweb_8192_bpe.model"),
+    }
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "train_gpt.py")], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert r.returncode != 0
     assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
 
@@ -299,7 +361,9 @@ def test_bench_agree_tells_matching_curves_from_different_ones(tiny_data, tmp_pa
     assert sorted(a) == list(range(1, 9)) and agree.compare({1: a, 2: b}, 8, 1e-2)["ok"]
     bad = agree.compare({1: a, 2: c}, 8, 1e-2)
     assert not bad["ok"] and bad["runs"][2]["abs_diff_at_steps"] > 1e-2
-    assert "no train_loss" in agree.compare({1: a, 2: {s: v for s, v in a.items() if s < 8}}, 8, 1e-2)["runs"][2]["error"]
+    assert (
+        "no train_loss" in agree.compare({1: a, 2: {s: v for s, v in a.items() if s < 8}}, 8, 1e-2)["runs"][2]["error"]
+    )
 
 
 def test_two_ranks_train_like_one_and_score_the_same(tiny_data, tmp_path):
@@ -308,31 +372,87 @@ def test_two_ranks_train_like_one_and_score_the_same(tiny_data, tmp_path):
     per-document LoRA included, gives the same numbers from one artifact at 1 and 2 ranks (each position scored
     once); and a clock-bound run (warm-up, recurrence switch, stop, calibration reserve) ends on every rank."""
     art = tmp_path / "agree.pgq"
-    env = {**TINY, "DATA_PATH": str(tiny_data), "TOKENIZER_PATH": str(SP1024), "ARTIFACT": str(art),
-           "MICRO_BATCH_TOKENS": "256", "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}  # gloo: no hostname lookup
-    p = subprocess.run([sys.executable, "bench/agree.py", "--nprocs", "1,2", "--steps", "6", "--tol", "2e-3",
-                        "--out", str(tmp_path), *(f"{k}={v}" for k, v in env.items())],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    env = {
+        **TINY,
+        "DATA_PATH": str(tiny_data),
+        "TOKENIZER_PATH": str(SP1024),
+        "ARTIFACT": str(art),
+        "MICRO_BATCH_TOKENS": "256",
+        "OMP_NUM_THREADS": "1",
+        "GLOO_SOCKET_IFNAME": "lo",
+    }  # gloo: no hostname lookup
+    p = subprocess.run(
+        [
+            sys.executable,
+            "bench/agree.py",
+            "--nprocs",
+            "1,2",
+            "--steps",
+            "6",
+            "--tol",
+            "2e-3",
+            "--out",
+            str(tmp_path),
+            *(f"{k}={v}" for k, v in env.items()),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     r = json.loads((tmp_path / "agree.json").read_text())
-    assert r["ok"] and r["runs"]["2"]["max_abs_diff"] < 2e-3 and "world_size 2" in (tmp_path / "agree_n2.txt").read_text()
+    assert (
+        r["ok"] and r["runs"]["2"]["max_abs_diff"] < 2e-3 and "world_size 2" in (tmp_path / "agree_n2.txt").read_text()
+    )
 
     def torchrun(n: int, run_id: str, **over: str) -> list[str]:
-        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-                        str(ROOT / "train_gpt.py")], cwd=tmp_path, env={**os.environ, **env, **over, "RUN_ID": run_id},
-                       check=True, capture_output=True, timeout=600)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={n}",
+                str(ROOT / "train_gpt.py"),
+            ],
+            cwd=tmp_path,
+            env={**os.environ, **env, **over, "RUN_ID": run_id},
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
         return (tmp_path / f"logs/{run_id}.txt").read_text().split("\nhyperparameters: ")[1].splitlines()
 
     def evals(n: int) -> list[str]:
-        log = torchrun(n, f"evals_n{n}", EVAL_ONLY="1", EVAL_PATHS="plain,sliding,ngram,ttt,ttt_ngram", TTT_LORA="1",
-                       TTT_DOCS="4", TTT_CHUNK="64", TTT_PHASES="2")
+        log = torchrun(
+            n,
+            f"evals_n{n}",
+            EVAL_ONLY="1",
+            EVAL_PATHS="plain,sliding,ngram,ttt,ttt_ngram",
+            TTT_LORA="1",
+            TTT_DOCS="4",
+            TTT_CHUNK="64",
+            TTT_PHASES="2",
+        )
         return [line.split(" seconds")[0] for line in log if line.startswith("eval val ")]
 
     one, two = evals(1), evals(2)
     assert len(one) == 5 and one == two
-    log = torchrun(2, "clock_n2", MAX_WALLCLOCK_SECONDS="4", GPTQ_RESERVE_SECONDS="1", WARMUP_STEPS="2",
-                   ITERATIONS="1000000", PRE_EXPORT_PATHS="", EVAL_PATHS="plain", TRAIN_LOG_EVERY="1000")
-    assert any(line.startswith("warmup: compiled") for line in log) and any("depth recurrence on" in line for line in log)
+    log = torchrun(
+        2,
+        "clock_n2",
+        MAX_WALLCLOCK_SECONDS="4",
+        GPTQ_RESERVE_SECONDS="1",
+        WARMUP_STEPS="2",
+        ITERATIONS="1000000",
+        PRE_EXPORT_PATHS="",
+        EVAL_PATHS="plain",
+        TRAIN_LOG_EVERY="1000",
+    )
+    assert any(line.startswith("warmup: compiled") for line in log) and any(
+        "depth recurrence on" in line for line in log
+    )
     assert any(line.startswith("compliance train:") and line.endswith("cap 4 held True") for line in log)
 
 
@@ -345,11 +465,16 @@ def test_bench_table_lists_every_committed_run():
     lines = table.table(rows).splitlines()
     assert len(lines) == 2 + len(rows) and all(line.count("|") == lines[0].count("|") for line in lines)
     seed = next(line for line in lines if line.startswith("| record_proxy300_n1_s2025 "))
-    assert "| 1698 | 169.6 | 579,584 | 26.4% |" in seed and "| 1.00817 | 1.49014 |" in seed and seed.endswith("| yes | yes |")
+    assert (
+        "| 1698 | 169.6 | 579,584 | 26.4% |" in seed
+        and "| 1.00817 | 1.49014 |" in seed
+        and seed.endswith("| yes | yes |")
+    )
     nested = table.rows_of(str(ROOT / "bench/results/2026-12-05_train.json"))  # runs as {"name", "result"}
     assert {"baseline_178_s1337", "record_whole_s1337", "record_gqa_rope_s1337"} <= {r["name"] for r in nested}
     h200 = next(line for line in table.table(nested).splitlines() if line.startswith("| record_gqa_rope_s1337 "))
     assert "| NVIDIA H200 | 1 | 2219 | 129.8 | 757,419 | 34.5% |" in h200
     import proxy_run  # a raw row names the card its log names
+
     env = "env: python 3.12.3 torch 2.11.0 cuda 13.0 gpus ['NVIDIA H100 80GB HBM3', 'NVIDIA H100 80GB HBM3'] world_size 2\n"
     assert table.gpu(proxy_run.parse(env)) == "NVIDIA H100 80GB HBM3" and "| 0.98954 | 1.47819 |" in h200
