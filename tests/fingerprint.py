@@ -1,7 +1,9 @@
 """The record path's behaviour on the CPU, pinned (issue 23): a tiny record-stack run of train_gpt.py's main
 (fixed seed, real FineWeb tokens) with warm-up, GPTQ export and every eval path. Its fingerprint is the train
-loss of every step, the artifact's sha256 and bytes, and every eval line's val_bpb (pre- and post-export), as
-the log prints them. A refactoring that keeps the behaviour reproduces it exactly (tests/test_fingerprint.py).
+loss of every step, the artifact's sha256 and bytes, the sha256 of the tensors it decodes to (codes, scales,
+LQER factors, fp16 tensors: the model, whatever the container format), and every eval line's val_bpb (pre- and
+post-export), as the log prints them. A refactoring that keeps the behaviour reproduces it exactly
+(tests/test_fingerprint.py).
 
     python -m tests.fingerprint           print this checkout's fingerprints and compare them with the recorded ones
     python -m tests.fingerprint --write   record it in tests/fingerprint.json (only for an intended change)
@@ -10,6 +12,7 @@ the log prints them. A refactoring that keeps the behaviour reproduces it exactl
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -68,6 +71,20 @@ def make_data(out: Path) -> Path:
     return out
 
 
+def weights_sha256(artifact: bytes) -> str:
+    """sha256 over every decoded array of the artifact (name, role, dtype, shape, bytes), names sorted."""
+    sys.path.insert(0, str(ROOT))
+    import train_gpt
+
+    digest = hashlib.sha256()
+    for name, entry in sorted(train_gpt.decode_artifact(artifact)[0].items()):
+        arrays = [(k, v) for k, v in entry.items() if hasattr(v, "numpy")] + list(enumerate(entry.get("lqer", [])))
+        for role, t in arrays:
+            a = t.contiguous().numpy()
+            digest.update(f"{name}.{role} {a.dtype} {a.shape}".encode() + a.tobytes())
+    return digest.hexdigest()
+
+
 def fingerprint(variant: str = "record", script: Path = ROOT / "train_gpt.py") -> dict:
     """Run `script` with VARIANTS[variant] in a fresh tmp folder on make_data's shards; the fingerprint read
     off its log."""
@@ -84,11 +101,13 @@ def fingerprint(variant: str = "record", script: Path = ROOT / "train_gpt.py") -
         if p.returncode:
             raise RuntimeError(f"{script} exited {p.returncode}: {p.stderr[-2000:]}")
         log = (Path(tmp) / "logs" / "fingerprint.txt").read_text()
+        weights = weights_sha256((Path(tmp) / "artifacts" / "fingerprint.pgq").read_bytes())
     art = re.search(r"^artifact: (\d+) bytes .* sha256 ([0-9a-f]{64})$", log, re.M)
     return dict(
         losses=re.findall(r"^step \d+ train_loss (\S+) ", log, re.M),
         artifact_bytes=int(art[1]),
         artifact_sha256=art[2],
+        weights_sha256=weights,
         evals=dict(re.findall(r"^eval (\S+ \S+): val_loss \S+ val_bpb (\S+) ", log, re.M)),
     )
 

@@ -15,4 +15,5 @@ def test_run_reproduces_the_recorded_fingerprint(shared, variant):
     fp = fingerprint(variant)
     assert fp["losses"] == recorded["losses"]
     assert fp["evals"] == recorded["evals"]
+    assert fp["weights_sha256"] == recorded["weights_sha256"]
     assert (fp["artifact_bytes"], fp["artifact_sha256"]) == (recorded["artifact_bytes"], recorded["artifact_sha256"])
