@@ -13,6 +13,7 @@ ARTIFACTS ?=
 LABEL ?=
 AUTHOR ?=
 GITHUB_ID ?=
+ARCH ?=
 
 .PHONY: help setup devset test train pack verify-artifact report-artifact submission check-submission bench
 
@@ -31,15 +32,17 @@ setup: ## install everything (CPU torch where no CUDA torch exists), then build 
 devset: ## build data/datasets/devset_sp{1024,8192} from ../shared (deterministic, skips done work)
 	$(PYTHON) -m data.devset --shared $(SHARED)
 
-test: ## the test suite (CPU, < 20 min on 2 cores)
+test: ## ruff format + lint, then the test suite (CPU, < 20 min on 2 cores)
+	$(PYTHON) -m ruff format --check .
+	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest -q tests
 
 train: ## train + export + eval: CPU tiny config by default; NPROC=8 for torchrun on 8 GPUs (env vars pass through)
 	@if [ "$(NPROC)" = "1" ]; then $(PYTHON) train_gpt.py; \
 	else torchrun --standalone --nproc_per_node=$(NPROC) train_gpt.py; fi
 
-pack: ## write packed/train_gpt.py: minified + lzma self-extracting copy (fewer code bytes; runs identically)
-	$(PYTHON) -m quant.pack train_gpt.py --out packed/train_gpt.py
+pack: ## [ARCH=worker|pse|scan] write packed/train_gpt.py: minified + lzma self-extracting copy (fewer code bytes; runs identically); a seed ARCH bundles seed_archs.py into it
+	$(PYTHON) -m quant.pack train_gpt.py $(if $(filter-out gpt,$(ARCH)),--bundle seed_archs.py) --out packed/train_gpt.py
 
 verify-artifact: ## ARTIFACT=path [LOG=log] [CODE=file] [VAL=glob TOKENIZER=model] [DEVICE=cpu|cuda]: size, decode, rebuild, re-score, compare
 	$(PYTHON) -m quant.verify $(ARTIFACT) --code $(or $(CODE),train_gpt.py) $(if $(LOG),--log $(LOG)) $(if $(VAL),--val '$(VAL)') $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) $(if $(DEVICE),--device $(DEVICE))

@@ -1,11 +1,9 @@
-"""Parameter Golf training script: recurrent parallel-residual GPT (or ARCH=worker|pse|scan), MuonEq-R,
-GPU EMA, int6 GPTQ export scored from the artifact on disk, sliding-window, score-first TTT and legal
-n-gram-mixture eval (over the sliding-window model or over TTT).
-
-Run:  torchrun --standalone --nproc_per_node=8 train_gpt.py       (PRESET=record, sp8192)
-      python train_gpt.py                                          (CPU: tiny config on the devset)
-Every knob is an env var read once by Hyperparameters; the resolved values are logged.
-"""
+"""Parameter Golf: recurrent parallel-residual GPT, MuonEq-R, GPU EMA, int6 GPTQ export scored from the artifact
+on disk; sliding-window, score-first TTT and legal n-gram-mixture eval. `torchrun --standalone --nproc_per_node=8
+train_gpt.py` (PRESET=record), or `python train_gpt.py` (CPU: the tiny preset on the devset). Every knob is an env
+var, read and checked once by Hyperparameters, then logged. The file is the pipeline: CONFIG, BYTES, DATA, MODEL,
+OPTIMIZER, TRAIN, EXPORT, EVAL, MAIN. ARCH=worker|pse|scan load their blocks from seed_archs.py (`make pack ARCH=`
+bundles it into the shipped file)."""
 
 from __future__ import annotations
 
@@ -13,6 +11,7 @@ import glob
 import hashlib
 import heapq
 import importlib
+import inspect
 import json
 import lzma
 import math
@@ -26,284 +25,220 @@ import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
+import sentencepiece as spm
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 # -----------------------------------------------------------------------------
-# HYPERPARAMETERS
+# CONFIG
 # -----------------------------------------------------------------------------
-# One table of defaults (PRESET=record), preset overrides, then env vars override everything.
-# Types follow the defaults; booleans are 0/1. Nothing else in this file reads the environment.
-DEFAULTS: dict[str, object] = dict(
-    PRESET="record",
-    RUN_ID="",
-    SEED=1337,
-    ARCH="gpt",
-    WORKER_INTERVAL=4,
-    WORKER_KERNEL=4,
-    PSE_SCALES=4,
-    PSE_MAX_HALFLIFE=256.0,
-    SCAN_CHUNK=64,
-    DATA_PATH="./data/datasets/fineweb10B_sp8192",
-    TOKENIZER_PATH="./data/tokenizers/fineweb_8192_bpe.model",
-    DEV_VAL_FILES="",  # optional second val set (e.g. the devset's fineweb_dev shard), scored like the first
-    VOCAB_SIZE=8192,
-    ITERATIONS=20000,
-    MAX_WALLCLOCK_SECONDS=600.0,
-    GPTQ_RESERVE_SECONDS=12.0,
-    TRAIN_BATCH_TOKENS=786432,
-    TRAIN_SEQ_LEN=2048,
-    MICRO_BATCH_TOKENS=131072,
-    LOADER="shuffle",  # or stream
-    VAL_LOSS_EVERY=0,
-    TRAIN_LOG_EVERY=100,
-    WARMUP_STEPS=10,
-    COMPILE=2,  # 0 eager; 1 each block; 2 training compiles GPT.hidden whole (ARCH=gpt, else 1; compile_parts)
-    # model
-    NUM_LAYERS=11,
-    MODEL_DIM=512,
-    NUM_HEADS=8,
-    NUM_KV_HEADS=4,
-    MLP_MULT=4.0,
-    LEAKY_SLOPE=0.5,
-    ROPE_BASE=10000.0,
-    ROPE_DIMS=16,
-    QK_GAIN_INIT=5.0,
-    LOGIT_SOFTCAP=30.0,
-    TIED_EMBED_INIT_STD=0.005,
-    DOC_MASK=1,
-    ATTN_IMPL="auto",
-    XSA=1,
-    SMEAR=1,
-    ATTN_GATE=1,
-    ATTN_GATE_DIMS=12,
-    UNET=1,
-    SKIP_GATES=1,
-    X0_MIX=1,
-    LN_SCALE=1,
-    PARALLEL_FROM=7,
-    RECUR_START=3,
-    RECUR_END=5,
-    RECUR_EXTRA=2,
-    RECUR_FRAC=0.35,
-    BF16_RESID=1,  # residual stream in the autocast dtype (weights stay fp32): -15% step time, 2026-12-05_train
-    EMBED_BF16=0,  # store the tied embedding in bf16, as the official script does (its Adam updates round there)
-    # optimizer
-    MATRIX_LR=0.022,
-    SCALAR_LR=0.02,
-    TIED_EMBED_LR=0.03,
-    MUON_MOMENTUM=0.97,
-    MUON_MOMENTUM_START=0.92,
-    MUON_MOMENTUM_WARMUP_STEPS=1500,
-    MUON_BACKEND_STEPS=5,
-    MUON_ROW_NORM=1,
-    POLAR_EXPRESS=1,
-    MUON_WD=0.095,
-    EMBED_WD=0.085,
-    ADAM_WD=0.02,
-    BETA1=0.9,
-    BETA2=0.95,
-    ADAM_EPS=1e-8,
-    GRAD_CLIP_NORM=0.3,
-    WARMDOWN_FRAC=0.72,
-    WARMDOWN_ITERS=0,
-    LR_FLOOR=0.0,
-    EMA=1,
-    EMA_DECAY=0.9965,
-    EMA_WARMUP=10,
-    # eval
-    EVAL_SEQ_LEN=2048,
-    EVAL_STRIDE=64,
-    EVAL_CROSS_DOC=0,
-    EVAL_BATCH_SEQS=32,
-    EVAL_ONLY=0,
-    ARTIFACT="",
-    # ttt is opt-in: on proxy_val it gained -0.0001 (TTT_LORA=0) to -0.0005 (LoRA) over sliding (2026-11-23)
-    EVAL_PATHS="sliding",
-    PRE_EXPORT_PATHS="sliding",
-    EVAL_BUDGET_SECONDS=600.0,
-    PER_TOKEN_OUT="",
-    # export: GPTQ (or RTN) + SDClip per tensor class, LQER on the worst tensors, smallest codec
-    QUANT="gptq",
-    CALIB="train",
-    CALIB_BATCHES=16,
-    MATRIX_BITS=6,
-    EMBED_BITS=7,
-    ATTN_CLIP=13.0,
-    MLP_CLIP=12.5,
-    EMBED_CLIP=14.0,
-    LQER_TOP=3,
-    LQER_RANK=4,
-    CODECS="brotli,zstd,lzma",
-    SIZE_CAP=16_000_000,
-    # score-first TTT: phased global SGD and/or per-document LoRA (reset per doc, chunk by chunk). Projected
-    # full val on 8xH100 (2026-11-23): global SGD alone 208 s; with LoRA at chunk 1024 614 s, over the budget
-    TTT_LORA=0,
-    TTT_GLOBAL=1,
-    TTT_CHUNK=1024,
-    TTT_DOCS=32,
-    TTT_RANK=8,
-    TTT_ALPHA=16.0,
-    TTT_TARGETS="c_q,c_v,fc",
-    TTT_LR=0.003,
-    TTT_PHASES=4,
-    TTT_EPOCHS=1,
-    TTT_SGD_LR=0.01,
-    # legal n-gram cache mixed into the sliding-window model (EVAL_PATHS=...,ngram) or into TTT (ttt_ngram).
-    # The online gate starts at a = 1% and learns from scored chunks: starting at a mean a of 0.22 cost
-    # +0.0025 on proxy_val and gained less on fineweb_dev (-0.0145 vs -0.0175, plain windows; 2026-11-23)
-    NGRAM_ORDER=6,
-    NGRAM_ALPHA="-4.595,0,0,0",
-    NGRAM_CHUNK=32768,
-    NGRAM_GATE_LR=0.05,  # 0: fixed gate
-)
+# One table of defaults (PRESET=record), preset overrides, then env vars override everything. Types follow
+# the defaults; booleans are 0/1. Hyperparameters checks every value once; nothing else reads the environment.
+DEFAULTS: dict[str, object] = {
+    **dict(PRESET="record", RUN_ID="", SEED=1337, ARCH="gpt", VOCAB_SIZE=8192, LOADER="shuffle"),
+    # data: DEV_VAL_FILES is an optional second val set (the devset's fineweb_dev shard), scored like the first
+    **dict(DATA_PATH="./data/datasets/fineweb10B_sp8192", TOKENIZER_PATH="./data/tokenizers/fineweb_8192_bpe.model"),
+    # the clock and batch; GPTQ calibration runs inside MAX_WALLCLOCK_SECONDS, in the reserve
+    **dict(DEV_VAL_FILES="", ITERATIONS=20000, MAX_WALLCLOCK_SECONDS=600.0, GPTQ_RESERVE_SECONDS=12.0, WARMUP_STEPS=10),
+    **dict(TRAIN_BATCH_TOKENS=786432, TRAIN_SEQ_LEN=2048, MICRO_BATCH_TOKENS=131072, VAL_LOSS_EVERY=0),
+    # TRAIN_LOG_EVERY steps; COMPILE: 0 eager, 1 each block, 2 GPT.hidden whole for training (ARCH=gpt)
+    **dict(TRAIN_LOG_EVERY=100, COMPILE=2),
+    **dict(NUM_LAYERS=11, MODEL_DIM=512, NUM_HEADS=8, NUM_KV_HEADS=4, MLP_MULT=4.0, LEAKY_SLOPE=0.5, ROPE_DIMS=16),
+    **dict(ROPE_BASE=10000.0, QK_GAIN_INIT=5.0, LOGIT_SOFTCAP=30.0, TIED_EMBED_INIT_STD=0.005, DOC_MASK=1),
+    **dict(
+        ATTN_IMPL="auto", XSA=1, SMEAR=1, ATTN_GATE=1, ATTN_GATE_DIMS=12, UNET=1, SKIP_GATES=1, X0_MIX=1, LN_SCALE=1
+    ),
+    **dict(PARALLEL_FROM=7, RECUR_START=3, RECUR_END=5, RECUR_EXTRA=2, RECUR_FRAC=0.35),
+    # the residual stream in the autocast dtype over fp32 weights; the tied embedding stored in bf16 (both as official)
+    **dict(BF16_RESID=1, EMBED_BF16=0),
+    **dict(MATRIX_LR=0.022, SCALAR_LR=0.02, TIED_EMBED_LR=0.03, MUON_MOMENTUM=0.97, MUON_MOMENTUM_START=0.92),
+    **dict(MUON_MOMENTUM_WARMUP_STEPS=1500, MUON_BACKEND_STEPS=5, MUON_ROW_NORM=1, POLAR_EXPRESS=1, MUON_WD=0.095),
+    **dict(EMBED_WD=0.085, ADAM_WD=0.02, BETA1=0.9, BETA2=0.95, ADAM_EPS=1e-8, GRAD_CLIP_NORM=0.3, WARMDOWN_FRAC=0.72),
+    **dict(WARMDOWN_ITERS=0, LR_FLOOR=0.0, EMA=1, EMA_DECAY=0.9965, EMA_WARMUP=10),
+    # eval; TTT is opt-in: it gained little over sliding on proxy_val (bench/results/2026-11-23_eval.md)
+    **dict(EVAL_SEQ_LEN=2048, EVAL_STRIDE=64, EVAL_CROSS_DOC=0, EVAL_BATCH_SEQS=32, EVAL_ONLY=0, ARTIFACT=""),
+    **dict(EVAL_PATHS="sliding", PRE_EXPORT_PATHS="sliding", EVAL_BUDGET_SECONDS=600.0, PER_TOKEN_OUT=""),
+    # export: GPTQ (or RTN) + SDClip per tensor class, LQER on the worst tensors, the smallest codec
+    **dict(QUANT="gptq", CALIB="train", CALIB_BATCHES=16, MATRIX_BITS=6, EMBED_BITS=7, ATTN_CLIP=13.0, MLP_CLIP=12.5),
+    **dict(EMBED_CLIP=14.0, LQER_TOP=3, LQER_RANK=4, CODECS="brotli,zstd,lzma", SIZE_CAP=16_000_000),
+    # score-first TTT: phased global SGD and/or per-document LoRA (reset per document, chunk by chunk)
+    **dict(TTT_LORA=0, TTT_GLOBAL=1, TTT_CHUNK=1024, TTT_DOCS=32, TTT_RANK=8, TTT_ALPHA=16.0, TTT_TARGETS="c_q,c_v,fc"),
+    **dict(TTT_LR=0.003, TTT_PHASES=4, TTT_EPOCHS=1, TTT_SGD_LR=0.01),
+    # n-gram cache mixed into sliding (ngram) or TTT (ttt_ngram); the gate starts at 1% (2026-11-23_ngram.md)
+    **dict(NGRAM_ORDER=6, NGRAM_ALPHA="-4.595,0,0,0", NGRAM_CHUNK=32768, NGRAM_GATE_LR=0.05),
+}
 PRESETS: dict[str, dict[str, object]] = {
     "record": {},
-    # The naive baseline of the challenge (1.2244 on FineWeb): 9x512, sp1024, relu^2, plain Muon,
-    # no EMA, int8 per-row + zlib, non-overlapping 1024-token eval windows that cross documents.
-    "baseline": dict(
-        DATA_PATH="./data/datasets/fineweb10B_sp1024",
-        TOKENIZER_PATH="./data/tokenizers/fineweb_1024_bpe.model",
-        VOCAB_SIZE=1024,
-        GPTQ_RESERVE_SECONDS=0.0,
-        TRAIN_BATCH_TOKENS=524288,
-        TRAIN_SEQ_LEN=1024,
-        LOADER="stream",
-        NUM_LAYERS=9,
-        MLP_MULT=2.0,
-        LEAKY_SLOPE=0.0,
-        ROPE_DIMS=0,
-        QK_GAIN_INIT=1.5,
-        DOC_MASK=0,
-        XSA=0,
-        SMEAR=0,
-        ATTN_GATE=0,
-        SKIP_GATES=0,
-        LN_SCALE=0,
-        PARALLEL_FROM=-1,
-        RECUR_EXTRA=0,
-        MATRIX_LR=0.04,
-        SCALAR_LR=0.04,
-        TIED_EMBED_LR=0.05,
-        MUON_MOMENTUM=0.95,
-        MUON_MOMENTUM_START=0.85,
-        MUON_MOMENTUM_WARMUP_STEPS=500,
-        MUON_ROW_NORM=0,
-        POLAR_EXPRESS=0,
-        MUON_WD=0.0,
-        EMBED_WD=0.0,
-        ADAM_WD=0.0,
-        GRAD_CLIP_NORM=0.0,
-        WARMDOWN_FRAC=0.0,
-        WARMDOWN_ITERS=1200,
-        EMA=0,
-        EMBED_BF16=1,
-        COMPILE=1,  # as measured against the anchor (2026-12-05_train.md)
-        QUANT="rtn",
-        MATRIX_BITS=8,
-        EMBED_BITS=8,
-        ATTN_CLIP=0.0,
-        MLP_CLIP=0.0,
-        EMBED_CLIP=0.0,
-        LQER_TOP=0,
-        CODECS="zlib",
-        EVAL_SEQ_LEN=1024,
-        EVAL_STRIDE=1024,
-        EVAL_CROSS_DOC=1,
-        EVAL_PATHS="plain",
-        PRE_EXPORT_PATHS="plain",
-    ),
-    # CPU default: the record stack, tiny, on the local devset, so `make train` runs anywhere (~5 min
-    # on 2 cores). MODEL_DIM=72 makes the embedding large enough (> 65,536) to go through GPTQ.
-    "tiny": dict(
-        DATA_PATH="./data/datasets/devset_sp1024",
-        TOKENIZER_PATH="./data/tokenizers/fineweb_1024_bpe.model",
-        DEV_VAL_FILES="./data/datasets/devset_sp1024_fineweb_dev/fineweb_val_*.bin",
-        VOCAB_SIZE=1024,
-        ITERATIONS=200,
-        MAX_WALLCLOCK_SECONDS=300.0,
-        GPTQ_RESERVE_SECONDS=5.0,
-        TRAIN_BATCH_TOKENS=8192,
-        TRAIN_SEQ_LEN=256,
-        MICRO_BATCH_TOKENS=8192,
-        TRAIN_LOG_EVERY=20,
-        WARMUP_STEPS=0,
-        COMPILE=0,
-        NUM_LAYERS=5,
-        MODEL_DIM=72,
-        NUM_HEADS=4,
-        NUM_KV_HEADS=2,
-        ROPE_DIMS=8,
-        RECUR_START=1,
-        RECUR_END=2,
-        RECUR_EXTRA=1,
-        PARALLEL_FROM=3,
-        MATRIX_LR=0.04,
-        SCALAR_LR=0.04,
-        TIED_EMBED_LR=0.05,
-        MUON_MOMENTUM_WARMUP_STEPS=50,
-        EVAL_SEQ_LEN=256,
-        EVAL_STRIDE=128,
-        EVAL_BATCH_SEQS=64,
-        EVAL_PATHS="sliding",
-        PRE_EXPORT_PATHS="plain",
-        TTT_DOCS=64,
-        TTT_CHUNK=128,
-        CALIB_BATCHES=4,
-        CODECS="zstd,brotli,lzma",
-    ),
+    # The naive baseline of the challenge (1.2244 on FineWeb): 9x512, sp1024, relu^2, plain Muon, no EMA,
+    # int8 per-row + zlib, non-overlapping 1024-token eval windows that cross documents. COMPILE=1: as measured.
+    "baseline": {
+        **dict(
+            DATA_PATH="./data/datasets/fineweb10B_sp1024", TOKENIZER_PATH="./data/tokenizers/fineweb_1024_bpe.model"
+        ),
+        **dict(VOCAB_SIZE=1024, LOADER="stream"),
+        **dict(GPTQ_RESERVE_SECONDS=0.0, TRAIN_BATCH_TOKENS=524288, TRAIN_SEQ_LEN=1024, NUM_LAYERS=9, MLP_MULT=2.0),
+        **dict(LEAKY_SLOPE=0.0, ROPE_DIMS=0, QK_GAIN_INIT=1.5, DOC_MASK=0, XSA=0, SMEAR=0, ATTN_GATE=0, SKIP_GATES=0),
+        **dict(LN_SCALE=0, PARALLEL_FROM=-1, RECUR_EXTRA=0, MATRIX_LR=0.04, SCALAR_LR=0.04, TIED_EMBED_LR=0.05),
+        **dict(MUON_MOMENTUM=0.95, MUON_MOMENTUM_START=0.85, MUON_MOMENTUM_WARMUP_STEPS=500, MUON_ROW_NORM=0),
+        **dict(POLAR_EXPRESS=0, MUON_WD=0.0, EMBED_WD=0.0, ADAM_WD=0.0, GRAD_CLIP_NORM=0.0, EMA=0, WARMDOWN_FRAC=0.0),
+        **dict(WARMDOWN_ITERS=1200, EMBED_BF16=1, COMPILE=1, QUANT="rtn", MATRIX_BITS=8, EMBED_BITS=8, ATTN_CLIP=0.0),
+        **dict(MLP_CLIP=0.0, EMBED_CLIP=0.0, LQER_TOP=0, CODECS="zlib", EVAL_SEQ_LEN=1024, EVAL_STRIDE=1024),
+        **dict(EVAL_CROSS_DOC=1, EVAL_PATHS="plain", PRE_EXPORT_PATHS="plain"),
+    },
+    # CPU default: the record stack, tiny, on the devset (`make train` anywhere); MODEL_DIM=72: the embedding gets GPTQ
+    "tiny": {
+        **dict(DATA_PATH="./data/datasets/devset_sp1024", TOKENIZER_PATH="./data/tokenizers/fineweb_1024_bpe.model"),
+        **dict(DEV_VAL_FILES="./data/datasets/devset_sp1024_fineweb_dev/fineweb_val_*.bin", VOCAB_SIZE=1024),
+        **dict(ITERATIONS=200, MAX_WALLCLOCK_SECONDS=300.0, GPTQ_RESERVE_SECONDS=5.0, TRAIN_LOG_EVERY=20, COMPILE=0),
+        **dict(TRAIN_BATCH_TOKENS=8192, TRAIN_SEQ_LEN=256, MICRO_BATCH_TOKENS=8192, WARMUP_STEPS=0, NUM_LAYERS=5),
+        **dict(MODEL_DIM=72, NUM_HEADS=4, NUM_KV_HEADS=2, ROPE_DIMS=8, RECUR_START=1, RECUR_END=2, RECUR_EXTRA=1),
+        **dict(PARALLEL_FROM=3, MATRIX_LR=0.04, SCALAR_LR=0.04, TIED_EMBED_LR=0.05, MUON_MOMENTUM_WARMUP_STEPS=50),
+        **dict(EVAL_SEQ_LEN=256, EVAL_STRIDE=128, EVAL_BATCH_SEQS=64, EVAL_PATHS="sliding", PRE_EXPORT_PATHS="plain"),
+        **dict(TTT_DOCS=64, TTT_CHUNK=128, CALIB_BATCHES=4, CODECS="zstd,brotli,lzma"),
+    },
 }
+FLAGS = ("DOC_MASK", "XSA", "SMEAR", "ATTN_GATE", "UNET", "SKIP_GATES", "X0_MIX", "LN_SCALE", "BF16_RESID")
+FLAGS += ("EMBED_BF16", "MUON_ROW_NORM", "POLAR_EXPRESS", "EMA", "EVAL_CROSS_DOC", "EVAL_ONLY", "TTT_LORA")
+FLAGS += ("TTT_GLOBAL",)
+SEED_ARCHS = ("worker", "pse", "scan")  # their blocks live in seed_archs.py, imported only when ARCH names one
+EVAL_PATHS = ("plain", "sliding", "ttt", "ngram", "ttt_ngram")
+TTT_TARGETS = ("c_q", "c_k", "c_v", "proj", "fc")  # block linears by name ("proj": attention's and the MLP's)
+# The model an artifact carries; the rest are run settings. A seed architecture adds its block's knobs.
+MODEL_KEYS = ("arch", "vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "leaky_slope")
+MODEL_KEYS += ("rope_base", "rope_dims", "qk_gain_init", "logit_softcap", "tied_embed_init_std", "doc_mask", "xsa")
+MODEL_KEYS += ("smear", "attn_gate", "attn_gate_dims", "unet", "skip_gates", "x0_mix", "ln_scale", "parallel_from")
+MODEL_KEYS += ("recur_start", "recur_end", "recur_extra")
+
+
+def choices() -> dict[str, tuple]:
+    """The values each enumerated knob takes; a list-valued knob (comma-separated) takes any of them."""
+    return {
+        **dict.fromkeys(FLAGS, (0, 1)),
+        **dict(PRESET=tuple(PRESETS), ARCH=("gpt", *SEED_ARCHS), LOADER=("shuffle", "stream"), COMPILE=(0, 1, 2)),
+        **dict(ATTN_IMPL=("auto", *ATTN_IMPLS), QUANT=("gptq", "rtn"), CALIB=("train", "selfgen")),
+        **dict(EVAL_PATHS=EVAL_PATHS, PRE_EXPORT_PATHS=EVAL_PATHS, CODECS=tuple(CODECS), TTT_TARGETS=TTT_TARGETS),
+    }
+
+
+LISTS = ("EVAL_PATHS", "PRE_EXPORT_PATHS", "CODECS", "TTT_TARGETS")
 
 
 class Hyperparameters:
-    def __init__(self, env: dict[str, str] | None = None):
+    """Every knob as an attribute (lower case), built from `env` (default: os.environ) and checked; a bad
+    value is a ValueError naming the knob. `model` overrides it with an artifact's MODEL_KEYS values."""
+
+    def __init__(self, env: dict[str, str] | None = None, model: dict[str, object] | None = None):
         env = dict(os.environ if env is None else env)
+        env |= {k.upper(): str(v) for k, v in (model or {}).items()}
+        self._env = env
         preset = env.get("PRESET") or ("record" if torch.cuda.is_available() else "tiny")
-        if preset not in PRESETS:
-            raise ValueError(f"PRESET={preset!r}: expected one of {sorted(PRESETS)}")
+        need(preset in PRESETS, f"PRESET={preset!r}: expected one of {', '.join(PRESETS)}")
         values = {**DEFAULTS, **PRESETS[preset], "PRESET": preset}
-        for key, default in values.items():
+        arch = env.get("ARCH") or values["ARCH"]
+        need(arch in choices()["ARCH"], f"ARCH={arch!r}: expected one of {', '.join(choices()['ARCH'])}")
+        for key, default in {**values, **block_class(arch).knobs}.items():
             raw = env.get(key)
             try:
                 value = default if raw is None else type(default)(float(raw) if type(default) is int else raw)
             except ValueError:
                 raise ValueError(f"{key}={raw!r} is not a valid {type(default).__name__}") from None
             setattr(self, key.lower(), value)
-        if self.recur_extra > 0 and not 0 <= self.recur_start <= self.recur_end < self.num_layers:
-            raise ValueError(
-                f"RECUR_START..RECUR_END={self.recur_start}..{self.recur_end} is not a span of {self.num_layers} layers"
-            )
-        if {"ttt", "ttt_ngram"} & {
-            *f"{self.eval_paths},{self.pre_export_paths}".split(",")
-        } and self.ttt_chunk > self.eval_seq_len:
-            raise ValueError(
-                f"TTT_CHUNK={self.ttt_chunk} > EVAL_SEQ_LEN={self.eval_seq_len}: a chunk must fit its window"
-            )
-        if self.arch not in ("gpt", "worker", "pse", "scan"):
-            raise ValueError(f"ARCH={self.arch!r}: expected gpt, worker, pse or scan")
-        if self.loader not in ("shuffle", "stream"):
-            raise ValueError(f"LOADER={self.loader!r}: expected shuffle or stream")
         if self.compile == 2 and self.arch != "gpt" and not env.get("COMPILE"):
             self.compile = 1  # the default whole-model compile is ARCH=gpt's; the alternatives compile per block
-        if self.compile not in (0, 1, 2) or (self.compile == 2 and self.arch != "gpt"):
-            raise ValueError(f"COMPILE={self.compile} with ARCH={self.arch}: expected 0, 1, or 2 (ARCH=gpt only)")
         self.run_id = self.run_id or f"{preset}_{uuid.uuid4().hex[:8]}"
         self.train_files = os.path.join(self.data_path, "fineweb_train_*.bin")
         self.val_files = os.path.join(self.data_path, "fineweb_val_*.bin")
         # torchrun's own variables: the process layout, not knobs.
         self.rank, self.world_size = int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1))
         self.local_rank = int(env.get("LOCAL_RANK", 0))
+        self._check()
+
+    def _check(self) -> None:
+        for key, allowed in choices().items():
+            value = getattr(self, key.lower())
+            given = self.listed(key.lower()) if key in LISTS else [value]
+            bad = [v for v in given if v not in allowed]
+            need(not bad, f"{key}={value!r}: {bad and bad[0]!r} is not one of {', '.join(map(str, allowed))}")
+        need(self.compile < 2 or self.arch == "gpt", f"COMPILE=2 compiles ARCH=gpt only (ARCH={self.arch}: 0 or 1)")
+        need(
+            bool(self.listed("eval_paths")),
+            "EVAL_PATHS is empty: a run is scored from its artifact by at least one path",
+        )
+        need(bool(self.codecs), f"CODECS is empty: name one or more of {', '.join(CODECS)}")
+        try:
+            alpha = [float(a) for a in self.ngram_alpha.split(",")]
+        except ValueError:
+            alpha = []
+        need(len(alpha) == 4, f"NGRAM_ALPHA={self.ngram_alpha!r}: expected 4 comma-separated numbers (the gate)")
+        dim, heads, kv, rope = self.model_dim, self.num_heads, self.num_kv_heads, self.rope_dims
+        seqs, span = self.train_batch_tokens // self.train_seq_len, f"{self.recur_start}..{self.recur_end}"
+        ttt = {"ttt", "ttt_ngram"} & {*self.listed("eval_paths"), *self.listed("pre_export_paths")}
+        need(dim % heads == 0 and heads % kv == 0, f"MODEL_DIM={dim} must split into {heads} heads, those into {kv}")
+        need(rope % 2 == 0 and 0 <= rope <= dim // heads, f"ROPE_DIMS={rope}: even, at most the head dim")
+        ok = self.recur_extra == 0 or 0 <= self.recur_start <= self.recur_end < self.num_layers
+        need(ok, f"RECUR_START..RECUR_END={span}: not a span of {self.num_layers} layers")
+        ok = seqs > 0 and seqs % self.world_size == 0
+        need(ok, f"TRAIN_BATCH_TOKENS/TRAIN_SEQ_LEN={seqs} sequences over {self.world_size} ranks")
+        need(0 < self.eval_stride <= self.eval_seq_len, f"EVAL_STRIDE={self.eval_stride}: expected 1..EVAL_SEQ_LEN")
+        need(not ttt or self.ttt_chunk <= self.eval_seq_len, f"TTT_CHUNK={self.ttt_chunk} > EVAL_SEQ_LEN")
+        need(1 <= self.ngram_order <= 16, f"NGRAM_ORDER={self.ngram_order}: expected 1..16")
+
+    def listed(self, key: str) -> list[str]:
+        """The non-empty items of a comma-separated knob (EVAL_PATHS, PRE_EXPORT_PATHS, CODECS, TTT_TARGETS)."""
+        return [v for v in getattr(self, key).split(",") if v]
+
+    def for_model(self, model: dict[str, object]) -> Hyperparameters:
+        """These settings with an artifact's model (its MODEL_KEYS values), built and checked anew."""
+        return Hyperparameters(self._env, model)
+
+    def model_keys(self) -> tuple[str, ...]:
+        return MODEL_KEYS + tuple(k.lower() for k in block_class(self.arch).knobs)
 
     def items(self) -> list[tuple[str, object]]:
-        return sorted((k, v) for k, v in vars(self).items())
+        return sorted((k, v) for k, v in vars(self).items() if not k.startswith("_"))
+
+
+def need(ok: bool, msg: str) -> None:
+    """A configuration check: a ValueError with `msg` (one line naming the knob) unless ok."""
+    if not ok:
+        raise ValueError(msg)
+
+
+# Sources of the modules a packed copy carries (quant.pack fills this in); plug-ins load from here first.
+BUNDLED: dict[str, str] = {}
+PLUGINS: dict[str, ModuleType] = {}
+PLUGIN_FILES: list[str] = []  # plug-ins loaded from files beside this one: the log embeds them too
+
+
+def load_plugin(name: str) -> ModuleType:
+    """Import a module of this run's code, bundled or from beside this file; its `import train_gpt` gets this one."""
+    if name not in PLUGINS:
+        sys.modules.setdefault("train_gpt", sys.modules[__name__])
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+        if name not in BUNDLED and not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: missing (it holds the blocks of ARCH={'|'.join(SEED_ARCHS)})")
+        PLUGINS[name] = sys.modules[name] = mod = ModuleType(name)
+        mod.__file__ = path
+        source = BUNDLED.get(name) or open(path, encoding="utf-8").read()
+        exec(compile(source, path, "exec"), mod.__dict__)
+        PLUGIN_FILES.extend([] if name in BUNDLED else [path])
+    return PLUGINS[name]
+
+
+def block_class(arch: str) -> type[nn.Module]:
+    """The block class ARCH builds: Block, or a seed architecture's (seed_archs.py registers them in BLOCKS)."""
+    if arch not in BLOCKS:
+        load_plugin("seed_archs")
+    return BLOCKS[arch]
 
 
 # -----------------------------------------------------------------------------
-# TOKENIZER BYTE ACCOUNTING
+# BYTES
 # -----------------------------------------------------------------------------
 # val_bpb = sum(nll) / ln 2 / sum(bytes). For a target token t after a token p:
 #   bytes(t) = utf8_len(piece(t) minus its leading U+2581) + [piece(t) has U+2581 and p is not a boundary]
@@ -337,8 +272,21 @@ def token_bytes(prev: Tensor, tgt: Tensor, luts: tuple[Tensor, Tensor, Tensor]) 
     return base[tgt].int() + (space[tgt] & ~boundary[prev]).int()
 
 
+def tokenizer_luts(h: Hyperparameters) -> tuple[Tensor, Tensor, Tensor]:
+    """Byte LUTs of TOKENIZER_PATH, refusing a missing or unreadable file and a vocabulary that is not VOCAB_SIZE."""
+    if not os.path.isfile(h.tokenizer_path):
+        raise FileNotFoundError(f"TOKENIZER_PATH={h.tokenizer_path}: no such file")
+    try:
+        sp = spm.SentencePieceProcessor(model_file=h.tokenizer_path)
+    except RuntimeError:
+        raise ValueError(f"TOKENIZER_PATH={h.tokenizer_path}: not a sentencepiece model") from None
+    if sp.vocab_size() != h.vocab_size:
+        raise ValueError(f"{h.tokenizer_path} has {sp.vocab_size()} pieces, VOCAB_SIZE={h.vocab_size}")
+    return build_byte_luts(sp, h.vocab_size)
+
+
 # -----------------------------------------------------------------------------
-# SHARDS
+# DATA
 # -----------------------------------------------------------------------------
 # Official format: 256 x int32 header (magic, version, token count, zeros), then uint16 tokens.
 SHARD_MAGIC, SHARD_VERSION, HEADER_INTS = 20240520, 1, 256
@@ -385,35 +333,28 @@ def shard_files(pattern: str) -> list[str]:
     return files
 
 
-class TokenLoader:
-    """Non-overlapping TRAIN_SEQ_LEN+1 windows of every shard, each epoch in a seeded permutation. Step s
-    takes the next global batch and rank r its slice, so the batch depends on the seed alone, not on the
-    world size. Documents inside a window are kept apart by the model (BOS). stream=True reads like the
-    official baseline instead: the shards in order as one wrapping stream, each rank a contiguous span of
-    seqs x seq_len + 1 tokens per step (on a corpus stored source by source, as the proxy is, the order
-    changes the score: the last sources seen weigh most)."""
+def load_val(pattern: str, vocab_size: int) -> Tensor:
+    tokens = np.concatenate([load_shard(f) for f in shard_files(pattern)]).astype(np.int64)
+    if tokens.max(initial=0) >= vocab_size:
+        raise ValueError(f"{pattern}: token id {tokens.max()} >= VOCAB_SIZE {vocab_size} (wrong tokenizer?)")
+    return torch.from_numpy(tokens)
 
-    def __init__(
-        self,
-        pattern: str,
-        seq_len: int,
-        seed: int,
-        rank: int,
-        world_size: int,
-        device: torch.device,
-        stream: bool = False,
-    ):
+
+class TokenLoader:
+    """Non-overlapping TRAIN_SEQ_LEN+1 windows of every shard, each epoch in a seeded permutation; step s takes
+    the next global batch and rank r its slice, so batches depend on the seed, not the world size (the model
+    keeps documents apart by BOS). stream=True reads like the official baseline: the shards in order as one
+    wrapping stream, each rank a contiguous span per step (on a corpus stored by source, order changes scores)."""
+
+    def __init__(self, pattern: str, seq_len: int, seed: int, rank: int, world: int, device, stream=False):
         self.shards = [load_shard(f) for f in shard_files(pattern)]
-        self.seq_len, self.rank, self.world, self.device, self.stream = seq_len, rank, world_size, device, stream
+        self.seq_len, self.rank, self.world, self.device, self.stream = seq_len, rank, world, device, stream
         self.at = (0, 0)  # stream position: shard, token
         counts = [(len(s) - 1) // seq_len for s in self.shards]
         if sum(counts) == 0:
             raise ValueError(f"{pattern}: fewer than {seq_len + 1} training tokens")
-        self.windows = (
-            None
-            if stream
-            else np.concatenate([np.stack([np.full(c, i), np.arange(c) * seq_len], 1) for i, c in enumerate(counts)])
-        )
+        windows = [np.stack([np.full(c, i), np.arange(c) * seq_len], 1) for i, c in enumerate(counts)]
+        self.windows = None if stream else np.concatenate(windows)
         self.rng, self.epoch_order, self.pos = np.random.default_rng(seed), np.empty(0, np.int64), 0
         self.pool, self.pending = ThreadPoolExecutor(1), None
 
@@ -442,16 +383,11 @@ class TokenLoader:
         per_rank = global_seqs // self.world
         if self.stream:
             span = per_rank * self.seq_len + 1
-            local = torch.from_numpy(
-                self._stream(span * self.world)[self.rank * span : (self.rank + 1) * span].astype(np.int64)
-            )
-            batch = local.unfold(0, self.seq_len + 1, self.seq_len).contiguous()
+            mine = self._stream(span * self.world)[self.rank * span : (self.rank + 1) * span]
+            batch = torch.from_numpy(mine.astype(np.int64)).unfold(0, self.seq_len + 1, self.seq_len).contiguous()
         else:
-            idx = self._take(global_seqs)
-            rows = [
-                self.shards[s][o : o + self.seq_len + 1]
-                for s, o in self.windows[idx[self.rank * per_rank : (self.rank + 1) * per_rank]]
-            ]
+            idx = self._take(global_seqs)[self.rank * per_rank : (self.rank + 1) * per_rank]
+            rows = [self.shards[s][o : o + self.seq_len + 1] for s, o in self.windows[idx]]
             batch = torch.from_numpy(np.stack(rows).astype(np.int64))
         return batch.pin_memory() if self.device.type == "cuda" else batch
 
@@ -472,8 +408,7 @@ def rms_norm(x: Tensor) -> Tensor:
 
 
 class CastedLinear(nn.Linear):
-    """fp32 master weight, matmul in the activation dtype. `lora` is the TTT hook: an optional
-    module whose output is added, so adapters run through this same block code."""
+    """fp32 master weight, matmul in the activation dtype; `lora`, TTT's hook, adds an adapter in the block code."""
 
     def __init__(self, d_in: int, d_out: int, bias: bool = False):
         super().__init__(d_in, d_out, bias=bias)
@@ -486,7 +421,7 @@ class CastedLinear(nn.Linear):
 
 class Rotary(nn.Module):
     """RoPE on the first `dims` of each head (partial RoPE); the rest carry no position. cos/sin of the first
-    max_len positions come from a table built once: computing them in every layer cost 4% of an H100 step."""
+    max_len positions come from a table built once: computing them in every layer was a visible share of a step."""
 
     def __init__(self, dims: int, base: float, max_len: int):
         super().__init__()
@@ -515,17 +450,8 @@ try:  # FA3 (Hopper) when installed (bench/build_fa3.sh builds what this model c
     # autograd.Function, which torch 2.11 fails to trace inside the nested compile regions of COMPILE=2.
     @torch.library.custom_op("train_gpt::fa3_varlen", mutates_args=(), device_types="cuda")
     def fa3_varlen(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_len: int) -> tuple[Tensor, Tensor]:
-        out, lse, *_ = _flash_attn_forward(
-            q,
-            k,
-            v,
-            cu_seqlens_q=cu,
-            cu_seqlens_k=cu,
-            max_seqlen_q=max_len,
-            max_seqlen_k=max_len,
-            softmax_scale=q.size(-1) ** -0.5,
-            causal=True,
-        )
+        lens = dict(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max_len, max_seqlen_k=max_len)
+        out, lse, *_ = _flash_attn_forward(q, k, v, **lens, softmax_scale=q.size(-1) ** -0.5, causal=True)
         return out, lse
 
     @fa3_varlen.register_fake
@@ -539,9 +465,8 @@ try:  # FA3 (Hopper) when installed (bench/build_fa3.sh builds what this model c
     def _fa3_backward(ctx, dout: Tensor, _dlse: Tensor) -> tuple[Tensor | None, ...]:
         q, k, v, cu, out, lse = ctx.saved_tensors
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        _flash_attn_backward(
-            dout, q, k, v, out, lse, cu, cu, None, None, ctx.max_len, ctx.max_len, dq, dk, dv, q.size(-1) ** -0.5, True
-        )
+        lens = (cu, cu, None, None, ctx.max_len, ctx.max_len)
+        _flash_attn_backward(dout, q, k, v, out, lse, *lens, dq, dk, dv, q.size(-1) ** -0.5, True)
         return dq, dk, dv, None, None
 
     fa3_varlen.register_autograd(_fa3_backward, setup_context=_fa3_setup)
@@ -552,23 +477,26 @@ try:
 except ImportError:
     create_block_mask = flex_attention = None
 try:  # torch's own flash varlen kernel (2.10+); its causal flag changed name between releases
-    import inspect
-
     from torch.nn.attention.varlen import varlen_attn
 
     _VARLEN_ARGS = inspect.signature(varlen_attn).parameters
     VARLEN_CAUSAL = {"window_size": (-1, 0)} if "window_size" in _VARLEN_ARGS else {"is_causal": True}
-    # GQA: flash reads each k/v head for its group of query heads; torch < 2.13's wrapper passes the heads
-    # through without the flag. Repeating k/v to the query heads instead cost 2% of an H100 step.
+    # GQA: flash reads each k/v head for its query heads (torch < 2.13 passes them through without the flag)
     VARLEN_GQA = {"enable_gqa": True} if "enable_gqa" in _VARLEN_ARGS else {}
 except ImportError:
     varlen_attn = None
+ATTN_IMPLS = ("fa3", "varlen", "flex", "sdpa")  # ATTN_IMPL=auto: the first one this machine can run
+
+
+def default_attn_impl() -> str:
+    if not torch.cuda.is_available():
+        return "sdpa"
+    return "fa3" if fa3_varlen is not None else "varlen" if varlen_attn is not None else "flex"
 
 
 class AttnMask:
-    """How attention is restricted for one batch, built once per forward and shared by all layers.
-    causal: plain causal (the baseline). Otherwise no token sees a token of an earlier document:
-    doc ids count BOS tokens, so a BOS opens a new document."""
+    """How attention is restricted for one batch, built once per forward for all layers: plain causal (the
+    baseline), or no token sees an earlier document's (doc ids count BOS tokens: a BOS opens a document)."""
 
     def __init__(self, ids: Tensor, doc_mask: bool, impl: str):
         B, T = ids.shape
@@ -595,28 +523,14 @@ class AttnMask:
             self.dense = (causal & (docs[:, :, None] == docs[:, None, :]))[:, None]
 
 
-@torch.compiler.disable  # built eagerly (block masks, varlen offsets); the layers stay compiled
-def make_mask(ids: Tensor, doc_mask: bool, impl: str) -> AttnMask:
-    return AttnMask(ids, doc_mask, impl)
-
-
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: AttnMask) -> Tensor:
     """q (B,T,H,D), k/v (B,T,Hkv,D) -> (B,T,H,D)."""
     B, T, H, D = q.shape
-    if mask.impl == "fa3":
-        return fa3_varlen(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), mask.cu, mask.max_len)[0].view(B, T, H, D)
-    if mask.impl == "varlen":
-        y = varlen_attn(
-            q.flatten(0, 1),
-            k.flatten(0, 1),
-            v.flatten(0, 1),
-            mask.cu,
-            mask.cu,
-            mask.max_len,
-            mask.max_len,
-            **VARLEN_CAUSAL,
-            **VARLEN_GQA,
-        )
+    if mask.impl in ("fa3", "varlen"):  # (B*T, heads, D): one packed batch of sequences
+        qf, kf, vf = q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1)
+        if mask.impl == "fa3":
+            return fa3_varlen(qf, kf, vf, mask.cu, mask.max_len)[0].view(B, T, H, D)
+        y = varlen_attn(qf, kf, vf, mask.cu, mask.cu, mask.max_len, mask.max_len, **VARLEN_CAUSAL, **VARLEN_GQA)
         return y.view(B, T, H, D)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     if mask.impl == "flex":
@@ -632,17 +546,9 @@ class Attention(nn.Module):
     def __init__(self, h: Hyperparameters):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = h.num_heads, h.num_kv_heads, h.model_dim // h.num_heads
-        if h.model_dim % h.num_heads or h.num_heads % h.num_kv_heads:
-            raise ValueError("MODEL_DIM must divide into NUM_HEADS, and NUM_HEADS into NUM_KV_HEADS")
-        kv_dim = h.num_kv_heads * self.head_dim
-        self.c_q, self.c_k = (
-            CastedLinear(h.model_dim, h.model_dim, bias=False),
-            CastedLinear(h.model_dim, kv_dim, bias=False),
-        )
-        self.c_v, self.proj = (
-            CastedLinear(h.model_dim, kv_dim, bias=False),
-            CastedLinear(h.model_dim, h.model_dim, bias=False),
-        )
+        d, kv_dim = h.model_dim, h.num_kv_heads * self.head_dim
+        self.c_q, self.c_k = CastedLinear(d, d), CastedLinear(d, kv_dim)
+        self.c_v, self.proj = CastedLinear(d, kv_dim), CastedLinear(d, d)
         self.proj.zero_init = True
         self.q_gain = nn.Parameter(torch.full((h.num_heads,), h.qk_gain_init))  # per-head gain after QK RMSNorm
         self.rotary = Rotary(h.rope_dims or self.head_dim, h.rope_base, max(h.train_seq_len, h.eval_seq_len))
@@ -680,40 +586,40 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, h: Hyperparameters):
         super().__init__()
-        hidden = int(h.mlp_mult * h.model_dim)
-        self.fc, self.proj = (
-            CastedLinear(h.model_dim, hidden, bias=False),
-            CastedLinear(hidden, h.model_dim, bias=False),
-        )
+        d, hidden = h.model_dim, int(h.mlp_mult * h.model_dim)
+        self.fc, self.proj = CastedLinear(d, hidden), CastedLinear(hidden, d)
         self.proj.zero_init, self.slope = True, h.leaky_slope
 
     def forward(self, x: Tensor) -> Tensor:  # relu^2 (slope 0) or LeakyReLU(slope)^2
         return self.proj(F.leaky_relu(self.fc(x), self.slope).square())
 
 
-class _Lanes(nn.Module):
-    """What every block (Block and the ARCH alternatives) shares: x0 mixing, per-channel branch scales,
-    depth-scaled pre-norms, and the sequential attention-then-MLP residual over self.attn and self.mlp."""
+class Lanes(nn.Module):
+    """What every block shares (Block, and the seed architectures' blocks, which plug in here): x0 mixing, branch
+    scales, depth-scaled pre-norms, attention then MLP over self.attn and self.mlp, the block's own knobs (name:
+    default, checked and logged like the rest) and the mask it reads, built once per forward for all layers."""
 
     attention: type[nn.Module] = Attention
+    knobs: dict[str, object] = {}
+
+    @staticmethod
+    @torch.compiler.disable  # built eagerly (block masks, varlen offsets); the layers stay compiled
+    def make_mask(ids: Tensor, doc_mask: bool, impl: str, h: Hyperparameters) -> AttnMask:
+        return AttnMask(ids, doc_mask, impl)
 
     def __init__(self, h: Hyperparameters, layer: int):
         super().__init__()
-        self.attn_scale, self.mlp_scale = nn.Parameter(torch.ones(h.model_dim)), nn.Parameter(torch.ones(h.model_dim))
-        self.resid_mix = (
-            nn.Parameter(torch.stack([torch.ones(h.model_dim), torch.zeros(h.model_dim)])) if h.x0_mix else None
-        )
+        d = h.model_dim
+        self.attn_scale, self.mlp_scale = nn.Parameter(torch.ones(d)), nn.Parameter(torch.ones(d))
+        self.resid_mix = nn.Parameter(torch.stack([torch.ones(d), torch.zeros(d)])) if h.x0_mix else None
         # a buffer, not a float: blocks then differ only in weights and share one compiled graph
-        self.register_buffer(
-            "norm_scale", torch.tensor(1 / math.sqrt(layer + 1) if h.ln_scale else 1.0), persistent=False
-        )
+        scale = torch.tensor(1 / math.sqrt(layer + 1) if h.ln_scale else 1.0)
+        self.register_buffer("norm_scale", scale, persistent=False)
         self.attn, self.mlp = self.attention(h), MLP(h)
 
     def mix(self, x: Tensor, x0: Tensor) -> Tensor:
-        if self.resid_mix is None:
-            return x
-        mix = self.resid_mix.to(x.dtype)
-        return mix[0] * x + mix[1] * x0
+        m = None if self.resid_mix is None else self.resid_mix.to(x.dtype)
+        return x if m is None else m[0] * x + m[1] * x0
 
     def norm(self, x: Tensor) -> Tensor:
         return rms_norm(x) * self.norm_scale.to(x.dtype)
@@ -723,7 +629,7 @@ class _Lanes(nn.Module):
         return x + self.mlp_scale.to(x.dtype) * self.mlp(self.norm(x))
 
 
-class Block(_Lanes):
+class Block(Lanes):
     def __init__(self, h: Hyperparameters, layer: int):
         super().__init__(h, layer)
         self.parallel = 0 <= h.parallel_from <= layer  # GPT-J lanes: attention and MLP read the same input
@@ -738,253 +644,7 @@ class Block(_Lanes):
         return super().branches(x, a)
 
 
-# -----------------------------------------------------------------------------
-# ALTERNATIVE BLOCKS (ARCH=worker | pse | scan)
-# -----------------------------------------------------------------------------
-# Drop-ins for Block, built as BLOCKS[ARCH](h, layer). All are causal and, with DOC_MASK=1, no token
-# reads an earlier document. Block knobs that apply: X0_MIX, LN_SCALE, MLP_MULT, LEAKY_SLOPE, and for
-# the worker/scan attention QK_GAIN_INIT, ROPE_*, XSA, ATTN_GATE; PARALLEL_FROM does not (attention
-# then MLP, always in sequence). They read ids and sub-sequence masks from an ArchMask.
-
-
-def _run_starts(first: Tensor) -> Tensor:
-    """Token ids that are BOS exactly where `first` is true: AttnMask reads nothing else from its ids,
-    so this builds a mask whose 'documents' are arbitrary runs (worker docs, chunk x doc segments)."""
-    return torch.where(first, BOS_ID, BOS_ID + 1)
-
-
-class ArchMask(AttnMask):
-    """AttnMask plus what the alternative blocks need, built once per forward and shared by all
-    layers: the ids (PSE slots, document starts), and the masks of the sub-sequences they attend."""
-
-    def __init__(self, ids: Tensor, doc_mask: bool, impl: str, h: Hyperparameters):
-        super().__init__(ids, doc_mask, impl)
-        self.ids = ids
-        bos = ids == BOS_ID
-        if h.arch == "worker" and ids.size(1) >= h.worker_interval:  # attention over the worker positions only
-            k = h.worker_interval
-            docs = bos.cumsum(1)[:, k - 1 :: k]
-            first = torch.cat((torch.ones_like(docs[:, :1], dtype=torch.bool), docs[:, 1:] != docs[:, :-1]), 1)
-            self.workers = AttnMask(_run_starts(first), doc_mask, impl)
-        if h.arch == "scan":  # causal attention inside each chunk (and document): a chunk start opens a run
-            chunk_start = (torch.arange(ids.size(1), device=ids.device) % h.scan_chunk == 0).expand_as(bos)
-            self.chunks = AttnMask(_run_starts(chunk_start | bos if doc_mask else chunk_start), True, impl)
-            self.chunks.max_len = min(ids.size(1), h.scan_chunk)  # varlen launches its grid for max_len: C, not T
-
-
-@torch.compiler.disable  # eager, like make_mask: the blocks stay compiled
-def make_arch_mask(ids: Tensor, doc_mask: bool, impl: str, h: Hyperparameters) -> ArchMask:
-    return ArchMask(ids, doc_mask, impl, h)
-
-
-def doc_ids(mask: ArchMask) -> Tensor | None:
-    """Document index of each position (a BOS opens one); None when attention may cross documents."""
-    return None if mask.impl == "causal" else (mask.ids == BOS_ID).cumsum(1)
-
-
-def blelloch_scan(a: Tensor, b: Tensor) -> Tensor:
-    """Exclusive scan along dim 1 of the affine maps s -> a_i * s + b_i (a, b of one shape): entry i is
-    the state after elements 0..i-1 starting from s = 0 (entry 0 is 0). Composition is associative, so
-    Blelloch's work-efficient tree equals the sequential recurrence in 2*log2(n) vectorised steps."""
-    n = a.size(1)
-    pad = (1 << (n - 1).bit_length()) - n  # identity maps (1, 0) up to a power of two
-    a = torch.cat((a, a.new_ones(a.size(0), pad, *a.shape[2:])), 1)
-    b = torch.cat((b, b.new_zeros(b.size(0), pad, *b.shape[2:])), 1)
-    lefts = []
-    while a.size(1) > 1:  # up-sweep: each parent is (right child) o (left child)
-        lefts.append((a[:, 0::2], b[:, 0::2]))  # the way down needs only the left children
-        a, b = a[:, 1::2] * a[:, 0::2], a[:, 1::2] * b[:, 0::2] + b[:, 1::2]
-    s = torch.zeros_like(b)  # the root has nothing to its left
-    for la, lb in reversed(lefts):  # down-sweep: a left child inherits its parent's state; a right child
-        s = torch.stack((s, la * s + lb), 2).flatten(1, 2)  # gets it with its left sibling applied
-    return s[:, :n]
-
-
-# --- WorkerTransformer: sparse workers, conv-only memory ------------------------------------------
-
-
-def causal_dwconv(x: Tensor, w: Tensor, docs: Tensor | None) -> Tensor:
-    """Depthwise causal conv y_t = sum_j w[:, j] * x_{t-j} over j < K; taps reaching into an earlier
-    document are dropped. K shifted copies (a few taps), not a loop over T."""
-    y = x * w[:, 0].to(x.dtype)
-    for j in range(1, min(w.size(1), x.size(1))):
-        prev = F.pad(x[:, :-j], (0, 0, j, 0))
-        if docs is not None:
-            prev = prev * F.pad((docs[:, j:] == docs[:, :-j]).to(x.dtype), (j, 0)).unsqueeze(-1)
-        y = y + prev * w[:, j].to(x.dtype)
-    return y
-
-
-class WorkerBlock(_Lanes):
-    """Positions t with t % k == k-1 (k = WORKER_INTERVAL) are workers, each after k-1 memory tokens.
-    Every position gets a causal depthwise conv (WORKER_KERNEL taps): how a worker gathers its memory and
-    memory reads the previous worker (a kernel >= k reaches it from every memory position). Only workers
-    then run attention, over the workers alone (causal, document-masked; RoPE positions count workers),
-    and the MLP, in place: T is unchanged while attention cost falls by k^2, MLP cost and the KV cache by
-    k. The output gate is Attention's sigmoid gate (ATTN_GATE=1), credited for stable sparse updates."""
-
-    def __init__(self, h: Hyperparameters, layer: int):
-        super().__init__(h, layer)
-        self.k = h.worker_interval
-        self.conv = nn.Parameter(torch.zeros(h.model_dim, h.worker_kernel))  # zero: starts as the identity, like proj
-
-    def forward(self, x: Tensor, x0: Tensor, mask: ArchMask) -> Tensor:
-        x = self.mix(x, x0)
-        x = x + causal_dwconv(self.norm(x), self.conv, doc_ids(mask))
-        k, T = self.k, x.size(1)
-        if T < k:  # no worker yet
-            return x
-        w = x[:, k - 1 :: k]
-        w = self.branches(w, self.attn(self.norm(w), mask.workers))
-        return x.index_copy(1, torch.arange(k - 1, T, k, device=x.device), w)
-
-
-# --- Per-Slot-EMA: attention over the distinct tokens seen so far -------------------------------------
-
-PSE_QUERY_CHUNK = 256  # queries per step of the PSE score loop: caps memory, never changes results
-
-
-@torch.no_grad()
-def pse_slots(ids: Tensor, docs: Tensor | None, vocab: int, log2_decay: Tensor) -> tuple[Tensor, Tensor]:
-    """For each position tau: the next position of its slot (T if none), and its slot's EMA bank just
-    after tau, sum over occurrences o <= tau of decay^(tau - o), times (1 - decay) so it lies in (0, 1].
-    A slot is a token id within a document. Sort + one linear-recurrence scan: O(T log T), no T^2."""
-    T = ids.size(1)
-    slot = ids if docs is None else docs * vocab + ids
-    slot, order = torch.sort(slot, dim=1, stable=True)  # a slot's occurrences become adjacent, in time order
-    cont = slot[:, 1:] == slot[:, :-1]  # occurrence i continues occurrence i-1's slot
-    nxt = F.pad(torch.where(cont, order[:, 1:], T), (0, 1), value=T)
-    gap = (order[:, 1:] - order[:, :-1]).unsqueeze(-1).float()
-    a = F.pad(torch.where(cont.unsqueeze(-1), torch.exp2(gap * log2_decay), 0.0), (0, 0, 1, 0))
-    bank = a * blelloch_scan(a, torch.ones_like(a)) + 1  # EMA_i = decay^gap * EMA_{i-1} + 1 (inclusive)
-    nxt = torch.empty_like(nxt).scatter(1, order, nxt)  # back to time order
-    bank = torch.empty_like(bank).scatter(1, order.unsqueeze(-1).expand_as(bank), bank)
-    return nxt, bank * (1 - torch.exp2(log2_decay))
-
-
-class PSEAttention(nn.Module):
-    """The query at t attends over the slots active at t: the ids seen at positions <= t (itself included)
-    in its document. A slot's key/value is the block input at its last occurrence plus its EMA bank of
-    occurrences at PSE_SCALES half-lives geometric from 1 to PSE_MAX_HALFLIFE: the bank enters the score
-    through per-head, per-scale weights read from the query token (c_u) and the value through ema_v. No
-    RoPE: recency and frequency come only from the banks. Attention over slots == attention over positions
-    tau <= t that are their id's latest occurrence at t, so it runs as masked dense attention:
-    O(T^2 (D + H*S)) compute (no fused kernel), memory O(B*H*PSE_QUERY_CHUNK*T) (chunks are recomputed in
-    backward). Decoding state: per distinct id, its k, v, bank and last time: O(distinct ids) per step, not O(T)."""
-
-    def __init__(self, h: Hyperparameters):
-        super().__init__()
-        D, H = h.model_dim, h.num_heads
-        self.heads, self.kv_heads, self.head_dim, self.vocab = H, h.num_kv_heads, D // H, h.vocab_size
-        kv = h.num_kv_heads * self.head_dim
-        self.c_q, self.c_k, self.c_v = CastedLinear(D, D), CastedLinear(D, kv), CastedLinear(D, kv)
-        self.proj = CastedLinear(D, D)
-        self.proj.zero_init = True
-        self.q_gain = nn.Parameter(torch.full((H,), h.qk_gain_init))
-        self.c_u = CastedLinear(D, H * h.pse_scales)  # how much each head weighs each EMA scale of a slot
-        self.ema_v = nn.Parameter(torch.zeros(H, h.pse_scales, self.head_dim))  # what an attended bank adds
-        halflife = torch.logspace(0, math.log2(h.pse_max_halflife), h.pse_scales, base=2)
-        self.register_buffer("log2_decay", -1 / halflife, persistent=False)
-
-    def forward(self, x: Tensor, ids: Tensor, docs: Tensor | None) -> Tensor:
-        B, T, D = x.shape
-        H, rep = self.heads, self.heads // self.kv_heads
-        q = (rms_norm(self.c_q(x).view(B, T, H, -1)) * self.q_gain.to(x.dtype)[:, None]).transpose(1, 2)
-        k = rms_norm(self.c_k(x).view(B, T, self.kv_heads, -1)).repeat_interleave(rep, 2).transpose(1, 2)
-        v = self.c_v(x).view(B, T, self.kv_heads, -1).repeat_interleave(rep, 2).transpose(1, 2)
-        u = self.c_u(x).view(B, T, H, -1).transpose(1, 2)
-        nxt, bank = pse_slots(ids, docs, self.vocab, self.log2_decay)
-        ys = []
-        for a in range(0, T, PSE_QUERY_CHUNK):  # keys: everything before the chunk's end
-            b = min(a + PSE_QUERY_CHUNK, T)
-            ys.append(
-                torch.utils.checkpoint.checkpoint(
-                    self._chunk,
-                    a,
-                    q[:, :, a:b],
-                    k[:, :, :b],
-                    v[:, :, :b],
-                    u[:, :, a:b],
-                    nxt[:, :b],
-                    bank[:, :b],
-                    None if docs is None else docs[:, :b],
-                    use_reentrant=False,
-                )
-            )
-        return self.proj(torch.cat(ys, 2).transpose(1, 2).reshape(B, T, D))
-
-    def _chunk(
-        self, t0: int, q: Tensor, k: Tensor, v: Tensor, u: Tensor, nxt: Tensor, bank: Tensor, docs: Tensor | None
-    ) -> Tensor:
-        t = torch.arange(t0, t0 + q.size(2), device=q.device)[:, None]
-        tau = torch.arange(k.size(2), device=q.device)
-        live = (tau <= t) & (nxt[:, None] > t)  # (B, C, n): tau holds its slot's latest occurrence at t
-        if docs is not None:
-            live = live & (docs[:, t0:, None] == docs[:, None])
-        # the slot's bank at t: no occurrence since tau, so it has only decayed by (t - tau) steps
-        ema = bank[:, None] * torch.exp2((t - tau).clamp(min=0)[..., None] * self.log2_decay) * live[..., None]
-        score = q @ k.mT / math.sqrt(self.head_dim) + torch.einsum("bhcs,bcns->bhcn", u, ema.to(u.dtype))
-        p = torch.softmax(score.float().masked_fill(~live[:, None], float("-inf")), -1).to(v.dtype)
-        banks = torch.einsum("bhcn,bcns->bhcs", p, ema.to(p.dtype))  # attended EMA bank per head
-        return p @ v + torch.einsum("bhcs,hsd->bhcd", banks, self.ema_v.to(p.dtype))
-
-
-class PSEBlock(_Lanes):
-    """Block with PSEAttention in place of Attention (ATTN_GATE, XSA and RoPE do not apply)."""
-
-    attention = PSEAttention
-
-    def forward(self, x: Tensor, x0: Tensor, mask: ArchMask) -> Tensor:
-        x = self.mix(x, x0)
-        return self.branches(x, self.attn(self.norm(x), mask.ids, doc_ids(mask)))
-
-
-# --- TransformerScanModel as a block: chunk summaries, prefix scan, chunk-local attention ---------------
-
-
-class ScanBlock(_Lanes):
-    """Chunks of SCAN_CHUNK tokens. T1: each chunk is attention-pooled (non-causally: only later chunks
-    read it) into (forget gate, contribution) = summ(pool). Scan: an exclusive Blelloch scan of the
-    gated combine s -> gate * s + contribution gives chunk c the aggregate of chunks < c only, never
-    its own; it is RMS-normed and added, scaled by `inject`, to the chunk's residual stream (so later
-    layers' summaries carry it on). T2: causal attention inside the chunk, then the MLP. Documents: a
-    chunk pools only its last document's tokens and a chunk holding a BOS forgets what came before it;
-    a token reads the aggregate only if its document began before its chunk. Cost: attention O(T*C),
-    scan O((T/C)*D) in 2*log2(T/C) steps; decoding state: the running aggregate + one chunk's KV."""
-
-    def __init__(self, h: Hyperparameters, layer: int):
-        super().__init__(h, layer)
-        self.chunk = h.scan_chunk
-        self.pool = nn.Parameter(torch.zeros(h.model_dim))  # T1 attention-pool query; zero: mean pool at init
-        self.summ = CastedLinear(h.model_dim, 2 * h.model_dim)  # pooled chunk -> (gate logits, contribution)
-        self.inject = nn.Parameter(torch.zeros(h.model_dim))  # zero: starts as a chunk-local Block
-
-    def forward(self, x: Tensor, x0: Tensor, mask: ArchMask) -> Tensor:
-        x = self.mix(x, x0)
-        B, T, D = x.shape
-        C, docs = self.chunk, doc_ids(mask)
-        n = -(-T // C)
-        pad = n * C - T
-        xs = F.pad(self.norm(x), (0, 0, 0, pad)).view(B, n, C, D)
-        pos = torch.arange(n * C, device=x.device).view(n, C)
-        keep = (pos < T).expand(B, n, C)  # padding never enters a summary
-        keep_state = torch.ones(B, n, 1, dtype=x.dtype, device=x.device)
-        if docs is not None:
-            last_doc = docs[:, pos[:, -1].clamp(max=T - 1)]  # the document that runs into the next chunk
-            keep = keep & (F.pad(docs, (0, pad), value=-1).view(B, n, C) == last_doc[..., None])
-            keep_state = (~F.pad(mask.ids == BOS_ID, (0, pad)).view(B, n, C).any(-1, keepdim=True)).to(x.dtype)
-        w = (xs @ self.pool.to(x.dtype)).masked_fill(~keep, float("-inf")).softmax(-1)
-        gate, contrib = self.summ((w.unsqueeze(-1) * xs).sum(2)).chunk(2, -1)
-        state = blelloch_scan(torch.sigmoid(gate) * keep_state, contrib)  # chunk c: chunks < c only
-        agg = rms_norm(state).repeat_interleave(C, 1)[:, :T]  # chunk 0 gets rms_norm(0) = 0
-        if docs is not None:  # the aggregate is of the document open at the chunk's start
-            open_doc = docs[:, (pos[:, 0] - 1).clamp(min=0)].repeat_interleave(C, 1)[:, :T]
-            agg = agg * (docs == open_doc).unsqueeze(-1).to(x.dtype)
-        x = x + self.inject.to(x.dtype) * agg
-        return self.branches(x, self.attn(self.norm(x), mask.chunks))
-
-
-BLOCKS: dict[str, type[nn.Module]] = {"gpt": Block, "worker": WorkerBlock, "pse": PSEBlock, "scan": ScanBlock}
+BLOCKS: dict[str, type[Lanes]] = {"gpt": Block}  # seed_archs.py adds worker, pse and scan
 
 
 class GPT(nn.Module):
@@ -992,14 +652,13 @@ class GPT(nn.Module):
         super().__init__()
         self.h, self.softcap = h, h.logit_softcap
         self.tok_emb = nn.Embedding(h.vocab_size, h.model_dim)
-        self.blocks = nn.ModuleList(BLOCKS[h.arch](h, i) for i in range(h.num_layers))
-        loop = list(range(h.recur_start, h.recur_end + 1)) if h.recur_extra > 0 else []
-        self.orders = {
-            False: list(range(h.num_layers)),
-            True: list(range(h.recur_start)) + loop * (h.recur_extra + 1) + list(range(h.recur_end + 1, h.num_layers)),
-        }
-        self.recur = False  # flipped on at RECUR_FRAC of the training clock; a compiled graph per value
-        n_skip = len(self.orders[bool(loop)]) // 2 if h.unet else 0
+        self.block_class = block_class(h.arch)
+        self.blocks = nn.ModuleList(self.block_class(h, i) for i in range(h.num_layers))
+        # recur: layers RECUR_START..RECUR_END RECUR_EXTRA more times (the network as trained; a graph per value)
+        loop = list(range(h.recur_start, h.recur_end + 1)) * (h.recur_extra + 1) if h.recur_extra else []
+        order = list(range(h.num_layers))
+        self.orders = {False: order, True: order[: h.recur_start] + loop + order[h.recur_end + 1 :] if loop else order}
+        n_skip = len(self.orders[True]) // 2 if h.unet else 0
         self.skip_weights = nn.Parameter(torch.ones(n_skip, h.model_dim))
         self.skip_gates = nn.Parameter(torch.zeros(n_skip, h.model_dim)) if h.skip_gates and n_skip else None
         self.smear = nn.Parameter(torch.zeros(h.model_dim)) if h.smear else None
@@ -1011,19 +670,15 @@ class GPT(nn.Module):
             if isinstance(m, CastedLinear):
                 nn.init.zeros_(m.weight) if getattr(m, "zero_init", False) else nn.init.orthogonal_(m.weight)
 
-    def hidden(self, ids: Tensor, doc_mask: bool) -> Tensor:
-        """Final-normed hidden states (B, T, D) for ids (B, T); doc_mask: attention stays inside documents."""
+    def hidden(self, ids: Tensor, doc_mask: bool, recur: bool = True) -> Tensor:
+        """Final-normed hidden states (B, T, D) for ids (B, T); doc_mask: attention stays inside documents;
+        recur: the layer order with depth recurrence (as trained, and as every eval runs)."""
         x = self.embed(ids)
         if self.smear is not None:  # blend in the previous token, never across a document start
             prev = F.pad(x[:, :-1], (0, 0, 1, 0)) * (ids != BOS_ID).unsqueeze(-1).to(x.dtype)
             x = torch.lerp(x, prev, torch.sigmoid(self.smear).to(x.dtype))
-        mask = (
-            make_mask(ids, doc_mask, self.attn_impl)
-            if self.h.arch == "gpt"
-            else make_arch_mask(ids, doc_mask, self.attn_impl, self.h)
-        )
-        x0 = x
-        return rms_norm(self.layers(x, lambda j, i, y: run_block(self.blocks[i], y, x0, mask)))
+        mask, x0 = self.block_class.make_mask(ids, doc_mask, self.attn_impl, self.h), x
+        return rms_norm(self.layers(x, lambda j, i, y: run_block(self.blocks[i], y, x0, mask), recur))
 
     def embed(self, ids: Tensor) -> Tensor:
         """Normed token embeddings; under autocast with BF16_RESID in its dtype, as the official script's bf16
@@ -1034,20 +689,16 @@ class GPT(nn.Module):
             x = x.to(torch.get_autocast_dtype(dev))
         return rms_norm(x)
 
-    def layers(self, x: Tensor, block: Callable[[int, int, Tensor], Tensor]) -> Tensor:
-        """The layer order (with recurrence as set) and its U-Net skips; block(j, i, x) runs virtual layer j,
-        block i, on x (bench/latency.py's decoder passes its one-token step with its per-layer state)."""
-        order, skips = self.orders[self.recur], []
+    def layers(self, x: Tensor, block: Callable[[int, int, Tensor], Tensor], recur: bool) -> Tensor:
+        """The layer order and its U-Net skips; block(j, i, x) runs virtual layer j, block i, on x
+        (bench/latency.py's decoder passes its one-token step with its per-layer state)."""
+        order, skips = self.orders[recur], []
         n_enc = len(order) // 2 if len(self.skip_weights) else len(order)
         for j, i in enumerate(order):
             d = j - n_enc
             if 0 <= d < len(self.skip_weights) and skips:  # U-Net: decoder layer d takes encoder output n_enc-1-d
-                s = self.skip_weights[d].to(x.dtype) * skips.pop()
-                x = (
-                    x + s
-                    if self.skip_gates is None
-                    else torch.lerp(s, x, torch.sigmoid(self.skip_gates[d]).to(x.dtype))
-                )
+                s, gates = self.skip_weights[d].to(x.dtype) * skips.pop(), self.skip_gates
+                x = x + s if gates is None else torch.lerp(s, x, torch.sigmoid(gates[d]).to(x.dtype))
             x = block(j, i, x)
             if d < 0:
                 skips.append(x)
@@ -1061,21 +712,18 @@ class GPT(nn.Module):
         nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
         if not entropy:
             return nll
-        ent = torch.special.entr(logits.detach().log_softmax(-1).exp()).sum(-1)  # as NgramMixer.model_stats
+        ent = torch.special.entr(logits.detach().log_softmax(-1).exp()).sum(-1)  # the n-gram gate reads it
         return torch.stack([nll, ent])
 
-    def forward(self, ids: Tensor, targets: Tensor, doc_mask: bool = True, entropy: bool = False) -> Tensor:
+    def forward(self, ids: Tensor, targets: Tensor, doc_mask=True, recur=True, entropy=False) -> Tensor:
         """Per-token NLL (B, T) in fp32; entropy=True: (2, B, T), the NLL and the model's entropy there."""
-        return self.nll(self.hidden(ids, doc_mask), targets, entropy)
+        return self.nll(self.hidden(ids, doc_mask, recur), targets, entropy)
 
     def compile_parts(self, whole: bool = False) -> None:
-        """whole=False (COMPILE=1, and the loaded artifact's evals): compile each block and the loss head; the
-        blocks share two graphs (sequential, parallel), so compile time grows with neither depth, recurrence nor
-        the number of eval shapes. whole=True (COMPILE=2, training and the pre-export evals): hidden is one graph
-        in which run_block is a region traced once and reused, so the glue between blocks (U-Net skips, x0 mixing,
-        their gradients) fuses as well.
-        H100 proxy-300 with FA3 (2026-12-05_train.md): 123.0 vs 128.7 ms/step, MFU 36.4% vs 34.8%; each recurrence
-        setting is its own graph, so warm-up is longer (off the challenge's clock; the pipeline took 531 s)."""
+        """whole=False (COMPILE=1, and the artifact's evals): each block and the loss head; blocks share two graphs
+        (sequential, parallel), so compile time grows with neither depth, recurrence nor eval shapes. whole=True
+        (COMPILE=2, training): hidden is one graph with run_block a region traced once and reused, so the glue
+        between blocks fuses too, for a longer warm-up (bench/results/2026-12-05_train.md)."""
         torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
         if whole:
             self.hidden = torch.compile(self.hidden, dynamic=False)  # make_mask stays eager (compiler.disable)
@@ -1092,16 +740,8 @@ def run_block(block: nn.Module, x: Tensor, x0: Tensor, mask: AttnMask) -> Tensor
     return block(x, x0, mask)
 
 
-def default_attn_impl() -> str:
-    if not torch.cuda.is_available():
-        return "sdpa"
-    if fa3_varlen is not None:
-        return "fa3"
-    return "varlen" if varlen_attn is not None else "flex"
-
-
 # -----------------------------------------------------------------------------
-# MUON (MuonEq-R, Polar Express, sharded across ranks)
+# OPTIMIZER (Muon: MuonEq-R, Polar Express, sharded across ranks; AdamW; EMA)
 # -----------------------------------------------------------------------------
 # Polar Express (Amsel et al. 2025): per-iteration quintic coefficients, 5 steps, 2% safety margin.
 POLAR_EXPRESS = (
@@ -1127,25 +767,14 @@ def orthogonalize(G: Tensor, coeffs: tuple[tuple[float, float, float], ...]) -> 
 
 
 class Muon(torch.optim.Optimizer):
-    """Muon over stacks of same-shape matrices. With W ranks each stack is reduce-scattered
-    (each rank owns 1/W of the matrices), orthogonalised locally, then all-gathered; the
-    collectives of all stacks are in flight together. MuonEq-R: rows of the Nesterov momentum are
-    normalised before orthogonalisation, so every output unit gets an equal share of the step."""
+    """Muon over stacks of same-shape matrices: with W ranks each stack is reduce-scattered (a rank owns 1/W of
+    the matrices), orthogonalised, then all-gathered, all stacks' collectives in flight together. MuonEq-R: rows
+    of the Nesterov momentum are normalised first, so every output unit gets an equal share of the step."""
 
-    def __init__(
-        self,
-        params: list[nn.Parameter],
-        lr: float,
-        momentum: float,
-        steps: int,
-        row_norm: bool,
-        polar: bool,
-        weight_decay: float,
-        world_size: int = 1,
-    ):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
-        self.coeffs = (POLAR_EXPRESS if polar else NEWTON_SCHULZ)[:steps]
-        self.row_norm, self.world = row_norm, world_size
+    def __init__(self, params: list[nn.Parameter], h: Hyperparameters):
+        super().__init__(params, dict(lr=h.matrix_lr, momentum=h.muon_momentum, weight_decay=h.muon_wd))
+        self.coeffs = (POLAR_EXPRESS if h.polar_express else NEWTON_SCHULZ)[: h.muon_backend_steps]
+        self.row_norm, self.world = bool(h.muon_row_norm), h.world_size
         by_shape: dict[tuple[int, ...], list[nn.Parameter]] = {}
         for p in self.param_groups[0]["params"]:
             by_shape.setdefault(tuple(p.shape), []).append(p)
@@ -1199,36 +828,15 @@ class Optimizers:
     """Muon for block matrices; fused AdamW for the tied embedding and for scalars/gates/norms."""
 
     def __init__(self, model: GPT, h: Hyperparameters):
-        matrices = [
-            m.weight
-            for name, m in model.blocks.named_modules()
-            if isinstance(m, CastedLinear) and not name.endswith("gate")
-        ]
+        linears = [(n, m) for n, m in model.blocks.named_modules() if isinstance(m, CastedLinear)]
+        matrices = [m.weight for n, m in linears if not n.endswith("gate")]
         ids = {id(p) for p in matrices} | {id(model.tok_emb.weight)}
         scalars = [p for p in model.parameters() if id(p) not in ids]
-        fused = torch.cuda.is_available()
-        self.muon = Muon(
-            matrices,
-            h.matrix_lr,
-            h.muon_momentum,
-            h.muon_backend_steps,
-            bool(h.muon_row_norm),
-            bool(h.polar_express),
-            h.muon_wd,
-            h.world_size,
-        )
+        self.muon = Muon(matrices, h)
+        adam = dict(betas=(h.beta1, h.beta2), eps=h.adam_eps, fused=torch.cuda.is_available())
         self.adam = [
-            torch.optim.AdamW(
-                [model.tok_emb.weight],
-                lr=h.tied_embed_lr,
-                betas=(h.beta1, h.beta2),
-                eps=h.adam_eps,
-                weight_decay=h.embed_wd,
-                fused=fused,
-            ),
-            torch.optim.AdamW(
-                scalars, lr=h.scalar_lr, betas=(h.beta1, h.beta2), eps=h.adam_eps, weight_decay=h.adam_wd, fused=fused
-            ),
+            torch.optim.AdamW([model.tok_emb.weight], lr=h.tied_embed_lr, weight_decay=h.embed_wd, **adam),
+            torch.optim.AdamW(scalars, lr=h.scalar_lr, weight_decay=h.adam_wd, **adam),
         ]
         self.all = [self.muon, *self.adam]
         for opt in self.all:
@@ -1292,170 +900,225 @@ class EMA:
 
 
 # -----------------------------------------------------------------------------
-# EVALUATION
+# TRAIN
 # -----------------------------------------------------------------------------
 
 
-def eval_windows(n_tokens: int, seq_len: int, stride: int) -> list[tuple[int, int, int]]:
-    """(input_start, input_end, first_scored_target) windows that score every target position
-    1..n_tokens-1 exactly once, each with the longest context the window allows."""
-    out, end = [], min(seq_len, n_tokens - 1)
-    out.append((0, end, 1))
-    while end < n_tokens - 1:
-        new_end = min(end + stride, n_tokens - 1)
-        out.append((max(0, new_end - seq_len), new_end, end + 1))
-        end = new_end
-    return out
+def lr_scale(frac: float, h: Hyperparameters, step_ms: float, budget: float) -> float:
+    """Flat, then a linear warmdown over the last WARMDOWN_FRAC of the clock to LR_FLOOR. WARMDOWN_ITERS>0
+    (the baseline) converts a step count to a share of the `budget` seconds at the current ms/step."""
+    wd = h.warmdown_frac
+    if h.warmdown_iters > 0 and h.max_wallclock_seconds > 0:
+        wd = min(1.0, h.warmdown_iters * step_ms / 1000 / budget)
+    if wd <= 0 or frac < 1 - wd:
+        return 1.0
+    return h.lr_floor + (1 - h.lr_floor) * max(0.0, 1 - frac) / wd
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on a GPU; on the CPU everything runs in fp32."""
+    return torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the GPU's queued work: a clock read after it counts finished work, not launches."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def slowest_rank(seconds: float, h: Hyperparameters, device: torch.device) -> float:
+    """The max over ranks of a duration every rank must agree on (the clock, the reserve)."""
+    if h.world_size > 1:
+        t = torch.tensor(seconds, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        seconds = t.item()
+    return seconds
+
+
+def batch_split(h: Hyperparameters) -> tuple[int, int, int]:
+    """(sequences per global batch, per micro-batch, micro-batches per step on each rank)."""
+    global_seqs = h.train_batch_tokens // h.train_seq_len
+    local = global_seqs // h.world_size
+    micro = max(1, min(local, h.micro_batch_tokens // h.train_seq_len))
+    while local % micro:
+        micro -= 1
+    return global_seqs, micro, local // micro
+
+
+def make_step(model: GPT, h: Hyperparameters, device: torch.device) -> Callable[..., Tensor]:
+    """step(batch, opt, lr_scale, momentum, recur): one optimizer step over a rank's batch in micro-batches;
+    returns the mean loss (a device tensor: no host sync)."""
+    _, micro, accum = batch_split(h)
+
+    def step(batch: Tensor, opt: Optimizers, lr: float = 1.0, mom: float = h.muon_momentum, recur=False) -> Tensor:
+        total = torch.zeros((), device=device)
+        for x in batch.split(micro):
+            with autocast(device):
+                loss = model(x[:, :-1], x[:, 1:], doc_mask=bool(h.doc_mask), recur=recur).mean()
+            (loss / accum).backward()
+            total += loss.detach() / accum
+        opt.step(lr, mom)
+        return total
+
+    return step
+
+
+def warmup_and_restore(model: GPT, step: Callable[..., Tensor], h: Hyperparameters, device: torch.device) -> float:
+    """Compile every graph the run uses (recurrence off and on) with real steps of a scratch optimizer on random
+    tokens (no training data before the clock), then put the weights back. Returns the seconds a GPTQ calibration
+    pass takes on random tokens: the clock's reserve must cover it (a slow arch's may exceed the default)."""
+    init, scratch = {k: v.clone() for k, v in model.state_dict().items()}, Optimizers(model, h)
+    global_seqs, micro, _ = batch_split(h)
+    g = torch.Generator().manual_seed(h.seed)
+
+    def batch(n: int) -> Tensor:
+        x = torch.randint(0, h.vocab_size, (n, h.train_seq_len + 1), generator=g)
+        x[:, 0] = BOS_ID
+        return x.to(device)
+
+    for recur in sorted({False, bool(h.recur_extra)}):
+        for _ in range(h.warmup_steps):
+            step(batch(global_seqs // h.world_size), scratch, recur=recur)
+    calib_s = 0.0
+    if h.quant == "gptq" and h.calib == "train":
+        sync(device)
+        t0 = time.perf_counter()
+        calibrate(model, h, (batch(micro) for _ in range(h.calib_batches)), device)
+        sync(device)
+        calib_s = slowest_rank(time.perf_counter() - t0, h, device)  # one reserve: ranks agree on the stop
+    model.load_state_dict(init)
+    model.zero_grad(set_to_none=True)
+    return calib_s
+
+
+def train(h: Hyperparameters, model: GPT, device: torch.device, log: Logger, val=None, luts=None) -> dict:
+    """Train under the clock, then calibrate GPTQ inside it; returns steps, seconds, the logged (step, loss)
+    history and the calibration Hessians. With VAL_LOSS_EVERY, `val` is scored (plain) every that many steps."""
+    global_seqs, micro, accum = batch_split(h)
+    per_rank = global_seqs // h.world_size
+    log(f"batch: {global_seqs} seqs x {h.train_seq_len} global, {per_rank} per rank, {accum} micro-batches of {micro}")
+    step, reserve = make_step(model, h, device), h.gptq_reserve_seconds
+    if h.warmup_steps > 0:
+        t0 = time.perf_counter()
+        calib_s = warmup_and_restore(model, step, h, device)
+        log(f"warmup: compiled in {time.perf_counter() - t0:.1f}s on random tokens, weights restored")
+        if 1.25 * calib_s > reserve:  # the reserve must hold the calibration, with a margin
+            was, reserve = h.gptq_reserve_seconds, 1.25 * calib_s
+            log(f"reserve: calibration takes {calib_s:.1f}s, GPTQ_RESERVE_SECONDS {was:.1f} -> {reserve:.1f}")
+    loader = TokenLoader(h.train_files, h.train_seq_len, h.seed, h.rank, h.world_size, device, h.loader == "stream")
+    budget = h.max_wallclock_seconds - reserve if h.max_wallclock_seconds > 0 else math.inf
+    steps, train_s, history = train_loop(h, model, step, loader, budget, device, log, val, luts)
+    t0, hessians = time.perf_counter(), {}
+    if h.quant == "gptq":  # calibration reads training data: it runs on the clock, in the reserve
+        train_batches = (loader.next_batch(global_seqs)[:micro] for _ in range(h.calib_batches))
+        batches = train_batches if h.calib == "train" else selfgen_batches(model, h, device, h.calib_batches, micro)
+        hessians = calibrate(model, h, batches, device)
+        sync(device)
+    used = time.perf_counter() - t0
+    total, cap = train_s + used, h.max_wallclock_seconds
+    log(
+        f"compliance train: train_seconds {train_s:.1f} calibration_seconds {used:.1f} reserve {reserve:.1f} "
+        f"total {total:.1f} cap {cap:.0f} held {cap <= 0 or total <= cap}"
+    )
+    return dict(steps=steps, train_seconds=train_s, history=history, hessians=hessians)
+
+
+def train_loop(h, model, step, loader, budget, device, log, val, luts) -> tuple[int, float, list]:
+    """Steps until ITERATIONS or until the next step would end past `budget` seconds (the slowest rank's
+    clock, so lr, recurrence and the stop agree on every rank); then the EMA weights go into the model.
+    Returns (steps, seconds, [(step, loss)] of the logged steps)."""
+    opt, ema = Optimizers(model, h), EMA(model, h.ema_decay, h.ema_warmup) if h.ema else None
+    global_seqs, steps, history, recur = batch_split(h)[0], 0, [], False
+    sync(device)
+    t0 = time.perf_counter()
+    while True:
+        sync(device)  # the clock counts finished GPU work, not queued launches
+        train_s = slowest_rank(time.perf_counter() - t0, h, device)
+        step_ms = 1000 * train_s / steps if steps else 0.0
+        if steps >= h.iterations or train_s + step_ms / 1000 >= budget:  # the cap holds to one step's noise
+            break
+        frac = max(train_s / budget, steps / h.iterations)  # whichever limit ends the run first
+        if h.recur_extra and not recur and frac >= h.recur_frac:
+            recur = True
+            log(f"step {steps}: depth recurrence on, order {model.orders[True]}")
+        mom_frac = min(1.0, steps / max(1, h.muon_momentum_warmup_steps))
+        mom = h.muon_momentum_start + (h.muon_momentum - h.muon_momentum_start) * mom_frac
+        scale = lr_scale(frac, h, step_ms, budget)
+        loss = step(loader.next_batch(global_seqs), opt, scale, mom, recur)
+        if ema is not None:
+            ema.update()
+        steps += 1
+        if h.val_loss_every and steps % h.val_loss_every == 0 and val is not None:
+            sync(device)
+            t_val = time.perf_counter()
+            r = eval_stream(model, val, h, luts, device, h.eval_seq_len, recur=recur)
+            log(f"step {steps} val_loss {r['loss']:.4f} val_bpb {r['bpb']:.4f} elapsed {t_val - t0:.1f}s")
+            t0 += time.perf_counter() - t_val  # validation reads no training data: off the clock
+        if steps % h.train_log_every == 0 or steps == 1:
+            elapsed = time.perf_counter() - t0
+            tok_s, ms = steps * h.train_batch_tokens / elapsed, 1000 * elapsed / steps
+            eta = min(budget - elapsed, (h.iterations - steps) * ms / 1000)
+            if h.world_size > 1:  # the mean over ranks: the logged loss does not depend on the world size
+                dist.all_reduce(loss, op=dist.ReduceOp.AVG)
+            history.append((steps, loss.item()))
+            speed = f"tok/s {tok_s:,.0f} ms/step {ms:.1f} elapsed {elapsed:.1f}s eta {eta:.0f}s"
+            log(f"step {steps} train_loss {history[-1][1]:.4f} lr_scale {scale:.3f} {speed}")
+    sync(device)
+    train_s = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+    ms = 1000 * train_s / max(steps, 1)
+    log(f"train: {steps} steps in {train_s:.1f}s, {ms:.1f} ms/step, peak memory {peak:.1f} GiB")
+    if ema is not None:
+        ema.copy_to(model)
+    return steps, train_s, history
+
+
+# -----------------------------------------------------------------------------
+# EXPORT (GPTQ calibration inside the training clock, quantization, the artifact)
+# -----------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def score_stream(
-    model: nn.Module,
-    tokens: Tensor,
-    h: Hyperparameters,
-    device: torch.device,
-    stride: int,
-    stats: Tensor,
-    offset: int = 0,
-) -> None:
-    """Sliding windows (stride = EVAL_SEQ_LEN: plain, non-overlapping) over `tokens`, which start at stream
-    position `offset`: fills stats[:, offset + t] for every target t, this rank's windows only. stats [1 or 2, N]:
-    the NLL (and the model's entropy, for the n-gram gate)."""
-    L = min(h.eval_seq_len, len(tokens) - 1)
-    for part, x in rank_batches(tokens, eval_windows(len(tokens), L, stride), h, L):
-        x = x.to(device, non_blocking=True)
-        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-            out = model(x[:, :-1], x[:, 1:], doc_mask=not h.eval_cross_doc, entropy=len(stats) == 2)
-        out = out.double().view(len(stats), len(x), -1)
-        for j, (a, b, first) in enumerate(part):  # target position t sits at column t - a - 1
-            stats[:, offset + first : offset + b + 1] = out[:, j, first - a - 1 : b - a]
+def calibrate(model: GPT, h: Hyperparameters, batches, device: torch.device) -> dict[str, Tensor]:
+    """H = sum X^T X (fp32) of every quantized matrix's input (the tied embedding's input is the final hidden
+    state), over `batches` of token windows, recurrence on (the network as exported), through hooks on the
+    uncompiled model. Sums, not means: GPTQ ignores H's scale, so ranks all-reduce them as they are."""
+    hs: dict[str, Tensor] = {}
 
-
-def eval_stream(
-    model: nn.Module,
-    tokens: Tensor,
-    h: Hyperparameters,
-    luts: tuple[Tensor, Tensor, Tensor],
-    device: torch.device,
-    stride: int,
-    ngram: bool = False,
-) -> dict[str, object]:
-    """Score a whole val stream with score_stream, mixed with the n-gram cache if ngram; returns totals()."""
-    stats = torch.zeros(1 + ngram, len(tokens), dtype=torch.float64, device=device)
-    was_training, _ = model.training, model.eval()
-    score_stream(model, tokens, h, device, stride, stats)
-    model.train(was_training)
-    return totals(stats, tokens, luts, h)
-
-
-def rank_batches(tokens: Tensor, wins: list[tuple[int, int, int]], h: Hyperparameters, width: int):
-    """This rank's contiguous share of `wins`, in batches of EVAL_BATCH_SEQS windows: yields the
-    windows and their (EVAL_BATCH_SEQS, width + 1) ids, zero-padded to one shape (one compiled graph)."""
-    per = math.ceil(len(wins) / h.world_size)
-    mine = wins[h.rank * per : (h.rank + 1) * per]
-    for i in range(0, len(mine), h.eval_batch_seqs):
-        part = mine[i : i + h.eval_batch_seqs]
-        x = torch.full((h.eval_batch_seqs, width + 1), PAD_ID, dtype=torch.int64)
-        for j, (a, b, _) in enumerate(part):
-            x[j, : b - a + 1] = tokens[a : b + 1]
-        yield part, x
-
-
-def totals(
-    stats: Tensor, tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor], h: Hyperparameters, reduce: bool = True
-) -> dict[str, object]:
-    """Sum each rank's per-position stats (each position is scored on exactly one rank): [1, N] the NLL,
-    or [2, N] the model's NLL and entropy, to be mixed with the n-gram cache (mix_ngram). Then the
-    loss, bytes and bpb over every target 1..N-1 of the stream; `stats` (summed) and `mix_seconds` too."""
-    if reduce and h.world_size > 1:
-        dist.all_reduce(stats)
-    t0 = time.perf_counter()
-    nll = (stats[0] if len(stats) == 1 else mix_ngram(stats, tokens.to(stats.device), h))[1:].cpu()
-    n_bytes = int(token_bytes(tokens[:-1], tokens[1:], luts).sum())
-    loss_sum = float(nll.sum())
-    return dict(
-        loss=loss_sum / len(nll),
-        bpb=loss_sum / math.log(2) / n_bytes,
-        tokens=len(nll),
-        bytes=n_bytes,
-        nll=nll,
-        stats=stats,
-        mix_seconds=time.perf_counter() - t0,
-    )
-
-
-def tokenizer_luts(h: Hyperparameters) -> tuple[Tensor, Tensor, Tensor]:
-    """Byte LUTs of TOKENIZER_PATH, refusing a tokenizer whose vocabulary is not VOCAB_SIZE."""
-    import sentencepiece as spm
-
-    sp = spm.SentencePieceProcessor(model_file=h.tokenizer_path)
-    if sp.vocab_size() != h.vocab_size:
-        raise ValueError(f"{h.tokenizer_path} has {sp.vocab_size()} pieces, VOCAB_SIZE={h.vocab_size}")
-    return build_byte_luts(sp, h.vocab_size)
-
-
-def load_val(pattern: str, vocab_size: int) -> Tensor:
-    tokens = np.concatenate([load_shard(f) for f in shard_files(pattern)]).astype(np.int64)
-    if tokens.max(initial=0) >= vocab_size:
-        raise ValueError(f"{pattern}: token id {tokens.max()} >= VOCAB_SIZE {vocab_size} (wrong tokenizer?)")
-    return torch.from_numpy(tokens)
-
-
-# -----------------------------------------------------------------------------
-# HESSIANS
-# -----------------------------------------------------------------------------
-
-
-class HessianCollector:
-    """Accumulates H = sum x^T x (fp32, on the activations' device) per state_dict weight name over
-    calibration passes: the input of each module `select(name, module)` picks (default: every nn.Linear),
-    the output of each module of `head_inputs` ({weight name: module whose output feeds it as a head}),
-    and whatever add() is given (a head input computed functionally: the tied embedding's final rms_norm).
-    Hook the uncompiled, unwrapped model so names match. Sums, not means: GPTQ ignores H's scale, so ranks
-    can all-reduce them as they are."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        select: Callable[[str, nn.Module], bool] | None = None,
-        head_inputs: dict[str, nn.Module] | None = None,
-    ):
-        select = select or (lambda name, m: isinstance(m, nn.Linear))
-        self.h: dict[str, Tensor] = {}
-        self.handles = [
-            m.register_forward_pre_hook(lambda m, args, n=f"{name}.weight": self.add(n, args[0]))
-            for name, m in model.named_modules()
-            if select(name, m)
-        ]
-        self.handles += [
-            m.register_forward_hook(lambda m, args, out, n=wname: self.add(n, out))
-            for wname, m in (head_inputs or {}).items()
-        ]
-
-    @torch.no_grad()
-    def add(self, name: str, x: Tensor) -> None:
+    def add(name: str, x: Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).float()
-        if name not in self.h:
-            self.h[name] = torch.zeros(x.shape[1], x.shape[1], device=x.device)
-        self.h[name].addmm_(x.T, x)
+        if name not in hs:
+            hs[name] = torch.zeros(x.shape[1], x.shape[1], device=x.device)
+        hs[name].addmm_(x.T, x)
 
-    def hessians(self) -> dict[str, Tensor]:
-        return self.h
+    linears = [(n, m) for n, m in model.blocks.named_modules() if isinstance(m, CastedLinear) and n[-4:] != "gate"]
+    hooks = [m.register_forward_pre_hook(lambda m, a, n=n: add(f"blocks.{n}.weight", a[0])) for n, m in linears]
+    with torch.compiler.set_stance("force_eager"), autocast(device):
+        for x in batches:
+            add("tok_emb.weight", model.hidden(x[:, :-1], bool(h.doc_mask)))
+    for hook in hooks:
+        hook.remove()
+    for t in hs.values() if h.world_size > 1 else []:
+        dist.all_reduce(t)
+    return hs
 
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
+
+@torch.no_grad()
+def selfgen_batches(model: GPT, h: Hyperparameters, device: torch.device, n: int, seqs: int, length: int = 256):
+    """CALIB=selfgen: sequences sampled from the model itself (BOS, then T=1): calibration reads no data."""
+    g = torch.Generator(device=device).manual_seed(h.seed + h.rank)
+    for _ in range(n):
+        x = torch.full((seqs, 1), BOS_ID, dtype=torch.int64, device=device)
+        with torch.compiler.set_stance("force_eager"), autocast(device):
+            for _ in range(length):
+                probs = torch.softmax(model.logits(model.hidden(x, bool(h.doc_mask))[:, -1]).float(), -1)
+                x = torch.cat([x, torch.multinomial(probs, 1, generator=g)], 1)
+        yield x
 
 
-# -----------------------------------------------------------------------------
-# QUANTIZERS
-# -----------------------------------------------------------------------------
-# Per-row symmetric scales with SDClip: step = clip_k * row_std / qmax. With k ~ 12 the grid spans
-# +-k sigma, so almost nothing is clipped: k is really a step-size knob trading artifact bytes
-# (entropy ~ log2(sigma/step) bits per weight) against error. Codes are clamped to [-qmax, qmax], not
-# [-qmax-1, qmax]: the extra negative code would only serve weights below -k sigma (next to none), and a
-# symmetric grid keeps rounding unbiased for sign-symmetric weights. Same choice as the records.
+# Per-row symmetric scales with SDClip: step = clip_k * row_std / qmax. At k ~ 12 almost nothing is clipped:
+# k trades artifact bytes (~log2(sigma/step) bits per weight) against error. Codes stay in [-qmax, qmax]: a
+# symmetric grid rounds sign-symmetric weights without bias (the extra negative code would serve next to none).
 
 
 def row_scales(W: Tensor, bits: int, clip_k: float) -> Tensor:
@@ -1474,9 +1137,7 @@ def rtn_quantize(W: Tensor, bits: int, clip_k: float) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def gptq_quantize(
-    W: Tensor, H: Tensor, bits: int, clip_k: float, block: int = 128, damp: float = 0.01, act_order: bool = True
-) -> tuple[Tensor, Tensor]:
+def gptq_quantize(W: Tensor, H: Tensor, bits: int, clip_k: float, block=128, damp=0.01, act_order=True) -> tuple:
     """GPTQ (Frantar et al. 2023): quantize columns one at a time, pushing each column's error onto the
     not-yet-quantized columns through the upper Cholesky factor of H^-1; lazy batch updates per block.
     Minimizes ||W X - Q X||_F for H = X^T X. Runs on H's device; returns (int8 (out,in), fp16 (out,))."""
@@ -1514,21 +1175,21 @@ def gptq_quantize(
 
 @dataclass
 class QuantConfig:
-    # (class, regex searched in the tensor name, bits, clip_k): first match wins, the last catches all.
-    # Defaults are the merged record's (PR #1855): int6 matrices, attn k=13, MLP k=11.5, int7 tied
-    # embedding k=14; 12.85 is the single matrix k used before per-class clips.
-    classes: tuple[tuple[str, str, int, float], ...] = (
-        ("embed", r"emb", 7, 14.0),
-        ("attn", r"attn", 6, 13.0),
-        ("mlp", r"mlp", 6, 11.5),
-        ("matrix", r"", 6, 12.85),
-    )
+    # (class, regex searched in the tensor name, bits, clip_k): first match wins, the last catches all
+    classes: tuple[tuple[str, str, int, float], ...]
+    lqer_top: int  # LQER: low-rank error correction on this many tensors
+    lqer_rank: int
     small_numel: int = 65_536  # float tensors this small, and all non-matrices, are stored fp16
-    lqer_top: int = 0  # LQER: low-rank error correction on this many tensors (3 in the record)
-    lqer_rank: int = 4
 
 
-def quantize_state(state: dict[str, Tensor], hessians: dict[str, Tensor], cfg: QuantConfig = QuantConfig()) -> dict:
+def quant_config(h: Hyperparameters) -> QuantConfig:
+    """MATRIX_BITS/EMBED_BITS and the per-class SDClip of the settings; unnamed matrices clip like the MLP."""
+    classes = [("embed", r"emb", h.embed_bits, h.embed_clip), ("attn", r"attn", h.matrix_bits, h.attn_clip)]
+    classes += [("mlp", r"mlp", h.matrix_bits, h.mlp_clip), ("matrix", r"", h.matrix_bits, h.mlp_clip)]
+    return QuantConfig(tuple(classes), h.lqer_top, h.lqer_rank)
+
+
+def quantize_state(state: dict[str, Tensor], hessians: dict[str, Tensor], cfg: QuantConfig) -> dict:
     """state_dict -> {name: entry}. Large float matrices get GPTQ (RTN where no Hessian saw them):
     entry = {dtype, cls, bits, q int8, scale fp16 [, lqer]}; everything else {dtype, t} in fp16
     (floats) or as is (ints, bools). All tensors come back on the CPU."""
@@ -1544,9 +1205,8 @@ def quantize_state(state: dict[str, Tensor], hessians: dict[str, Tensor], cfg: Q
         else:
             e["t"] = (t.half() if t.is_floating_point() else t).cpu()
         out[name] = e
-    # LQER (Zhang et al. 2024): E = W - deq(Q) ~ A B with A = U_r S_r, B = V_r^T from a rank-r SVD, on the
-    # tensors with the largest error ||E||_F. A^T and B are stored int8 with one fp16 scale
-    # per row (per rank component), a few KB per tensor. Records used int2/int4 group-64 factors instead.
+    # LQER (Zhang et al. 2024): E = W - deq(Q) ~ A B from a rank-r SVD (A = U_r S_r, B = V_r^T) on the tensors of
+    # largest ||E||_F; A^T and B stored int8 with an fp16 scale per row (records used int2/int4 group-64 factors).
     quantized = [n for n, e in out.items() if "q" in e and cfg.lqer_top]
     errs = {n: state[n].detach().float().cpu() - _deq(out[n]["q"], out[n]["scale"]) for n in quantized}
     err = {n: float(errs[n].norm()) for n in quantized}  # absolute ||E||_F, as the records rank them
@@ -1584,46 +1244,23 @@ def dequantize_state(qstate: dict) -> dict[str, Tensor]:
 
 
 # -----------------------------------------------------------------------------
-# BIT PACKING
-# -----------------------------------------------------------------------------
-# Dense big-endian packing of two's-complement codes: n values take ceil(n*bits/8) bytes (6 bits:
-# four values in three bytes). It is the smallest fixed-rate layout, but byte-oriented codecs model it
-# badly: on SDClip int6 codes brotli-11 lands within ~1% of the order-0 entropy with one byte per
-# value and ~20% above it on packed bits. So the artifact keeps one byte per value unless `pack` wins.
-
-
-def pack_bits(q: Tensor, bits: int) -> bytes:
-    a = q.detach().cpu().numpy().astype(np.int8).reshape(-1)
-    if a.size and (a.min() < -(1 << (bits - 1)) or a.max() >= 1 << (bits - 1)):
-        raise ValueError(f"pack_bits: values outside the signed {bits}-bit range")
-    return np.packbits(np.unpackbits(a.view(np.uint8)[:, None], axis=1)[:, 8 - bits :]).tobytes()
-
-
-def unpack_bits(buf: bytes, bits: int, n: int) -> Tensor:
-    b = np.unpackbits(np.frombuffer(buf, np.uint8), count=n * bits).reshape(n, bits)
-    # packbits left-aligns each value in its byte; an arithmetic shift back sign-extends it
-    return torch.from_numpy(np.packbits(b, axis=1).reshape(n).view(np.int8) >> (8 - bits))
-
-
-# -----------------------------------------------------------------------------
 # ARTIFACT
 # -----------------------------------------------------------------------------
 # bytes = prefix (magic, version, codec id, body length, CRC32 of body), uncompressed,
 #       + body = codec(payload | JSON header | u32 header length).
-# The header holds the caller's meta and, per tensor, dtype/class/bits and each array's (offset,
-# nbytes, dtype, shape) in the payload. Arrays are grouped by kind (codes by bit width, LQER factors,
-# then fp16) so the codec sees homogeneous runs. The header goes last: in front, zstd-22 tuned its
-# first-block statistics to the JSON text and the whole payload came out ~5% larger (a 300 s record
-# artifact: 15.25 MB with the header first, 14.51 MB last; 2026-11-23_export.md). `shuffle`
-# byte-transposes multi-byte arrays (fp16 scales and small tensors: ~2-3% smaller); `pack` bit-packs
-# the codes (tried with zlib only).
+# The header holds the caller's meta and, per tensor, dtype/class/bits and each array's (offset, nbytes, dtype,
+# shape) in the payload. Arrays are grouped by kind (codes by bit width, LQER factors, then fp16) so the codec
+# sees homogeneous runs. The header goes last: in front, zstd-22 tuned its first-block statistics to the JSON
+# text and the whole payload came out larger (2026-11-23_export.md). `shuffle` byte-transposes multi-byte
+# arrays (fp16 scales and small tensors). An artifact is decoded by the code that wrote it (verify-artifact
+# loads the shipped file), so the format changes freely between versions of this file.
 
 
 class ArtifactError(ValueError):
     """A model artifact that cannot be decoded; the message says which check failed."""
 
 
-MAGIC, VERSION, PREFIX = b"PGQ1", 2, struct.Struct("<4sBBII")
+MAGIC, VERSION, PREFIX = b"PGQ1", 3, struct.Struct("<4sBBII")
 CODECS = {"zstd": 1, "brotli": 2, "lzma": 3, "zlib": 4}
 
 
@@ -1643,32 +1280,25 @@ def _codec(name: str) -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes
 
 
 def _arrays(e: dict) -> list[tuple[str, Tensor, int]]:
-    """(role, tensor, bits or 0) of one entry; bits > 0 marks low-bit codes that `pack` may pack."""
+    """(role, tensor, bits or 0) of one entry: low-bit codes go first, grouped by width."""
     if "t" in e:
         return [("t", e["t"], 0)]
     lq = list(zip(("lqa", "lqa_s", "lqb", "lqb_s"), e.get("lqer", [])))
     return [("q", e["q"], e["bits"]), ("scale", e["scale"], 0)] + [(r, t, 0) for r, t in lq]
 
 
-def _serialize(qstate: dict, meta: dict, shuffle: bool, pack: bool) -> bytes:
+def _serialize(qstate: dict, meta: dict, shuffle: bool) -> bytes:
     items = [(n, role, t, bits) for n, e in qstate.items() for role, t, bits in _arrays(e)]
     items.sort(key=lambda it: (it[3] == 0, -it[3], it[2].element_size()))  # codes by width, int8, then wider
     table = {n: {k: e[k] for k in ("dtype", "cls", "bits") if k in e} | {"arrays": {}} for n, e in qstate.items()}
     chunks, offset = [], 0
-    for name, role, t, bits in items:
+    for name, role, t, _ in items:
         a = t.contiguous().numpy()
-        if pack and bits:
-            b = pack_bits(t, bits)
-        elif shuffle and a.itemsize > 1:
-            b = a.reshape(-1).view(np.uint8).reshape(-1, a.itemsize).T.tobytes()
-        else:
-            b = a.tobytes()
+        b = a.reshape(-1).view(np.uint8).reshape(-1, a.itemsize).T.tobytes() if shuffle else a.tobytes()
         table[name]["arrays"][role] = [offset, len(b), str(a.dtype), list(a.shape)]
         chunks.append(b)
         offset += len(b)
-    header = json.dumps(
-        {"meta": meta, "shuffle": shuffle, "pack": pack, "tensors": table}, separators=(",", ":")
-    ).encode()
+    header = json.dumps({"meta": meta, "shuffle": shuffle, "tensors": table}, separators=(",", ":")).encode()
     return b"".join(chunks) + header + struct.pack("<I", len(header))
 
 
@@ -1677,23 +1307,19 @@ def _wrap(raw: bytes, codec: str) -> bytes:
     return PREFIX.pack(MAGIC, VERSION, CODECS[codec], len(body), zlib.crc32(body)) + body
 
 
-def encode_artifact(
-    qstate: dict, meta: dict, codecs: tuple[str, ...] = tuple(CODECS), log: Callable[[str], None] = print
-) -> tuple[bytes, list[tuple[str, bool, bool, int]]]:
-    """Compress every (codec, shuffle[, pack]) combination in parallel; return the smallest artifact and
-    all candidates as (codec, shuffle, pack, bytes). A codec whose module is missing is logged, skipped."""
+def encode_artifact(qstate: dict, meta: dict, codecs: tuple[str, ...], log=print) -> tuple[bytes, list]:
+    """Compress with every (codec, shuffle) in parallel; return the smallest artifact and all candidates as
+    (codec, shuffle, bytes). A codec whose module is missing is logged and skipped."""
     available = [c for c in codecs if _codec(c) is not None]
-    for c in set(codecs) - set(available):
+    for c in sorted(set(codecs) - set(available)):
         log(f"export: codec {c} not installed, skipped")
     if not available:
-        raise RuntimeError(f"export: none of the codecs {codecs} is installed")
-    # bit packing only for zlib: zstd-22 and brotli-11 came out 20% larger on packed int6 codes (they model
-    # byte-aligned codes better; 2026-11-23_export.md), so packed candidates would only slow the export
-    combos = [(c, s, p) for c in available for s in (False, True) for p in ((False, True) if c == "zlib" else (False,))]
-    raws = {(s, p): _serialize(qstate, meta, s, p) for s, p in {csp[1:] for csp in combos}}
+        raise ArtifactError(f"none of the codecs {','.join(codecs)} is installed")
+    raws = {s: _serialize(qstate, meta, s) for s in (False, True)}
+    combos = [(c, s) for c in available for s in (False, True)]
     with ThreadPoolExecutor(len(combos)) as pool:  # the codecs release the GIL while compressing
-        blobs = list(pool.map(lambda csp: _wrap(raws[csp[1:]], csp[0]), combos))
-    return min(blobs, key=len), [(*csp, len(b)) for csp, b in zip(combos, blobs)]
+        blobs = list(pool.map(lambda cs: _wrap(raws[cs[1]], cs[0]), combos))
+    return min(blobs, key=len), [(c, s, len(b)) for (c, s), b in zip(combos, blobs)]
 
 
 def decode_artifact(buf: bytes) -> tuple[dict, dict]:
@@ -1704,7 +1330,7 @@ def decode_artifact(buf: bytes) -> tuple[dict, dict]:
     if magic != MAGIC:
         raise ArtifactError(f"artifact has bad magic {magic!r} (expected {MAGIC!r}): not a model artifact")
     if version != VERSION:
-        raise ArtifactError(f"artifact format version {version} is not supported (expected {VERSION})")
+        raise ArtifactError(f"artifact format version {version}: this code reads {VERSION} (use the code that made it)")
     codec = next((c for c, i in CODECS.items() if i == codec_id), None)
     if codec is None:
         raise ArtifactError(f"artifact names unknown codec id {codec_id}")
@@ -1721,93 +1347,24 @@ def decode_artifact(buf: bytes) -> tuple[dict, dict]:
         header = json.loads(raw[len(raw) - 4 - hlen : len(raw) - 4])
     except Exception as e:  # after a good CRC this means an encoder/decoder mismatch
         raise ArtifactError(f"artifact body does not decode with {codec}: {e!r}") from None
-    payload, qstate = memoryview(raw)[: len(raw) - 4 - hlen], {}
-    for name, info in header["tensors"].items():
-        e = {k: v for k, v in info.items() if k != "arrays"}
-        for role, (off, nbytes, dtype, shape) in info["arrays"].items():
-            if off + nbytes > len(payload):
-                raise ArtifactError(f"artifact payload ends before tensor {name}.{role}")
-            b, dt, count = payload[off : off + nbytes], np.dtype(dtype), int(np.prod(shape))
-            if header["pack"] and role == "q":
-                t = unpack_bits(b, info["bits"], count)
-            else:
-                a = np.frombuffer(b, np.uint8)
-                if header["shuffle"] and dt.itemsize > 1:
-                    a = a.reshape(dt.itemsize, -1).T
-                t = torch.from_numpy(np.ascontiguousarray(a).view(dt).copy())
-            e[role] = t.reshape(shape)
-        if "lqa" in e:
-            e["lqer"] = [e.pop(r) for r in ("lqa", "lqa_s", "lqb", "lqb_s")]
-        qstate[name] = e
+    payload = memoryview(raw)[: len(raw) - 4 - hlen]
+    qstate = {name: _entry(name, info, payload, header["shuffle"]) for name, info in header["tensors"].items()}
     return qstate, header["meta"]
 
 
-def artifact_report(buf: bytes, codecs: tuple[str, ...] = tuple(CODECS)) -> list[dict]:
-    """Where the bytes go. One row per tensor class (count, params, bits, fixed-rate bytes of codes,
-    their order-0 entropy in bytes, bytes of scales and LQER factors), then one row per codec candidate
-    (re-encoded: this recompresses everything, so it takes as long as an export)."""
-    qstate, meta = decode_artifact(buf)
-    rows: dict[str, dict] = {}
-    for e in qstate.values():
-        cls, t = e.get("cls", "fp16" if "t" in e and e["t"].is_floating_point() else "raw"), e.get("q", e.get("t"))
-        r = rows.setdefault(
-            cls,
-            {
-                "class": cls,
-                "count": 0,
-                "params": 0,
-                "bits": e.get("bits", 8 * t.element_size()),
-                "value_bytes": 0,
-                "entropy_bytes": 0,
-                "scale_bytes": 0,
-                "lqer_bytes": 0,
-            },
-        )
-        r["count"], r["params"] = r["count"] + 1, r["params"] + t.numel()
-        r["value_bytes"] += -(-t.numel() * r["bits"] // 8)
-        if "q" in e:
-            p = np.bincount(t.numpy().reshape(-1).astype(np.int64) + 128) / t.numel()
-            r["entropy_bytes"] += int(-(p[p > 0] * np.log2(p[p > 0])).sum() * t.numel() / 8)
-            r["scale_bytes"] += e["scale"].numel() * 2
-            r["lqer_bytes"] += sum(x.numel() * x.element_size() for x in e.get("lqer", []))
-    cands = encode_artifact(qstate, meta, codecs, log=lambda s: None)[1] if codecs else []
-    return list(rows.values()) + [{"codec": c, "shuffle": s, "pack": p, "bytes": n} for c, s, p, n in cands]
-
-
-# Hyperparameters an artifact must carry to rebuild its model (the rest are run settings).
-MODEL_KEYS = (
-    "arch",
-    "vocab_size",
-    "num_layers",
-    "model_dim",
-    "num_heads",
-    "num_kv_heads",
-    "mlp_mult",
-    "leaky_slope",
-    "rope_base",
-    "rope_dims",
-    "qk_gain_init",
-    "logit_softcap",
-    "tied_embed_init_std",
-    "doc_mask",
-    "xsa",
-    "smear",
-    "attn_gate",
-    "attn_gate_dims",
-    "unet",
-    "skip_gates",
-    "x0_mix",
-    "ln_scale",
-    "parallel_from",
-    "recur_start",
-    "recur_end",
-    "recur_extra",
-    "worker_interval",
-    "worker_kernel",
-    "pse_scales",
-    "pse_max_halflife",
-    "scan_chunk",
-)
+def _entry(name: str, info: dict, payload: memoryview, shuffle: bool) -> dict:
+    """One tensor's entry of the header, its arrays read from the payload."""
+    e = {k: v for k, v in info.items() if k != "arrays"}
+    for role, (off, nbytes, dtype, shape) in info["arrays"].items():
+        if off + nbytes > len(payload):
+            raise ArtifactError(f"artifact payload ends before tensor {name}.{role}")
+        a, dt = np.frombuffer(payload[off : off + nbytes], np.uint8), np.dtype(dtype)
+        if shuffle and dt.itemsize > 1:
+            a = a.reshape(dt.itemsize, -1).T
+        e[role] = torch.from_numpy(np.ascontiguousarray(a).view(dt).copy()).reshape(shape)
+    if "lqa" in e:
+        e["lqer"] = [e.pop(r) for r in ("lqa", "lqa_s", "lqb", "lqb_s")]
+    return e
 
 
 def _huffman_bytes(counts: list[int]) -> float:
@@ -1827,12 +1384,10 @@ PRUNE_BLOCK = 1 << 17  # codes per Huffman table in the estimate: zstd's block; 
 
 
 def prune_to_fit(qstate: dict, state: dict[str, Tensor], excess: int) -> int:
-    """Zero the +-1 codes whose loss adds the least squared weight error, s^2 (r^2 - (r - q)^2) with
-    r = w / s, until the codes' Huffman size, one table per PRUNE_BLOCK codes of a tensor, falls by `excess`
-    bytes. Per block, as the codecs adapt their tables: the cheapest codes crowd into small-scale rows, which
-    sit together in the embedding (rare tokens). Entries with an LQER correction are left alone (their
-    correction was fitted to the unpruned codes). Returns the number of codes zeroed (qstate is changed in
-    place), or -1, changing nothing, if no pruning saves enough."""
+    """Zero the +-1 codes whose loss adds the least squared weight error, s^2 (r^2 - (r - q)^2) with r = w / s,
+    until the codes' Huffman size (a table per PRUNE_BLOCK codes, as the codecs adapt theirs) falls by `excess`
+    bytes; entries with LQER (fitted to the unpruned codes) are left alone. Returns the codes zeroed (qstate
+    changes in place), or -1, changing nothing, if no pruning saves enough."""
     costs, blocks = {}, []  # name -> cost of zeroing each code; per block: sorted costs of its +1, -1 codes,
     for n, e in qstate.items():  # histogram and its Huffman bytes
         if "q" in e and "lqer" not in e:
@@ -1871,17 +1426,14 @@ def prune_to_fit(qstate: dict, state: dict[str, Tensor], excess: int) -> int:
     return zeroed
 
 
-def fit_artifact(
-    qstate: dict, state: dict[str, Tensor], meta: dict, codecs: tuple[str, ...], budget: int, log: Callable[[str], None]
-) -> tuple[bytes, list]:
-    """encode_artifact; if the smallest blob is over `budget` bytes (SIZE_CAP minus the code), zero the cheapest
-    +-1 codes and re-encode the winning (codec, shuffle, pack) only. Each round prunes the original codes
-    afresh, asking for the excess over the bytes the codec really saved per estimated byte in the last round
-    (the Huffman estimate ran 1.5x low on a real model, so one round over-pruned by 0.7 MB). Keeps the fitting
-    blob with the fewest codes zeroed; stops once it saves within 10% of the excess. Four rounds at most (one
-    brotli-11 pass is about a minute); the caller's cap check reports a miss. qstate ends as the blob holds."""
+def fit_artifact(qstate: dict, state: dict, meta: dict, codecs: tuple[str, ...], budget: int, log) -> tuple:
+    """encode_artifact; over `budget` bytes (SIZE_CAP minus the code), zero the cheapest +-1 codes and re-encode
+    the winning (codec, shuffle). Each round prunes the original codes afresh, asking for the excess over the
+    bytes really saved per estimated byte last round (the Huffman estimate runs low on real models); keeps the
+    fitting blob with the fewest zeroed, stops within 10% of the excess, four rounds at most. qstate ends as the
+    blob holds it; the caller's cap check reports a miss."""
     blob, candidates = encode_artifact(qstate, meta, codecs, log)
-    codec, shuffle, pack, _ = min(candidates, key=lambda c: c[3])
+    codec, shuffle, _ = min(candidates, key=lambda c: c[2])
     excess = len(blob) - budget
     if excess <= 0:
         return blob, candidates
@@ -1894,7 +1446,7 @@ def fit_artifact(
         if zeroed < 0:
             log(f"export: {excess:,} bytes over the cap and zeroing every +-1 code would not fit it")
             break
-        b = _wrap(_serialize(qstate, meta, shuffle, pack), codec)
+        b = _wrap(_serialize(qstate, meta, shuffle), codec)
         saved = len(blob) - len(b)
         log(f"export: {excess:,} bytes over the cap: zeroed {zeroed:,} +-1 codes, {saved:,} bytes saved")
         if len(b) <= budget and (best is None or len(b) > len(best[0])):
@@ -1908,56 +1460,6 @@ def fit_artifact(
     return b, candidates
 
 
-def quant_config(h: Hyperparameters) -> QuantConfig:
-    return QuantConfig(
-        classes=(
-            ("embed", r"emb", h.embed_bits, h.embed_clip),
-            ("attn", r"attn", h.matrix_bits, h.attn_clip),
-            ("mlp", r"mlp", h.matrix_bits, h.mlp_clip),
-            ("matrix", r"", h.matrix_bits, h.mlp_clip),
-        ),
-        lqer_top=h.lqer_top,
-        lqer_rank=h.lqer_rank,
-    )
-
-
-@torch.no_grad()
-def calibrate(model: GPT, h: Hyperparameters, batches, device: torch.device) -> dict[str, Tensor]:
-    """H = sum X^T X of every quantized matrix's input (the tied embedding's input is the final
-    hidden state), over `batches` of token windows; summed over ranks."""
-    hc = HessianCollector(
-        model, lambda n, m: isinstance(m, CastedLinear) and n.startswith("blocks.") and not n.endswith("gate")
-    )
-    with (
-        torch.compiler.set_stance("force_eager"),
-        torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"),
-    ):
-        for x in batches:
-            hc.add("tok_emb.weight", model.hidden(x[:, :-1], bool(h.doc_mask)))
-    hc.remove()
-    hs = hc.hessians()
-    if h.world_size > 1:
-        for t in hs.values():
-            dist.all_reduce(t)
-    return hs
-
-
-@torch.no_grad()
-def selfgen_batches(model: GPT, h: Hyperparameters, device: torch.device, n: int, seqs: int, length: int = 256):
-    """CALIB=selfgen: sequences sampled from the model itself (BOS, then T=1): calibration reads no data."""
-    g = torch.Generator(device=device).manual_seed(h.seed + h.rank)
-    for _ in range(n):
-        x = torch.full((seqs, 1), BOS_ID, dtype=torch.int64, device=device)
-        with (
-            torch.compiler.set_stance("force_eager"),
-            torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"),
-        ):
-            for _ in range(length):
-                probs = torch.softmax(model.logits(model.hidden(x, bool(h.doc_mask))[:, -1]).float(), -1)
-                x = torch.cat([x, torch.multinomial(probs, 1, generator=g)], 1)
-        yield x
-
-
 def export_artifact(model: GPT, hessians: dict[str, Tensor], h: Hyperparameters, path: str, log: Logger) -> int:
     """Quantize, encode with every codec, write the smallest to `path` (rank 0). Returns its bytes."""
     t0 = time.perf_counter()
@@ -1966,92 +1468,133 @@ def export_artifact(model: GPT, hessians: dict[str, Tensor], h: Hyperparameters,
     q = quantize_state(state, hessians if h.quant == "gptq" else {}, quant_config(h))
     torch.backends.cuda.matmul.allow_tf32 = tf32
     t_quant = time.perf_counter() - t0
-    meta = {
-        "format": "parameter-golf gpt",
-        "preset": h.preset,
-        "hyperparameters": {k: getattr(h, k) for k in MODEL_KEYS},
-    }
-    code = os.path.getsize(__file__)
-    blob, candidates = fit_artifact(q, state, meta, tuple(h.codecs.split(",")), h.size_cap - code, log)
-    for codec, shuffle, pack, n in sorted(candidates, key=lambda c: c[3]):
-        log(f"codec {codec} shuffle {int(shuffle)} pack {int(pack)}: {n} bytes")
+    model_cfg = {k: getattr(h, k) for k in h.model_keys()}
+    meta = {"format": "parameter-golf gpt", "preset": h.preset, "hyperparameters": model_cfg}
+    code = sum(map(os.path.getsize, run_sources()))
+    blob, candidates = fit_artifact(q, state, meta, tuple(h.listed("codecs")), h.size_cap - code, log)
+    for codec, shuffle, n in sorted(candidates, key=lambda c: c[2]):
+        log(f"codec {codec} shuffle {int(shuffle)}: {n} bytes")
     if h.rank == 0:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path + ".tmp", "wb") as f:
             f.write(blob)
         os.replace(path + ".tmp", path)
-    log(
-        f"export: {h.quant} {sum('q' in e for e in q.values())} quantized tensors in {t_quant:.1f}s, "
-        f"{len(candidates)} candidates encoded in {time.perf_counter() - t0 - t_quant:.1f}s"
-    )
-    log(
-        f"artifact: {len(blob)} bytes code {code} bytes total {len(blob) + code} bytes "
-        f"margin {h.size_cap - len(blob) - code} cap_held {len(blob) + code <= h.size_cap} sha256 {hashlib.sha256(blob).hexdigest()}"
-    )
+    n_q, n_c, t_enc = sum("q" in e for e in q.values()), len(candidates), time.perf_counter() - t0 - t_quant
+    log(f"export: {h.quant} {n_q} quantized tensors in {t_quant:.1f}s, {n_c} candidates encoded in {t_enc:.1f}s")
+    total, sha = len(blob) + code, hashlib.sha256(blob).hexdigest()
+    sizes, margin = f"{len(blob)} bytes code {code} bytes total {total} bytes", h.size_cap - total
+    log(f"artifact: {sizes} margin {margin} cap_held {margin >= 0} sha256 {sha}")
     return len(blob)
 
 
 def load_artifact(path: str, h: Hyperparameters, device: torch.device) -> tuple[GPT, Hyperparameters]:
-    """Rebuild the model an artifact describes from this file's classes, with its dequantized weights."""
+    """The model an artifact describes, from this file's classes and its dequantized weights, and its settings
+    (`h` with the artifact's model, built and checked by the constructor)."""
     try:
         with open(path, "rb") as f:
             qstate, meta = decode_artifact(f.read())
     except OSError as e:
         raise ArtifactError(f"{path}: cannot read ({e.strerror})") from None
-    hm = Hyperparameters.__new__(Hyperparameters)
-    hm.__dict__.update({**vars(h), **meta["hyperparameters"]})
+    hm = h.for_model(meta["hyperparameters"])
     model = GPT(hm).to(device)
     missing = set(model.state_dict()) ^ set(qstate)
     if missing:
         raise ArtifactError(f"{path}: tensors do not match the model it describes: {sorted(missing)[:4]}")
     model.load_state_dict({k: v.to(device) for k, v in dequantize_state(qstate).items()})
-    model.recur = bool(hm.recur_extra)
     return model, hm
 
 
 # -----------------------------------------------------------------------------
-# N-GRAM
+# EVAL (sliding windows, n-gram mixture, test-time training)
 # -----------------------------------------------------------------------------
-# The four conditions reviewers apply (issue #1017) and how this section meets them:
-# (1) p_t depends only on the strict prefix: every count is of tokens before t; (2) a full normalised
-# distribution over V: interpolated Witten-Bell (below) sums to 1 by construction, and the mixture
-# weight depends on no candidate token; (3) score before update: score() never changes the tables,
-# update() is called by the caller on already-scored tokens; (4) one left-to-right pass.
-#
-# Math: interpolated Witten-Bell backoff over context lengths L = 0..order-1 (L = 0: unigram), on a
-# uniform floor p_{-1}(v) = 1/V. With c(h,v) the prefix count of v after context h, c(h) = sum_v c(h,v)
-# and u(h) the number of distinct v seen after h:
-#   p_L(v) = (c(h_L,v) + u(h_L) p_{L-1}(v)) / (c(h_L) + u(h_L))   if c(h_L) > 0, else p_{L-1}(v).
-# sum_v p_L = (c(h) + u(h)) / (c(h) + u(h)) = 1 by induction, and p >= (backoff mass) / V > 0.
-# Witten-Bell rather than Kneser-Ney: it needs only plain prefix counts (insert-only tables, no
-# continuation counts that change when a lower-order context first appears).
-# Mixture: p = (1 - a) p_model + a p_ngram, a = sigmoid(w0 + w1 H_model + w2 log1p(c(h_top)) + w3 n_top)
-# where H_model is the model's entropy at t, h_top the longest context with data and n_top = its
-# n-gram order (L + 1); a = 0 while the tables are empty. Nothing in a depends on the candidate token.
-# With NGRAM_GATE_LR > 0 the four w are learned online: each update() first fits them (Adam) to the
-# mixed NLL of the positions scored since the last one, so the gate for a chunk knows only earlier chunks.
-#
-# Table: one sorted int64 array of keys (L << 59) + g * V + v (L the context length, g the hash of
-# the L-token context, v the next token) with exact counts, ended by a sentinel. All continuations of
-# (L, g) form the contiguous key range [base, base + V), so c(h) and u(h) are read off the same array
-# (cumulative counts, range length). A hash collision merges two contexts into one whose counts are
-# the sums: still an exact Witten-Bell distribution (of the merged context), so collisions cost
-# accuracy, never normalisation. No lookup key contains the target: the target only picks which
-# entry of the (normalised) distribution is scored.
-# Hash: g_L = (g_{L-1} * (V+1) + tok_{t-L} + 1) mod M, M a prime near 2^59 / V: no int64 overflow,
-# exact (collision-free) while (V+1)^L < M (V=1024: L <= 4; V=8192: L <= 3); order <= 16.
-#
-# Chunks: score(chunk) reads the tables (all tokens given to update() so far) plus the chunk's own
-# strict prefix, counted with stable sorts; so every position sees exactly its strict prefix and the
-# result equals a token-by-token pass for any chunk size. update(chunk) then inserts the chunk.
-# Documents: BOS (id 1) starts each document; by default a context never reaches past the last BOS
-# before t (it may start with that BOS). cross_bos=True lets contexts run across documents. The
-# counts are always over the whole stream (a cache across documents).
-# Eval (mix_ngram): a post-pass in stream order over what the model gave each target (log p(y) and
-# entropy: score() takes those or the full log-softmax), so the model may score out of order (TTT)
-# and split across ranks: the per-token stats are summed over ranks, then every rank runs the same pass.
-# Cost: memory 24 bytes per distinct (L, context, token) entry (x2 while merging); update() is
-# O(table size), so update in chunks of >= 32K tokens (results do not depend on the chunk size).
+# Every path scores each val target 1..N-1 exactly once into stats [1 + entropy, N] (the NLL and, for an
+# n-gram mix, the model's entropy), summed over ranks; run_evals mixes and totals them.
+
+
+def eval_windows(n_tokens: int, seq_len: int, stride: int) -> list[tuple[int, int, int]]:
+    """(input_start, input_end, first_scored_target) windows that score every target position
+    1..n_tokens-1 exactly once, each with the longest context the window allows."""
+    end = min(seq_len, n_tokens - 1)
+    out = [(0, end, 1)]
+    while end < n_tokens - 1:
+        new_end = min(end + stride, n_tokens - 1)
+        out.append((max(0, new_end - seq_len), new_end, end + 1))
+        end = new_end
+    return out
+
+
+@torch.no_grad()
+def score_stream(model, tokens: Tensor, h, device, stride: int, stats: Tensor, offset=0, recur=True, entropy=False):
+    """Sliding windows (stride = EVAL_SEQ_LEN: plain, non-overlapping) over `tokens`, which start at stream
+    position `offset`: fills stats[:, offset + t] for every target t, this rank's windows only."""
+    L = min(h.eval_seq_len, len(tokens) - 1)
+    for part, x in rank_batches(tokens, eval_windows(len(tokens), L, stride), h, L):
+        x = x.to(device, non_blocking=True)
+        with autocast(device):
+            out = model(x[:, :-1], x[:, 1:], not h.eval_cross_doc, recur, entropy)
+        out = out.double().view(1 + entropy, len(x), -1)
+        for j, (a, b, first) in enumerate(part):  # target position t sits at column t - a - 1
+            stats[:, offset + first : offset + b + 1] = out[:, j, first - a - 1 : b - a]
+
+
+def eval_stream(model, tokens: Tensor, h, luts, device, stride: int, entropy=False, recur=True) -> dict:
+    """Score a whole val stream with score_stream; returns totals() and the summed `stats`."""
+    stats = torch.zeros(1 + entropy, len(tokens), dtype=torch.float64, device=device)
+    was_training, _ = model.training, model.eval()
+    score_stream(model, tokens, h, device, stride, stats, recur=recur, entropy=entropy)
+    model.train(was_training)
+    return summed(stats, tokens, luts, h)
+
+
+def rank_batches(tokens: Tensor, wins: list[tuple[int, int, int]], h: Hyperparameters, width: int):
+    """This rank's contiguous share of `wins`, in batches of EVAL_BATCH_SEQS windows: yields the
+    windows and their (EVAL_BATCH_SEQS, width + 1) ids, zero-padded to one shape (one compiled graph)."""
+    per = math.ceil(len(wins) / h.world_size)
+    mine = wins[h.rank * per : (h.rank + 1) * per]
+    for i in range(0, len(mine), h.eval_batch_seqs):
+        part = mine[i : i + h.eval_batch_seqs]
+        x = torch.full((h.eval_batch_seqs, width + 1), PAD_ID, dtype=torch.int64)
+        for j, (a, b, _) in enumerate(part):
+            x[j, : b - a + 1] = tokens[a : b + 1]
+        yield part, x
+
+
+def summed(stats: Tensor, tokens: Tensor, luts, h: Hyperparameters) -> dict:
+    """Each rank's per-position stats summed (each position is scored on exactly one rank): totals() of the
+    NLL, with the summed `stats` (for the n-gram mix and PER_TOKEN_OUT)."""
+    if h.world_size > 1:
+        dist.all_reduce(stats)
+    return totals(stats[0], tokens, luts) | {"stats": stats}
+
+
+def totals(nll: Tensor, tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor]) -> dict:
+    """The loss, bytes and bpb over every target 1..N-1 of the stream from each position's NLL [N]."""
+    nll = nll[1:].cpu()
+    n_bytes = int(token_bytes(tokens[:-1], tokens[1:], luts).sum())
+    loss_sum = float(nll.sum())
+    return dict(loss=loss_sum / len(nll), bpb=loss_sum / math.log(2) / n_bytes, tokens=len(nll), bytes=n_bytes, nll=nll)
+
+
+# --- n-gram mixture ------------------------------------------------------------------------------------
+# Legality (issue #1017): (1) p_t depends only on the strict prefix (every count is of tokens before t); (2) a full
+# normalised distribution over V (interpolated Witten-Bell sums to 1; the mixture weight depends on no candidate
+# token); (3) score before update (score() never changes the tables; the caller update()s with scored tokens);
+# (4) one pass. ngram_eval.probe tests (1)-(3) on the running code.
+# Witten-Bell over context lengths L = 0..order-1 on a uniform floor p_{-1}(v) = 1/V, with c(h,v) the prefix count
+# of v after context h, c(h) = sum_v c(h,v) and u(h) the distinct v seen after h:
+#   p_L(v) = (c(h_L,v) + u(h_L) p_{L-1}(v)) / (c(h_L) + u(h_L))   if c(h_L) > 0, else p_{L-1}(v)
+# (plain prefix counts: insert-only tables, unlike Kneser-Ney's continuation counts). Mixture: (1 - a) p_model +
+# a p_ngram, a = sigmoid(w0 + w1 H_model + w2 log1p(c(h_top)) + w3 n_top) (the model's entropy at t; the longest
+# context with data and its order L + 1); a = 0 on empty tables. With NGRAM_GATE_LR > 0 each update() first fits
+# the w (Adam) to the positions scored since the last: a chunk's gate knows earlier chunks only.
+# Table: one sorted int64 array of keys (L << 59) + g * V + v (g the hash of the L-token context), exact counts,
+# a sentinel; the continuations of (L, g) are the range [base, base + V), so c(h) and u(h) come from one array. A
+# hash collision merges two contexts: still normalised, it costs accuracy, never mass. Hash g_L = (g_{L-1} (V+1)
+# + tok_{t-L} + 1) mod M, M a prime near 2^59 / V: exact while (V+1)^L < M (V=8192: L <= 3). No key holds the target.
+# score(chunk) counts the chunk's own strict prefix with stable sorts: equal to a token-by-token pass for any chunk
+# size. Contexts stop at the last BOS (cross_bos=True: they don't); counts span the stream. mix_ngram runs after
+# the model pass in stream order on its (log p(y), entropy), so TTT may score out of order and ranks split the
+# work. Memory: 24 bytes per distinct (L, context, token); update() is O(table size): chunks of >= 32K tokens.
 
 
 NGRAM_LEVEL_SHIFT = 59
@@ -2073,20 +1616,11 @@ GATE_STEPS = 8  # Adam steps on the gate per update(): one pass over a chunk is 
 
 
 class NgramMixer:
-    def __init__(
-        self,
-        vocab_size: int,
-        order: int = 6,
-        device: str | torch.device = "cpu",
-        alpha: tuple[float, float, float, float] = (-3.0, 0.25, 0.1, 0.25),
-        cross_bos: bool = False,
-        bos_id: int = 1,
-        gate_lr: float = 0.0,
-    ):
-        """gate_lr > 0: alpha is learned online from already-scored chunks (learn_gate)."""
+    def __init__(self, vocab_size: int, order: int, device, alpha: tuple, gate_lr: float = 0.0, cross_bos=False):
+        """alpha: the gate's four weights; gate_lr > 0: learned online from already-scored chunks (learn_gate)."""
         assert 1 <= order <= 16, "the context length must fit in the key's level bits"
         self.V, self.n, self.dev = vocab_size, order, torch.device(device)
-        self.alpha, self.cross_bos, self.bos = tuple(alpha), cross_bos, bos_id
+        self.alpha, self.cross_bos = tuple(alpha), cross_bos
         self.seen = []
         self.gate = torch.zeros(4, dtype=torch.float64, device=self.dev, requires_grad=True)  # alpha while learning
         self.gate_opt = torch.optim.Adam([self.gate], lr=gate_lr) if gate_lr > 0 else None
@@ -2100,7 +1634,6 @@ class NgramMixer:
         self.cum = torch.zeros(2, **lng)  # cum[i] = sum(cnt[:i])
         self.tail = torch.zeros(0, **lng)  # last order-1 tokens given to update(): context of the next chunk
 
-    # --- keys and counts -------------------------------------------------------------------------
     def _ext(self, tokens: Tensor, prefix: Tensor | None) -> tuple[Tensor, int, int]:
         """(tail + prefix + tokens, index of the first in-chunk token, number of prefix tokens)."""
         tokens = tokens.to(self.dev, torch.long)
@@ -2115,7 +1648,7 @@ class NgramMixer:
             avail = i
         else:  # the context may start at the last BOS before t, not earlier
             j = torch.arange(ext.numel(), device=self.dev)
-            last = torch.where(ext == self.bos, j, 0).cummax(0).values
+            last = torch.where(ext == BOS_ID, j, 0).cummax(0).values
             avail = i - torch.cat([last.new_zeros(1), last[:-1]])[i]
         pad = torch.cat([ext.new_zeros(self.n - 1), ext])
         g = torch.zeros(self.n, i.numel(), dtype=torch.long, device=self.dev)
@@ -2144,76 +1677,48 @@ class NgramMixer:
         tot, u = cum[hi] - cum[lo] + rc.view_as(k), hi - lo + du.view_as(k)
         return c + rk, tot, u, valid, (ctx, lo, hi, perm, start)
 
-    def _dense_counts(self, ext: Tensor, t0: int, ctx, lo, hi, perm, start) -> Tensor:
-        """c(h, v) for every v: [order, n, V] float64 (probes only)."""
-        V, dev = self.V, self.dev
-        lo, ln, rows = lo.flatten(), (hi - lo).flatten(), torch.arange(ctx.numel(), device=dev)
-        r = torch.repeat_interleave(rows, ln)  # one entry per stored continuation of each context
-        idx = lo[r] + torch.arange(r.numel(), device=dev) - (ln.cumsum(0) - ln)[r]
-        C = torch.zeros(ctx.numel(), V, dtype=torch.float64, device=dev)
-        C.index_put_((r, (self.keys[idx] & (2**NGRAM_LEVEL_SHIFT - 1)) % V), self.cnt[idx].double(), accumulate=True)
-        ok = (ctx >= 0).flatten()
-        one = torch.zeros_like(C)
-        one[rows[ok], ext[t0:].repeat(self.n)[ok]] = 1.0
-        cs = one[perm].cumsum(0) - one[perm]  # in-chunk counts of earlier positions with the same context
-        return C.index_add_(0, perm, cs - cs[start]).view(self.n, -1, V)
-
-    def _ngram(self, ext: Tensor, t0: int, dense: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """Witten-Bell p(y) [n] (or p(v) for all v [n, V]), c(h_top) [n], n_top [n] for ext[t0:]."""
-        c, tot, u, valid, aux = self._counts(ext, t0)
-        use = valid & (tot > 0)
+    def _top(self, tot: Tensor, use: Tensor) -> tuple[Tensor, Tensor]:
+        """c(h_top) and n_top: the count and order (L + 1; 0: none) of the longest context with data."""
         top_o = (use * torch.arange(1, self.n + 1, device=self.dev)[:, None]).amax(0)
-        top_c = torch.where(top_o > 0, tot.gather(0, (top_o - 1).clamp(min=0)[None])[0], 0)
-        if dense:
-            c, use, tot, u = self._dense_counts(ext, t0, *aux), use[..., None], tot[..., None], u[..., None]
+        return torch.where(top_o > 0, tot.gather(0, (top_o - 1).clamp(min=0)[None])[0], 0), top_o
+
+    def _interpolate(self, c: Tensor, tot: Tensor, u: Tensor, use: Tensor) -> Tensor:
+        """Interpolate from the uniform floor and the unigram up to the longest context, per position (and token)."""
         p = torch.full(c.shape[1:], 1.0 / self.V, dtype=torch.float64, device=self.dev)
-        for L in range(self.n):  # interpolate from the unigram up to the longest context
+        for L in range(self.n):
             p = torch.where(use[L], (c[L] + u[L] * p) / (tot[L] + u[L]).clamp(min=1), p)
-        return p, top_c, top_o
+        return p
 
     def ngram_stats(self, tokens: Tensor, prefix: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """p_ngram(true token) float64, c(h_top) and n_top (0: no data) at each position of tokens;
         prefix = stream tokens after the last update() and before tokens[0]."""
         ext, t0, n0 = self._ext(tokens, prefix)
-        return tuple(x[n0:] for x in self._ngram(ext, t0))
+        c, tot, u, valid, _ = self._counts(ext, t0)
+        use = valid & (tot > 0)
+        return tuple(x[n0:] for x in (self._interpolate(c, tot, u, use), *self._top(tot, use)))
 
-    # --- mixture ---------------------------------------------------------------------------------
     @staticmethod
     def gate_features(entropy: Tensor, top_count: Tensor, top_order: Tensor) -> Tensor:
         """[n, 4] float64 (1, H_model, log1p(c(h_top)), n_top): the gate is sigmoid(features @ alpha)."""
         return torch.stack([torch.ones_like(entropy), entropy, torch.log1p(top_count), top_order], 1).double()
 
     def mix_weight(self, entropy: Tensor, top_count: Tensor, top_order: Tensor) -> Tensor:
-        z = self.gate_features(entropy.double(), top_count.double(), top_order.double()) @ top_count.new_tensor(
-            self.alpha, dtype=torch.float64
-        )
+        alpha = torch.tensor(self.alpha, dtype=torch.float64, device=top_count.device)
+        z = self.gate_features(entropy.double(), top_count.double(), top_order.double()) @ alpha
         return torch.where(top_order > 0, torch.sigmoid(z), 0.0)
 
-    def mix_nll(
-        self, logp_true: Tensor, entropy: Tensor, p_ngram: Tensor, top_count: Tensor, top_order: Tensor
-    ) -> Tensor:
+    def mix_nll(self, logp_true: Tensor, entropy: Tensor, p_ngram: Tensor, top_count, top_order) -> Tensor:
         """-log((1-a) p_model(y) + a p_ngram(y)); needs only the model's log p(y) and entropy."""
         a = self.mix_weight(entropy.to(self.dev), top_count, top_order)
         lp = logp_true.to(self.dev, torch.float64)
         return -torch.logaddexp(torch.log1p(-a) + lp, torch.log(a) + torch.log(p_ngram))
 
-    @staticmethod
-    def model_stats(tokens: Tensor, model_logprobs: Tensor) -> tuple[Tensor, Tensor]:
-        """All the mixture needs of the model's log-softmax [T, V]: log p(y) and the entropy, [T] each."""
-        lp = model_logprobs.float()
-        return lp.gather(1, tokens[:, None].long())[:, 0], torch.special.entr(lp.exp()).sum(1)
-
-    def score(self, tokens: Tensor, model: Tensor | tuple[Tensor, Tensor], prefix: Tensor | None = None) -> Tensor:
-        """Mixed NLL [T] (float64, nats) of tokens; model = the model's log-softmax [T, V] at those
-        positions, or its model_stats (log p(y), entropy); prefix = stream tokens after the last update()
-        and before tokens[0]. Does not change the tables: call update() with the whole chunk once it is scored."""
-        tokens = tokens.to(self.dev, torch.long)
-        logp, ent = (
-            self.model_stats(tokens, model.to(self.dev))
-            if isinstance(model, Tensor)
-            else (x.to(self.dev) for x in model)
-        )
-        stats = self.ngram_stats(tokens, prefix)
+    def score(self, tokens: Tensor, model: tuple[Tensor, Tensor], prefix: Tensor | None = None) -> Tensor:
+        """Mixed NLL [T] (float64, nats) of tokens; model = the model's (log p(y), entropy) at those positions;
+        prefix = stream tokens after the last update() and before tokens[0]. Does not change the tables: call
+        update() with the whole chunk once it is scored."""
+        logp, ent = (x.to(self.dev) for x in model)
+        stats = self.ngram_stats(tokens.to(self.dev, torch.long), prefix)
         if self.gate_opt:
             self.seen.append((logp, ent, *stats))
         return self.mix_nll(logp, ent, *stats)
@@ -2226,10 +1731,8 @@ class NgramMixer:
         keep = o > 0  # a = 0 where the tables have no context: no gradient there
         f = self.gate_features(ent.double(), c.double(), o.double())[keep]
         lp, lpn = lp.double()[keep], torch.log(p.double()[keep])
-        with torch.no_grad():
-            self.gate.copy_(
-                torch.tensor(self.alpha, dtype=torch.float64)
-            )  # alpha is the gate everywhere else (sweeps may set it)
+        with torch.no_grad():  # alpha is the gate everywhere else (sweeps may set it)
+            self.gate.copy_(torch.tensor(self.alpha, dtype=torch.float64))
         for _ in range(GATE_STEPS):
             with torch.enable_grad():  # eval runs under no_grad
                 z = f @ self.gate  # log a and log(1 - a) as logsigmoids: finite gradients where a saturates
@@ -2241,20 +1744,6 @@ class NgramMixer:
             self.gate_opt.step()
         self.alpha = tuple(self.gate.tolist())
 
-    def distribution(
-        self, tokens: Tensor, model_logprobs: Tensor | None = None, prefix: Tensor | None = None
-    ) -> Tensor:
-        """The full distribution [T, V] (float64) at each position of tokens: the mixture, or the
-        n-gram alone if model_logprobs is None. Row t depends on the stream before it only (probes)."""
-        ext, t0, n0 = self._ext(tokens, prefix)
-        P, top_c, top_o = (x[n0:] for x in self._ngram(ext, t0, dense=True))
-        if model_logprobs is None:
-            return P
-        lp = model_logprobs.to(self.dev)
-        a = self.mix_weight(self.model_stats(ext[t0 + n0 :], lp)[1], top_c, top_o)[:, None]
-        return (1 - a) * lp.double().exp() + a * P
-
-    # --- table -----------------------------------------------------------------------------------
     def update(self, tokens: Tensor) -> None:
         """Insert the stream tokens that follow everything inserted so far (a whole, already-scored chunk);
         with gate_lr > 0, learn the gate from what was scored first."""
@@ -2284,7 +1773,7 @@ def mix_ngram(stats: Tensor, tokens: Tensor, h: Hyperparameters) -> Tensor:
     """Mixed NLL [N] from the model's per-token (NLL, entropy) [2, N] of the whole stream, in stream
     order: chunks of NGRAM_CHUNK targets are scored against the tables of every earlier chunk, then inserted."""
     alpha = tuple(float(a) for a in h.ngram_alpha.split(","))
-    mixer = NgramMixer(h.vocab_size, h.ngram_order, stats.device, alpha=alpha, gate_lr=h.ngram_gate_lr)
+    mixer = NgramMixer(h.vocab_size, h.ngram_order, stats.device, alpha, h.ngram_gate_lr)
     nll, done = torch.zeros_like(stats[0]), 0
     for s in range(1, len(tokens), h.ngram_chunk):
         e = min(s + h.ngram_chunk, len(tokens))
@@ -2294,24 +1783,17 @@ def mix_ngram(stats: Tensor, tokens: Tensor, h: Hyperparameters) -> Tensor:
     return nll
 
 
-# -----------------------------------------------------------------------------
-# TEST-TIME TRAINING (score first, then update)
-# -----------------------------------------------------------------------------
-# Documents are scored chunk by chunk. Per-document LoRA adapters (reset for every document) take
-# an optimizer step on a chunk only after its loss is recorded; phased global SGD updates the base
-# weights on documents of finished phases only (TTT_LORA=0: each phase is scored like the sliding path, the
-# cheap form: ~one sliding pass plus one SGD pass). Adapters hook into CastedLinear.lora, so TTT runs
-# through the same blocks as training. `on_score`/`on_update` let tests audit the order of events.
-# ttt_ngram: p(t) = (1 - a) p_TTT(t) + a p_ngram(t), mixed after TTT in stream order (mix_ngram) from
-# what TTT recorded per token. Legal: p_TTT(t) depends on the artifact, on earlier phases' documents
-# (all earlier in the stream) and on t's own document prefix; p_ngram(t) and a only on the stream
-# before t's chunk.
+# --- test-time training (score first, then update) ----------------------------------------------------
+# Per-document LoRA adapters (reset per document, hooked into CastedLinear.lora: the training blocks) step on a
+# chunk only after it is scored; phased global SGD trains the base weights on finished phases only (TTT_LORA=0:
+# phases scored like the sliding path). on_score/on_update let tests audit the order. ttt_ngram mixes the n-gram
+# cache in afterwards, in stream order: p_TTT(t) depends on the artifact, earlier phases and t's document prefix.
 
 
 class BatchedLoRA(nn.Module):
     """A rank-r adapter per batch row (one per document): y += alpha/r * (x A_b^T) B_b^T. Every row starts
     from the same A, drawn by a seeded generator: a document's score depends neither on the global RNG state
-    nor on the batch row or rank it lands on. A0 keeps that init for reset_lora."""
+    nor on the batch row or rank it lands on. A0 keeps that init for reset()."""
 
     def __init__(self, n: int, d_in: int, d_out: int, rank: int, alpha: float, g: torch.Generator):
         super().__init__()
@@ -2322,6 +1804,12 @@ class BatchedLoRA(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return (x @ self.A.mT.to(x.dtype)) @ self.B.mT.to(x.dtype) * self.scale
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """In place, fresh adapters for the next batch of documents: B = 0 and A its init."""
+        self.A.copy_(self.A0)
+        self.B.zero_()
 
 
 def doc_spans(tokens: Tensor) -> list[tuple[int, int]]:
@@ -2336,65 +1824,31 @@ def doc_spans(tokens: Tensor) -> list[tuple[int, int]]:
 def make_lora(model: GPT, h: Hyperparameters, device: torch.device) -> list[tuple[CastedLinear, BatchedLoRA]]:
     """A TTT_DOCS-row adapter per TTT_TARGETS linear, made once per eval_ttt: the same modules and
     shapes for every batch, so a compiled model does not recompile per batch."""
-    targets, g = h.ttt_targets.split(","), torch.Generator().manual_seed(h.seed)
-    return [
-        (m, BatchedLoRA(h.ttt_docs, m.in_features, m.out_features, h.ttt_rank, h.ttt_alpha, g).to(device))
-        for name, m in model.blocks.named_modules()
-        if isinstance(m, CastedLinear) and name.split(".")[-1] in targets
-    ]
+    targets, g = h.listed("ttt_targets"), torch.Generator().manual_seed(h.seed)
+    mods = [m for n, m in model.blocks.named_modules() if isinstance(m, CastedLinear) and n.split(".")[-1] in targets]
+    lora = lambda m: BatchedLoRA(h.ttt_docs, m.in_features, m.out_features, h.ttt_rank, h.ttt_alpha, g).to(device)
+    return [(m, lora(m)) for m in mods]
 
 
-@torch.no_grad()
-def reset_lora(loras: list[tuple[CastedLinear, BatchedLoRA]]) -> None:
-    """In place, fresh adapters for the next batch of documents: B = 0 and A its init."""
-    for _, lora in loras:
-        lora.A.copy_(lora.A0)
-        lora.B.zero_()
-
-
-def score_docs(
-    model: GPT,
-    tokens: Tensor,
-    spans: list[tuple[int, int]],
-    stats: Tensor,
-    h: Hyperparameters,
-    device: torch.device,
-    loras: list[tuple[CastedLinear, BatchedLoRA]],
-    on_score=None,
-    on_update=None,
-) -> None:
-    """Score documents in batches of TTT_DOCS, chunk by chunk, with the per-document adapters `loras`
-    (reset per batch; none without TTT_LORA). A forward always has TTT_DOCS rows (missing documents are
-    PAD rows, out of the scores and the loss) and one of a few widths: few compiled graphs.
-    stats [1 or 2, N]: each target's NLL (and the model's entropy there, for the n-gram gate)."""
-    C, L, n, amp = h.ttt_chunk, h.eval_seq_len, h.ttt_docs, device.type == "cuda"
+def score_docs(model: GPT, tokens, spans, stats, h, device, loras, entropy=False, on_score=None, on_update=None):
+    """Score documents in batches of TTT_DOCS, chunk by chunk, with the per-document adapters `loras` (reset
+    per batch; none without TTT_LORA): an adapter steps on a chunk only after the chunk is scored."""
     model.requires_grad_(False)  # only the adapters learn here: no backward work for the base weights
     for m, lora in loras:
         m.lora = lora
     params = [p for _, lora in loras for p in lora.parameters()]
-    for i in range(0, len(spans), n):
-        batch = spans[i : i + n]
-        reset_lora(loras)
+    for i in range(0, len(spans), h.ttt_docs):
+        batch = spans[i : i + h.ttt_docs]
+        for _, lora in loras:
+            lora.reset()
         opt = torch.optim.Adam(params, lr=h.ttt_lr, betas=(0.9, 0.99)) if params else None  # fresh state
-        n_chunks = max(math.ceil((e - s) / C) for s, e in batch)
+        n_chunks = max(math.ceil((e - s) / h.ttt_chunk) for s, e in batch)
         for c in range(n_chunks):
-            rows = []  # (row, doc start, window a..b local, first scored local target)
-            for r, (s, e) in enumerate(batch):
-                lo, hi = c * C + 1, min((c + 1) * C, e - s)
-                if lo <= hi:
-                    rows.append((r, s, max(0, hi - L), hi, lo))
-            W = max(b - a for _, _, a, b, _ in rows)
-            W = min(L, C * 2 ** math.ceil(math.log2(max(1, W / C))))  # few distinct widths
-            x, w, cols, pos = torch.full((n, W + 1), PAD_ID, dtype=torch.int64), torch.zeros(n, W), [], []
-            for r, s, a, b, lo in rows:  # local target j sits at column j - 1 - a
-                x[r, : b - a + 1] = tokens[s + a : s + b + 1]
-                w[r, lo - 1 - a : b - a] = 1 / (b - lo + 1)  # the loss: the sum of each document's mean NLL
-                cols.append(torch.arange(r * W + lo - 1 - a, r * W + b - a))
-                pos.append(torch.arange(s + lo, s + b + 1))
-            x, w, cols, pos = (t.to(device) for t in (x, w.flatten(), torch.cat(cols), torch.cat(pos)))
+            rows, *batch_c = chunk_batch(tokens, batch, c, h)
+            x, w, cols, pos = (t.to(device) for t in batch_c)
             # grad on even for the last chunk (no step; `del out` frees it): one compiled graph per width
-            with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-                out = model(x[:, :-1], x[:, 1:], entropy=len(stats) == 2).view(len(stats), n * W)
+            with autocast(device):
+                out = model(x[:, :-1], x[:, 1:], entropy=entropy).view(1 + entropy, -1)
             stats[:, pos] = out[:, cols].detach().double()
             if on_score:
                 for _, s, _, b, lo in rows:
@@ -2411,13 +1865,31 @@ def score_docs(
     model.requires_grad_(True)
 
 
-def global_sgd(
-    model: GPT, tokens: Tensor, spans: list[tuple[int, int]], h: Hyperparameters, device: torch.device, on_update=None
-) -> None:
-    """TTT_EPOCHS of SGD on the base weights over already-scored documents (a phase: one stretch of the stream),
-    cut into EVAL_SEQ_LEN windows like training batches, documents kept apart by the doc mask (a window per
-    document would pad short ones to full width). A step's batch is EVAL_BATCH_SEQS windows at any world size,
-    each rank taking its share, so the weights TTT scores with do not depend on the number of GPUs."""
+def chunk_batch(tokens: Tensor, batch: list[tuple[int, int]], c: int, h: Hyperparameters) -> tuple:
+    """Chunk c of each document in `batch` (with up to EVAL_SEQ_LEN tokens of its prefix) as one forward of
+    TTT_DOCS rows (PAD rows for missing documents) at one of a few widths: (rows, ids, loss weights, the scored
+    columns of the flattened output, their stream positions)."""
+    C, L, n = h.ttt_chunk, h.eval_seq_len, h.ttt_docs
+    rows = []  # (row, doc start, window a..b local, first scored local target)
+    for r, (s, e) in enumerate(batch):
+        lo, hi = c * C + 1, min((c + 1) * C, e - s)
+        if lo <= hi:
+            rows.append((r, s, max(0, hi - L), hi, lo))
+    W = max(b - a for _, _, a, b, _ in rows)
+    W = min(L, C * 2 ** math.ceil(math.log2(max(1, W / C))))  # few distinct widths
+    x, w, cols, pos = torch.full((n, W + 1), PAD_ID, dtype=torch.int64), torch.zeros(n, W), [], []
+    for r, s, a, b, lo in rows:  # local target j sits at column j - 1 - a
+        x[r, : b - a + 1] = tokens[s + a : s + b + 1]
+        w[r, lo - 1 - a : b - a] = 1 / (b - lo + 1)  # the loss: the sum of each document's mean NLL
+        cols.append(torch.arange(r * W + lo - 1 - a, r * W + b - a))
+        pos.append(torch.arange(s + lo, s + b + 1))
+    return rows, x, w.flatten(), torch.cat(cols), torch.cat(pos)
+
+
+def global_sgd(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], h, device, on_update=None) -> None:
+    """TTT_EPOCHS of SGD on the base weights over already-scored documents (a phase, one stretch of the stream) cut
+    into EVAL_SEQ_LEN windows, documents kept apart by the doc mask. A step's batch is EVAL_BATCH_SEQS windows at
+    any world size, each rank taking its share: the weights TTT scores with do not depend on the GPU count."""
     opt = torch.optim.SGD(model.parameters(), lr=h.ttt_sgd_lr, momentum=0.9)
     lo, hi = spans[0][0], spans[-1][1]
     seqs = [(s, min(s + h.eval_seq_len, hi)) for s in range(lo, hi, h.eval_seq_len)]
@@ -2431,8 +1903,8 @@ def global_sgd(
             for j, (a, b) in enumerate(chunk):
                 x[j, : b - a + 1], keep[j, : b - a] = tokens[a : b + 1], 1
             x, keep = x.to(device), keep.to(device)
-            with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):  # this rank's share of
-                loss = (model(x[:, :-1], x[:, 1:]) * keep).sum() / sum(b - a for a, b in batch)  # the batch mean
+            with autocast(device):  # this rank's share of the batch mean
+                loss = (model(x[:, :-1], x[:, 1:]) * keep).sum() / sum(b - a for a, b in batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if h.world_size > 1:  # sum the shares; every rank runs the same graph, so the same grads are None
@@ -2445,20 +1917,10 @@ def global_sgd(
     model.zero_grad(set_to_none=True)
 
 
-def eval_ttt(
-    model: GPT,
-    tokens: Tensor,
-    h: Hyperparameters,
-    luts: tuple[Tensor, Tensor, Tensor],
-    device: torch.device,
-    on_score=None,
-    on_update=None,
-    ngram: bool = False,
-) -> dict[str, object]:
-    """Score-first TTT over the whole stream, mixed with the n-gram cache if ngram. The base weights
-    are restored afterwards."""
+def eval_ttt(model: GPT, tokens: Tensor, h, luts, device, on_score=None, on_update=None, entropy=False) -> dict:
+    """Score-first TTT over the whole stream; the base weights are restored afterwards. Returns summed()."""
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    spans, stats = doc_spans(tokens), torch.zeros(1 + ngram, len(tokens), dtype=torch.float64, device=device)
+    spans, stats = doc_spans(tokens), torch.zeros(1 + entropy, len(tokens), dtype=torch.float64, device=device)
     phases = max(1, h.ttt_phases if h.ttt_global else 1)
     per = math.ceil(len(spans) / phases)
     was_training, loras = model.training, make_lora(model, h, device) if h.ttt_lora else []
@@ -2469,21 +1931,65 @@ def eval_ttt(
             break
         if loras:
             order = sorted(phase, key=lambda se: se[1] - se[0])  # similar lengths share a batch
-            score_docs(model, tokens, order[h.rank :: h.world_size], stats, h, device, loras, on_score, on_update)
+            mine = order[h.rank :: h.world_size]
+            score_docs(model, tokens, mine, stats, h, device, loras, entropy, on_score, on_update)
         else:  # global SGD alone: a phase is one stretch of the stream, scored like the sliding path
             lo, hi = phase[0][0], phase[-1][1]
-            score_stream(model, tokens[lo : hi + 1], h, device, h.eval_stride, stats, lo)
+            score_stream(model, tokens[lo : hi + 1], h, device, h.eval_stride, stats, lo, entropy=entropy)
             if on_score:
                 on_score(lo + 1, hi)
         if h.ttt_global and p < phases - 1:
             global_sgd(model, tokens, phase, h, device, on_update)
     model.load_state_dict(base)
     model.train(was_training)
-    return totals(stats, tokens, luts, h)
+    return summed(stats, tokens, luts, h)
+
+
+# --- all paths ------------------------------------------------------------------------------------------
+MIXED = {"ngram": "sliding", "ttt_ngram": "ttt"}  # n-gram path -> the model pass it mixes into
+
+
+def run_evals(model, h, vals: dict[str, Tensor], luts, device, log, paths: list[str], tag: str = "") -> dict:
+    """Every path on every val set, a line each, then the eval-clock compliance line for the primary set. A model
+    pass serves its path and its n-gram mix; each path's seconds are what it would take alone (the shared pass,
+    plus the mix), so the compliance sum over-counts."""
+    results, spent = {}, 0.0
+    for name, tokens in vals.items():
+        passes: dict[str, tuple[dict, float]] = {}
+        for path in paths:
+            base, t0 = MIXED.get(path, path), time.perf_counter()
+            if base not in passes:
+                entropy = any(MIXED.get(p) == base for p in paths)  # the n-gram gate reads the model's entropy
+                stride = h.eval_seq_len if base == "plain" else h.eval_stride
+                r = (
+                    eval_ttt(model, tokens, h, luts, device, entropy=entropy)
+                    if base == "ttt"
+                    else eval_stream(model, tokens, h, luts, device, stride, entropy)
+                )
+                passes[base] = (r, time.perf_counter() - t0)
+            r, seconds = passes[base]
+            if path != base:
+                r = totals(mix_ngram(r["stats"], tokens.to(r["stats"].device), h), tokens, luts) | {"stats": r["stats"]}
+                seconds += time.perf_counter() - t0
+            results[f"{name}/{tag}{path}"] = r = r | {"seconds": seconds}
+            spent += seconds if name == "val" else 0.0
+            numbers = f"val_loss {r['loss']:.8f} val_bpb {r['bpb']:.8f} tokens {r['tokens']} bytes {r['bytes']}"
+            log(f"eval {name} {tag}{path}: {numbers} seconds {r['seconds']:.1f}")
+    if h.per_token_out and not tag and h.rank == 0:
+        # the last path's NLL; after an n-gram path also the model's own log p(y) and entropy (ngram_eval.sweep)
+        last = results[f"val/{paths[-1]}"]
+        np.save(h.per_token_out, last["nll"].numpy().astype(np.float32))
+        if paths[-1] in MIXED:
+            st = last["stats"][:, 1:].cpu().numpy().astype(np.float32)
+            np.savez(os.path.splitext(h.per_token_out)[0] + "_model.npz", logp=-st[0], entropy=st[1])
+    if not tag:
+        budget, note = h.eval_budget_seconds, "(this val set; see bench for the full-val projection)"
+        log(f"compliance eval: eval_seconds {spent:.1f} budget {budget:.0f} held {spent <= budget} {note}")
+    return results
 
 
 # -----------------------------------------------------------------------------
-# TRAINING
+# MAIN
 # -----------------------------------------------------------------------------
 
 
@@ -2502,85 +2008,46 @@ class Logger:
             print(msg, file=f)
 
 
+def run_sources() -> list[str]:
+    """The files this run executes: this one, then each plug-in loaded from beside it. Their bytes count."""
+    return [os.path.abspath(__file__), *PLUGIN_FILES]
+
+
 def log_header(log: Logger, h: Hyperparameters) -> None:
-    """The log starts with this file's exact source and the environment, so a log proves its code."""
-    with open(__file__, "rb") as f:
-        code = f.read()
-    log(code.decode("utf-8"), console=False)
-    log("=" * 100, console=False)
-    log(f"code: {os.path.basename(__file__)} {len(code)} bytes sha256 {hashlib.sha256(code).hexdigest()}")
+    """The log starts with the exact source of every file the run executes, each followed by a line of 100 '=',
+    then a `code:` line per file (name, bytes, sha256), the environment and the settings: a log proves its code."""
+    sources = [(os.path.basename(p), open(p, "rb").read()) for p in run_sources()]
+    for _, code in sources:
+        log(code.decode("utf-8"), console=False)
+        log("=" * 100, console=False)
+    for name, code in sources:
+        log(f"code: {name} {len(code)} bytes sha256 {hashlib.sha256(code).hexdigest()}")
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    log(
-        f"env: python {sys.version.split()[0]} torch {torch.__version__} cuda {torch.version.cuda} gpus {gpus} "
-        f"world_size {h.world_size}"
-    )
+    py, cuda = sys.version.split()[0], torch.version.cuda
+    log(f"env: python {py} torch {torch.__version__} cuda {cuda} gpus {gpus} world_size {h.world_size}")
     log("hyperparameters: " + json.dumps(dict(h.items()), sort_keys=True))
 
 
-def lr_scale(frac: float, h: Hyperparameters, step_ms: float) -> float:
-    """Flat, then a linear warmdown over the last WARMDOWN_FRAC of the clock to LR_FLOOR.
-    WARMDOWN_ITERS>0 (the baseline) converts a step count to a clock share at the current ms/step."""
-    wd = h.warmdown_frac
-    if h.warmdown_iters > 0 and h.max_wallclock_seconds > 0:
-        wd = min(1.0, h.warmdown_iters * step_ms / 1000 / train_budget(h))
-    if wd <= 0 or frac < 1 - wd:
-        return 1.0
-    return h.lr_floor + (1 - h.lr_floor) * max(0.0, 1 - frac) / wd
-
-
-def train_budget(h: Hyperparameters) -> float:
-    """Seconds of training steps: the cap minus the GPTQ calibration reserve (inside the cap)."""
-    return h.max_wallclock_seconds - h.gptq_reserve_seconds if h.max_wallclock_seconds > 0 else math.inf
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the GPU's queued work: a clock read after it counts finished work, not launches."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def slowest_rank(seconds: float, h: Hyperparameters, device: torch.device) -> float:
-    """The max over ranks of a duration every rank must agree on (the clock, the reserve)."""
-    if h.world_size > 1:
-        t = torch.tensor(seconds, device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        seconds = t.item()
-    return seconds
-
-
-def warmup_and_restore(model: GPT, step_fn, h: Hyperparameters, device: torch.device, seqs: int, micro: int) -> float:
-    """Compile every graph the run will use (recurrence off and on) with real optimizer steps on
-    random tokens, so no training data is read before the clock; then put the weights back. The
-    optimizer used here is a scratch one: the run's optimizer and EMA are created afterwards.
-    Returns the seconds a GPTQ calibration pass takes (eager, recurrence as at the end of training),
-    timed on random tokens too: the clock's reserve must cover it (ARCH=pse measured 14.3 s > 12 s)."""
-    init = {k: v.clone() for k, v in model.state_dict().items()}
-    g = torch.Generator().manual_seed(h.seed)
-
-    def batch(n: int) -> Tensor:
-        x = torch.randint(0, h.vocab_size, (n, h.train_seq_len + 1), generator=g)
-        x[:, 0] = BOS_ID
-        return x.to(device)
-
-    for recur in sorted({False, bool(h.recur_extra)}):
-        model.recur = recur
-        for _ in range(h.warmup_steps):
-            step_fn(batch(seqs))
-    calib_s = 0.0
-    if h.quant == "gptq" and h.calib == "train":
-        sync(device)
-        t0 = time.perf_counter()
-        calibrate(model, h, (batch(micro) for _ in range(h.calib_batches)), device)
-        sync(device)
-        calib_s = slowest_rank(time.perf_counter() - t0, h, device)  # one reserve: ranks agree on the stop
-    model.recur = False
-    model.load_state_dict(init)
-    model.zero_grad(set_to_none=True)
-    return calib_s
+def preflight(h: Hyperparameters) -> None:
+    """What the run needs from this machine and its files, checked before anything expensive: one clear
+    error (ValueError, FileNotFoundError, ShardError) instead of a failure after training."""
+    cuda = torch.cuda.is_available()
+    kernels = dict(auto=True, fa3=cuda and fa3_varlen, varlen=cuda and varlen_attn, flex=flex_attention, sdpa=True)
+    if not kernels[h.attn_impl]:
+        raise ValueError(f"ATTN_IMPL={h.attn_impl}: not available on this machine (auto picks {default_attn_impl()})")
+    if not h.eval_only and not any(_codec(c) for c in h.listed("codecs")):
+        raise ValueError(f"CODECS={h.codecs}: none of them is installed (pip install zstandard brotli)")
+    shard_files(h.val_files)
+    if h.eval_only and not os.path.isfile(h.artifact):
+        raise FileNotFoundError(f"EVAL_ONLY=1: ARTIFACT={h.artifact!r} is not a file")
+    for f in [] if h.eval_only else shard_files(h.train_files):
+        read_shard_header(f)
 
 
 def main() -> None:
     h = Hyperparameters()
+    preflight(h)
+    luts = tokenizer_luts(h)
     device = torch.device("cuda", h.local_rank) if torch.cuda.is_available() else torch.device("cpu")
     if h.world_size > 1:  # gloo on CPU: the multi-rank path (sharded Muon, split evals) is tested without a GPU
         cuda = device.type == "cuda"
@@ -2591,215 +2058,38 @@ def main() -> None:
     torch.manual_seed(h.seed)
     log = Logger(h)
     log_header(log, h)
-    luts = tokenizer_luts(h)
     vals = {"val": load_val(h.val_files, h.vocab_size)}
     if h.dev_val_files and glob.glob(h.dev_val_files):
         vals["dev"] = load_val(h.dev_val_files, h.vocab_size)
-
-    model = GPT(h).to(device)
-    log(
-        f"model: {sum(p.numel() for p in model.parameters()):,} parameters, attention {model.attn_impl}, "
-        f"layer order {model.orders[bool(h.recur_extra)]}"
-    )
     artifact = h.artifact or os.path.join("artifacts", f"{h.run_id}.pgq")
     if not h.eval_only:
+        model = GPT(h).to(device)
+        log_model(log, model)
         if h.compile and device.type == "cuda":
             model.compile_parts(whole=h.compile == 2)
         hessians = train(h, model, device, log, vals["val"], luts)["hessians"]
-        model.recur = bool(h.recur_extra)  # the network as trained: recurrence was on at the end
-        if h.pre_export_paths:  # PRE_EXPORT_PATHS= (empty) skips them: a slow arch needs the time for export
-            run_evals(model, h, vals, luts, device, log, h.pre_export_paths, tag="pre_")
+        if h.listed("pre_export_paths"):  # PRE_EXPORT_PATHS= (empty) skips them: a slow arch needs the time for export
+            run_evals(model, h, vals, luts, device, log, h.listed("pre_export_paths"), tag="pre_")
         export_artifact(model, hessians, h, artifact, log)
         del model, hessians
     if h.world_size > 1:
         dist.barrier()
     model, h = load_artifact(artifact, h, device)  # the score always comes from the artifact on disk
+    if h.eval_only:
+        log_model(log, model)
     if h.compile and device.type == "cuda":
         model.compile_parts()
-    run_evals(model, h, vals, luts, device, log, h.eval_paths)
+    run_evals(model, h, vals, luts, device, log, h.listed("eval_paths"))
     if h.world_size > 1:
         dist.destroy_process_group()
-    total = os.path.getsize(artifact) + os.path.getsize(__file__)
+    total = os.path.getsize(artifact) + sum(map(os.path.getsize, run_sources()))
     if total > h.size_cap:  # scored and logged first, so an over-cap run still loses nothing
-        raise ArtifactError(
-            f"{artifact}: artifact + code = {total:,} bytes > SIZE_CAP {h.size_cap:,}: not a valid submission"
-        )
+        raise ArtifactError(f"{artifact}: artifact + code = {total:,} bytes > SIZE_CAP {h.size_cap:,}: not valid")
 
 
-MIXED = {"ngram": "sliding", "ttt_ngram": "ttt"}  # n-gram path -> the model pass it mixes into
-
-
-def run_evals(
-    model: GPT,
-    h: Hyperparameters,
-    vals: dict[str, Tensor],
-    luts: tuple[Tensor, Tensor, Tensor],
-    device: torch.device,
-    log: Logger,
-    paths: str,
-    tag: str = "",
-) -> dict[str, dict]:
-    """Every requested eval path on every val set; logs one line each and the eval-clock compliance
-    line for the primary set (everything that reads its tokens is inside the clock). A model pass
-    serves both its plain and its n-gram path when both are asked for; each path's seconds are what it
-    would take alone (the shared pass, plus or minus the mix), so the compliance sum over-counts."""
-    wanted, results, spent = paths.split(","), {}, 0.0
-    for path in wanted:
-        if path not in ("plain", "sliding", "ttt", *MIXED):
-            raise ValueError(f"EVAL_PATHS: unknown path {path!r}")
-    for name, tokens in vals.items():
-        done: dict[str, dict] = {}
-        for path in wanted:
-            if path not in done:
-                base = MIXED.get(path, path)
-                mixed = next((m for m, b in MIXED.items() if b == base and m in wanted), None)
-                t0 = time.perf_counter()
-                if base == "ttt":
-                    r = eval_ttt(model, tokens, h, luts, device, ngram=mixed is not None)
-                else:
-                    stride = h.eval_seq_len if base == "plain" else h.eval_stride
-                    r = eval_stream(model, tokens, h, luts, device, stride, ngram=mixed is not None)
-                r["seconds"] = time.perf_counter() - t0
-                done[mixed or path] = r
-                if mixed and base in wanted:  # the same pass, unmixed: already summed over ranks
-                    done[base] = {
-                        **totals(r["stats"][:1], tokens, luts, h, reduce=False),
-                        "seconds": r["seconds"] - r["mix_seconds"],
-                    }
-            r = results[f"{name}/{tag}{path}"] = done[path]
-            spent += r["seconds"] if name == "val" else 0.0
-            log(
-                f"eval {name} {tag}{path}: val_loss {r['loss']:.8f} val_bpb {r['bpb']:.8f} tokens {r['tokens']} "
-                f"bytes {r['bytes']} seconds {r['seconds']:.1f}"
-            )
-    if h.per_token_out and not tag and h.rank == 0:
-        last = results[f"val/{wanted[-1]}"]
-        np.save(h.per_token_out, last["nll"].numpy().astype(np.float32))
-        if len(last["stats"]) == 2:  # an n-gram path: also the model's own outputs, for `python -m ngram_eval.sweep`
-            st = last["stats"][:, 1:].cpu().numpy()
-            np.savez(
-                os.path.splitext(h.per_token_out)[0] + "_model.npz",
-                logp=(-st[0]).astype(np.float32),
-                entropy=st[1].astype(np.float32),
-            )
-    if not tag:
-        log(
-            f"compliance eval: eval_seconds {spent:.1f} budget {h.eval_budget_seconds:.0f} "
-            f"held {spent <= h.eval_budget_seconds} (this val set; see bench for the full-val projection)"
-        )
-    return results
-
-
-def train(
-    h: Hyperparameters,
-    model: GPT,
-    device: torch.device,
-    log: Logger,
-    val: Tensor | None = None,
-    luts: tuple[Tensor, Tensor, Tensor] | None = None,
-) -> dict[str, object]:
-    """Train under the clock; returns steps, seconds, the logged (step, loss) history and the
-    calibration Hessians. With VAL_LOSS_EVERY, `val` is scored (plain) every that many steps."""
-    global_seqs = h.train_batch_tokens // h.train_seq_len
-    if global_seqs % h.world_size:
-        raise ValueError(
-            f"TRAIN_BATCH_TOKENS/TRAIN_SEQ_LEN={global_seqs} sequences do not split over {h.world_size} ranks"
-        )
-    local = global_seqs // h.world_size
-    micro = max(1, min(local, h.micro_batch_tokens // h.train_seq_len))
-    while local % micro:
-        micro -= 1
-    accum = local // micro
-    log(f"batch: {global_seqs} seqs x {h.train_seq_len} global, {local} per rank, {accum} micro-batches of {micro}")
-    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-    def step_fn(batch: Tensor, opt: Optimizers, lr: float = 1.0, mom: float = h.muon_momentum) -> Tensor:
-        total = torch.zeros((), device=device)
-        for x in batch.split(micro):
-            with torch.autocast(**amp):
-                loss = model(x[:, :-1], x[:, 1:], doc_mask=bool(h.doc_mask)).mean()
-            (loss / accum).backward()
-            total += loss.detach() / accum
-        opt.step(lr, mom)
-        return total
-
-    if h.warmup_steps > 0:
-        scratch, t0 = Optimizers(model, h), time.perf_counter()
-        calib_s = warmup_and_restore(model, lambda x: step_fn(x, scratch), h, device, local, micro)
-        log(f"warmup: compiled in {time.perf_counter() - t0:.1f}s on random tokens, weights restored")
-        if 1.25 * calib_s > h.gptq_reserve_seconds:  # the reserve must hold the calibration, with a margin
-            log(
-                f"reserve: calibration takes {calib_s:.1f}s, GPTQ_RESERVE_SECONDS {h.gptq_reserve_seconds:.1f} -> "
-                f"{1.25 * calib_s:.1f}"
-            )
-            h.gptq_reserve_seconds = 1.25 * calib_s
-    opt = Optimizers(model, h)
-    ema = EMA(model, h.ema_decay, h.ema_warmup) if h.ema else None
-    loader = TokenLoader(h.train_files, h.train_seq_len, h.seed, h.rank, h.world_size, device, h.loader == "stream")
-    budget = train_budget(h)
-    train_s, step, history = 0.0, 0, []
-    sync(device)
-    t0 = time.perf_counter()
-    while True:
-        sync(device)  # the clock counts finished GPU work, not queued launches
-        # one clock (the slowest rank's): lr, recurrence and the stop must agree on every rank
-        train_s = slowest_rank(time.perf_counter() - t0, h, device)
-        step_ms = 1000 * train_s / step if step else 0.0
-        # stop when the next step would end past the budget, so the cap holds to within one step's noise
-        if step >= h.iterations or train_s + step_ms / 1000 >= budget:
-            break
-        frac = max(train_s / budget, step / h.iterations)  # whichever limit ends the run first
-        if h.recur_extra and not model.recur and frac >= h.recur_frac:
-            model.recur = True
-            log(f"step {step}: depth recurrence on, order {model.orders[True]}")
-        mom_frac = min(1.0, step / max(1, h.muon_momentum_warmup_steps))
-        mom = h.muon_momentum_start + (h.muon_momentum - h.muon_momentum_start) * mom_frac
-        scale = lr_scale(frac, h, step_ms)
-        loss = step_fn(loader.next_batch(global_seqs), opt, scale, mom)
-        if ema is not None:
-            ema.update()
-        step += 1
-        if h.val_loss_every and step % h.val_loss_every == 0 and val is not None:
-            sync(device)
-            t_val = time.perf_counter()
-            r = eval_stream(model, val, h, luts, device, h.eval_seq_len)
-            log(f"step {step} val_loss {r['loss']:.4f} val_bpb {r['bpb']:.4f} elapsed {t_val - t0:.1f}s")
-            t0 += time.perf_counter() - t_val  # validation reads no training data: off the clock
-        if step % h.train_log_every == 0 or step == 1:
-            elapsed = time.perf_counter() - t0
-            tok_s, ms = step * h.train_batch_tokens / elapsed, 1000 * elapsed / step
-            eta = min(budget - elapsed, (h.iterations - step) * ms / 1000)
-            if h.world_size > 1:  # the mean over ranks: the logged loss does not depend on the world size
-                dist.all_reduce(loss, op=dist.ReduceOp.AVG)
-            history.append((step, loss.item()))
-            log(
-                f"step {step} train_loss {history[-1][1]:.4f} lr_scale {scale:.3f} tok/s {tok_s:,.0f} "
-                f"ms/step {ms:.1f} elapsed {elapsed:.1f}s eta {eta:.0f}s"
-            )
-    sync(device)
-    train_s = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
-    log(
-        f"train: {step} steps in {train_s:.1f}s, {1000 * train_s / max(step, 1):.1f} ms/step, peak memory {peak:.1f} GiB"
-    )
-    if ema is not None:
-        ema.copy_to(model)
-    hessians = {}
-    if h.quant == "gptq":  # calibration reads training data: it runs on the clock, in the reserve
-        batches = (
-            (loader.next_batch(global_seqs)[:micro] for _ in range(h.calib_batches))
-            if h.calib == "train"
-            else selfgen_batches(model, h, device, h.calib_batches, micro)
-        )
-        hessians = calibrate(model, h, batches, device)
-        sync(device)
-    used = time.perf_counter() - t0 - train_s
-    total, cap = train_s + used, h.max_wallclock_seconds
-    log(
-        f"compliance train: train_seconds {train_s:.1f} calibration_seconds {used:.1f} reserve {h.gptq_reserve_seconds:.1f} "
-        f"total {total:.1f} cap {cap:.0f} held {cap <= 0 or total <= cap}"
-    )
-    return dict(steps=step, train_seconds=train_s, history=history, hessians=hessians)
+def log_model(log: Logger, model: GPT) -> None:
+    n = sum(p.numel() for p in model.parameters())
+    log(f"model: {n:,} parameters, attention {model.attn_impl}, layer order {model.orders[True]}")
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def main() -> None:
     ref = out_and_grads("sdpa")  # the dense document mask: the reference every doc-masked kernel must match
     for impl in impls:
 
-        def run():
+        def run(impl=impl):
             mask = tg.AttnMask(tokens, impl != "causal", impl)
             attend(q, k, v, mask).backward(grad)
 
@@ -80,7 +80,7 @@ def main() -> None:
             )  # k/v: summed over the GQA group
         except Exception as e:  # report, keep measuring the others
             rows[impl] = dict(error=f"{type(e).__name__}: {e}"[:300])
-        mask_ms = time_ms(lambda: tg.AttnMask(tokens, impl != "causal", impl)) if "ms" in rows[impl] else None
+        mask_ms = time_ms(lambda impl=impl: tg.AttnMask(tokens, impl != "causal", impl)) if "ms" in rows[impl] else None
         rows[impl]["mask_build_ms"] = mask_ms and round(mask_ms, 3)
     docs = int((tokens == tg.BOS_ID).sum())
     print(

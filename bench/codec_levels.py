@@ -20,7 +20,7 @@ import train_gpt as tg  # noqa: E402
 def main() -> None:
     path, levels = sys.argv[1], [int(a) for a in sys.argv[2:]] or [17, 18, 19, 22]
     qstate, meta = tg.decode_artifact(Path(path).read_bytes())
-    raw = tg._serialize(qstate, meta, shuffle=True, pack=False)
+    raw = tg._serialize(qstate, meta, shuffle=True)
     for level in levels:
         t0 = time.perf_counter()
         n = len(zstandard.ZstdCompressor(level=level).compress(raw))

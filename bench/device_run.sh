@@ -5,7 +5,8 @@
 # zstandard) and .devdata/COMMIT (git rev-parse HEAD, written before the call). Builds the devset for
 # the preset's tokenizer with 16 workers, then runs train + export + every eval via bench/proxy_run.py,
 # writing NAME.json and NAME.log to $OUT. Per-GPU faithful batch: the preset's 8-GPU global batch x NPROC/8.
-# PACKED=1 runs packed/train_gpt.py (`make pack`), the copy a submission ships: its bytes are the counted code.
+# PACKED=1 runs packed/train_gpt.py (`make pack`), the copy a submission ships: its bytes are the counted code; with
+# ARCH=worker|pse|scan among the KEY=VALUEs it bundles seed_archs.py, as `make pack ARCH=...` does.
 # KEEP_ARTIFACT=1 also copies artifacts/NAME.pgq to $OUT (under 16 MiB: it comes back; e.g. for bench/codec_levels.py).
 # A call returns at most 8 files from $OUT: batch no more runs than that into one call.
 # RUN_TIMEOUT counts from the start of this script, devset build included: proxy_run.py gets what is left, so a
@@ -23,7 +24,8 @@ esac
 python3 -m data.devset --shared .devdata/shared --workers 16 --variants $variant | tail -1 || exit 1
 name=${NAME:-${preset}_proxy300_n${nproc}_s${seed}}
 script=train_gpt.py
-if [ "${PACKED:-0}" = 1 ]; then python3 -m quant.pack train_gpt.py --out packed/train_gpt.py || exit 1; script=packed/train_gpt.py; fi
+bundle=$(printf '%s\n' "$@" | grep -qE '^ARCH=(worker|pse|scan)$' && echo "--bundle seed_archs.py")  # make pack ARCH=...
+if [ "${PACKED:-0}" = 1 ]; then python3 -m quant.pack train_gpt.py $bundle --out packed/train_gpt.py || exit 1; script=packed/train_gpt.py; fi
 python3 bench/proxy_run.py "$name" --nproc "$nproc" --out "$OUT" --timeout $(( ${RUN_TIMEOUT:-560} - SECONDS )) --script $script PRESET=$preset SEED=$seed \
   DATA_PATH=data/datasets/devset_$variant TOKENIZER_PATH=data/tokenizers/fineweb_${variant#sp}_bpe.model \
   DEV_VAL_FILES="data/datasets/devset_${variant}_fineweb_dev/fineweb_val_*.bin" \

@@ -42,6 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import train_gpt as tg  # noqa: E402
 
+sa = tg.load_plugin("seed_archs")  # the worker and pse blocks (train_gpt's seed-architecture plug-in)
+
 # Distinct ids in L tokens of sp8192 val text crossing documents (so more than one document would hold):
 # realistic PSE slot counts, an upper bound. Contexts not listed get min(L, vocab), all tokens distinct.
 PSE_SLOTS = "1024:456,4096:1334,16384:3229"
@@ -117,7 +119,7 @@ def gpt_step(block: tg.Block, x: Tensor, x0: Tensor, st: KVCache, dec: Decoder) 
 class WorkerState:
     """The conv's window (the last K inputs, this token's included) and the workers' KV cache."""
 
-    def __init__(self, block: tg.WorkerBlock, B: int, capacity: int, like: Tensor, doc_mask: bool):
+    def __init__(self, block: sa.WorkerBlock, B: int, capacity: int, like: Tensor, doc_mask: bool):
         self.window = like.new_zeros(B, block.conv.size(1), like.size(-1))  # zeros == the conv's zero padding
         self.window_doc = torch.full(self.window.shape[:2], -1, device=like.device) if doc_mask else None
         self.k, self.kv = block.k, KVCache(block.attn, B, capacity // block.k + 1, like, doc_mask)
@@ -130,14 +132,14 @@ class WorkerState:
         return self.window[:, 1:].numel() * self.window.element_size() + self.kv.nbytes()
 
 
-def worker_step(block: tg.WorkerBlock, x: Tensor, x0: Tensor, st: WorkerState, dec: Decoder) -> Tensor:
+def worker_step(block: sa.WorkerBlock, x: Tensor, x0: Tensor, st: WorkerState, dec: Decoder) -> Tensor:
     """WorkerBlock.forward for one token: causal_dwconv itself on the window, then attention + MLP
     only at a worker position (t % k == k-1; RoPE counts workers)."""
     x = block.mix(x, x0)
     st.window.copy_(torch.cat((st.window[:, 1:], block.norm(x)), 1))  # in place: a graph replays into it
     if st.window_doc is not None:
         st.window_doc.copy_(torch.cat((st.window_doc[:, 1:], dec.doc[:, None]), 1))
-    x = x + tg.causal_dwconv(st.window, block.conv, st.window_doc)[:, -1:]
+    x = x + sa.causal_dwconv(st.window, block.conv, st.window_doc)[:, -1:]
     if dec.t % block.k != block.k - 1:  # a memory token: conv only (dec.t: the host's count, no sync)
         return x
     return block.branches(x, attn_step(block.attn, block.norm(x), st.kv, dec.now // block.k, dec))
@@ -189,7 +191,7 @@ class PSEState:
     """One layer's slots: k, v of each slot's last occurrence (B, Hkv, S, D), EMA bank (B, S, scales)
     summed up to that occurrence, unscaled (pse_slots scales by 1 - decay at the end; fp32 as there)."""
 
-    def __init__(self, att: tg.PSEAttention, B: int, capacity: int, like: Tensor):
+    def __init__(self, att: sa.PSEAttention, B: int, capacity: int, like: Tensor):
         self.k = like.new_zeros(B, att.kv_heads, capacity, att.head_dim)
         self.v = torch.zeros_like(self.k)
         self.bank = torch.zeros(B, capacity, att.log2_decay.numel(), device=like.device)
@@ -213,7 +215,7 @@ class PSEState:
         return 2 * self.k[:, :, :S].numel() * self.k.element_size() + self.bank[:, :S].numel() * 4
 
 
-def pse_attn_step(att: tg.PSEAttention, x: Tensor, st: PSEState, dec: Decoder) -> Tensor:
+def pse_attn_step(att: sa.PSEAttention, x: Tensor, st: PSEState, dec: Decoder) -> Tensor:
     """PSEAttention.forward (its _chunk) for one token, over the active slots instead of all positions."""
     B, _, D = x.shape
     rep, hd, S = att.heads // att.kv_heads, att.head_dim, dec.slots.used
@@ -238,7 +240,7 @@ def pse_attn_step(att: tg.PSEAttention, x: Tensor, st: PSEState, dec: Decoder) -
     return att.proj(y.reshape(B, 1, D))
 
 
-def pse_step(block: tg.PSEBlock, x: Tensor, x0: Tensor, st: PSEState, dec: Decoder) -> Tensor:
+def pse_step(block: sa.PSEBlock, x: Tensor, x0: Tensor, st: PSEState, dec: Decoder) -> Tensor:
     """PSEBlock.forward for one token."""
     x = block.mix(x, x0)
     return block.branches(x, pse_attn_step(block.attn, block.norm(x), st, dec))
@@ -249,18 +251,18 @@ STEPS = {"gpt": gpt_step, "worker": worker_step, "pse": pse_step}
 
 class Decoder:
     """Feeds one token per row per step through `model` as GPT.hidden + GPT.logits would at that
-    position, in the layer order the model is set to (set model.recur first, as eval does). doc_mask:
+    position, in the layer order of `recur` (on, as every eval runs, by default). doc_mask:
     as hidden's doc_mask, no attention / conv tap / slot crosses a BOS (rows may differ). capacity:
     positions (gpt, worker); pse: slots if static, else unused (slots grow). static: see the top."""
 
-    def __init__(self, model: tg.GPT, batch: int, capacity: int, doc_mask: bool = False, static: bool = False):
+    def __init__(self, model: tg.GPT, batch: int, capacity: int, doc_mask=False, static=False, recur=True):
         if model.h.arch not in STEPS:
             raise ValueError(f"ARCH={model.h.arch}: no decoder (gpt, worker, pse)")
         self.model, self.arch, self.doc_mask, self.t, self.static = model, model.h.arch, doc_mask, 0, static
         like = model.tok_emb.weight
         self.pos = torch.zeros((), dtype=torch.long, device=like.device)  # static: self.t on the device
         self.sdpa = STATIC_SDPA["efficient" if like.is_cuda else "math"] if static else DECODE_SDPA
-        self.order = model.orders[model.recur]
+        self.recur, self.order = recur, model.orders[recur]
         self.prev = like.new_zeros(batch, 1, like.size(1))  # SmearGate: the previous token's normed embedding
         self.doc = torch.zeros(batch, dtype=torch.long, device=like.device)  # BOS count so far, as doc ids
         self.docs = self.doc if doc_mask else None  # what the caches mask on (updated in place)
@@ -296,7 +298,7 @@ class Decoder:
             for st in self.states:
                 st.grow(self.slots.last.size(1))
         x0 = x
-        x = m.layers(x, lambda j, i, y: STEPS[self.arch](m.blocks[i], y, x0, self.states[j], self))
+        x = m.layers(x, lambda j, i, y: STEPS[self.arch](m.blocks[i], y, x0, self.states[j], self), self.recur)
         self.t += 1
         if self.static:
             self.pos += 1
@@ -323,11 +325,10 @@ class Decoder:
 
 
 def record_model(arch: str, device: torch.device) -> tg.GPT:
-    """The record preset's model with random weights in bf16, recurrence on as at eval."""
+    """The record preset's model with random weights in bf16 (decoded with recurrence on, as at eval)."""
     model = tg.GPT(tg.Hyperparameters({"PRESET": "record", "ARCH": arch})).to(device)
     for p in model.parameters():  # parameters only: fp32 buffers (RoPE frequencies, EMA decays) stay fp32
         p.data = p.data.bfloat16()
-    model.recur = bool(model.h.recur_extra)
     return model.eval()
 
 
@@ -353,16 +354,21 @@ def id_feed(held: Tensor | None, B: int, k: int, V: int, dev: torch.device) -> C
     return lambda: held.gather(1, torch.randint(0, held.size(1), (B, k), device=dev)).T.contiguous()
 
 
+def group_steps(model: tg.GPT) -> int:
+    """Steps per timed group: the worker interval (a group holds one worker step), for every arch alike."""
+    return getattr(model.h, "worker_interval", sa.WorkerBlock.knobs["WORKER_INTERVAL"])
+
+
 def measure(model: tg.GPT, B: int, L: int, slots: int, groups: int, warmup: int) -> dict:
     """ms/token of the eager step at batch B after L tokens of random state: median over groups of k steps / k."""
-    dev, k, V = model.tok_emb.weight.device, model.h.worker_interval, model.h.vocab_size
+    dev, k, V = model.tok_emb.weight.device, group_steps(model), model.h.vocab_size
     dec = Decoder(model, B, L + (groups + warmup) * k + 1)
     held = dec.fill_random(L, slots)
     state_bytes = dec.state_bytes()  # the state of L tokens, before the timed steps add to it
     feed, times = id_feed(held, B, k, V, dev), []
-    for g in range(warmup + groups):
+    for _ in range(warmup + groups):
         ids = feed()
-        times.append(timed_ms(lambda: [dec.step(i) for i in ids], dev) / k)
+        times.append(timed_ms(lambda ids=ids: [dec.step(i) for i in ids], dev) / k)
     return dict(
         arch=model.h.arch,
         batch=B,
@@ -378,7 +384,7 @@ def measure_graph(model: tg.GPT, B: int, L: int, slots: int, groups: int, warmup
     ids copied into the graph's input buffer and one replay (both timed): median over groups / k.
     Capacity: gpt / worker attend over L + all steps run here (+ up to 16), pse over `slots` slots.
     Any failure (capture, memory) comes back as graph_error, so one call always finishes its table."""
-    dev, k, V = model.tok_emb.weight.device, model.h.worker_interval, model.h.vocab_size
+    dev, k, V = model.tok_emb.weight.device, group_steps(model), model.h.vocab_size
     try:
         dec = Decoder(model, B, slots if model.h.arch == "pse" else L + (1 + warmup + groups) * k + 1, static=True)
         feed = id_feed(dec.fill_random(L, slots), B, k, V, dev)
@@ -396,7 +402,7 @@ def measure_graph(model: tg.GPT, B: int, L: int, slots: int, groups: int, warmup
         with torch.cuda.graph(graph):  # records kernels only: dec.t moves on by k (host), dec.pos does not,
             [dec.step(i) for i in ids]  # and each replay moves dec.pos by k: the worker phase stays aligned
         feeds = [feed() for _ in range(warmup + groups)]
-        times = [timed_ms(lambda: (ids.copy_(f), graph.replay()), dev) / k for f in feeds]
+        times = [timed_ms(lambda f=f: (ids.copy_(f), graph.replay()), dev) / k for f in feeds]
     except Exception as e:  # noqa: BLE001 - recorded in the row
         if dev.type == "cuda":  # a capture_end that raised leaves the capture stream current
             torch.cuda.set_stream(torch.cuda.default_stream(dev))
@@ -427,6 +433,27 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def measure_arch(model: tg.GPT, args, known: dict[int, int], contexts: list[int], batches: list[int]) -> list[dict]:
+    """Eager and CUDA-graph rows of one model at every batch and context, each with its batch's floor."""
+    slots = lambda L: known.get(L, min(L, model.h.vocab_size))  # noqa: E731
+    eager = lambda B, L: measure(model, B, L, slots(L), args.groups, args.warmup)  # noqa: E731
+    graph = lambda B, L: measure_graph(model, B, L, slots(L), args.groups, args.warmup, args.static_sdpa)  # noqa: E731
+    rows = []
+    for B in batches:
+        floor_e, floor_g = eager(B, FLOOR_CONTEXT), graph(B, FLOOR_CONTEXT)
+        floor = dict(
+            floor_ms_eager=floor_e["ms_per_token_eager"],
+            floor_ms_graph=floor_g["ms_per_token_graph"],
+            floor_graph_error=floor_g["graph_error"],
+        )
+        for L in contexts:
+            rows.append({**eager(B, L), **graph(B, L), **floor})
+            print(table(rows[-1:]).splitlines()[-1], rows[-1]["graph_error"] or "", file=sys.stderr, flush=True)
+            if model.tok_emb.weight.is_cuda:
+                torch.cuda.empty_cache()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--contexts", default="1024,4096,16384")
@@ -445,23 +472,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     torch.manual_seed(0)
     for arch in args.archs.split(","):
-        model = record_model(arch, dev)
-        slots = lambda L: known.get(L, min(L, model.h.vocab_size))  # noqa: E731
-        eager = lambda B, L: measure(model, B, L, slots(L), args.groups, args.warmup)  # noqa: E731
-        graph = lambda B, L: measure_graph(model, B, L, slots(L), args.groups, args.warmup, args.static_sdpa)  # noqa: E731
-        for B in batches:
-            floor_e, floor_g = eager(B, FLOOR_CONTEXT), graph(B, FLOOR_CONTEXT)
-            floor = dict(
-                floor_ms_eager=floor_e["ms_per_token_eager"],
-                floor_ms_graph=floor_g["ms_per_token_graph"],
-                floor_graph_error=floor_g["graph_error"],
-            )
-            for L in contexts:
-                rows.append({**eager(B, L), **graph(B, L), **floor})
-                print(table(rows[-1:]).splitlines()[-1], rows[-1]["graph_error"] or "", file=sys.stderr, flush=True)
-                if dev.type == "cuda":
-                    torch.cuda.empty_cache()
-        del model
+        rows += measure_arch(record_model(arch, dev), args, known, contexts, batches)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     command = " ".join(["python", *(sys.argv if argv is None else ["bench/latency.py", *argv])])
     out = dict(

@@ -9,7 +9,6 @@ rate measured on this H100), peak memory, artifact bytes, every eval line, and t
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -17,6 +16,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from submissions.logs import LogError, read_events, read_text_log  # noqa: E402
+
 PEAK_FLOPS = 798e12  # measured bf16 8192^3 matmul on the lent H100 (device KINDS.md)
 
 
@@ -30,61 +32,53 @@ def flops_per_token(h: dict, recur: bool) -> float:
     return 6 * (per_layer * n_virtual + V * d) + 6 * n_virtual * T * d
 
 
-def parse(log: str) -> dict:
-    row: dict = {"evals": {}, "compliance": []}
-    hp = re.search(r"^hyperparameters: (\{.*\})$", log, re.M)
-    h = json.loads(hp.group(1)) if hp else {}
-    row["hyperparameters"] = h
-    if m := re.search(r"^env: .* gpus \['([^']*)'", log, re.M):  # the card the run logged (the first of its GPUs)
-        row["gpu"] = m.group(1)
-    if m := re.search(r"^model: ([\d,]+) parameters, attention (\w+)", log, re.M):
-        row["params"], row["attention"] = int(m.group(1).replace(",", "")), m.group(2)
-    steps = [(int(s), float(e)) for s, e in re.findall(r"^step (\d+) train_loss \S+ .* elapsed ([\d.]+)s", log, re.M)]
-    recur_at = re.search(r"^step (\d+): depth recurrence on", log, re.M)
-    if m := re.search(r"^train: (\d+) steps in ([\d.]+)s, ([\d.]+) ms/step, peak memory ([\d.]+) GiB", log, re.M):
-        n, secs = int(m.group(1)), float(m.group(2))
-        row.update(steps=n, train_seconds=secs, ms_per_step=float(m.group(3)), peak_gib=float(m.group(4)))
-        tok_step = h["train_batch_tokens"]
-        row["tokens_per_s"] = round(n * tok_step / secs)
-        r0 = int(recur_at.group(1)) if recur_at else n
-        flops = r0 * tok_step * flops_per_token(h, False) + (n - r0) * tok_step * flops_per_token(h, True)
-        row["mfu"] = round(flops / secs / (PEAK_FLOPS * h.get("world_size", 1)), 4)
-        row["recur_on_step"] = recur_at and r0
-        # per-phase speed from the step log (cumulative elapsed at logged steps)
-        pre = [s for s in steps if s[0] <= r0]
-        if len(pre) >= 2:
-            (s0, e0), (s1, e1) = pre[1], pre[-1]
-            if s1 > s0:
-                row["tokens_per_s_before_recur"] = round((s1 - s0) * tok_step / (e1 - e0))
-                row["mfu_before_recur"] = round(
-                    row["tokens_per_s_before_recur"] * flops_per_token(h, False) / PEAK_FLOPS, 4
-                )
-        post = [s for s in steps if s[0] > r0]
-        if len(post) >= 2 and post[-1][0] > post[0][0]:
-            (s0, e0), (s1, e1) = post[0], post[-1]
-            row["tokens_per_s_after_recur"] = round((s1 - s0) * tok_step / (e1 - e0))
-            row["mfu_after_recur"] = round(row["tokens_per_s_after_recur"] * flops_per_token(h, True) / PEAK_FLOPS, 4)
-    for name, path, loss, bpb, toks, byts, secs in re.findall(
-        r"^eval (\S+) (\S+): val_loss ([\d.]+) val_bpb ([\d.]+) tokens (\d+) bytes (\d+) seconds ([\d.]+)", log, re.M
-    ):
-        row["evals"][f"{name}/{path}"] = dict(
-            loss=float(loss), bpb=float(bpb), tokens=int(toks), bytes=int(byts), seconds=float(secs)
-        )
-    if m := re.search(r"^code: train_gpt.py (\d+) bytes sha256 ([0-9a-f]{64})", log, re.M):
-        row["code_sha256"] = m.group(2)
-    for key, pat in [
-        ("artifact_bytes", r"^artifact: (\d+) bytes"),
-        ("code_bytes", r"code (\d+) bytes"),
-        ("total_bytes", r"total (\d+) bytes"),
-        ("quantize_seconds", r"^export: .* tensors in ([\d.]+)s"),
-        ("encode_seconds", r"^export: .* encoded in ([\d.]+)s"),
-    ]:
-        if m := re.search(pat, log, re.M):
-            row[key] = float(m.group(1)) if "." in m.group(1) else int(m.group(1))
-    row["compliance"] = re.findall(r"^compliance .*$", log, re.M)
-    row["log_tail"] = [l for l in log.splitlines() if l.startswith(("export", "artifact", "codec", "ttt", "ngram"))][
-        -40:
-    ]
+def parse(text: str) -> dict:
+    """The row of a run from its log (or what a killed run left of it), read by submissions.logs."""
+    lines = text.splitlines()
+    try:
+        log = read_text_log(text)
+    except LogError:  # no embedded source: the run died before its header, or a fragment
+        log = read_events(lines)
+    h = log["hyperparameters"] or {}
+    row: dict = {"hyperparameters": h}
+    if log["env"] and log["env"]["gpus"]:  # the card the run logged (the first of its GPUs)
+        row["gpu"] = log["env"]["gpus"][0]
+    if log["params"]:
+        row["params"], row["attention"] = log["params"], log["attention"]
+    if log["train"]:
+        row.update(train_row(log, h))
+    row["evals"] = {
+        k: dict(loss=e["val_loss"], bpb=e["val_bpb"], tokens=e["tokens"], bytes=e["bytes"], seconds=e["seconds"])
+        for k, e in log["evals"].items()
+    }
+    if log.get("code_sha256") and log.get("code_line"):
+        row["code_sha256"] = log["code_sha256"]
+    if log["artifact"]:
+        a = log["artifact"]
+        row.update(artifact_bytes=a["bytes"], code_bytes=a["code"], total_bytes=a["total"])
+    row.update(log["export"] or {})
+    row["compliance"] = [line for line in lines if line.startswith("compliance ")]
+    row["log_tail"] = [line for line in lines if line.startswith(("export", "artifact", "codec", "ttt", "ngram"))][-40:]
+    return row
+
+
+def train_row(log: dict, h: dict) -> dict:
+    """Steps, speed and MFU of the training phase, overall and before and after depth recurrence switched on
+    (per-phase speed from the cumulative elapsed seconds at the logged steps)."""
+    n, secs, tok_step = log["train"]["steps"], log["train"]["seconds"], h["train_batch_tokens"]
+    r0 = log["recur_step"] if log["recur_step"] is not None else n
+    flops = r0 * tok_step * flops_per_token(h, False) + (n - r0) * tok_step * flops_per_token(h, True)
+    row = dict(steps=n, train_seconds=secs, ms_per_step=log["train"]["step_avg_ms"])
+    row.update(peak_gib=log["train"]["peak_memory_gib"], tokens_per_s=round(n * tok_step / secs))
+    row.update(mfu=round(flops / secs / (PEAK_FLOPS * h.get("world_size", 1)), 4), recur_on_step=log["recur_step"])
+    for phase, (recur, steps) in {
+        "before": (False, [s for s in log["train_steps"] if s[0] <= r0][1:]),  # from the 2nd: step 1 holds compiles
+        "after": (True, [s for s in log["train_steps"] if s[0] > r0]),
+    }.items():
+        if len(steps) >= 2 and steps[-1][0] > steps[0][0]:
+            (s0, e0), (s1, e1) = steps[0], steps[-1]
+            row[f"tokens_per_s_{phase}_recur"] = tps = round((s1 - s0) * tok_step / (e1 - e0))
+            row[f"mfu_{phase}_recur"] = round(tps * flops_per_token(h, recur) / PEAK_FLOPS, 4)
     return row
 
 

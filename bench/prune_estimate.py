@@ -34,9 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_gpt as tg  # noqa: E402
 
-CFG = tg.QuantConfig(
-    classes=(("embed", r"emb", 7, 14.0), ("attn", r"attn", 6, 13.0), ("mlp", r"mlp", 6, 12.5), ("matrix", r"", 6, 12.5))
-)
+CFG = tg.quant_config(tg.Hyperparameters({"PRESET": "record", "LQER_TOP": "0"}))  # the record's classes and clips
 
 
 def synth(layers: int, sigma: float) -> dict[str, torch.Tensor]:
@@ -80,7 +78,7 @@ def huff(q: torch.Tensor) -> float:
 
 
 def sizes(q: dict, pool: ThreadPoolExecutor) -> dict[str, int]:
-    raws = {s: tg._serialize(q, {"format": "bench"}, s, False) for s in (False, True)}
+    raws = {s: tg._serialize(q, {"format": "bench"}, s) for s in (False, True)}
     jobs = {f"{c} s{int(s)}": (c, raws[s]) for c in ("zstd", "brotli") for s in (False, True)}
     r = raws[False]  # payload | header | u32 header length
     jobs["zstd payload"] = ("zstd", r[: len(r) - 4 - struct.unpack_from("<I", r, len(r) - 4)[0]])

@@ -78,7 +78,6 @@ def main() -> None:
     model = tg.GPT(h).to(dev)
     if dtype == "bf16":  # speed bound only: bf16 weights (numerics differ)
         model = model.bfloat16()
-    model.recur = True
     if h.compile:
         model.compile_parts(whole=h.compile == 2)
     opt = tg.Optimizers(model, h)
@@ -93,7 +92,7 @@ def main() -> None:
     def fwd_bwd():
         for xb in x.split(micro):
             with torch.autocast("cuda", torch.bfloat16):
-                loss = model(xb[:, :-1], xb[:, 1:], doc_mask=True).mean()
+                loss = model(xb[:, :-1], xb[:, 1:], doc_mask=True, recur=True).mean()
             loss.backward()
 
     def step():

@@ -1,8 +1,6 @@
-"""The one place ngram_eval imports the fast n-gram implementation, plus shared helpers.
-
-When the section is merged into train_gpt.py, change the import below to
-`from train_gpt import NgramMixer` and nothing else.
-"""
+"""The one place ngram_eval imports the fast n-gram implementation (train_gpt.NgramMixer), extended with what
+only the tools need (scoring from a full log-softmax, the whole distribution at every position for the
+probes), plus shared helpers."""
 
 from __future__ import annotations
 
@@ -12,7 +10,58 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from train_gpt import NgramMixer, load_shard, mix_ngram  # noqa: F401  (the fast implementation lives in train_gpt.py)
+import train_gpt
+from train_gpt import NGRAM_LEVEL_SHIFT, load_shard, mix_ngram  # noqa: F401  (re-exported for the tools)
+
+
+class NgramMixer(train_gpt.NgramMixer):
+    """train_gpt's mixer, plus score() from the model's full log-softmax and distribution() (probes)."""
+
+    def __init__(
+        self, vocab_size: int, order=6, device="cpu", alpha=(-3.0, 0.25, 0.1, 0.25), cross_bos=False, gate_lr=0.0
+    ):
+        """The tools' defaults: order 6 and a fixed gate (the probes' and sweeps' reference mixture weight)."""
+        super().__init__(vocab_size, order, device, alpha, gate_lr, cross_bos)
+
+    @staticmethod
+    def model_stats(tokens: Tensor, model_logprobs: Tensor) -> tuple[Tensor, Tensor]:
+        """All the mixture needs of the model's log-softmax [T, V]: log p(y) and the entropy, [T] each."""
+        lp = model_logprobs.float()
+        return lp.gather(1, tokens[:, None].long())[:, 0], torch.special.entr(lp.exp()).sum(1)
+
+    def score(self, tokens: Tensor, model: Tensor | tuple[Tensor, Tensor], prefix: Tensor | None = None) -> Tensor:
+        """train_gpt's score(); `model` may also be the model's log-softmax [T, V] at those positions."""
+        if isinstance(model, Tensor):
+            model = self.model_stats(tokens.to(self.dev, torch.long), model.to(self.dev))
+        return super().score(tokens, model, prefix)
+
+    def distribution(self, tokens: Tensor, model_logprobs: Tensor | None = None, prefix: Tensor | None = None):
+        """The full distribution [T, V] (float64) at each position of tokens: the mixture, or the n-gram alone
+        if model_logprobs is None. Row t depends on the stream before it only."""
+        ext, t0, n0 = self._ext(tokens, prefix)
+        c, tot, u, valid, aux = self._counts(ext, t0)
+        use = valid & (tot > 0)
+        top_c, top_o = (x[n0:] for x in self._top(tot, use))
+        P = self._interpolate(self._dense_counts(ext, t0, *aux), tot[..., None], u[..., None], use[..., None])[n0:]
+        if model_logprobs is None:
+            return P
+        lp = model_logprobs.to(self.dev)
+        a = self.mix_weight(self.model_stats(ext[t0 + n0 :], lp)[1], top_c, top_o)[:, None]
+        return (1 - a) * lp.double().exp() + a * P
+
+    def _dense_counts(self, ext: Tensor, t0: int, ctx, lo, hi, perm, start) -> Tensor:
+        """c(h, v) for every v: [order, n, V] float64, over the table plus the chunk's own strict prefix."""
+        V, dev = self.V, self.dev
+        lo, ln, rows = lo.flatten(), (hi - lo).flatten(), torch.arange(ctx.numel(), device=dev)
+        r = torch.repeat_interleave(rows, ln)  # one entry per stored continuation of each context
+        idx = lo[r] + torch.arange(r.numel(), device=dev) - (ln.cumsum(0) - ln)[r]
+        C = torch.zeros(ctx.numel(), V, dtype=torch.float64, device=dev)
+        C.index_put_((r, (self.keys[idx] & (2**NGRAM_LEVEL_SHIFT - 1)) % V), self.cnt[idx].double(), accumulate=True)
+        ok = (ctx >= 0).flatten()
+        one = torch.zeros_like(C)
+        one[rows[ok], ext[t0:].repeat(self.n)[ok]] = 1.0
+        cs = one[perm].cumsum(0) - one[perm]  # in-chunk counts of earlier positions with the same context
+        return C.index_add_(0, perm, cs - cs[start]).view(self.n, -1, V)
 
 
 def read_tokens(path: str, limit: int | None = None) -> Tensor:

@@ -7,7 +7,7 @@ FILE.npz holds two float32 arrays, one value per scored target in val order:
     logp     log p_model(target), natural log
     entropy  the entropy (nats) of the model's full distribution at that position
 logp[i] and entropy[i] belong to target tokens[1 + i] of the shard (its first token is never scored).
-In train_gpt: `logp, entropy = NgramMixer.model_stats(targets, log_softmax(logits))`, per batch.
+train_gpt.py writes them with PER_TOKEN_OUT after an n-gram path (GPT.nll with entropy=True gives both).
 
 Why these two suffice: the mixture scores the true token y with (1 - a) p_model(y) + a p_ngram(y),
 where a depends on the model's entropy and on n-gram counts, and p_ngram(y) on the token stream.
@@ -153,9 +153,8 @@ def main(argv=None) -> int:
         a.gate_lr,
     )
     print(f"{n} targets, {nbytes} bytes, V={vocab}; model alone: {rows[0]['model']:.5f} bpb")
-    print(
-        f"{'order':>5}  {'policy w0,w1,w2,w3':<24} {'bpb':>8} {'delta':>9} {'mean a':>7} {'ngram-only':>10} {'ngram s':>8}"
-    )
+    head = ("order", "policy w0,w1,w2,w3", "bpb", "delta", "mean a", "ngram-only", "ngram s")
+    print("{:>5}  {:<24} {:>8} {:>9} {:>7} {:>10} {:>8}".format(*head))
     for r in rows:
         pol = ",".join(f"{w:g}" for w in r["alpha"])
         print(

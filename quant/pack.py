@@ -1,11 +1,13 @@
 """Self-extracting, minified + compressed copy of train_gpt.py: fewer code bytes in the 16 MB.
 
-    python -m quant.pack [train_gpt.py] [--out packed/train_gpt.py]
+    python -m quant.pack [train_gpt.py] [--bundle seed_archs.py ...] [--out packed/train_gpt.py]
 
 Minify = drop comments, docstrings and blank lines (the same bytes on any Python); the result is
 compressed with lzma (stdlib, so it runs wherever Python does) and wrapped in a two-line stub that
 decompresses and executes it. The packed file is what ships and what runs: it embeds its own source
-in the log and counts its own size, exactly as the plain file does.
+in the log and counts its own size, exactly as the plain file does. --bundle carries a module the run
+imports (seed_archs.py for ARCH=worker|pse|scan; `make pack ARCH=...`) inside the same file: its minified
+source fills train_gpt.py's BUNDLED table, from which train_gpt.load_plugin imports it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 import tokenize
 
 STUB = 'import lzma,base64\nexec(compile(lzma.decompress(base64.b85decode({blob!r})),"train_gpt.py","exec"))\n'
+BUNDLED = "BUNDLED: dict[str, str] = {}"  # the line of train_gpt.py that --bundle fills in
 
 
 def _docstrings(src: str, lines: list[str]) -> tuple[set[int], dict[int, str]]:
@@ -69,8 +72,15 @@ def minify(src: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def pack(src: str) -> str:
-    blob = lzma.compress(minify(src).encode(), preset=9 | lzma.PRESET_EXTREME)
+def pack(src: str, bundle: dict[str, str] | None = None) -> str:
+    """The packed file of source `src`, carrying the modules `bundle` ({module name: source}) inside it."""
+    code = minify(src)
+    if bundle:
+        if code.count(f"\n{BUNDLED}\n") != 1:
+            raise SyntaxError(f"no line '{BUNDLED}' to carry {', '.join(bundle)} in")
+        table = "BUNDLED = {" + ", ".join(f"{name!r}: {minify(text)!r}" for name, text in bundle.items()) + "}"
+        code = code.replace(f"\n{BUNDLED}\n", f"\n{table}\n")
+    blob = lzma.compress(code.encode(), preset=9 | lzma.PRESET_EXTREME)
     return STUB.format(blob=base64.b85encode(blob))
 
 
@@ -91,19 +101,25 @@ def unpack(text: str) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m quant.pack", description=__doc__.splitlines()[0])
     ap.add_argument("source", nargs="?", default="train_gpt.py")
+    ap.add_argument("--bundle", action="append", default=[], metavar="MODULE.py", help="a module the run imports")
     ap.add_argument("--out", default=os.path.join("packed", "train_gpt.py"))
     args = ap.parse_args(argv)
     try:
         with open(args.source, encoding="utf-8") as f:
             src = f.read()
-        packed = pack(src)
+        bundle = {}
+        for path in args.bundle:
+            with open(path, encoding="utf-8") as f:
+                bundle[os.path.splitext(os.path.basename(path))[0]] = f.read()
+        packed = pack(src, bundle)
     except (OSError, SyntaxError) as e:
         print(f"error: {args.source}: {e}", file=sys.stderr)
         return 1
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         f.write(packed)
-    print(f"packed {args.source}: {len(src.encode())} -> {len(packed.encode())} bytes ({args.out})")
+    carried = "".join(f" + {p}" for p in args.bundle)
+    print(f"packed {args.source}{carried}: {len(src.encode())} -> {len(packed.encode())} bytes ({args.out})")
     return 0
 
 

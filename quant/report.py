@@ -2,10 +2,10 @@
 
     python -m quant.report ARTIFACT [--codecs brotli,zstd,lzma,zlib | --no-recompress]
 
-Rows come from train_gpt.artifact_report. Per class: tensors, parameters, bits per value, bytes of the
-codes at that fixed rate, their order-0 entropy in bytes (what an ideal codec of independent values
-reaches), fp16 scale bytes and LQER factor bytes. Per codec candidate (codec x byte shuffle x bit
-packing): the artifact's size when re-encoded, which takes as long as an export; --no-recompress skips it.
+Per class: tensors, parameters, bits per value, bytes of the codes at that fixed rate, their order-0 entropy
+in bytes (what an ideal codec of independent values reaches), fp16 scale bytes and LQER factor bytes. Per
+codec candidate (codec x byte shuffle): the artifact's size when re-encoded with train_gpt.encode_artifact,
+which takes as long as an export; --no-recompress skips it.
 """
 
 from __future__ import annotations
@@ -13,10 +13,33 @@ from __future__ import annotations
 import argparse
 import sys
 
+import numpy as np
+
 import train_gpt as tg
 
 CLASS_COLS = ("class", "count", "params", "bits", "value_bytes", "entropy_bytes", "scale_bytes", "lqer_bytes")
-CODEC_COLS = ("codec", "shuffle", "pack", "bytes", "vs_file")
+CODEC_COLS = ("codec", "shuffle", "bytes", "vs_file")
+
+
+def artifact_report(buf: bytes, codecs: tuple[str, ...] = tuple(tg.CODECS)) -> list[dict]:
+    """Where the bytes go. One row per tensor class (count, params, bits, fixed-rate bytes of codes,
+    their order-0 entropy in bytes, bytes of scales and LQER factors), then one row per codec candidate
+    (re-encoded: this recompresses everything, so it takes as long as an export)."""
+    qstate, meta = tg.decode_artifact(buf)
+    rows: dict[str, dict] = {}
+    for e in qstate.values():
+        cls, t = e.get("cls", "fp16" if "t" in e and e["t"].is_floating_point() else "raw"), e.get("q", e.get("t"))
+        zero = dict.fromkeys(("count", "params", "value_bytes", "entropy_bytes", "scale_bytes", "lqer_bytes"), 0)
+        r = rows.setdefault(cls, {"class": cls, "bits": e.get("bits", 8 * t.element_size()), **zero})
+        r["count"], r["params"] = r["count"] + 1, r["params"] + t.numel()
+        r["value_bytes"] += -(-t.numel() * r["bits"] // 8)
+        if "q" in e:
+            p = np.bincount(t.numpy().reshape(-1).astype(np.int64) + 128) / t.numel()
+            r["entropy_bytes"] += int(-(p[p > 0] * np.log2(p[p > 0])).sum() * t.numel() / 8)
+            r["scale_bytes"] += e["scale"].numel() * 2
+            r["lqer_bytes"] += sum(x.numel() * x.element_size() for x in e.get("lqer", []))
+    cands = tg.encode_artifact(qstate, meta, codecs, log=lambda s: None)[1] if codecs else []
+    return list(rows.values()) + [{"codec": c, "shuffle": s, "bytes": n} for c, s, n in cands]
 
 
 def table(rows: list[dict], cols: tuple[str, ...]) -> str:
@@ -30,7 +53,7 @@ def table(rows: list[dict], cols: tuple[str, ...]) -> str:
 
 
 def report(buf: bytes, codecs: tuple[str, ...]) -> str:
-    rows = tg.artifact_report(buf, codecs)
+    rows = artifact_report(buf, codecs)
     classes = [r for r in rows if "class" in r]
     total = {"class": "total", **{c: sum(r[c] for r in classes) for c in CLASS_COLS[1:] if c != "bits"}}
     out = [table(classes + [total], CLASS_COLS)]

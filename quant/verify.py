@@ -7,9 +7,11 @@
 size     code bytes (the --code file exactly as shipped) + artifact bytes <= 16,000,000, with the margin;
          with --log also: the artifact has the size the run logged
 code     (--log) --code equals the source the log starts with and its `code:` line (sha256, bytes): the
-         shipped code is the code that ran
+         shipped code is the code that ran, and the only file it ran (a run that loaded a plug-in such as
+         seed_archs.py from a separate file fails: ship the packed copy that bundles it, `make pack ARCH=...`)
 decode   train_gpt.decode_artifact + dequantize_state (a truncated or corrupt artifact stops here)
-rebuild  train_gpt.load_artifact rebuilds the model from the artifact's meta with the code's own classes
+rebuild  train_gpt.load_artifact rebuilds the model from the artifact's meta with the code's own classes, and
+         needs no file beside --code that the size check did not count
 eval     train_gpt.run_evals scores the val set with one eval path on this machine
 match    val_bpb equals --expect-bpb or the log's final `eval val <path>` val_bpb within --tol (1e-6)
 
@@ -25,12 +27,10 @@ apply (WARN: reported, not judged).
 from __future__ import annotations
 
 import argparse
-import ast
 import hashlib
 import importlib.util
-import json
 import math
-import re
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -38,10 +38,10 @@ from types import ModuleType
 
 import torch
 
+from submissions.logs import LogError, read_log
+
 CAP = 16_000_000  # the challenge's limit in decimal bytes, not the run's SIZE_CAP knob
-SEP = "=" * 100  # train_gpt.log_header: the source, then this line, then the run's output
 LAYOUT = ("rank", "world_size", "local_rank")  # torchrun's process layout: this process is rank 0 of 1
-FINAL = re.compile(r"eval val (\w+): val_loss (\S+) val_bpb (\S+) tokens (\d+) bytes (\d+)")
 CHECKS = ("size", "code", "decode", "rebuild", "eval", "match")
 Row = tuple[str, str]  # (status, detail)
 
@@ -56,9 +56,8 @@ class Fatal(Exception):
 
 @dataclass
 class RunLog:
-    source_sha: str  # of the source the log starts with
-    code_sha: str | None  # the `code:` line's (logs of older train_gpt.py versions have none)
-    code_bytes: int | None
+    sources: list[dict]  # the files the run executed, as submissions.logs reads them (name, source, bytes, sha256)
+    code_line: bool  # logs of older train_gpt.py versions have no `code:` line
     setup: str  # where the run's final eval ran, as `here_setup` spells it
     hparams: dict
     artifact_bytes: int | None  # None: the run died before export
@@ -67,42 +66,22 @@ class RunLog:
 
 def parse_log(path: str) -> RunLog:
     try:
-        with open(path, encoding="utf-8", newline="") as f:  # newline="": the source's bytes as they ran
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise Fatal("code", f"log {path}: cannot read ({e})") from None
-    # the separator that ends the source is followed by the header train_gpt.log_header writes next
-    # (`code:`; `env:` in logs of older versions); a second one means runs stacked by a reused RUN_ID
-    seps = [m.start() for m in re.finditer(re.escape(f"\n{SEP}\n") + "(?=code: |env: python )", text)]
-    if len(seps) != 1:
-        why = (
-            f"holds {len(seps)} runs (RUN_ID reused; train_gpt.py appends)"
-            if seps
-            else "no source followed by a line of 100 '=': not a train_gpt.py log"
-        )
-        raise Fatal("code", f"log {path}: {why}")
-    source, lines = text[: seps[0]], text[seps[0] + len(SEP) + 2 :].splitlines()
-    field = lambda prefix: next((l[len(prefix) :] for l in lines if l.startswith(prefix)), "")
-    code = re.fullmatch(r"\S+ (\d+) bytes sha256 ([0-9a-f]{64})", field("code: "))
-    env = re.search(r"torch (\S+) .*gpus (\[.*\]) world_size (\d+)", field("env: "))
-    if not (env and field("hyperparameters: ")):
+        log = read_log(path)
+    except LogError as e:
+        raise Fatal("code", f"log {e}") from None
+    if log["runs"] > 1:
+        raise Fatal("code", f"log {path}: holds {log['runs']} runs (RUN_ID reused; train_gpt.py appends)")
+    if log["env"] is None or log["hyperparameters"] is None:
         raise Fatal("code", f"log {path}: no `env:` or `hyperparameters:` line: not a train_gpt.py log")
-    gpus = ast.literal_eval(env[2])
-    art = re.match(r"(\d+) bytes", field("artifact: "))
+    env = log["env"]
     finals = {
-        m[1]: dict(bpb=float(m[3]), tokens=int(m[4]), bytes=int(m[5]))
-        for m in map(FINAL.match, lines)
-        if m and not m[1].startswith("pre_")
+        k.split("/", 1)[1]: dict(bpb=e["val_bpb"], tokens=e["tokens"], bytes=e["bytes"])
+        for k, e in log["evals"].items()
+        if k.startswith("val/") and "/pre_" not in k
     }
-    return RunLog(
-        hashlib.sha256(source.encode()).hexdigest(),
-        code and code[2],
-        code and int(code[1]),
-        f"{gpus[0] if gpus else 'cpu'} x{env[3]} torch {env[1]}",
-        json.loads(field("hyperparameters: ")),
-        int(art[1]) if art else None,
-        finals,
-    )
+    setup = f"{env['gpus'][0] if env['gpus'] else 'cpu'} x{env['world_size']} torch {env['torch']}"
+    art = log["artifact"]["bytes"] if log["artifact"] else None
+    return RunLog(log["sources"], log["code_line"], setup, log["hyperparameters"], art, finals)
 
 
 def read_bytes(path: str, what: str) -> bytes:
@@ -125,15 +104,22 @@ def check_size(code: int, artifact: int, cap: int, log: RunLog | None) -> Row:
 
 def check_code(code: bytes, log: RunLog) -> Row:
     """The log proves its code twice: the source it starts with and (newer logs) the `code:` line."""
-    sha = hashlib.sha256(code).hexdigest()
-    if sha != log.source_sha or (log.code_sha and (sha, len(code)) != (log.code_sha, log.code_bytes)):
+    sha, main = hashlib.sha256(code).hexdigest(), log.sources[0]
+    if (sha, len(code)) != (main["sha256"], main["bytes"]) or code != main["source"].encode("utf-8"):
         return (
             "FAIL",
             f"--code is sha256 {sha[:12]}.. ({len(code):,} bytes), the run's code was "
-            f"{(log.code_sha or log.source_sha)[:12]}..: not the code that ran",
+            f"{main['sha256'][:12]}..: not the code that ran",
+        )
+    if len(log.sources) > 1:
+        others = ", ".join(f"{s['name']} ({s['bytes']:,} bytes)" for s in log.sources[1:])
+        return (
+            "FAIL",
+            f"the run also executed {others} from beside the script: its bytes count and a "
+            f"submission is one file; run and ship the packed copy that bundles it (make pack ARCH=...)",
         )
     return "PASS", f"sha256 {sha[:12]}.. ({len(code):,} bytes) equals the log's source" + (
-        " and code: line" if log.code_sha else " (this log has no code: line)"
+        " and code: line" if log.code_line else " (this log has no code: line)"
     )
 
 
@@ -168,34 +154,44 @@ def check_decode(tg: ModuleType, buf: bytes) -> tuple[Row, dict]:
 
 def closest_preset(tg: ModuleType, model: dict) -> str:
     """The preset whose model settings agree with the artifact's on the most keys (meta names no preset)."""
-    agree = {p: sum(getattr(tg.Hyperparameters({"PRESET": p}), k) == v for k, v in model.items()) for p in tg.PRESETS}
+    agree = {
+        p: sum(
+            getattr(tg.Hyperparameters({"PRESET": p, "ARCH": model.get("arch", "gpt")}), k, None) == v
+            for k, v in model.items()
+        )
+        for p in tg.PRESETS
+    }
     return max(agree, key=agree.get)
 
 
 def settings(tg: ModuleType, args: argparse.Namespace, meta: dict, log: RunLog | None):
-    """The Hyperparameters to rebuild and score with, and where they came from."""
+    """The Hyperparameters to rebuild and score with (built by the code's own constructor; a check never writes
+    PER_TOKEN_OUT), and where they came from."""
+    over = {"PER_TOKEN_OUT": "", **({"TOKENIZER_PATH": args.tokenizer} if args.tokenizer else {})}
     try:
+        arch = (log.hparams if log else meta["hyperparameters"]).get("arch", "gpt")
+        known = set(tg.DEFAULTS) | set(tg.block_class(arch).knobs)  # the seed architecture's knobs too
         if log:  # through the constructor, so types are the code's; then every logged value must come back
-            h = tg.Hyperparameters({k.upper(): str(v) for k, v in log.hparams.items() if k.upper() in tg.DEFAULTS})
-            drift = sorted(k for k, v in log.hparams.items() if k not in LAYOUT and getattr(h, k, None) != v)
+            env = {k.upper(): str(v) for k, v in log.hparams.items() if k.upper() in known}
+            drift = sorted(
+                k for k, v in log.hparams.items() if k not in LAYOUT and getattr(tg.Hyperparameters(env), k, None) != v
+            )
             if drift:
                 raise Fatal(
                     "rebuild", f"logged settings do not round-trip through this code's Hyperparameters: {drift[:4]}"
                 )
             source = "the log's"
         else:
-            unknown = [k for k, _ in args.set if k not in tg.DEFAULTS]
+            unknown = [k for k, _ in args.set if k not in known]
             if unknown:  # Hyperparameters reads known keys only: a typo would change nothing, silently
                 raise Fatal("rebuild", f"--set {unknown[0]}: not a train_gpt.py setting")
             # the meta names no preset (yet): --preset, else the one closest to the artifact's model
             preset = args.preset or meta.get("preset") or closest_preset(tg, meta["hyperparameters"])
-            h = tg.Hyperparameters({"PRESET": preset, **dict(args.set)})
+            env = {"PRESET": preset, "ARCH": arch, **dict(args.set)}
             source = f"PRESET={preset} defaults" + "".join(f" {k}={v}" for k, v in args.set)
-    except ValueError as e:
+        return tg.Hyperparameters(env | over), source
+    except (ValueError, FileNotFoundError) as e:
         raise Fatal("rebuild", str(e)) from None
-    h.val_files, h.tokenizer_path = args.val or h.val_files, args.tokenizer or h.tokenizer_path
-    h.per_token_out = ""  # a check must not overwrite the run's PER_TOKEN_OUT file
-    return h, source
 
 
 def describe(h, path: str) -> str:
@@ -232,8 +228,12 @@ def rebuild(tg: ModuleType, args: argparse.Namespace, meta: dict, log: RunLog | 
         model.compile_parts()
     detail = (
         f"GPT {sum(p.numel() for p in model.parameters()):,} params, attention {model.attn_impl}, "
-        f"layer order {model.orders[model.recur]}; {source} settings: {describe(hm, args.path)}"
+        f"layer order {model.orders[True]}; {source} settings: {describe(hm, args.path)}"
     )
+    if tg.PLUGIN_FILES:  # imported from beside --code: bytes the size check did not count
+        files = ", ".join(f"{os.path.basename(f)} ({os.path.getsize(f):,} bytes)" for f in tg.PLUGIN_FILES)
+        why = f"the model needs {files} from beside --code, uncounted by the size check"
+        return model, hm, ("FAIL", f"{why}: verify the packed copy that bundles it (make pack ARCH={hm.arch})")
     if log:
         model_keys = meta["hyperparameters"].items()
         other = [f"{k} {v} vs {log.hparams.get(k)}" for k, v in model_keys if log.hparams.get(k) != v]
@@ -242,15 +242,15 @@ def rebuild(tg: ModuleType, args: argparse.Namespace, meta: dict, log: RunLog | 
     return model, hm, ("PASS", detail)
 
 
-def evaluate(tg: ModuleType, model, h, path: str, device: torch.device) -> tuple[dict, Row]:
-    try:  # the same inputs train_gpt.main() builds for its final eval
+def evaluate(tg: ModuleType, model, h, path: str, device: torch.device, val: str | None) -> tuple[dict, Row]:
+    try:  # the same inputs train_gpt.main() builds for its final eval (--val: another glob)
         luts = tg.tokenizer_luts(h)
-        tokens = tg.load_val(h.val_files, h.vocab_size)
+        tokens = tg.load_val(val or h.val_files, h.vocab_size)
     except (OSError, ValueError, RuntimeError) as e:  # ShardError is a ValueError
         raise Fatal("eval", f"{' '.join(str(e).split())} (pass --val GLOB --tokenizer MODEL)") from None
     echo = lambda msg, console=True: print(msg, flush=True)  # run_evals logs through a train_gpt.Logger
     try:
-        results = tg.run_evals(model, h, {"val": tokens}, luts, device, echo, path)
+        results = tg.run_evals(model, h, {"val": tokens}, luts, device, echo, [path])
     except Exception as e:  # a crash inside an eval path is that check's FAIL, reported in one line
         raise Fatal("eval", f"{path} raised {type(e).__name__}: {' '.join(str(e).split())}") from None
     r = results[f"val/{path}"]
@@ -307,7 +307,7 @@ def verify(args: argparse.Namespace, rows: dict[str, Row]) -> None:
     args.path = args.path or (list(log.finals)[-1] if log and log.finals else "sliding")
     device = pick_device(args.device)
     model, h, rows["rebuild"] = rebuild(tg, args, meta, log, device)
-    r, rows["eval"] = evaluate(tg, model, h, args.path, device)
+    r, rows["eval"] = evaluate(tg, model, h, args.path, device, args.val)
     rows["match"] = compare(r, args, log, here_setup(device))
 
 

@@ -214,6 +214,12 @@ def check_code(ctx: dict) -> Row:
             fails.append(f"{name}: embedded source does not match its own code: line (log edited)")
         if not log["code_line"]:
             warns.append(f"{name}: no code: line (older log); its source is compared, not self-checked")
+        if len(log["sources"]) > 1:
+            others = ", ".join(f"{f['name']} ({f['bytes']:,} bytes)" for f in log["sources"][1:])
+            fails.append(
+                f"{name}: the run also executed {others} from beside train_gpt.py, which the folder's one "
+                "file cannot carry: run the packed copy that bundles it (make pack ARCH=...)"
+            )
         source = log["source"].encode("utf-8")
         if source != shipped:
             fails.append(

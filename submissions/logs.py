@@ -1,9 +1,12 @@
-"""Parse a train_gpt.py log (logs/<RUN_ID>.txt) into the numbers a submission needs.
+"""Parse a train_gpt.py log (logs/<RUN_ID>.txt): the toolkit's one reader of its log format (submissions,
+quant.verify and bench/proxy_run.py all read logs through it).
 
-A log is the exact source of train_gpt.py, a line of 100 '=', a `code:` line (bytes and sha256 of
-that source), then one line per event (train_gpt.py: log_header, train, export_artifact, run_evals).
-Lines are recognised by their leading words and read as `name value` pairs, so a field added to a
-line does not break the parser; a missing required line is a LogError naming it.
+A log is the exact source of every file the run executed (train_gpt.py, then any plug-in it loaded from a file
+beside it, such as seed_archs.py), each followed by a line of 100 '=', then one `code:` line per file (name,
+bytes and sha256 of that source), then one line per event (train_gpt.py: log_header, train, export_artifact,
+run_evals). Lines are recognised by their leading words and read as `name value` pairs, so a field added to a
+line does not break the parser. read_log takes whatever a log holds; parse_log also demands what a submission
+needs (a missing line is a LogError naming it).
 """
 
 from __future__ import annotations
@@ -18,29 +21,46 @@ SEP = "\n" + "=" * 100 + "\n"
 CODE_LINE = re.compile(r"code: (\S+) (\d+) bytes sha256 ([0-9a-f]{64})")
 TRAIN_LINE = re.compile(r"train: (\d+) steps in ([\d.]+)s, ([\d.]+) ms/step(?:, peak memory ([\d.]+) GiB)?")
 EVAL_LINE = re.compile(r"eval (\S+) (\S+): (.*)")
-CODEC_LINE = re.compile(r"codec (\S+) shuffle (\d) pack (\d): (\d+) bytes")
+EXPORT_LINE = re.compile(r"export: .* tensors in ([\d.]+)s, .* encoded in ([\d.]+)s")
+CODEC_LINE = re.compile(r"codec (\S+) shuffle (\d)(?: pack \d)?: (\d+) bytes")  # older logs name a pack flag
 
 
 class LogError(ValueError):
     """A log this toolkit cannot use; the message names the file and what is missing."""
 
 
-def split_source(text: str) -> tuple[str, str] | None:
-    """(embedded source, rest) for a log of this toolkit, None for any other text. The source ends at
-    a separator followed by a `code:` line; the first whose byte count fits wins, so a line of '='
-    inside the source cannot cut it short, while an edited source still splits (and fails its sha)."""
+def split_sources(text: str) -> tuple[list[tuple[str, str]], str] | None:
+    """([(file name, embedded source)], rest) for a log of this toolkit, None for any other text. The sources
+    end at a separator followed by the `code:` lines; the first whose byte counts tile the text before it wins,
+    so a line of '=' inside a source cannot cut it short, while an edited source still splits (and fails its
+    sha). Logs from before the `code:` line existed hold one source, followed by `env: python`."""
     found, at = [], text.find(SEP)
     while at >= 0:
-        m = CODE_LINE.match(text, at + len(SEP))
-        if m:
-            found.append((at, int(m.group(2))))
-        elif text.startswith("env: python ", at + len(SEP)):  # logs from before the code: line existed
-            found.append((at, -1))
+        codes, pos = [], at + len(SEP)
+        while m := CODE_LINE.match(text, pos):
+            codes.append((m.group(1), int(m.group(2))))
+            pos = m.end() + 1
+        if codes or text.startswith("env: python ", at + len(SEP)):
+            found.append((at, codes))
         at = text.find(SEP, at + 1)
     if not found:
         return None
-    at = next((a for a, n in found if len(text[:a].encode("utf-8")) == n), found[0][0])
-    return text[:at], text[at + len(SEP) :]
+    for at, codes in found:
+        head = text[:at].encode("utf-8")
+        if codes and sum(n for _, n in codes) + (len(codes) - 1) * len(SEP) == len(head):
+            parts, pos = [], 0
+            for name, n in codes:
+                parts.append((name, head[pos : pos + n].decode("utf-8")))
+                pos += n + len(SEP)
+            return parts, text[at + len(SEP) :]
+    at = found[0][0]
+    return [("train_gpt.py", text[:at])], text[at + len(SEP) :]
+
+
+def split_source(text: str) -> tuple[str, str] | None:
+    """(the main embedded source, rest) for a log of this toolkit, None for any other text."""
+    split = split_sources(text)
+    return None if split is None else (split[0][0][1], split[1])
 
 
 def read_text(path: str | Path) -> str:
@@ -82,48 +102,59 @@ def _held(line: str, key: str, where: str) -> bool:
     return value == "True"
 
 
-def parse_log(path: str | Path, score_path: str | None = None) -> dict:
-    """Everything a submission needs from one log. The score is the last final (post-export) eval of
-    the val set, or its `score_path` eval (e.g. sliding) when given. Raises LogError (one line) when the
-    file is not a log of this toolkit, holds more than one run, or lacks a line the submission needs."""
-    where = str(path)
-    split = split_source(read_text(path))
+def read_log(path: str | Path) -> dict:
+    """Whatever a log of this toolkit holds (read_text_log of the file)."""
+    return read_text_log(read_text(path), str(path))
+
+
+def read_text_log(text: str, where: str = "log") -> dict:
+    """Everything a log holds, with None (or empty) for lines it lacks: its embedded sources and whether each
+    still matches its `code:` line, the runs it stacks, the environment, settings, training, export and evals.
+    Raises LogError only when the text is not a log of this toolkit."""
+    split = split_sources(text)
     if split is None:
         raise LogError(
             f"{where}: not a train_gpt.py log of this toolkit (no embedded source "
             f"followed by a line of 100 '=' and a 'code:' line)"
         )
-    source, rest = split
-    raw = source.encode("utf-8")
+    parts, rest = split
     lines = rest.splitlines()
-    m = CODE_LINE.match(lines[0])
+    codes = []
+    while len(codes) < len(lines) and (m := CODE_LINE.match(lines[len(codes)])):
+        codes.append(m.groups())
     # an older log has no code: line; its source then vouches for itself (compared to the shipped file only)
-    code_name, code_bytes, code_sha = m.groups() if m else ("train_gpt.py", len(raw), hashlib.sha256(raw).hexdigest())
-    runs = sum(line.startswith("hyperparameters: ") for line in lines)
-    if runs > 1:  # the Logger appends: a reused RUN_ID stacks runs in one file
-        raise LogError(f"{where}: holds {runs} runs (RUN_ID reused, train_gpt.py appends); keep one run per log")
-    log: dict = dict(
-        path=where,
-        source=source,
-        code_name=code_name,
-        code_bytes=int(code_bytes),
-        code_sha256=code_sha,
-        code_line=m is not None,
-        source_intact=len(raw) == int(code_bytes) and hashlib.sha256(raw).hexdigest() == code_sha,
-        env=None,
-        hyperparameters=None,
-        params=None,
-        train=None,
-        compliance_train=None,
-        artifact=None,
-        compliance_eval=None,
-        evals={},
-        codecs=[],
-        train_curve=[],
-        val_curve=[],
-    )
-    for line in lines[1 if m else 0 :]:
+    sources = []
+    for i, (name, source) in enumerate(parts):
+        raw = source.encode("utf-8")
+        name, n, sha = codes[i] if i < len(codes) else (name, len(raw), hashlib.sha256(raw).hexdigest())
+        intact = len(raw) == int(n) and hashlib.sha256(raw).hexdigest() == sha
+        sources.append(dict(name=name, source=source, bytes=int(n), sha256=sha, intact=intact))
+    main = sources[0]
+    log = read_events(lines[len(codes) :], where)
+    log.update(path=where, sources=sources, source=main["source"], code_name=main["name"])
+    log.update(code_bytes=main["bytes"], code_sha256=main["sha256"], code_line=bool(codes))
+    log.update(source_intact=all(s["intact"] for s in sources))
+    return log
+
+
+def read_events(lines: list[str], where: str = "log") -> dict:
+    """What the event lines of a log hold (those after its sources; a killed run's partial log, a fragment)."""
+    log: dict = dict(runs=sum(line.startswith("hyperparameters: ") for line in lines), recur_step=None, export=None)
+    log.update(env=None, hyperparameters=None, params=None, attention=None, train=None, compliance_train=None)
+    log.update(artifact=None, compliance_eval=None, evals={}, codecs=[], train_curve=[], train_steps=[], val_curve=[])
+    for line in lines:
         _parse_line(line, log, where)
+    return log
+
+
+def parse_log(path: str | Path, score_path: str | None = None) -> dict:
+    """Everything a submission needs from one log. The score is the last final (post-export) eval of
+    the val set, or its `score_path` eval (e.g. sliding) when given. Raises LogError (one line) when the
+    file is not a log of this toolkit, holds more than one run, or lacks a line the submission needs."""
+    where = str(path)
+    log = read_log(path)
+    if log["runs"] > 1:  # a reused RUN_ID stacked runs in one file
+        raise LogError(f"{where}: holds {log['runs']} runs (RUN_ID reused, train_gpt.py appends); keep one run per log")
     for key, what in (
         ("hyperparameters", "hyperparameters:"),
         ("train", "train:"),
@@ -133,12 +164,8 @@ def parse_log(path: str | Path, score_path: str | None = None) -> dict:
     ):
         if log[key] is None:
             raise LogError(f"{where}: no '{what}' line (run unfinished, or an EVAL_ONLY log)")
-    final = {
-        k.split("/")[0]: k
-        for k in log["evals"]  # dicts keep order: last wins
-        if "/pre_" not in k and score_path in (None, k.split("/", 1)[1])
-    }
-    if "val" not in final:
+    final = {k.split("/")[0]: k for k in log["evals"] if "/pre_" not in k and score_path in (None, k.split("/", 1)[1])}
+    if "val" not in final:  # dicts keep order: the last line of a path wins
         raise LogError(
             f"{where}: no final 'eval val {score_path or '<path>'}:' line (the score from the artifact on disk)"
         )
@@ -164,7 +191,7 @@ def parse_log(path: str | Path, score_path: str | None = None) -> dict:
         eval_seconds=log["compliance_eval"]["eval_seconds"],
         artifact_bytes=log["artifact"]["bytes"],
         total_bytes=log["artifact"]["total"],
-        codec=min(log["codecs"], key=lambda c: c[3])[0] if log["codecs"] else None,
+        codec=min(log["codecs"], key=lambda c: c[2])[0] if log["codecs"] else None,
     )
     return log
 
@@ -189,8 +216,11 @@ def _parse_line(line: str, log: dict, where: str) -> None:
         log["params"] = int(m.group(1).replace(",", "")) if m else None
         log["attention"] = (re.search(r"attention (\w+)", line) or [None, None])[1]
     elif line.startswith("step ") and " train_loss " in line:
-        f = _fields(line, ("train_loss", "elapsed"), where)
+        f = _fields(line, ("step", "train_loss", "elapsed"), where)
         log["train_curve"].append((f["elapsed"], f["train_loss"]))
+        log["train_steps"].append((int(f["step"]), f["elapsed"]))
+    elif line.startswith("step ") and ": depth recurrence on" in line:
+        log["recur_step"] = int(line.split()[1].rstrip(":"))
     elif line.startswith("step ") and " val_loss " in line:
         f = _fields(line, ("val_loss", "val_bpb", "elapsed"), where)
         log["val_curve"].append((f["elapsed"], f["val_loss"], f["val_bpb"]))
@@ -214,7 +244,9 @@ def _parse_line(line: str, log: dict, where: str) -> None:
         log["evals"].pop(f"{m.group(1)}/{m.group(2)}", None)  # a repeated path moves to the end
         log["evals"][f"{m.group(1)}/{m.group(2)}"] = f
     elif line.startswith("codec ") and (m := CODEC_LINE.match(line)):
-        log["codecs"].append((m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))))
+        log["codecs"].append((m.group(1), int(m.group(2)), int(m.group(3))))
+    elif line.startswith("export: ") and (m := EXPORT_LINE.match(line)):
+        log["export"] = dict(quantize_seconds=float(m.group(1)), encode_seconds=float(m.group(2)))
     elif line.startswith("artifact: "):
         m = re.match(r"artifact: (\d+) bytes", line)
         if m is None:

@@ -92,6 +92,12 @@ def load_logs(paths: list[str], score_path: str | None = None) -> list[dict]:
     for log in logs:
         if not log["source_intact"]:
             raise SubmissionError(f"{log['path']}: embedded source does not match its code: line (edited log?)")
+        if len(log["sources"]) > 1:
+            others = ", ".join(f["name"] for f in log["sources"][1:])
+            raise SubmissionError(
+                f"{log['path']}: the run also executed {others} from beside train_gpt.py; a submission is one "
+                f"file: run the packed copy that bundles it (make pack ARCH={log['hyperparameters'].get('arch')})"
+            )
     shas = Counter(log["code_sha256"] for log in logs)
     if len(shas) > 1:
         listing = ", ".join(f"{Path(l['path']).name}={l['code_sha256'][:12]}" for l in logs)
@@ -561,15 +567,16 @@ def readme(meta: dict, logs: list[dict], args: argparse.Namespace, command: str,
         f"| pre-export val_bpb ({pre_path or 'n/a'}), mean | {fmt(meta.get('pre_quant_val_bpb'), 8)} |",
         f"| artifact bytes, max | {meta['artifact_bytes_max']:,} |",
         f"| code bytes (train_gpt.py) | {meta['bytes_code']:,} |",
-        f"| total bytes, max | {meta['bytes_total']:,} (margin {SIZE_CAP - meta['bytes_total']:,} under {SIZE_CAP:,}) |",
+        f"| total bytes, max | {meta['bytes_total']:,} (margin {SIZE_CAP - meta['bytes_total']:,} "
+        f"under {SIZE_CAP:,}) |",
         f"| ms/step, mean | {statistics.fmean(l['step_avg_ms'] for l in logs):.1f} |",
         f"| train seconds incl. calibration, max | {max(l['train_seconds'] for l in logs):.1f} |",
         f"| eval seconds, max | {max(l['eval_seconds'] for l in logs):.1f} |",
         "",
         f"## Per seed{tag}",
         "",
-        f"| seed | val_bpb | val_loss | pre-export val_bpb ({pre_path or 'n/a'}) | steps | ms/step | train s | eval s | artifact bytes "
-        "| total bytes | log |",
+        f"| seed | val_bpb | val_loss | pre-export val_bpb ({pre_path or 'n/a'}) | steps | ms/step | train s | eval s "
+        "| artifact bytes | total bytes | log |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for l in logs:

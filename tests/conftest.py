@@ -1,17 +1,48 @@
-"""Shared test fixtures: the repository root, the shared data folder, and running a module's CLI."""
+"""Shared test fixtures: the repository root, the shared data folder, the suite's one tiny model config and its
+real-token shards, and running a module's CLI."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `pytest` as well as `python -m pytest` must import data.* and train_gpt
     sys.path.insert(0, str(REPO))
+SHARED = Path(os.environ.get("SHARED_DIR", REPO.parent / "shared"))
+SP1024 = SHARED / "data/tokenizers/fineweb_1024_bpe.model"
+# The suite's tiny model: the record stack at toy size (4 layers, layers 1-2 looped once more, parallel lanes
+# from layer 2, GQA 4/2, partial RoPE), on 64-token windows with no clock. Tests override what they study.
+TINY = dict(
+    **dict(PRESET="tiny", MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2", NUM_LAYERS="4", ROPE_DIMS="4"),
+    **dict(RECUR_START="1", RECUR_END="2", RECUR_EXTRA="1", PARALLEL_FROM="2", ATTN_GATE_DIMS="8"),
+    **dict(TRAIN_SEQ_LEN="64", TRAIN_BATCH_TOKENS="1024", MICRO_BATCH_TOKENS="1024", TRAIN_LOG_EVERY="1"),
+    **dict(EVAL_SEQ_LEN="64", EVAL_STRIDE="32", EVAL_BATCH_SEQS="16"),
+    **dict(MAX_WALLCLOCK_SECONDS="0", GPTQ_RESERVE_SECONDS="0", DEV_VAL_FILES=""),
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """Train shard: 200 real FineWeb train-pool docs; val shard: the first 40 FineWeb dev docs (sp1024)."""
+    import sentencepiece as spm
+
+    import train_gpt as tg
+    from data.shards import write_shard
+
+    out = tmp_path_factory.mktemp("tiny_data")
+    sp = spm.SentencePieceProcessor(model_file=str(SP1024))
+    docs = [json.loads(line)["text"] for line in open(SHARED / "data/fineweb_dev/fineweb_train_docs.jsonl")]
+    write_shard(str(out / "fineweb_train_000000.bin"), np.concatenate([[tg.BOS_ID] + sp.encode(d) for d in docs]))
+    val = np.asarray(tg.load_shard(str(SHARED / "data/fineweb_dev/fineweb_val_sp1024.bin")))
+    write_shard(str(out / "fineweb_val_000000.bin"), val[: np.flatnonzero(val == tg.BOS_ID)[40]])
+    return out
 
 
 @pytest.fixture(autouse=True)

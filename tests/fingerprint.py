@@ -25,6 +25,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDED = ROOT / "tests" / "fingerprint.json"
+sys.path.insert(0, str(ROOT))  # `python -m tests.fingerprint` and pytest alike import data.* and train_gpt
 SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
 N_VAL_DOCS = 8
 # PRESET=tiny is the record stack at toy size; MODEL_DIM=72 puts the embedding through GPTQ. TTT_LORA=1 runs
@@ -52,28 +53,22 @@ VARIANTS = {"record": ENV} | {
 }
 
 
-def write_shard(path: Path, tokens: np.ndarray) -> None:
-    """An official-format shard: 256 x int32 header (magic, version, count), then uint16 tokens."""
-    header = np.zeros(256, dtype="<i4")
-    header[:3] = 20240520, 1, len(tokens)
-    path.write_bytes(header.tobytes() + tokens.astype("<u2").tobytes())
-
-
 def make_data(out: Path) -> Path:
     """Train shard: the 200 FineWeb train-pool docs (sp1024); val shard: the first N_VAL_DOCS FineWeb dev docs."""
     import sentencepiece as spm
 
+    from data.shards import write_shard
+
     sp = spm.SentencePieceProcessor(model_file=str(SHARED / "data/tokenizers/fineweb_1024_bpe.model"))
     docs = [json.loads(line)["text"] for line in open(SHARED / "data/fineweb_dev/fineweb_train_docs.jsonl")]
-    write_shard(out / "fineweb_train_000000.bin", np.concatenate([[1] + sp.encode(d) for d in docs]))
+    write_shard(str(out / "fineweb_train_000000.bin"), np.concatenate([[1] + sp.encode(d) for d in docs]))
     val = np.fromfile(SHARED / "data/fineweb_dev/fineweb_val_sp1024.bin", dtype="<u2", offset=1024)
-    write_shard(out / "fineweb_val_000000.bin", val[: np.flatnonzero(val == 1)[N_VAL_DOCS]])
+    write_shard(str(out / "fineweb_val_000000.bin"), val[: np.flatnonzero(val == 1)[N_VAL_DOCS]])
     return out
 
 
 def weights_sha256(artifact: bytes) -> str:
     """sha256 over every decoded array of the artifact (name, role, dtype, shape, bytes), names sorted."""
-    sys.path.insert(0, str(ROOT))
     import train_gpt
 
     digest = hashlib.sha256()

@@ -11,23 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import train_gpt as tg
+from tests.conftest import TINY as BASE
 
-arch = tg  # the blocks live in train_gpt.py's ALTERNATIVE BLOCKS section
+arch = tg.load_plugin("seed_archs")  # the blocks live in seed_archs.py, train_gpt's seed-architecture plug-in
 
 ARCHS = ("worker", "pse", "scan")
-# The tiny config of tests/test_train.py, less what only the training loop reads.
-TINY = dict(
-    PRESET="tiny",
-    MODEL_DIM="32",
-    NUM_HEADS="4",
-    NUM_KV_HEADS="2",
-    NUM_LAYERS="2",
-    ROPE_DIMS="4",
-    RECUR_START="0",
-    RECUR_END="1",
-    ATTN_GATE_DIMS="8",
-    DEV_VAL_FILES="",
-)
+# The suite's tiny model, 2 layers (layers 0-1 looped once more).
+TINY = {**BASE, "NUM_LAYERS": "2", "RECUR_START": "0", "RECUR_END": "1"}
 # Small values, so T=50 crosses several worker and chunk boundaries and every scale matters.
 KNOBS = dict(worker_interval=4, worker_kernel=4, pse_scales=4, pse_max_halflife=64.0, scan_chunk=8)
 
@@ -56,13 +46,13 @@ class TinyLM(nn.Module):
         super().__init__()
         self.h = h
         self.emb = nn.Embedding(h.vocab_size, h.model_dim)
-        self.blocks = nn.ModuleList(arch.BLOCKS[h.arch](h, i) for i in range(n))
+        self.blocks = nn.ModuleList(tg.BLOCKS[h.arch](h, i) for i in range(n))
         nn.init.normal_(self.emb.weight, std=0.05)
         init_like_gpt(self)
 
     def hidden(self, ids: torch.Tensor, doc_mask: bool = True) -> torch.Tensor:
         x0 = tg.rms_norm(self.emb(ids))
-        mask, x = arch.make_arch_mask(ids, doc_mask, "sdpa", self.h), x0
+        mask, x = tg.block_class(self.h.arch).make_mask(ids, doc_mask, "sdpa", self.h), x0
         for block in self.blocks:
             x = block(x, x0, mask)
         return x
@@ -131,10 +121,8 @@ def test_full_gpt_causal_and_steps(name, monkeypatch):
     """Integration preview: the blocks inside tg.GPT (recurrence on), causal, and Muon/Adam steps run."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(3)
-    h = hparams(name)
-    h.num_layers, h.recur_start, h.recur_end, h.recur_extra, h.parallel_from = 4, 1, 2, 1, 2
+    h = hparams(name, num_layers=4, recur_start=1, recur_end=2, recur_extra=1, parallel_from=2)
     model = gpt_with(h, monkeypatch)
-    model.recur = True
     randomize(model)
     assert_causal(lambda ids: model.hidden(ids, True), sample_ids(2, 50, gen), (4, 9, 17, 31), gen)
     opt = tg.Optimizers(model, h)
@@ -155,7 +143,7 @@ def test_shapes(name, T):
     randomize(model)
     ids = sample_ids(3, T, torch.Generator().manual_seed(T))
     x = tg.rms_norm(model.emb(ids))
-    y = model.blocks[0](x, x, arch.make_arch_mask(ids, True, "sdpa", model.h))
+    y = model.blocks[0](x, x, arch.SeedBlock.make_mask(ids, True, "sdpa", model.h))
     assert y.shape == (3, T, 32) and torch.isfinite(y).all()
 
 
@@ -255,7 +243,7 @@ def test_worker_memory_tokens_are_conv_only():
         block.conv.zero_()
         x, x0 = torch.randn(2, 50, 32), torch.randn(2, 50, 32)
         ids = sample_ids(2, 50, torch.Generator().manual_seed(7))
-        y = block(x, x0, arch.make_arch_mask(ids, True, "sdpa", h))
+        y = block(x, x0, arch.SeedBlock.make_mask(ids, True, "sdpa", h))
         mixed = block.resid_mix[0] * x + block.resid_mix[1] * x0
     worker = torch.arange(50) % 4 == 3
     assert torch.allclose(y[:, ~worker], mixed[:, ~worker]) and not torch.allclose(y[:, worker], mixed[:, worker])

@@ -4,8 +4,6 @@ for TTT, every target scored exactly once, and BPB totals equal to data.check_bp
 import copy
 import json
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,34 +12,18 @@ import torch
 
 import train_gpt as tg
 from data.check_bpb import check_docs
+from tests.conftest import SHARED
+from tests.conftest import TINY as BASE
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
 SP1024 = str(SHARED / "data/tokenizers/fineweb_1024_bpe.model")
 DEV = str(SHARED / "data/fineweb_dev/fineweb_val_sp1024.bin")
-TINY = dict(
-    PRESET="tiny",
-    MODEL_DIM="32",
-    NUM_HEADS="4",
-    NUM_KV_HEADS="2",
-    NUM_LAYERS="3",
-    ROPE_DIMS="4",
-    RECUR_START="0",
-    RECUR_END="1",
-    RECUR_EXTRA="1",
-    PARALLEL_FROM="2",
-    ATTN_GATE_DIMS="8",
-    EVAL_SEQ_LEN="48",
-    EVAL_STRIDE="16",
-    EVAL_BATCH_SEQS="8",
-    TTT_CHUNK="16",
-    TTT_DOCS="3",
-    TTT_PHASES="2",
-    TTT_LORA="1",
-    TTT_LR="0.01",
-    TTT_SGD_LR="0.01",
-    NGRAM_CHUNK="64",
-)
+# the suite's tiny model, 3 layers (layers 0-1 looped), short windows and chunks, 2 TTT phases of 3-document batches
+TINY = {
+    **BASE,
+    **dict(NUM_LAYERS="3", RECUR_START="0", RECUR_END="1", EVAL_SEQ_LEN="48", EVAL_STRIDE="16", EVAL_BATCH_SEQS="8"),
+    **dict(TTT_CHUNK="16", TTT_DOCS="3", TTT_PHASES="2", TTT_LORA="1", TTT_LR="0.01", TTT_SGD_LR="0.01"),
+    **dict(NGRAM_CHUNK="64"),
+}
 CPU = torch.device("cpu")
 
 
@@ -52,7 +34,6 @@ def setup():
     model = tg.GPT(h)
     for p in model.parameters():  # random weights everywhere: zero-init layers would hide leaks
         p.data.normal_(0, 0.2)
-    model.recur = True
     luts = tg.build_byte_luts(spm.SentencePieceProcessor(model_file=SP1024), 1024)
     tokens = torch.from_numpy(np.asarray(tg.load_shard(DEV))[:300].astype(np.int64))
     assert int((tokens == tg.BOS_ID).sum()) >= 1
@@ -61,13 +42,10 @@ def setup():
 
 
 def run_path(path: str, model, tokens, h, luts):
+    """One eval path alone through run_evals (the n-gram paths mix after their model pass)."""
     if path == "ttt_global":  # TTT_LORA=0: phases scored with sliding windows, global SGD between them
-        return tg.eval_ttt(model, tokens, tg.Hyperparameters({**TINY, "TTT_LORA": "0"}), luts, CPU)
-    if path in ("ttt", "ttt_ngram"):
-        return tg.eval_ttt(model, tokens, h, luts, CPU, ngram=path == "ttt_ngram")
-    return tg.eval_stream(
-        model, tokens, h, luts, CPU, h.eval_seq_len if path == "plain" else h.eval_stride, ngram=path == "ngram"
-    )
+        h, path = tg.Hyperparameters({**TINY, "TTT_LORA": "0"}), "ttt"
+    return tg.run_evals(model, h, {"val": tokens}, luts, CPU, lambda *a, **k: None, [path])[f"val/{path}"]
 
 
 @pytest.mark.parametrize("path", ["plain", "sliding", "ttt", "ttt_global", "ngram", "ttt_ngram"])
@@ -215,7 +193,9 @@ def test_ttt_scores_before_every_update(setup, ngram, lora, monkeypatch):
             violations.extend(t for t in range(lo, hi + 1) if t not in scored or scored[t] >= clock[0])
         clock[0] += 1
 
-    r = tg.eval_ttt(model, tokens, h, luts, CPU, on_score, on_update, ngram=ngram)
+    r = tg.eval_ttt(model, tokens, h, luts, CPU, on_score, on_update, entropy=ngram)
+    if ngram:  # the ttt_ngram path: the n-gram post-pass over what TTT recorded
+        r = tg.totals(tg.mix_ngram(r["stats"], tokens, h), tokens, luts)
     assert updates[0] > 0 and not violations
     assert sorted(scored) == list(range(1, len(tokens)))
     ttt = tg.eval_ttt(model, tokens, h, luts, CPU)
@@ -295,14 +275,14 @@ def test_run_evals_shares_a_pass_between_a_path_and_its_ngram_mix(setup):
     """sliding+ngram and ttt+ttt_ngram each run one model pass; every score equals the path run alone."""
     h, model, luts, tokens = setup
     lines = []
-    both = tg.run_evals(model, h, {"val": tokens}, luts, CPU, lines.append, "sliding,ngram,ttt,ttt_ngram")
+    both = tg.run_evals(model, h, {"val": tokens}, luts, CPU, lines.append, ["sliding", "ngram", "ttt", "ttt_ngram"])
     for path in ("sliding", "ngram", "ttt", "ttt_ngram"):
         alone = run_path(path, model, tokens, h, luts)
         torch.testing.assert_close(both[f"val/{path}"]["nll"], alone["nll"], rtol=0, atol=1e-9)
         assert both[f"val/{path}"]["bpb"] == pytest.approx(alone["bpb"], abs=1e-12)
     assert len(lines) == 5 and lines[-1].startswith("compliance eval:")
-    with pytest.raises(ValueError, match="unknown path"):
-        tg.run_evals(model, h, {"val": tokens}, luts, CPU, lines.append, "sliding,sliidng")
+    with pytest.raises(ValueError, match="'sliidng' is not one of plain, sliding, ttt, ngram, ttt_ngram"):
+        tg.Hyperparameters({**TINY, "EVAL_PATHS": "sliding,sliidng"})
 
 
 def test_ttt_without_adapters_is_sliding_then_global_sgd(setup):
@@ -339,7 +319,7 @@ def test_per_token_out_after_an_ngram_path_feeds_the_sweep(setup, tmp_path):
     (_model.npz) in ngram_eval.sweep's format, so gate policies can be swept offline from one GPU eval."""
     _, model, luts, tokens = setup
     h = tg.Hyperparameters({**TINY, "PER_TOKEN_OUT": str(tmp_path / "val.npy")})
-    r = tg.run_evals(model, h, {"val": tokens}, luts, CPU, lambda s: None, "sliding,ngram")
+    r = tg.run_evals(model, h, {"val": tokens}, luts, CPU, lambda s: None, ["sliding", "ngram"])
     np.testing.assert_array_equal(np.load(tmp_path / "val.npy"), r["val/ngram"]["nll"].numpy().astype(np.float32))
     m = np.load(tmp_path / "val_model.npz")
     np.testing.assert_allclose(-m["logp"], r["val/sliding"]["nll"].numpy(), rtol=1e-6)
@@ -353,14 +333,13 @@ def test_ttt_batches_keep_varlen_sequences_few(setup, lora, monkeypatch):
     forward of TTT (per-document rows, global SGD windows) holds at most one sequence per document + row."""
     h, model, luts, tokens = setup
     seen = []
-    real = tg.make_mask
 
-    def spy(ids, doc_mask, impl):
+    def spy(ids, doc_mask, impl, h):
         m = tg.AttnMask(ids, True, "varlen")  # the offsets the GPU kernel would get
         seen.append((len(m.cu) - 1, ids.size(0) + int((ids == tg.BOS_ID).sum())))
-        return real(ids, doc_mask, impl)
+        return tg.AttnMask(ids, doc_mask, impl)
 
-    monkeypatch.setattr(tg, "make_mask", spy)
+    monkeypatch.setattr(tg.Block, "make_mask", staticmethod(spy))
     tg.eval_ttt(model, tokens, tg.Hyperparameters({**TINY, "TTT_LORA": lora}), luts, CPU)
     assert seen and all(n <= bound for n, bound in seen)
     assert max(n for n, _ in seen) < len(tokens) / 4  # BOS padding gave ~one sequence per pad position
@@ -374,7 +353,7 @@ def test_sweep_with_gate_lr_replays_the_eval_paths_online_gate(setup, tmp_path):
 
     _, model, luts, tokens = setup
     h = tg.Hyperparameters({**TINY, "PER_TOKEN_OUT": str(tmp_path / "val.npy")})
-    r = tg.run_evals(model, h, {"val": tokens}, luts, CPU, lambda s: None, "sliding,ngram")
+    r = tg.run_evals(model, h, {"val": tokens}, luts, CPU, lambda s: None, ["sliding", "ngram"])
     m = np.load(tmp_path / "val_model.npz")
     nbytes = int(target_bytes(tokens, SP1024, h.vocab_size).sum())
     alpha = tuple(float(a) for a in h.ngram_alpha.split(","))

@@ -1,6 +1,7 @@
-"""Export section: GPTQ vs RTN, bit packing, codecs, corruption detection, bitwise round trip."""
+"""Export section: GPTQ vs RTN, codecs, corruption detection, bitwise round trip."""
 
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -15,6 +16,8 @@ import train_gpt as ex
 SHARED = os.environ.get("SHARED_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
 TRAIN_DOCS = os.path.join(SHARED, "data", "fineweb_dev", "fineweb_train_docs.jsonl")
 SP1024 = os.path.join(SHARED, "data", "tokenizers", "fineweb_1024_bpe.model")
+RECORD = ex.quant_config(ex.Hyperparameters({"PRESET": "record"}))  # the record preset's classes and clips
+ONE_CLASS = ex.QuantConfig(classes=(("mlp", r"", 6, 12.5),), lqer_top=0, lqer_rank=4)
 
 
 def out_err(W: torch.Tensor, Wq: torch.Tensor, H: torch.Tensor) -> float:
@@ -118,24 +121,26 @@ def test_gptq_beats_rtn_on_trained_weights():
         opt.step()
     assert loss.item() < 6.0  # it learned something (uniform over 1024 is 6.93)
 
-    def hessians(lo, hi, seed):
-        hc = ex.HessianCollector(
-            model, lambda n, m: isinstance(m, CastedLinear), head_inputs={"emb.weight": model.norm}
-        )
-        gen = torch.Generator().manual_seed(seed)
+    def hessians(lo, hi, seed):  # sum x^T x of each matrix's input, the tied head's being the final norm's output
+        H, gen = {}, torch.Generator().manual_seed(seed)
+
+        def add(name, x):
+            x = x.detach().reshape(-1, x.shape[-1]).float()
+            H[name] = H.get(name, 0) + x.T @ x
+
+        hooks = [model.fc1.register_forward_pre_hook(lambda m, a: add("fc1.weight", a[0]))]
+        hooks += [model.fc2.register_forward_pre_hook(lambda m, a: add("fc2.weight", a[0]))]
+        hooks += [model.norm.register_forward_hook(lambda m, a, out: add("emb.weight", out))]
         with torch.no_grad():
             for _ in range(8):
                 model(batch(lo, hi, gen)[0])
-        hc.remove()
-        return hc.hessians()
+        for hook in hooks:
+            hook.remove()
+        return H
 
     cut = split + (len(toks) - split) // 2
     H, Hv = hessians(split, cut, 1), hessians(cut, len(toks), 2)  # calibration, held-out: neither trained on
     assert set(H) == {"fc1.weight", "fc2.weight", "emb.weight"}
-    with torch.no_grad():  # hooks are gone after remove(): no further accumulation
-        before = H["fc1.weight"].clone()
-        model(batch(0, split, g)[0])
-    assert torch.equal(before, H["fc1.weight"])
     for name, W in [(n, p.detach()) for n, p in model.named_parameters() if n in H]:
         for bits in (4, 6):
             e_g = out_err(W, deq(*ex.gptq_quantize(W, H[name], bits, 12.85)), Hv[name])
@@ -149,18 +154,32 @@ def test_gptq_beats_rtn_on_trained_weights():
             return F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item()
 
     base = held_out_loss()
-    qstate = ex.quantize_state(model.state_dict(), H, ex.QuantConfig(small_numel=4096, lqer_top=1))
+    qstate = ex.quantize_state(model.state_dict(), H, dataclasses.replace(RECORD, small_numel=4096, lqer_top=1))
     blob, _ = ex.encode_artifact(qstate, {"d": 64}, codecs=("lzma",), log=lambda s: None)
     model.load_state_dict(ex.dequantize_state(ex.decode_artifact(blob)[0]))
     assert abs(held_out_loss() - base) < 0.02, (held_out_loss(), base)
 
 
-def test_hessian_collector_is_x_transpose_x():
-    lin, x = nn.Linear(8, 4), torch.randn(3, 5, 8)
-    hc = ex.HessianCollector(nn.Sequential(lin))
-    lin(x)
-    lin(x)
-    torch.testing.assert_close(hc.hessians()["0.weight"], 2 * x.reshape(-1, 8).T @ x.reshape(-1, 8))
+def test_calibrate_sums_x_transpose_x_of_every_quantized_input():
+    """calibrate: for each block matrix (gates excepted) the sum of x^T x of its input, for the tied embedding
+    that of the final hidden state, over every batch, recurrence on; the hooks are gone afterwards."""
+    from tests.conftest import TINY
+
+    h = ex.Hyperparameters(TINY)
+    torch.manual_seed(0)
+    model, x = ex.GPT(h), torch.randint(2, h.vocab_size, (2, 17))
+    seen = []
+    hook = model.blocks[1].attn.c_q.register_forward_pre_hook(lambda m, a: seen.append(a[0].reshape(-1, 32)))
+    H = ex.calibrate(model, h, [x, x], torch.device("cpu"))
+    hook.remove()
+    names = {n + ".weight" for n, m in model.blocks.named_modules() if isinstance(m, ex.CastedLinear)}
+    assert set(H) == {"blocks." + n for n in names if "gate" not in n} | {"tok_emb.weight"}
+    assert len(seen) == 2 * 2  # block 1 runs twice per forward (looped by recurrence), two batches
+    torch.testing.assert_close(H["blocks.1.attn.c_q.weight"], sum(a.T @ a for a in seen))
+    with torch.no_grad():
+        hid = model.hidden(x[:, :-1], True).reshape(-1, 32)
+    torch.testing.assert_close(H["tok_emb.weight"], 2 * hid.T @ hid)
+    assert not model.blocks[1].attn.c_q._forward_pre_hooks
 
 
 def test_clip_zero_keeps_row_outliers():
@@ -173,31 +192,6 @@ def test_clip_zero_keeps_row_outliers():
     assert (deq(q, s) - W).abs().max() <= s.float().max() / 2 + 1e-3
     q20, s20 = ex.rtn_quantize(W, 8, 20.0)
     assert float(deq(q20, s20)[1, 7]) < 25.0
-
-
-# ---------------------------------------------------------------- bit packing
-
-
-@pytest.mark.parametrize("bits", range(2, 9))
-def test_pack_roundtrip_exact(bits):
-    lo, hi = -(1 << (bits - 1)), 1 << (bits - 1)
-    every = torch.arange(lo, hi, dtype=torch.int8)
-    assert torch.equal(ex.unpack_bits(ex.pack_bits(every, bits), bits, every.numel()), every)
-    g = torch.Generator().manual_seed(bits)
-    for n in (0, 1, 2, 3, 5, 1001):
-        q = torch.randint(lo, hi, (n,), generator=g, dtype=torch.int8)
-        buf = ex.pack_bits(q, bits)
-        assert len(buf) == (n * bits + 7) // 8
-        assert torch.equal(ex.unpack_bits(buf, bits, n), q)
-    if bits < 8:
-        with pytest.raises(ValueError):
-            ex.pack_bits(torch.tensor([hi], dtype=torch.int8), bits)
-
-
-def test_int6_is_four_values_in_three_bytes():
-    assert len(ex.pack_bits(torch.tensor([-32, 31, -1, 0], dtype=torch.int8), 6)) == 3
-    every = torch.arange(-32, 32, dtype=torch.int8)
-    assert len(ex.pack_bits(every, 6)) == 48
 
 
 # ---------------------------------------------------------------- artifact
@@ -222,7 +216,7 @@ def toy_qstate(lqer_top=2):
     g = torch.Generator().manual_seed(4)
     X = torch.randn(1024, 128, generator=g)
     hess = {"blocks.0.attn.c_q.weight": X.T @ X, "tok_emb.weight": X.T @ X}  # the MLP ones fall back to RTN
-    cfg = ex.QuantConfig(small_numel=4096, lqer_top=lqer_top)
+    cfg = dataclasses.replace(RECORD, small_numel=4096, lqer_top=lqer_top)
     return state, ex.quantize_state(state, hess, cfg)
 
 
@@ -289,7 +283,7 @@ def test_fit_artifact_lands_just_under_the_budget(monkeypatch):
         * rows()
         for i in range(4)
     }
-    q = ex.quantize_state(state, {}, ex.QuantConfig(classes=(("mlp", r"", 6, 12.5),)))
+    q = ex.quantize_state(state, {}, ONE_CLASS)
     full, _ = ex.encode_artifact(q, {}, ("zstd",))
     need = 10000
 
@@ -319,8 +313,8 @@ def test_header_last_keeps_zstd_from_tuning_to_it():
 
     g = torch.Generator().manual_seed(0)
     state = {f"blocks.{i}.mlp.fc.weight": torch.randn(384, 512, generator=g) * 0.02 for i in range(4)}
-    q = ex.quantize_state(state, {}, ex.QuantConfig(classes=(("mlp", r"", 6, 12.5),)))
-    raw = ex._serialize(q, {"hyperparameters": {f"key_{i}": i * 1.5 for i in range(300)}}, False, False)
+    q = ex.quantize_state(state, {}, ONE_CLASS)
+    raw = ex._serialize(q, {"hyperparameters": {f"key_{i}": i * 1.5 for i in range(300)}}, False)
     (n,) = struct.unpack_from("<I", raw, len(raw) - 4)
     header, payload = raw[len(raw) - 4 - n : len(raw) - 4], raw[: len(raw) - 4 - n]
     zstd = ex._codec("zstd")[0]
@@ -331,7 +325,7 @@ def assert_qstate_equal(a, b):
     assert a.keys() == b.keys()
     for name in a:
         ea, eb = a[name], b[name]
-        assert {k for k in ea} == {k for k in eb}, name
+        assert set(ea) == set(eb), name
         for k in ea:
             if k == "lqer":
                 for x, y in zip(ea[k], eb[k]):
@@ -342,7 +336,7 @@ def assert_qstate_equal(a, b):
                 assert ea[k] == eb[k]
 
 
-def test_every_codec_shuffle_pack_roundtrips():
+def test_every_codec_and_shuffle_roundtrips():
     _, q = toy_qstate()
     meta = {"num_layers": 1, "model_dim": 128, "note": "x"}
     n_ok = 0
@@ -350,17 +344,14 @@ def test_every_codec_shuffle_pack_roundtrips():
         if ex._codec(codec) is None:
             continue
         for shuffle in (False, True):
-            for pack in (False, True):
-                blob = ex._wrap(ex._serialize(q, meta, shuffle, pack), codec)
-                q2, meta2 = ex.decode_artifact(blob)
-                assert meta2 == meta
-                assert_qstate_equal(q, q2)
-                n_ok += 1
-    assert n_ok >= 4  # lzma is in the standard library
-    best, cands = ex.encode_artifact(q, meta, log=lambda s: None)
-    # the export tries packed codes with zlib only (the strong codecs lose ~20% on them)
-    assert len(best) == min(c[-1] for c in cands) and len(cands) == n_ok - 2 * (n_ok // 4 - 1)
-    assert {(c, p) for c, _, p, _ in cands if p} == {("zlib", True)}
+            blob = ex._wrap(ex._serialize(q, meta, shuffle), codec)
+            q2, meta2 = ex.decode_artifact(blob)
+            assert meta2 == meta
+            assert_qstate_equal(q, q2)
+            n_ok += 1
+    assert n_ok >= 4  # lzma and zlib are in the standard library
+    best, cands = ex.encode_artifact(q, meta, tuple(ex.CODECS), log=lambda s: None)
+    assert len(best) == min(n for *_, n in cands) and len(cands) == n_ok
 
 
 def test_missing_codec_is_skipped_and_logged(monkeypatch):
@@ -404,11 +395,13 @@ def test_corrupt_artifacts_raise_one_clear_error():
 
 
 def test_artifact_report_rows():
+    from quant.report import artifact_report
+
     _, q = toy_qstate()
     blob, _ = ex.encode_artifact(q, {}, codecs=("lzma",), log=lambda s: None)
-    rows = ex.artifact_report(blob, codecs=("lzma",))
+    rows = artifact_report(blob, codecs=("lzma",))
     by_class = {r["class"]: r for r in rows if "class" in r}
     assert by_class["mlp"]["count"] == 2 and by_class["mlp"]["params"] == 2 * 512 * 128
     assert by_class["embed"]["bits"] == 7 and by_class["mlp"]["value_bytes"] == 2 * 512 * 128 * 6 // 8
     assert 0 < by_class["mlp"]["entropy_bytes"] < by_class["mlp"]["value_bytes"]
-    assert len([r for r in rows if "codec" in r]) == 2  # shuffle 0/1; lzma is not tried on packed codes
+    assert len([r for r in rows if "codec" in r]) == 2  # shuffle 0/1

@@ -24,15 +24,13 @@ def tiny_model(name: str) -> tg.GPT:
     """test_arch's tiny config in the full GPT: 4 layers, layers 1-2 looped once more (6 virtual layers,
     3 U-Net skips), parallel lanes from layer 2, GQA 4/2, partial RoPE 4/8, XSA, gate, smear, x0 mix."""
     torch.manual_seed(0)
-    h = hparams(name)
-    h.num_layers, h.recur_start, h.recur_end, h.recur_extra, h.parallel_from = 4, 1, 2, 1, 2
+    h = hparams(name, num_layers=4, recur_start=1, recur_end=2, recur_extra=1, parallel_from=2)
     model = tg.GPT(h)
     randomize(model)
     with torch.no_grad():  # sharp attention: a wrong key or position must move the output
         for m in model.modules():
             if hasattr(m, "q_gain"):
                 m.q_gain.fill_(4.0)
-    model.recur = True
     return model.eval()
 
 
@@ -104,12 +102,12 @@ def test_static_step_needs_no_host_sync():
 
 
 def test_decoder_runs_the_recurrent_order():
-    """The decoder follows model.recur: with recurrence off it matches the non-recurrent forward."""
+    """The decoder follows `recur`: with recurrence off it matches the non-recurrent forward."""
     model, ids = tiny_model("gpt"), mixed_docs(2)
-    model.recur = False
     with torch.no_grad():
-        full = model.logits(model.hidden(ids, True))
-    got, dec = decode(model, ids, True)
+        full = model.logits(model.hidden(ids, True, recur=False))
+    dec = latency.Decoder(model, ids.size(0), ids.size(1), True, recur=False)
+    got = torch.stack([dec.step(ids[:, t]) for t in range(ids.size(1))], 1)
     assert len(dec.states) == 4 and (got - full).abs().max() < 1e-4
 
 

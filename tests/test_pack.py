@@ -1,4 +1,5 @@
-"""CODE_PACK: the self-extracting copy of train_gpt.py runs the same computation as the source."""
+"""CODE_PACK: the self-extracting copy of train_gpt.py runs the same computation as the source, and carries a
+seed architecture's plug-in inside the one file when asked to."""
 
 import ast
 import os
@@ -6,13 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from quant.pack import minify, pack
-from tests.test_train import SP1024, TINY, tiny_data  # noqa: F401  (fixture)
+from quant.pack import minify, pack, unpack
+from submissions.logs import read_log
+from tests.conftest import SP1024, TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(script: Path, cwd: Path, data: Path, run_id: str) -> list[str]:
+def run(script: Path, cwd: Path, data: Path, run_id: str, **over: str) -> list[str]:
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -22,6 +24,7 @@ def run(script: Path, cwd: Path, data: Path, run_id: str) -> list[str]:
         "ITERATIONS": "3",
         "RUN_ID": run_id,
         "CODECS": "zlib",
+        **over,
     }
     r = subprocess.run([sys.executable, str(script)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
@@ -43,6 +46,30 @@ def test_packed_copy_gives_the_same_losses(tiny_data, tmp_path):
     a, b = run(ROOT / "train_gpt.py", tmp_path, tiny_data, "src"), run(packed, tmp_path, tiny_data, "packed")
     strip = lambda lines: [l.split(" code ")[0] for l in lines]  # artifact line: same model bytes, other code bytes
     assert strip(a) == strip(b) and any(l.startswith("eval val") for l in a)
+
+
+def test_a_bundled_seed_architecture_runs_in_one_file(tiny_data, tmp_path):
+    """ARCH=scan: run from the source, train_gpt.py imports seed_archs.py from beside it and the log embeds both
+    files, a `code:` line each; `quant.pack --bundle` carries the plug-in inside the one packed file, which runs
+    the same computation and embeds only itself. The record's packed file carries no seed architecture."""
+    src, plugin = (ROOT / "train_gpt.py").read_text(), (ROOT / "seed_archs.py").read_text()
+    packed = tmp_path / "packed" / "train_gpt.py"
+    packed.parent.mkdir()
+    packed.write_text(pack(src, {"seed_archs": plugin}))
+    over = dict(ARCH="scan", SCAN_CHUNK="16", ITERATIONS="2", EVAL_PATHS="plain", PRE_EXPORT_PATHS="")
+    a, b = (
+        run(ROOT / "train_gpt.py", tmp_path, tiny_data, "src", **over),
+        run(packed, tmp_path, tiny_data, "pk", **over),
+    )
+    strip = lambda lines: [l.split(" code ")[0] for l in lines]
+    assert strip(a) == strip(b) and any(l.startswith("eval val plain") for l in a)
+    files = read_log(tmp_path / "logs/src.txt")["sources"]
+    assert [(f["name"], f["source"], f["intact"]) for f in files] == [
+        ("train_gpt.py", src, True),
+        ("seed_archs.py", plugin, True),
+    ]
+    assert [f["name"] for f in read_log(tmp_path / "logs/pk.txt")["sources"]] == ["train_gpt.py"]
+    assert "class ScanBlock" not in unpack(pack(src)) and "class ScanBlock" in unpack(packed.read_text())
 
 
 def test_minify_keeps_the_program_and_only_the_program():

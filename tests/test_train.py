@@ -9,57 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import sentencepiece as spm
 import torch
 import torch.nn.functional as F
 
 import train_gpt as tg
+from tests.conftest import SHARED, SP1024, TINY
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
-SP1024 = SHARED / "data/tokenizers/fineweb_1024_bpe.model"
-TINY = dict(
-    PRESET="tiny",
-    MODEL_DIM="32",
-    NUM_HEADS="4",
-    NUM_KV_HEADS="2",
-    NUM_LAYERS="4",
-    ROPE_DIMS="4",
-    RECUR_START="1",
-    RECUR_END="2",
-    RECUR_EXTRA="1",
-    PARALLEL_FROM="2",
-    TRAIN_SEQ_LEN="64",
-    TRAIN_BATCH_TOKENS="1024",
-    MICRO_BATCH_TOKENS="1024",
-    EVAL_SEQ_LEN="64",
-    EVAL_STRIDE="32",
-    EVAL_BATCH_SEQS="16",
-    MAX_WALLCLOCK_SECONDS="0",
-    GPTQ_RESERVE_SECONDS="0",
-    TRAIN_LOG_EVERY="1",
-    ATTN_GATE_DIMS="8",
-    DEV_VAL_FILES="",
-)
-
-
-def write_shard(path: Path, tokens: np.ndarray) -> None:
-    header = np.zeros(tg.HEADER_INTS, dtype="<i4")
-    header[:3] = tg.SHARD_MAGIC, tg.SHARD_VERSION, len(tokens)
-    path.write_bytes(header.tobytes() + tokens.astype("<u2").tobytes())
-
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
-    """Train shard: 200 real FineWeb train-pool docs; val shard: the first 40 FineWeb dev docs."""
-    out = tmp_path_factory.mktemp("tiny_data")
-    sp = spm.SentencePieceProcessor(model_file=str(SP1024))
-    docs = [json.loads(line)["text"] for line in open(SHARED / "data/fineweb_dev/fineweb_train_docs.jsonl")]
-    write_shard(out / "fineweb_train_000000.bin", np.concatenate([[tg.BOS_ID] + sp.encode(d) for d in docs]))
-    val = np.asarray(tg.load_shard(str(SHARED / "data/fineweb_dev/fineweb_val_sp1024.bin")))
-    cut = np.flatnonzero(val == tg.BOS_ID)[40]
-    write_shard(out / "fineweb_val_000000.bin", val[:cut])
-    return out
 
 
 def hparams(data: Path, **over: str) -> tg.Hyperparameters:
@@ -92,15 +48,16 @@ def test_warmup_leaves_weights_and_reads_no_data(tiny_data):
     h = hparams(tiny_data, WARMUP_STEPS="2")
     model = tg.GPT(h)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    opt, seen = tg.Optimizers(model, h), []
+    seen = []
 
-    def step(x):
-        seen.append(x)
-        model(x[:, :-1], x[:, 1:]).mean().backward()
+    def step(x, opt, recur=False):
+        seen.append((x, recur))
+        model(x[:, :-1], x[:, 1:], recur=recur).mean().backward()
         opt.step(1.0, 0.95)
 
-    calib_s = tg.warmup_and_restore(model, step, h, torch.device("cpu"), 4, 2)
-    assert len(seen) == 4 and not model.recur  # two steps per graph: recurrence off and on
+    calib_s = tg.warmup_and_restore(model, step, h, torch.device("cpu"))
+    assert [r for _, r in seen] == [False, False, True, True]  # two steps per graph: recurrence off and on
+    assert all(x[:, 0].eq(tg.BOS_ID).all() for x, _ in seen)  # random tokens, each row a document
     assert h.quant == "gptq" and calib_s > 0  # the calibration pass was timed (on random tokens)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -143,7 +100,6 @@ def test_bos_isolates_documents(tiny_data):
     model = tg.GPT(h)
     for p in model.parameters():  # random weights everywhere (zero-init layers would hide leaks)
         p.data.normal_(0, 0.2)
-    model.recur = True
     ids = torch.randint(4, 1024, (1, 64))
     ids[0, 0] = ids[0, 40] = tg.BOS_ID
     other = ids.clone()
@@ -236,7 +192,6 @@ def test_whole_compile_matches_eager(monkeypatch):
     with torch.no_grad():
         for p in model.parameters():  # off the zero init, so every branch carries gradient
             p.add_(0.01 * torch.randn_like(p))
-    model.recur = True
     x = torch.randint(4, h.vocab_size, (2, 65))
     x[:, ::20] = tg.BOS_ID
 
@@ -254,7 +209,7 @@ def test_whole_compile_matches_eager(monkeypatch):
     torch._dynamo.reset()
     for a, b in zip(want, got):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="COMPILE=2 with ARCH=pse"):
+    with pytest.raises(ValueError, match="COMPILE=2 compiles ARCH=gpt only"):
         tg.Hyperparameters({**TINY, "COMPILE": "2", "ARCH": "pse"})
     # the record default compiles whole; an alternative ARCH and the baseline (as measured) per block
     assert [
@@ -282,9 +237,12 @@ def test_presets_and_env_override():
 
 def test_lr_schedule():
     h = tg.Hyperparameters({"PRESET": "record", "LR_FLOOR": "0.1"})
-    assert tg.lr_scale(0.2, h, 100.0) == 1.0
-    assert tg.lr_scale(1.0, h, 100.0) == pytest.approx(0.1)
-    assert tg.lr_scale(1 - h.warmdown_frac / 2, h, 100.0) == pytest.approx(0.55)
+    assert tg.lr_scale(0.2, h, 100.0, 588.0) == 1.0
+    assert tg.lr_scale(1.0, h, 100.0, 588.0) == pytest.approx(0.1)
+    assert tg.lr_scale(1 - h.warmdown_frac / 2, h, 100.0, 588.0) == pytest.approx(0.55)
+    # WARMDOWN_ITERS (the baseline): that many steps at the current ms/step, as a share of the budget
+    hb = tg.Hyperparameters({"PRESET": "baseline"})
+    assert tg.lr_scale(0.95, hb, 50.0, 600.0) == pytest.approx(0.5)  # 1200 x 50 ms: the last 10% of 600 s
 
 
 def test_cli_run_logs_source_and_compliance(tiny_data, tmp_path):
@@ -476,5 +434,6 @@ def test_bench_table_lists_every_committed_run():
     assert "| NVIDIA H200 | 1 | 2219 | 129.8 | 757,419 | 34.5% |" in h200
     import proxy_run  # a raw row names the card its log names
 
-    env = "env: python 3.12.3 torch 2.11.0 cuda 13.0 gpus ['NVIDIA H100 80GB HBM3', 'NVIDIA H100 80GB HBM3'] world_size 2\n"
+    gpus = "['NVIDIA H100 80GB HBM3', 'NVIDIA H100 80GB HBM3']"
+    env = f"env: python 3.12.3 torch 2.11.0 cuda 13.0 gpus {gpus} world_size 2\n"
     assert table.gpu(proxy_run.parse(env)) == "NVIDIA H100 80GB HBM3" and "| 0.98954 | 1.47819 |" in h200
