@@ -182,6 +182,23 @@ def test_calibrate_sums_x_transpose_x_of_every_quantized_input():
     assert not model.blocks[1].attn.c_q._forward_pre_hooks
 
 
+def test_selfgen_calibration_samples_the_model_and_reads_no_data(monkeypatch):
+    """CALIB=selfgen: calibration batches are sequences the model samples from a BOS (seeded, so the same on a
+    rerun), and no shard is opened; they give a Hessian for every matrix calibrate covers."""
+    from tests.conftest import TINY
+
+    h = ex.Hyperparameters({**TINY, "CALIB": "selfgen"})
+    torch.manual_seed(0)
+    model, cpu = ex.GPT(h), torch.device("cpu")
+    monkeypatch.setattr(ex, "load_shard", lambda *a: pytest.fail("selfgen read a shard"))
+    xs = list(ex.selfgen_batches(model, h, cpu, n=2, seqs=3, length=12))
+    again = list(ex.selfgen_batches(model, h, cpu, n=2, seqs=3, length=12))
+    assert all(x.shape == (3, 13) and (x[:, 0] == ex.BOS_ID).all() for x in xs)
+    assert all(torch.equal(a, b) for a, b in zip(xs, again)) and not torch.equal(xs[0], xs[1])
+    H = ex.calibrate(model, h, xs, cpu)
+    assert set(H) == set(ex.calibrate(model, h, [torch.randint(2, 100, (3, 13))], cpu))
+
+
 def test_clip_zero_keeps_row_outliers():
     """clip_k = 0 (the baseline preset's int8) scales each row by its max |w|: an outlier 40 std out
     comes back within half a step, where a 20-std clip would cut it to less than half its size."""
