@@ -40,7 +40,7 @@ from torch import Tensor, nn
 # One table of defaults (PRESET=record), preset overrides, then env vars override everything. Types follow
 # the defaults; booleans are 0/1. Hyperparameters checks every value once; nothing else reads the environment.
 DEFAULTS: dict[str, object] = {
-    **dict(PRESET="record", RUN_ID="", SEED=1337, ARCH="gpt", VOCAB_SIZE=8192, LOADER="shuffle"),
+    **dict(PRESET="record", RUN_ID="", OVERWRITE=0, SEED=1337, ARCH="gpt", VOCAB_SIZE=8192, LOADER="shuffle"),
     # data: DEV_VAL_FILES is an optional second val set (the devset's fineweb_dev shard), scored like the first
     **dict(DATA_PATH="./data/datasets/fineweb10B_sp8192", TOKENIZER_PATH="./data/tokenizers/fineweb_8192_bpe.model"),
     # the clock and batch; GPTQ calibration runs inside MAX_WALLCLOCK_SECONDS, in the reserve
@@ -104,7 +104,7 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 FLAGS = ("DOC_MASK", "XSA", "SMEAR", "ATTN_GATE", "UNET", "SKIP_GATES", "X0_MIX", "LN_SCALE", "BF16_RESID")
 FLAGS += ("EMBED_BF16", "MUON_ROW_NORM", "POLAR_EXPRESS", "EMA", "EVAL_CROSS_DOC", "EVAL_ONLY", "TTT_LORA")
-FLAGS += ("TTT_GLOBAL",)
+FLAGS += ("TTT_GLOBAL", "OVERWRITE")
 SEED_ARCHS = ("worker", "pse", "scan")  # their blocks live in seed_archs.py, imported only when ARCH names one
 EVAL_PATHS = ("plain", "sliding", "ttt", "ngram", "ttt_ngram")
 TTT_TARGETS = ("c_q", "c_k", "c_v", "proj", "fc")  # block linears by name ("proj": attention's and the MLP's)
@@ -153,6 +153,7 @@ class Hyperparameters:
         self.run_id = self.run_id or f"{preset}_{uuid.uuid4().hex[:8]}"
         self.train_files = os.path.join(self.data_path, "fineweb_train_*.bin")
         self.val_files = os.path.join(self.data_path, "fineweb_val_*.bin")
+        self.artifact_path = self.artifact or os.path.join("artifacts", f"{self.run_id}.pgq")
         # torchrun's own variables: the process layout, not knobs.
         self.rank, self.world_size = int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1))
         self.local_rank = int(env.get("LOCAL_RANK", 0))
@@ -272,8 +273,9 @@ def token_bytes(prev: Tensor, tgt: Tensor, luts: tuple[Tensor, Tensor, Tensor]) 
     return base[tgt].int() + (space[tgt] & ~boundary[prev]).int()
 
 
-def tokenizer_luts(h: Hyperparameters) -> tuple[Tensor, Tensor, Tensor]:
-    """Byte LUTs of TOKENIZER_PATH, refusing a missing or unreadable file and a vocabulary that is not VOCAB_SIZE."""
+def tokenizer_luts(h: Hyperparameters, *shards: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Byte LUTs of TOKENIZER_PATH, refusing a missing or unreadable file, a vocabulary that is not VOCAB_SIZE, and
+    shard globs (`shards`) that another tokenizer made (tokenized_by)."""
     if not os.path.isfile(h.tokenizer_path):
         raise FileNotFoundError(f"TOKENIZER_PATH={h.tokenizer_path}: no such file")
     try:
@@ -282,6 +284,8 @@ def tokenizer_luts(h: Hyperparameters) -> tuple[Tensor, Tensor, Tensor]:
         raise ValueError(f"TOKENIZER_PATH={h.tokenizer_path}: not a sentencepiece model") from None
     if sp.vocab_size() != h.vocab_size:
         raise ValueError(f"{h.tokenizer_path} has {sp.vocab_size()} pieces, VOCAB_SIZE={h.vocab_size}")
+    for pattern in shards:
+        tokenized_by(sp, pattern, h.tokenizer_path)
     return build_byte_luts(sp, h.vocab_size)
 
 
@@ -333,6 +337,22 @@ def shard_files(pattern: str) -> list[str]:
     return files
 
 
+def tokenized_by(sp, pattern: str, name: str) -> None:
+    """Refuse a shard glob that tokenizer `sp` (file `name`) did not make: its first file's first documents must decode
+    and re-encode to the same ids (another tokenizer's ids run past the vocabulary, or almost none round-trip)."""
+    path = shard_files(pattern)[0]
+    ids = np.asarray(load_shard(path)[:65536]).astype(np.int64)
+    if ids.max(initial=0) >= sp.vocab_size():
+        raise ShardError(f"{path}: token id {ids.max()} is past the {sp.vocab_size()} pieces of {name}: not its shard")
+    starts = np.flatnonzero(ids == BOS_ID)
+    docs = [ids[a + 1 : b].tolist() for a, b in zip(starts, starts[1:])][:64]
+    n, same = sum(map(len, docs)), sum(len(d) for d in docs if sp.encode(sp.decode(d)) == d)
+    if same < 0.9 * n:
+        raise ShardError(
+            f"{path}: {same / n:.0%} of its first documents' tokens round-trip through {name}: not its shard"
+        )
+
+
 def load_val(pattern: str, vocab_size: int) -> Tensor:
     tokens = np.concatenate([load_shard(f) for f in shard_files(pattern)]).astype(np.int64)
     if tokens.max(initial=0) >= vocab_size:
@@ -344,10 +364,11 @@ class TokenLoader:
     """Non-overlapping TRAIN_SEQ_LEN+1 windows of every shard, each epoch in a seeded permutation; step s takes
     the next global batch and rank r its slice, so batches depend on the seed, not the world size (the model
     keeps documents apart by BOS). stream=True reads like the official baseline: the shards in order as one
-    wrapping stream, each rank a contiguous span per step (on a corpus stored by source, order changes scores)."""
+    wrapping stream, each rank a contiguous span per step (on a corpus stored by source, order changes scores).
+    A batch holding an id >= vocab is a ShardError (a wrong tokenizer's data, not an index error in the model)."""
 
-    def __init__(self, pattern: str, seq_len: int, seed: int, rank: int, world: int, device, stream=False):
-        self.shards = [load_shard(f) for f in shard_files(pattern)]
+    def __init__(self, pattern: str, seq_len: int, seed: int, rank: int, world: int, device, stream=False, vocab=65536):
+        self.shards, self.pattern, self.vocab = [load_shard(f) for f in shard_files(pattern)], pattern, vocab
         self.seq_len, self.rank, self.world, self.device, self.stream = seq_len, rank, world, device, stream
         self.at = (0, 0)  # stream position: shard, token
         counts = [(len(s) - 1) // seq_len for s in self.shards]
@@ -389,6 +410,10 @@ class TokenLoader:
             idx = self._take(global_seqs)[self.rank * per_rank : (self.rank + 1) * per_rank]
             rows = [self.shards[s][o : o + self.seq_len + 1] for s, o in self.windows[idx]]
             batch = torch.from_numpy(np.stack(rows).astype(np.int64))
+        if int(batch.max()) >= self.vocab:
+            raise ShardError(
+                f"{self.pattern}: token id {int(batch.max())} >= VOCAB_SIZE {self.vocab} (wrong tokenizer?)"
+            )
         return batch.pin_memory() if self.device.type == "cuda" else batch
 
     def next_batch(self, global_seqs: int) -> Tensor:
@@ -904,6 +929,44 @@ class EMA:
 # -----------------------------------------------------------------------------
 
 
+class Logger:
+    """Rank 0's log, logs/<RUN_ID>.txt (OVERWRITE=1 starts it afresh), echoed to the console. Logger.current is the
+    run's: progress lines and the final `error:` line go through it."""
+
+    current: Logger | None = None
+
+    def __init__(self, h: Hyperparameters):
+        self.path = os.path.join("logs", f"{h.run_id}.txt") if h.rank == 0 else None
+        if self.path:
+            os.makedirs("logs", exist_ok=True)
+            if h.overwrite and os.path.exists(self.path):
+                os.remove(self.path)
+        Logger.current = self
+
+    def __call__(self, msg: str, console: bool = True) -> None:
+        if self.path is None:
+            return
+        if console:
+            print(msg, flush=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            print(msg, file=f)
+
+
+def progress(what: str, total: int, every: float = 15.0) -> Callable[[int], None]:
+    """tick(done) writes a line every `every` seconds of a long step (evals, TTT, the n-gram mix, export) in the
+    training lines' style, through Logger.current (else print): done/total, rate, elapsed, ETA."""
+    t0 = last = time.perf_counter()
+
+    def tick(done: int) -> None:
+        nonlocal last
+        if (now := time.perf_counter()) - last >= every:
+            last, rate = now, done / (now - t0)
+            eta = (total - done) / max(rate, 1e-9)
+            (Logger.current or print)(f"{what} {done}/{total} {rate:,.1f}/s elapsed {now - t0:.0f}s eta {eta:.0f}s")
+
+    return tick
+
+
 def lr_scale(frac: float, h: Hyperparameters, step_ms: float, budget: float) -> float:
     """Flat, then a linear warmdown over the last WARMDOWN_FRAC of the clock to LR_FLOOR. WARMDOWN_ITERS>0
     (the baseline) converts a step count to a share of the `budget` seconds at the current ms/step."""
@@ -1000,12 +1063,14 @@ def train(h: Hyperparameters, model: GPT, device: torch.device, log: Logger, val
     step, reserve = make_step(model, h, device), h.gptq_reserve_seconds
     if h.warmup_steps > 0:
         t0 = time.perf_counter()
+        log(f"warmup: compiling with {h.warmup_steps} steps per recurrence setting on random tokens")
         calib_s = warmup_and_restore(model, step, h, device)
         log(f"warmup: compiled in {time.perf_counter() - t0:.1f}s on random tokens, weights restored")
         if 1.25 * calib_s > reserve:  # the reserve must hold the calibration, with a margin
             was, reserve = h.gptq_reserve_seconds, 1.25 * calib_s
             log(f"reserve: calibration takes {calib_s:.1f}s, GPTQ_RESERVE_SECONDS {was:.1f} -> {reserve:.1f}")
-    loader = TokenLoader(h.train_files, h.train_seq_len, h.seed, h.rank, h.world_size, device, h.loader == "stream")
+    stream = h.loader == "stream"
+    loader = TokenLoader(h.train_files, h.train_seq_len, h.seed, h.rank, h.world_size, device, stream, h.vocab_size)
     budget = h.max_wallclock_seconds - reserve if h.max_wallclock_seconds > 0 else math.inf
     steps, train_s, history = train_loop(h, model, step, loader, budget, device, log, val, luts)
     t0, hessians = time.perf_counter(), {}
@@ -1016,11 +1081,12 @@ def train(h: Hyperparameters, model: GPT, device: torch.device, log: Logger, val
         sync(device)
     used = time.perf_counter() - t0
     total, cap = train_s + used, h.max_wallclock_seconds
+    held = cap <= 0 or total <= cap
     log(
         f"compliance train: train_seconds {train_s:.1f} calibration_seconds {used:.1f} reserve {reserve:.1f} "
-        f"total {total:.1f} cap {cap:.0f} held {cap <= 0 or total <= cap}"
+        f"total {total:.1f} cap {cap:.0f} held {held}"
     )
-    return dict(steps=steps, train_seconds=train_s, history=history, hessians=hessians)
+    return dict(steps=steps, train_seconds=train_s, history=history, hessians=hessians, total=total, held=held)
 
 
 def train_loop(h, model, step, loader, budget, device, log, val, luts) -> tuple[int, float, list]:
@@ -1193,9 +1259,10 @@ def quantize_state(state: dict[str, Tensor], hessians: dict[str, Tensor], cfg: Q
     """state_dict -> {name: entry}. Large float matrices get GPTQ (RTN where no Hessian saw them):
     entry = {dtype, cls, bits, q int8, scale fp16 [, lqer]}; everything else {dtype, t} in fp16
     (floats) or as is (ints, bools). All tensors come back on the CPU."""
-    out = {}
+    out, tick = {}, progress("export: tensors", len(state))
     for name, t in state.items():
         t, e = t.detach(), {"dtype": str(t.dtype).removeprefix("torch.")}
+        tick(len(out))
         if t.is_floating_point() and t.ndim == 2 and t.numel() > cfg.small_numel:
             cls, _, bits, k = next(c for c in cfg.classes if re.search(c[1], name))
             H = hessians.get(name)  # a Hessian with no active input at all would zero the matrix: use RTN
@@ -1317,6 +1384,7 @@ def encode_artifact(qstate: dict, meta: dict, codecs: tuple[str, ...], log=print
         raise ArtifactError(f"none of the codecs {','.join(codecs)} is installed")
     raws = {s: _serialize(qstate, meta, s) for s in (False, True)}
     combos = [(c, s) for c in available for s in (False, True)]
+    log(f"export: encoding {len(combos)} candidates ({', '.join(available)}, byte shuffle off and on) in parallel")
     with ThreadPoolExecutor(len(combos)) as pool:  # the codecs release the GIL while compressing
         blobs = list(pool.map(lambda cs: _wrap(raws[cs[1]], cs[0]), combos))
     return min(blobs, key=len), [(c, s, len(b)) for (c, s), b in zip(combos, blobs)]
@@ -1528,13 +1596,16 @@ def score_stream(model, tokens: Tensor, h, device, stride: int, stats: Tensor, o
     """Sliding windows (stride = EVAL_SEQ_LEN: plain, non-overlapping) over `tokens`, which start at stream
     position `offset`: fills stats[:, offset + t] for every target t, this rank's windows only."""
     L = min(h.eval_seq_len, len(tokens) - 1)
-    for part, x in rank_batches(tokens, eval_windows(len(tokens), L, stride), h, L):
+    wins = eval_windows(len(tokens), L, stride)
+    tick = progress("eval: windows", math.ceil(len(wins) / h.world_size))
+    for i, (part, x) in enumerate(rank_batches(tokens, wins, h, L)):
         x = x.to(device, non_blocking=True)
         with autocast(device):
             out = model(x[:, :-1], x[:, 1:], not h.eval_cross_doc, recur, entropy)
         out = out.double().view(1 + entropy, len(x), -1)
         for j, (a, b, first) in enumerate(part):  # target position t sits at column t - a - 1
             stats[:, offset + first : offset + b + 1] = out[:, j, first - a - 1 : b - a]
+        tick(i * h.eval_batch_seqs + len(part))
 
 
 def eval_stream(model, tokens: Tensor, h, luts, device, stride: int, entropy=False, recur=True) -> dict:
@@ -1775,8 +1846,10 @@ def mix_ngram(stats: Tensor, tokens: Tensor, h: Hyperparameters) -> Tensor:
     alpha = tuple(float(a) for a in h.ngram_alpha.split(","))
     mixer = NgramMixer(h.vocab_size, h.ngram_order, stats.device, alpha, h.ngram_gate_lr)
     nll, done = torch.zeros_like(stats[0]), 0
+    tick = progress("ngram: tokens", len(tokens))
     for s in range(1, len(tokens), h.ngram_chunk):
         e = min(s + h.ngram_chunk, len(tokens))
+        tick(s)
         nll[s:e] = mixer.score(tokens[s:e], (-stats[0, s:e], stats[1, s:e]), prefix=tokens[done:s])
         mixer.update(tokens[done:e])
         done = e
@@ -1836,8 +1909,9 @@ def score_docs(model: GPT, tokens, spans, stats, h, device, loras, entropy=False
     model.requires_grad_(False)  # only the adapters learn here: no backward work for the base weights
     for m, lora in loras:
         m.lora = lora
-    params = [p for _, lora in loras for p in lora.parameters()]
+    params, tick = [p for _, lora in loras for p in lora.parameters()], progress("ttt: documents", len(spans))
     for i in range(0, len(spans), h.ttt_docs):
+        tick(i)
         batch = spans[i : i + h.ttt_docs]
         for _, lora in loras:
             lora.reset()
@@ -1894,8 +1968,10 @@ def global_sgd(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], h, devi
     lo, hi = spans[0][0], spans[-1][1]
     seqs = [(s, min(s + h.eval_seq_len, hi)) for s in range(lo, hi, h.eval_seq_len)]
     rows = math.ceil(h.eval_batch_seqs / h.world_size)  # one shape for every step and rank
-    for _ in range(h.ttt_epochs):
+    tick = progress("ttt: global sgd windows", h.ttt_epochs * len(seqs))
+    for epoch in range(h.ttt_epochs):
         for k in range(0, len(seqs), h.eval_batch_seqs):
+            tick(epoch * len(seqs) + k)
             batch = seqs[k : k + h.eval_batch_seqs]
             chunk = batch[h.rank :: h.world_size]
             x = torch.full((rows, h.eval_seq_len + 1), PAD_ID, dtype=torch.int64)
@@ -1985,27 +2061,12 @@ def run_evals(model, h, vals: dict[str, Tensor], luts, device, log, paths: list[
     if not tag:
         budget, note = h.eval_budget_seconds, "(this val set; see bench for the full-val projection)"
         log(f"compliance eval: eval_seconds {spent:.1f} budget {budget:.0f} held {spent <= budget} {note}")
-    return results
+    return results | {"eval_seconds": spent}
 
 
 # -----------------------------------------------------------------------------
 # MAIN
 # -----------------------------------------------------------------------------
-
-
-class Logger:
-    def __init__(self, h: Hyperparameters):
-        self.path = os.path.join("logs", f"{h.run_id}.txt") if h.rank == 0 else None
-        if self.path:
-            os.makedirs("logs", exist_ok=True)
-
-    def __call__(self, msg: str, console: bool = True) -> None:
-        if self.path is None:
-            return
-        if console:
-            print(msg, flush=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            print(msg, file=f)
 
 
 def run_sources() -> list[str]:
@@ -2037,17 +2098,20 @@ def preflight(h: Hyperparameters) -> None:
         raise ValueError(f"ATTN_IMPL={h.attn_impl}: not available on this machine (auto picks {default_attn_impl()})")
     if not h.eval_only and not any(_codec(c) for c in h.listed("codecs")):
         raise ValueError(f"CODECS={h.codecs}: none of them is installed (pip install zstandard brotli)")
-    shard_files(h.val_files)
     if h.eval_only and not os.path.isfile(h.artifact):
         raise FileNotFoundError(f"EVAL_ONLY=1: ARTIFACT={h.artifact!r} is not a file")
     for f in [] if h.eval_only else shard_files(h.train_files):
         read_shard_header(f)
+    outputs = [os.path.join("logs", f"{h.run_id}.txt")] + ([] if h.eval_only else [h.artifact_path])
+    if any(map(os.path.exists, outputs)) and not h.overwrite:  # every rank checks before rank 0 writes its log
+        raise ValueError(f"RUN_ID={h.run_id}: {' or '.join(outputs)} exists: another run's (OVERWRITE=1 replaces it)")
 
 
 def main() -> None:
     h = Hyperparameters()
     preflight(h)
-    luts = tokenizer_luts(h)
+    dev = [h.dev_val_files] if h.dev_val_files and glob.glob(h.dev_val_files) else []
+    luts = tokenizer_luts(h, h.val_files, *dev, *([] if h.eval_only else [h.train_files]))
     device = torch.device("cuda", h.local_rank) if torch.cuda.is_available() else torch.device("cpu")
     if h.world_size > 1:  # gloo on CPU: the multi-rank path (sharded Muon, split evals) is tested without a GPU
         cuda = device.type == "cuda"
@@ -2058,16 +2122,16 @@ def main() -> None:
     torch.manual_seed(h.seed)
     log = Logger(h)
     log_header(log, h)
-    vals = {"val": load_val(h.val_files, h.vocab_size)}
-    if h.dev_val_files and glob.glob(h.dev_val_files):
-        vals["dev"] = load_val(h.dev_val_files, h.vocab_size)
-    artifact = h.artifact or os.path.join("artifacts", f"{h.run_id}.pgq")
+    vals = {"val": load_val(h.val_files, h.vocab_size)} | ({"dev": load_val(dev[0], h.vocab_size)} if dev else {})
+    artifact, breaks = h.artifact_path, []
     if not h.eval_only:
         model = GPT(h).to(device)
         log_model(log, model)
         if h.compile and device.type == "cuda":
             model.compile_parts(whole=h.compile == 2)
-        hessians = train(h, model, device, log, vals["val"], luts)["hessians"]
+        trained = train(h, model, device, log, vals["val"], luts)
+        hessians, cap = trained["hessians"], h.max_wallclock_seconds
+        breaks += [] if trained["held"] else [f"train clock: {trained['total']:.1f} s > cap {cap:.0f} s"]
         if h.listed("pre_export_paths"):  # PRE_EXPORT_PATHS= (empty) skips them: a slow arch needs the time for export
             run_evals(model, h, vals, luts, device, log, h.listed("pre_export_paths"), tag="pre_")
         export_artifact(model, hessians, h, artifact, log)
@@ -2079,12 +2143,16 @@ def main() -> None:
         log_model(log, model)
     if h.compile and device.type == "cuda":
         model.compile_parts()
-    run_evals(model, h, vals, luts, device, log, h.listed("eval_paths"))
+    spent = run_evals(model, h, vals, luts, device, log, h.listed("eval_paths"))["eval_seconds"]
     if h.world_size > 1:
         dist.destroy_process_group()
     total = os.path.getsize(artifact) + sum(map(os.path.getsize, run_sources()))
-    if total > h.size_cap:  # scored and logged first, so an over-cap run still loses nothing
-        raise ArtifactError(f"{artifact}: artifact + code = {total:,} bytes > SIZE_CAP {h.size_cap:,}: not valid")
+    breaks += [] if spent <= h.eval_budget_seconds else [f"eval clock: {spent:.1f} s > {h.eval_budget_seconds:.0f} s"]
+    breaks += (
+        [] if total <= h.size_cap else [f"{artifact}: artifact + code = {total:,} bytes > SIZE_CAP {h.size_cap:,}"]
+    )
+    if breaks:  # raised last: a run that broke a rule has still written and scored everything
+        raise RuleError(f"the run broke a rule, not a valid submission: {'; '.join(breaks)}")
 
 
 def log_model(log: Logger, model: GPT) -> None:
@@ -2092,9 +2160,15 @@ def log_model(log: Logger, model: GPT) -> None:
     log(f"model: {n:,} parameters, attention {model.attn_impl}, layer order {model.orders[True]}")
 
 
+class RuleError(Exception):
+    """A run that broke a rule of the challenge (a clock, the size cap): everything is written, the exit is 1."""
+
+
 if __name__ == "__main__":
     try:
         main()
-    except (ShardError, ArtifactError, FileNotFoundError, ValueError) as e:
+    except (ShardError, ArtifactError, RuleError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        if Logger.current:
+            Logger.current(f"error: {e}", console=False)
         sys.exit(1)

@@ -60,10 +60,9 @@ def compare(runs: dict[int, dict[int, float]], steps: int, tol: float) -> dict:
 
 
 def run(nproc: int, env: dict[str, str], out: Path) -> str:
-    run_id = f"agree_n{nproc}"
-    (ROOT / "logs" / f"{run_id}.txt").unlink(missing_ok=True)  # train_gpt.py appends to a reused RUN_ID's log
+    run_id = f"agree_n{nproc}"  # OVERWRITE=1: a rerun replaces this script's own earlier log and artifact
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "train_gpt.py"]
-    subprocess.run(cmd, cwd=ROOT, env={**os.environ, **env, "RUN_ID": run_id}, check=True)
+    subprocess.run(cmd, cwd=ROOT, env={**os.environ, **env, "RUN_ID": run_id, "OVERWRITE": "1"}, check=True)
     log = (ROOT / "logs" / f"{run_id}.txt").read_text()
     (out / f"{run_id}.txt").write_text(log)
     return log

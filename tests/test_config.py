@@ -80,7 +80,7 @@ CLI_CASES = [
     (dict(CALIB="foo"), "CALIB='foo'"),
     (dict(TTT_TARGETS="bogus"), "TTT_TARGETS='bogus'"),
     (dict(ATTN_IMPL="varlen"), "ATTN_IMPL=varlen: not available on this machine"),  # CPU: no flash kernel
-    (dict(DATA_PATH="/nonexistent"), "no files match /nonexistent/fineweb_val_*.bin"),
+    (dict(DATA_PATH="/nonexistent"), "no files match /nonexistent/fineweb_"),
     (dict(EVAL_ONLY="1", ARTIFACT="missing.pgq"), "ARTIFACT='missing.pgq' is not a file"),
 ]
 
@@ -97,7 +97,7 @@ def test_cli_refuses_bad_configuration_before_any_work(tiny_data, tmp_path, one_
     with pytest.raises((ValueError, FileNotFoundError)) as err:  # what main checks before its log
         h = tg.Hyperparameters(env)
         tg.preflight(h)
-        tg.tokenizer_luts(h)
+        tg.tokenizer_luts(h, h.val_files, h.train_files)
     assert time.perf_counter() - t0 < 1.0 and needle in str(err.value)
     p = subprocess.run(
         [sys.executable, str(ROOT / "train_gpt.py")],

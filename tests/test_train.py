@@ -400,6 +400,7 @@ def test_two_ranks_train_like_one_and_score_the_same(tiny_data, tmp_path):
     log = torchrun(
         2,
         "clock_n2",
+        ARTIFACT=str(tmp_path / "clock.pgq"),
         MAX_WALLCLOCK_SECONDS="4",
         GPTQ_RESERVE_SECONDS="1",
         WARMUP_STEPS="2",
