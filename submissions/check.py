@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -35,7 +36,14 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
-from submissions.logs import LogError, find_logs, parse_log, read_text, split_source
+from submissions.logs import (
+    LogError,
+    find_logs,
+    find_official_logs,
+    is_toolkit_log,
+    parse_log,
+    read_official_log,
+)
 from submissions.make import SIZE_CAP, _distributions, distribution, imports_of
 
 LIMIT_S = 600.0
@@ -63,6 +71,7 @@ FIELDS = dict(
 )
 SEED_FIELDS = dict(val_bpb=NUM, artifact_bytes=INT, steps=INT, step_avg_ms=NUM, eval_time_s=NUM)
 CORE = ("author", "github_id", "name", "date", "val_bpb")  # on (nearly) every merged record
+ALIASES = dict(name=("run_name",), val_bpb=("mean_val_bpb",), val_loss=("mean_val_loss",))  # merged records' names
 Row = tuple[str, str, str]
 
 
@@ -84,26 +93,41 @@ def _row(name: str, fails: list[str], warns: list[str], ok: str) -> Row:
     return (name, "WARN", "; ".join(warns)) if warns else (name, "PASS", ok)
 
 
+def _named(folder: Path, name: str, pattern: str, exact: bool) -> Path | None:
+    """folder/name, or (official records only) the one file matching pattern: some merged records ship
+    submission_<x>.json or train_gpt_<x>.py."""
+    if (folder / name).is_file() or exact:
+        return folder / name if (folder / name).is_file() else None
+    found = sorted(p for p in folder.glob(pattern) if p.is_file())
+    return found[0] if len(found) == 1 else None
+
+
 def load(folder: Path) -> dict:
-    """Everything the checks read, read once: the JSON, the logs (ours parsed, others set aside), the code."""
+    """Everything the checks read, read once: the JSON, the logs (ours parsed, others' score and size lines),
+    the code."""
     ctx = dict(folder=folder, meta=None, meta_error=None, raw_json="", logs=[], foreign=[], broken=[], shipped=None)
+    ctx["ours"] = any(is_toolkit_log(p) for p in find_logs(folder))  # this toolkit's folder: its logs are evidence
+    ctx["json_path"] = _named(folder, "submission.json", "submission*.json", ctx["ours"])
+    ctx["code_path"] = _named(folder, "train_gpt.py", "train_gpt*.py", ctx["ours"])
     try:
-        ctx["raw_json"] = (folder / "submission.json").read_text(encoding="utf-8")
+        if ctx["json_path"] is None:
+            raise FileNotFoundError
+        ctx["raw_json"] = ctx["json_path"].read_text(encoding="utf-8")
         ctx["meta"] = json.loads(ctx["raw_json"])
         if not isinstance(ctx["meta"], dict):
-            ctx["meta"], ctx["meta_error"] = None, "submission.json is not a JSON object"
+            ctx["meta"], ctx["meta_error"] = None, f"{ctx['json_path'].name} is not a JSON object"
     except FileNotFoundError:
         ctx["meta_error"] = "no submission.json"
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         ctx["meta_error"] = f"submission.json unreadable: {e}"
-    if (folder / "train_gpt.py").is_file():
-        ctx["shipped"] = (folder / "train_gpt.py").read_bytes()
+    if ctx["code_path"] is not None:
+        ctx["shipped"] = ctx["code_path"].read_bytes()
+    if not ctx["ours"]:
+        ctx["foreign"] = find_official_logs(folder)
+        ctx["official"] = [read_official_log(p) for p in ctx["foreign"]]
+        return ctx
     for path in find_logs(folder):
-        try:
-            ours = split_source(read_text(path)) is not None
-        except LogError:
-            ours = False
-        if not ours:
+        if not is_toolkit_log(path):
             ctx["foreign"].append(path)
             continue
         try:
@@ -111,7 +135,6 @@ def load(folder: Path) -> dict:
             ctx["logs"].append(parse_log(path, scored if isinstance(scored, str) else None))
         except LogError as e:
             ctx["broken"].append(str(e))
-    ctx["ours"] = bool(ctx["logs"] or ctx["broken"])  # this toolkit's folder: its logs are the evidence
     return ctx
 
 
@@ -121,8 +144,20 @@ def _seed_results(ctx: dict) -> dict:
 
 
 def _json_seeds(ctx: dict) -> list | None:
-    seeds = (ctx["meta"] or {}).get("seeds")
+    meta = ctx["meta"] or {}
+    seeds = meta.get("seeds")
+    if not ctx["ours"] and seeds is None:  # official records may name one `seed`, or only seed_results
+        seeds = [meta["seed"]] if _is(meta.get("seed"), INT) else list(_seed_results(ctx)) or None
     return list(seeds) if isinstance(seeds, (list, dict)) else None
+
+
+def _claim(ctx: dict, key: str) -> tuple[str, float] | tuple[None, None]:
+    """(field, value) of the folder's headline score: `key`, or an official record's variant of its name."""
+    meta = ctx["meta"] or {}
+    for name in (key,) + (() if ctx["ours"] else ALIASES.get(key, ())):
+        if _is(meta.get(name), NUM):
+            return name, meta[name]
+    return None, None
 
 
 # -----------------------------------------------------------------------------
@@ -132,14 +167,17 @@ def _json_seeds(ctx: dict) -> list | None:
 
 def check_files(ctx: dict) -> Row:
     folder, fails, warns = ctx["folder"], [], []
-    for name in REQUIRED_FILES:
-        if not (folder / name).is_file():
+    found = dict(zip(REQUIRED_FILES, (folder / "README.md", ctx["json_path"], ctx["code_path"])))
+    found["requirements.txt"] = folder / "requirements.txt"
+    for name, path in found.items():
+        if path is None or not path.is_file():
             # official records ship requirements.txt only when there are dependencies
             (warns if name == "requirements.txt" and not ctx["ours"] else fails).append(f"no {name}")
     n_logs = len(ctx["logs"]) + len(ctx["foreign"]) + len(ctx["broken"])
     if n_logs == 0:
         fails.append("no log (*.log or *.txt, top level or logs/)")
-    return _row("files", fails, warns, f"{', '.join(REQUIRED_FILES)}, {n_logs} log(s)")
+    names = [p.name for p in found.values() if p is not None and p.is_file()]
+    return _row("files", fails, warns, f"{', '.join(names)}, {n_logs} log(s)")
 
 
 def check_json(ctx: dict) -> Row:
@@ -148,11 +186,12 @@ def check_json(ctx: dict) -> Row:
         return "json fields", "FAIL", ctx["meta_error"]
     fails, warns = [], []
     for key, kind in FIELDS.items():
-        strict = ctx["ours"] or key in CORE
-        if key not in meta:
-            (fails if strict else warns).append(f"no {key}")
-        elif not (_is(meta[key], kind) or (key == "val_bpb_std" and meta[key] is None)):
-            (fails if strict else warns).append(f"{key} is {type(meta[key]).__name__}, expected {kind}")
+        strict = ctx["ours"]  # official records vary; their logs, not their JSON, are checked for the score
+        name = next((a for a in (key,) + ALIASES.get(key, ()) if a in meta), key) if not strict else key
+        if name not in meta:
+            (fails if strict else warns if key in CORE else []).append(f"no {key}")
+        elif not (_is(meta[name], kind) or (key == "val_bpb_std" and meta[name] is None)):
+            (fails if strict else warns).append(f"{name} is {type(meta[name]).__name__}, expected {kind}")
     for seed, r in _seed_results(ctx).items():
         for key, kind in SEED_FIELDS.items():
             bad = f"seed_results[{seed}].{key}: " + (
@@ -165,7 +204,7 @@ def check_json(ctx: dict) -> Row:
             warns.append(f"{key} is empty (fill it before a PR)")
     if ctx["ours"] and meta.get("val_bpb_std") is None and len(_json_seeds(ctx) or []) > 1:
         fails.append("val_bpb_std is null with more than one seed")
-    return _row("json fields", fails, warns, f"{len(meta)} fields, types as on merged records")
+    return _row("json fields", fails, warns, f"{len(meta)} fields in {ctx['json_path'].name}, types as expected")
 
 
 def check_seeds(ctx: dict) -> Row:
@@ -254,12 +293,15 @@ def check_mean(ctx: dict) -> Row:
         return ("json mean", "FAIL" if ctx["ours"] else "SKIP", "no per-seed val_bpb in seed_results to average")
     fails, warns = [], []
     for key in ("val_bpb", "val_loss"):
-        values = [r.get(key) for r in results.values()]
-        if key not in meta or not all(_is(x, NUM) for x in values):
+        values, (name, claimed) = [r.get(key) for r in results.values()], _claim(ctx, key)
+        if name is None or not all(_is(x, NUM) for x in values):
             continue
-        tol = 1e-6 if ctx["ours"] else _decimals_tol(ctx["raw_json"], key)
-        if not _close(meta[key], statistics.fmean(values), tol):
-            fails.append(f"{key} {meta[key]} != mean of seed_results {statistics.fmean(values):.8f} (tol {tol:g})")
+        tol = 1e-6 if ctx["ours"] else _decimals_tol(ctx["raw_json"], name)
+        if not _close(claimed, statistics.fmean(values), tol):
+            # an official record's val_loss is not its score: a slip there is worth a look, not a failure
+            (fails if ctx["ours"] or key == "val_bpb" else warns).append(
+                f"{name} {claimed} != mean of seed_results {statistics.fmean(values):.8f} (tol {tol:g})"
+            )
         std_key = f"{key}_std"
         if len(values) > 1 and _is(meta.get(std_key), NUM):
             sample, population = statistics.stdev(values), statistics.pstdev(values)
@@ -270,13 +312,14 @@ def check_mean(ctx: dict) -> Row:
                     fails.append(msg)
                 elif not _close(meta[std_key], population, tol_std):  # some records use n, not n-1
                     warns.append(msg + f" or population std {population:.8f}")
-    return _row("json mean", fails, warns, f"val_bpb {meta.get('val_bpb')} = mean of {len(bpb)} seed(s)")
+    name, claimed = _claim(ctx, "val_bpb")
+    return _row("json mean", fails, warns, f"{name} {claimed} = mean of {len(bpb)} seed(s)")
 
 
 def check_scores(ctx: dict) -> Row:
     """Each log's final val score (and run stats) against submission.json's seed_results."""
     if not ctx["ours"]:
-        return "scores vs logs", "SKIP", NOT_OURS
+        return official_scores(ctx)
     results, fails = _seed_results(ctx), []
     for log in ctx["logs"]:
         name, r = Path(log["path"]).name, results.get(str(log["seed"]))
@@ -315,19 +358,7 @@ def check_scores(ctx: dict) -> Row:
 def check_size(ctx: dict) -> Row:
     meta, fails, warns = ctx["meta"] or {}, [], []
     if not ctx["ours"]:
-        stated = [(k, meta[k]) for k in ("bytes_total", "artifact_bytes_max") if _is(meta.get(k), INT)]
-        stated += [
-            (f"seed_results[{s}].{k}", r[k])
-            for s, r in _seed_results(ctx).items()
-            if isinstance(r, dict)
-            for k in ("artifact_bytes", "bytes_total")
-            if _is(r.get(k), INT)
-        ]
-        if not stated:
-            return "size", "FAIL", "submission.json states no byte count (bytes_total, artifact_bytes...)"
-        fails = [f"{k} {v:,} > {SIZE_CAP:,}" for k, v in stated if v > SIZE_CAP]
-        biggest = max(v for _, v in stated)
-        return _row("size", fails, [], f"max stated {biggest:,} <= {SIZE_CAP:,} (from submission.json; {NOT_OURS})")
+        return official_size(ctx)
     results = _seed_results(ctx)
     for log in ctx["logs"]:
         name, a = Path(log["path"]).name, log["artifact"]
@@ -362,6 +393,113 @@ def check_size(ctx: dict) -> Row:
             fails.append(f"shipped train_gpt.py is {len(ctx['shipped'])} bytes, logs counted {expect['bytes_code']}")
     worst = max((l["artifact"]["bytes"] + l["artifact"]["code"] for l in ctx["logs"]), default=0)
     return _row("size", fails, warns, f"code + artifact <= {worst:,} <= {SIZE_CAP:,} per log, = submission.json")
+
+
+# -----------------------------------------------------------------------------
+# official records: submission.json against the score and size lines of their own logs
+# -----------------------------------------------------------------------------
+
+
+def _unit(number: object) -> float:
+    """Half a unit of the last decimal a number is written with (the rounding it may carry)."""
+    return 0.5 * 10.0 ** Decimal(str(number)).as_tuple().exponent
+
+
+def _agrees(claim: float, printed: list[str]) -> bool:
+    """claim equals the mean of printed numbers, allowing for the rounding of each side."""
+    mean = statistics.fmean(float(x) for x in printed)
+    return abs(claim - mean) <= _unit(claim) + max(_unit(x) for x in printed) + 1e-12
+
+
+def _by_seed(ctx: dict) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for log in ctx["official"]:
+        if log["scores"]:
+            out.setdefault(log["seed"] or log["path"], []).append(log)
+    return out
+
+
+def _means(groups: list[list[dict]], key: str) -> list[list[str]]:
+    """Per score label printed by every group: one pick of a log per group (a seed may have a rerun's log)."""
+    labels = set.intersection(*({s["label"] for log in g for s in log["scores"]} for g in groups))
+    picks = []
+    for label in sorted(labels):
+        per_group = [[s[key] for log in g for s in log["scores"] if s["label"] == label] for g in groups]
+        picks += [list(p) for p in itertools.islice(itertools.product(*per_group), 512)]
+    return picks
+
+
+def _seed_claims(ctx: dict, logs: dict[str, list[dict]], fails: list, warns: list) -> None:
+    for seed, r in _seed_results(ctx).items():
+        for key in ("val_bpb", "val_loss"):
+            claim = r.get(key) if isinstance(r, dict) else None
+            if not _is(claim, NUM):
+                continue
+            if str(seed) not in logs:
+                warns.append(f"seed {seed}: no log of it")
+                break
+            printed = [s[key] for log in logs[str(seed)] for s in log["scores"]]
+            if not any(_agrees(claim, [x]) for x in printed):
+                names = ", ".join(Path(log["path"]).name for log in logs[str(seed)])
+                fails.append(
+                    f"seed_results[{seed}].{key} {claim} is in no final score line of {names} ({', '.join(printed)})"
+                )
+
+
+def official_scores(ctx: dict) -> Row:
+    """Every per-seed score submission.json states must be printed by that seed's log, and its headline
+    val_bpb must be one seed's score (one seed claimed) or the mean of the claimed seeds' scores."""
+    logs, fails, warns = _by_seed(ctx), [], []
+    if not logs:
+        return "scores vs logs", "FAIL", "no log prints a final `val_loss:... val_bpb:...` line"
+    _seed_claims(ctx, logs, fails, warns)
+    name, claim = _claim(ctx, "val_bpb")
+    seeds = [str(s) for s in _json_seeds(ctx) or []]
+    if name is None:
+        warns.append("submission.json states no val_bpb (nor mean_val_bpb): the logs' scores stand alone")
+        loss = (ctx["meta"] or {}).get("val_loss")
+        if _is(loss, NUM) and any(_agrees(loss, p) for p in _means(list(logs.values()), "val_bpb")):
+            warns.append(f"its val_loss {loss} is the logs' mean val_bpb (a mislabelled field?)")
+        return _row("scores vs logs", fails, warns, "")
+    missing = [s for s in seeds if s not in logs]
+    groups = [logs[s] for s in seeds] if seeds and not missing else list(logs.values())
+    picks = _means(groups, "val_bpb")
+    stated = [r.get("val_bpb") for r in _seed_results(ctx).values() if isinstance(r, dict)]
+    if not fails and stated and all(_is(x, NUM) for x in stated):  # each already matched its log
+        picks.append([str(x) for x in stated])
+    if len(seeds) != 1 and not (seeds and not missing):  # seeds unknown, or not all logged: any one log may hold it
+        picks += [[s["val_bpb"]] for g in logs.values() for log in g for s in log["scores"]]
+    hit = next((p for p in picks if _agrees(claim, p)), None)
+    if hit is None and missing:
+        warns.append(f"seeds {', '.join(missing)} have no log: {name} {claim} cannot be recomputed from the logs")
+    elif hit is None:
+        fails.append(f"{name} {claim} is neither a logged final score nor a mean of one per seed")
+    how = "the log's" if hit and len(hit) == 1 else f"the mean of {len(hit or [])} seeds'"
+    each = ", each seed_results value as logged" if _seed_results(ctx) else ""
+    return _row("scores vs logs", fails, warns, f"{name} {claim} = {how} final score{each}")
+
+
+def official_size(ctx: dict) -> Row:
+    """The logs' `Total submission size` lines and every byte count submission.json states, against the cap."""
+    meta, fails, warns = ctx["meta"] or {}, [], []
+    keys = ("bytes_total", "artifact_bytes_max", "artifact_size_bytes", "artifact_bytes")
+    stated = [(k, meta[k]) for k in keys if _is(meta.get(k), INT)]
+    for s, r in _seed_results(ctx).items():
+        stated += [(f"seed_results[{s}].{k}", r[k]) for k in ("artifact_bytes", "bytes_total") if _is(r.get(k), INT)]
+        logged = {
+            n for log in ctx["official"] if log["seed"] == str(s) for n in (log["total_bytes"], log["model_bytes"])
+        }
+        if _is(r.get("artifact_bytes"), INT) and logged - {None} and r["artifact_bytes"] not in logged:
+            warns.append(f"seed_results[{s}].artifact_bytes {r['artifact_bytes']:,} is no byte count of its log")
+    fails += [f"{k} {v:,} > {SIZE_CAP:,}" for k, v in stated if v > SIZE_CAP]
+    totals = [(Path(log["path"]).name, log["total_bytes"]) for log in ctx["official"] if log["total_bytes"]]
+    fails += [f"{n}: logged total {v:,} > {SIZE_CAP:,}" for n, v in totals if v > SIZE_CAP]
+    if not stated and not totals:
+        return "size", "FAIL", "neither submission.json nor a log states the submission's bytes"
+    worst = max(v for _, v in stated + totals)
+    return _row(
+        "size", fails, warns, f"max {worst:,} <= {SIZE_CAP:,} ({len(totals)} logged totals, {len(stated)} stated)"
+    )
 
 
 def _time_from_json(ctx: dict, key: str, name: str) -> Row:

@@ -263,6 +263,56 @@ def _parse_line(line: str, log: dict, where: str) -> None:
         log["compliance_eval"] = _fields(line, ("eval_seconds", "budget"), where) | {"held": _held(line, "held", where)}
 
 
+# -----------------------------------------------------------------------------
+# logs of other scripts (the official records): only their score and size lines
+# -----------------------------------------------------------------------------
+
+# The challenge's train_gpt.py lineage prints `<label> val_loss:X val_bpb:Y ...` (a few write `=`, or a space
+# after the colon; newer ones prefix a unix time) and `Total submission size <codec>: N bytes`. Lines of the
+# training curve (`step:...`, `1000/20000 val_loss: ...`) and pre-export diagnostics are not final scores.
+_STAMP = r"^(?:\d{9,}\.\d+ )?"
+OFFICIAL_SCORE = re.compile(
+    _STAMP + r"(?P<label>[A-Za-z][^\n]*?)\s+(?:stride:\d+ )?val_loss[:=]\s*(?P<loss>\d+\.\d+)\s+"
+    r"val_bpb[:=]\s*(?P<bpb>\d+\.\d+)",
+    re.M,
+)
+OFFICIAL_TOTAL = re.compile(_STAMP + r"Total submission size[^:\n]*: (\d+) bytes", re.M)
+OFFICIAL_MODEL = re.compile(_STAMP + r"Serialized model [^:\n]+: (\d+) bytes", re.M)
+NOT_FINAL = re.compile(r"^step|pre[-_ ]?quant|post[-_ ]?ema", re.I)
+
+
+def read_official_log(path: str | Path) -> dict:
+    """The final score lines, the last `Total submission size` / `Serialized model` byte counts and the seed
+    (from the file name, else a `seed:`/`seed=` line) of a log written by another script. Each score keeps the
+    text it was printed as, so a comparison can allow for its rounding."""
+    path = Path(path)
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    scores = [
+        dict(label=m["label"], val_loss=m["loss"], val_bpb=m["bpb"])
+        for m in OFFICIAL_SCORE.finditer(text)
+        if not NOT_FINAL.search(m["label"])
+    ]
+    totals, models = OFFICIAL_TOTAL.findall(text), OFFICIAL_MODEL.findall(text)
+    seed = re.search(r"seed[_-]?(\d+)", path.stem) or re.search(r"(?:^|\s)seed[:=]\s*(\d+)", text, re.M)
+    return dict(
+        path=str(path),
+        seed=seed and seed.group(1),
+        scores=scores,
+        total_bytes=int(totals[-1]) if totals else None,
+        model_bytes=int(models[-1]) if models else None,
+    )
+
+
+def find_official_logs(folder: str | Path) -> list[Path]:
+    """Every *.log and *.txt under an official records folder, subfolders included (some keep re-evaluation logs
+    apart), requirements.txt excepted."""
+    return sorted(
+        p
+        for p in Path(folder).rglob("*")
+        if p.suffix in (".log", ".txt") and p.is_file() and p.name != "requirements.txt"
+    )
+
+
 def find_logs(folder: str | Path) -> list[Path]:
     """The logs of a submission folder: *.log and *.txt at its top level or in logs/ (the official
     records use both; requirements.txt is not a log)."""

@@ -7,8 +7,11 @@
 writes <out>/<YYYY-MM-DD>_<NAME>/: README.md, submission.json, train_seed<S>.txt (the logs, copied),
 train_gpt.py (byte-identical to the source every log embeds), requirements.txt (derived from that
 source's imports) and loss_curves.png. It refuses logs that disagree on source or config, or repeat
-a seed. With a reference it adds a one-sided Welch t-test: the record bar is beating the reference
-by >= 0.005 nats at p < 0.01.
+a seed, and logs that record a broken rule (train clock, eval clock, size cap) unless
+--allow-rule-breaks, which then marks the folder. With a reference it adds a one-sided Welch t-test:
+the record bar is beating the reference by >= 0.005 nats at p < 0.01. Runs on other data than the
+official FineWeb shards (DATA_PATH not a fineweb10B_<variant> folder, e.g. the proxy devset) are
+labelled proxy everywhere and never tested against a FineWeb reference.
 """
 
 from __future__ import annotations
@@ -34,11 +37,22 @@ from quant.pack import unpack
 from submissions.logs import LogError, find_logs, parse_log
 
 SIZE_CAP = 16_000_000
+LIMIT_S = 600.0  # the train and the eval clock of the challenge
 THRESHOLD_NATS, ALPHA = 0.005, 0.01
 DIGITS = 8  # JSON rounding of means and stds; the logs print 6 decimals, so this loses nothing
 TRACKS = ("10min_16mb", "non_record_16mb")  # the official records/track_<name>/ folders
 # Keys train_gpt.py derives or torchrun sets: never env vars of the reproduce command.
-DERIVED = {"run_id", "seed", "rank", "local_rank", "world_size", "train_files", "val_files"}
+DERIVED = {
+    "run_id",
+    "seed",
+    "rank",
+    "local_rank",
+    "world_size",
+    "train_files",
+    "val_files",
+    "artifact_path",
+    "overwrite",
+}
 # May differ between seeds' logs (where the data lay on each machine; extra eval paths reported beside
 # the scored one); everything else must match.
 LOCAL = {"data_path", "tokenizer_path", "dev_val_files", "artifact", "per_token_out", "eval_paths", "pre_export_paths"}
@@ -118,6 +132,32 @@ def load_logs(paths: list[str], score_path: str | None = None) -> list[dict]:
     return logs
 
 
+def rule_breaks(logs: list[dict]) -> list[str]:
+    """What the logs themselves record as broken: the train clock (training + calibration), the eval clock,
+    the size cap."""
+    out = []
+    for log in logs:
+        name, t, e, a = Path(log["path"]).name, log["compliance_train"], log["compliance_eval"], log["artifact"]
+        if not t["held"] or t["total"] > LIMIT_S:
+            out.append(
+                f"{name}: train {t['total']} s incl. calibration against a {t['cap']:.0f} s cap (held {t['held']})"
+            )
+        if not e["held"] or e["eval_seconds"] > LIMIT_S:
+            out.append(f"{name}: eval {e['eval_seconds']} s against {e['budget']:.0f} s (held {e['held']})")
+        if a["total"] > SIZE_CAP:
+            out.append(f"{name}: code + artifact {a['total']:,} bytes > {SIZE_CAP:,}")
+        elif not a["cap_held"]:
+            out.append(f"{name}: artifact line says cap_held False ({a['total']:,} bytes)")
+    return out
+
+
+def data_of(logs: list[dict]) -> dict:
+    """The data the runs trained and were scored on: the official FineWeb shards are the fineweb10B_<variant>
+    folder data.download writes; anything else (the proxy devset, own shards) gives a proxy score."""
+    names = sorted({Path(str(log["hyperparameters"].get("data_path", ""))).name for log in logs})
+    return dict(official_fineweb=all(n.startswith("fineweb10B_") for n in names), data=names)
+
+
 def check_artifacts(logs: list[dict], folder: Path) -> dict[int, str]:
     """Each run's artifact <folder>/<RUN_ID>.pgq: size as logged and decodable; seed -> sha256."""
     try:
@@ -170,21 +210,34 @@ def load_reference(folder: str | None, bpb: str | None) -> dict | None:
         except LogError:
             pass  # not a log of this toolkit: fall back to submission.json
     if logs:
-        return dict(source=f"{folder} (logs)", val_bpb=[l["val_bpb"] for l in logs])
+        return dict(source=f"{folder} (logs)", val_bpb=[l["val_bpb"] for l in logs]) | data_of(logs)
     try:
         meta = json.loads((path / "submission.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise SubmissionError(f"--reference {folder}: no toolkit logs and no readable submission.json ({e})") from None
-    results = meta.get("seed_results")
+    results, data = meta.get("seed_results"), meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    data = dict(official_fineweb=data.get("official_fineweb", True), data=data.get("data", ["official records"]))
     if (
         isinstance(results, dict)
         and results
         and all(isinstance(r, dict) and _is_num(r.get("val_bpb")) for r in results.values())
     ):
-        return dict(source=f"{folder} (submission.json seed_results)", val_bpb=[r["val_bpb"] for r in results.values()])
+        values = [r["val_bpb"] for r in results.values()]
+        return dict(source=f"{folder} (submission.json seed_results)", val_bpb=values) | data
     if _is_num(meta.get("val_bpb")):
-        return dict(source=f"{folder} (submission.json val_bpb, one value)", val_bpb=[meta["val_bpb"]])
+        return dict(source=f"{folder} (submission.json val_bpb, one value)", val_bpb=[meta["val_bpb"]]) | data
     raise SubmissionError(f"--reference {folder}: submission.json has no val_bpb")
+
+
+def comparable(ours: dict, ref: dict) -> str | None:
+    """Why the reference's scores cannot be tested against ours (None when they can): a proxy score
+    is never tested against FineWeb, nor against scores on other data. Explicit --reference-bpb numbers
+    carry no data tag; they are the caller's word."""
+    if "official_fineweb" not in ref or (ours["official_fineweb"] and ref["official_fineweb"]):
+        return None
+    if ours["official_fineweb"] != ref["official_fineweb"] or ours["data"] != ref["data"]:
+        return f"these runs are on {', '.join(ours['data'])}, the reference on {', '.join(ref['data'])}: not comparable"
+    return None
 
 
 def _is_num(x: object) -> bool:
@@ -473,7 +526,7 @@ def reproduce_command(logs: list[dict], defaults: dict | None) -> str:
 
 
 def submission_json(
-    args: argparse.Namespace, logs: list[dict], date: str, sig: dict | None, artifact_shas: dict[int, str]
+    args: argparse.Namespace, logs: list[dict], date: str, sig: dict | str | None, artifact_shas: dict[int, str]
 ) -> dict:
     bpb, loss = [l["val_bpb"] for l in logs], [l["val_loss"] for l in logs]
     std = lambda xs: _r(statistics.stdev(xs)) if len(xs) > 1 else None
@@ -525,8 +578,13 @@ def submission_json(
         meta["pre_quant_val_bpb"] = _r(statistics.fmean(l["pre_export"]["val"]["val_bpb"] for l in logs))
     if args.label:
         meta["label"] = args.label
-    if sig:
+    meta["data"] = data_of(logs)
+    if rule_breaks(logs):  # only with --allow-rule-breaks
+        meta["rule_breaks"] = rule_breaks(logs)
+    if isinstance(sig, dict):
         meta["significance"] = sig
+    elif sig:
+        meta["significance_skipped"] = sig
     return meta
 
 
@@ -548,6 +606,19 @@ def readme(meta: dict, logs: list[dict], args: argparse.Namespace, command: str,
         logs[0]["pre_export"].get("val", {}).get("path", "").removeprefix("pre_")
     )  # may differ from the scored one
     out = [f"# {meta['name']}", ""]
+    if meta.get("rule_breaks"):
+        out += [
+            "> **This run breaks the challenge rules; it is not a valid submission.** Written with "
+            "`--allow-rule-breaks`. The logs record: " + "; ".join(meta["rule_breaks"]) + ".",
+            "",
+        ]
+    if not meta["data"]["official_fineweb"]:
+        out += [
+            f"> **Proxy data:** trained and scored on {', '.join(meta['data']['data'])}, not the official FineWeb "
+            "shards; not comparable with FineWeb records"
+            + (f" ({meta['significance_skipped']})." if meta.get("significance_skipped") else "."),
+            "",
+        ]
     if label:
         out += [
             f'> **{label}.** Every number below is from runs labelled "{label}"; '
@@ -699,9 +770,18 @@ def make(args: argparse.Namespace) -> Path:
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
         raise SubmissionError(f"--date {date!r}: expected YYYY-MM-DD")
     logs = load_logs(args.logs, args.score_path)
+    breaks = rule_breaks(logs)
+    if breaks and not args.allow_rule_breaks:
+        raise SubmissionError(
+            "the logs record a broken rule (" + "; ".join(breaks) + "); check-submission rejects such a folder. "
+            "Pass --allow-rule-breaks to write it anyway, marked as breaking the rules"
+        )
+    data = data_of(logs)
+    if not data["official_fineweb"] and "proxy" not in args.label.lower():
+        args.label = f"proxy ({', '.join(data['data'])}, not FineWeb)" + (f"; {args.label}" if args.label else "")
     ref = load_reference(args.reference, args.reference_bpb)
     shas = check_artifacts(logs, Path(args.artifacts)) if args.artifacts else {}
-    sig = significance(logs, ref) if ref else None
+    sig = (comparable(data, ref) or significance(logs, ref)) if ref else None
     folder = Path(args.out) / folder_name(date, args.name)
     if folder.exists():
         if not args.force:
@@ -746,6 +826,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--blurb", default="", help="one-paragraph description (default: generated)")
     p.add_argument("--date", default="", help="YYYY-MM-DD (default: today)")
     p.add_argument("--force", action="store_true", help="replace an existing folder of the same date and name")
+    p.add_argument(
+        "--allow-rule-breaks",
+        action="store_true",
+        help="write a folder even from logs that broke the train clock, eval clock or size cap (marked so)",
+    )
     args = p.parse_args(argv)
     try:
         folder = make(args)
@@ -757,6 +842,10 @@ def main(argv: list[str] | None = None) -> int:
         f"wrote {folder}: val_bpb {meta['val_bpb']:.8f} (std {fmt(meta['val_bpb_std'], 8)}, "
         f"{len(meta['seeds'])} seed(s)), total bytes max {meta['bytes_total']:,}"
     )
+    if meta.get("rule_breaks"):
+        print("warning: written with --allow-rule-breaks; the logs record: " + "; ".join(meta["rule_breaks"]))
+    if meta.get("significance_skipped"):
+        print(f"note: no significance test: {meta['significance_skipped']}")
     if "significance" in meta:
         s = meta["significance"]
         print(

@@ -195,6 +195,61 @@ def test_make_non_record_track(runs, tmp_path, run_cli):
     assert r.returncode != 0 and "invalid choice" in r.stderr
 
 
+def edited_log(runs: Path, tmp_path: Path, *subs: tuple[str, str]) -> Path:
+    """seed1's log with regex substitutions in its event lines (its embedded source stays intact)."""
+    text = (runs / "logs/seed1.txt").read_text()
+    for pattern, repl in subs:
+        text, n = re.subn(pattern, repl, text)
+        assert n, pattern
+    path = tmp_path / f"edited{len(list(tmp_path.glob('edited*')))}.txt"
+    path.write_text(text)
+    return path
+
+
+def test_make_refuses_rule_breaks_unless_told(runs, tmp_path, run_cli, one_line_error):
+    """4365752 packaged logs saying `held False` (clock) or `cap_held False` (size) with exit 0, no warning."""
+    over_clock = edited_log(
+        runs, tmp_path, (r"(compliance train: .*?)total [\d.]+ (.*)held True", r"\1total 612.3 \2held False")
+    )
+    over_size = edited_log(runs, tmp_path, (r"cap_held True", "cap_held False"))
+    for log, needle in ((over_clock, "train 612.3 s incl. calibration"), (over_size, "says cap_held False")):
+        args = ("--name", "broken", "--logs", log, "--out", tmp_path / "out", "--date", "2026-01-04")
+        one_line_error(run_cli("submissions.make", *args), "the logs record a broken rule", needle)
+        assert not (tmp_path / "out").exists()  # nothing written
+    args = ("--name", "broken", "--logs", over_clock, "--out", tmp_path / "out", "--date", "2026-01-04")
+    r = run_cli("submissions.make", *args, "--allow-rule-breaks")
+    assert r.returncode == 0 and "warning: written with --allow-rule-breaks" in r.stdout, r.stderr
+    folder = tmp_path / "out/2026-01-04_broken"
+    meta = json.loads((folder / "submission.json").read_text())
+    assert meta["rule_breaks"] == [
+        f"{over_clock.name}: train 612.3 s incl. calibration against a 600 s cap (held False)"
+    ]
+    assert "This run breaks the challenge rules; it is not a valid submission." in (folder / "README.md").read_text()
+    assert status(check.check(folder), "train time")[0] == "FAIL"  # the flag writes it; the check still rejects it
+
+
+def test_make_marks_proxy_data_and_skips_fineweb_references(runs, tmp_path, run_cli):
+    """4365752 labelled a devset/proxy run as the 10-minute track and Welch-tested it against FineWeb records."""
+    ref = official_folder(tmp_path / "ref", 15_900_000)  # an official records folder: FineWeb scores
+    args = ("--logs", runs / "logs/seed1.txt", runs / "logs/seed2.txt", "--out", tmp_path, "--date", "2026-01-05")
+    r = run_cli("submissions.make", "--name", "proxy", *args, "--reference", ref)
+    assert r.returncode == 0, r.stderr
+    assert "note: no significance test: these runs are on data, the reference on official records" in r.stdout
+    folder = tmp_path / "2026-01-05_proxy"
+    meta = json.loads((folder / "submission.json").read_text())
+    assert meta["data"] == dict(official_fineweb=False, data=["data"]) and "significance" not in meta
+    assert meta["label"] == "proxy (data, not FineWeb)" and meta["name"].endswith("[proxy (data, not FineWeb)]")
+    assert (
+        "> **Proxy data:** trained and scored on data, not the official FineWeb shards"
+        in (folder / "README.md").read_text()
+    )
+    # the same runs as if on the official shards: FineWeb, tested against the FineWeb reference
+    fine = [edited_log(runs, tmp_path, (r'"data_path": "data"', '"data_path": "/d/fineweb10B_sp1024"'))]
+    r = run_cli("submissions.make", "--name", "fine", "--logs", *fine, "--out", tmp_path, "--reference", ref)
+    meta = json.loads(next(tmp_path.glob("*_fine/submission.json")).read_text())
+    assert r.returncode == 0 and meta["data"]["official_fineweb"] and "label" not in meta and "significance" in meta
+
+
 def tampered(folder: Path, tmp_path: Path) -> Path:
     copy = tmp_path / folder.name
     shutil.copytree(folder, copy)
@@ -337,16 +392,20 @@ def test_parse_log_names_what_is_missing(runs, tmp_path):
 
 
 def official_folder(tmp_path: Path, bytes_total: int) -> Path:
-    """An official-records-layout folder: logs of another script (top level and logs/), merged-record-style JSON
-    with a mean rounded to 5 decimals and a population std."""
+    """An official-records-layout folder: logs of another script (top level and logs/) in its print format,
+    merged-record-style JSON with a mean rounded to 5 decimals and a population std."""
     d = tmp_path / "records/track_10min_16mb/2026-01-01_Other"
     (d / "logs").mkdir(parents=True)
     (d / "README.md").write_text("# other\n")
     (d / "train_gpt.py").write_text("import numpy\nimport torch\n")
     (d / "requirements.txt").write_text("numpy\ntorch\n")
-    (d / "train_seed7.log").write_text("step:1/20000 train_loss:9.0 train_time:0ms\nfinal val_bpb:1.10001\n")
-    (d / "logs/train1.txt").write_text("=" * 100 + "\nhyperparameters\n" + "=" * 100 + "\nval_bpb:1.10003\n")
     bpb = [1.10001, 1.10003]
+    for path, b, size in (("train_seed7.log", bpb[0], bytes_total - 100), ("logs/train1.txt", bpb[1], bytes_total)):
+        (d / path).write_text(
+            f"seed:{7 if 'seed7' in path else 1}\nstep:100/20000 val_loss:2.5000 val_bpb:1.4800 train_time:9ms\n"
+            f"pre-quantization post-ema val_loss:1.80000000 val_bpb:1.05000000 eval_time:9ms\n"
+            f"Total submission size int6+brotli: {size} bytes\nquantized val_loss:1.86000000 val_bpb:{b:.8f}\n"
+        )
     (d / "submission.json").write_text(
         json.dumps(
             dict(
@@ -361,7 +420,7 @@ def official_folder(tmp_path: Path, bytes_total: int) -> Path:
                 bytes_total=bytes_total,
                 seed_results={
                     "7": dict(val_bpb=bpb[0], artifact_bytes=bytes_total - 100, eval_time_s=500.0),
-                    "1": dict(val_bpb=bpb[1], artifact_bytes=bytes_total - 200, eval_time_s=510.0),
+                    "1": dict(val_bpb=bpb[1], artifact_bytes=bytes_total, eval_time_s=510.0),
                 },
             ),
             indent=2,
@@ -370,16 +429,74 @@ def official_folder(tmp_path: Path, bytes_total: int) -> Path:
     return d
 
 
-def test_official_layout_skips_what_needs_our_logs(tmp_path):
+def test_official_layout_reads_their_logs(tmp_path):
     rows = check.check(official_folder(tmp_path, 15_900_000))
-    for name in ("logs", "code", "scores vs logs", "train time"):
+    for name in ("logs", "code", "train time"):
         s, why = status(rows, name)
         assert s == "SKIP" and "not a train_gpt.py log of this toolkit" in why, (name, why)
     for name in ("files", "seeds", "json mean", "size", "eval time", "requirements"):
         assert status(rows, name)[0] == "PASS", status(rows, name)
+    s, why = status(rows, "scores vs logs")  # the score lines, not the curve or the pre-quantization line
+    assert s == "PASS" and "val_bpb 1.10002 = the mean of 2 seeds' final score" in why, why
     assert status(rows, "json fields")[0] == "WARN"  # e.g. no bytes_code, no steps per seed: not failures
     s, why = status(check.check(official_folder(tmp_path / "over", 16_000_050)), "size")
-    assert s == "FAIL" and "bytes_total 16,000,050 > 16,000,000" in why
+    assert s == "FAIL" and "bytes_total 16,000,050 > 16,000,000" in why and "train1.txt: logged total" in why
+    # a claimed score that is the pre-quantization line of the logs is no final score
+    d = official_folder(tmp_path / "pre", 15_900_000)
+    meta = json.loads((d / "submission.json").read_text())
+    meta.update(val_bpb=1.05, seed_results={k: v | dict(val_bpb=1.05) for k, v in meta["seed_results"].items()})
+    (d / "submission.json").write_text(json.dumps(meta))
+    s, why = status(check.check(d), "scores vs logs")
+    assert s == "FAIL" and "seed_results[7].val_bpb 1.05 is in no final score line of train_seed7.log" in why
+
+
+RECORDS = ROOT / "tests/data/records"  # cut from openai/parameter-golf by bench/records_check.py --extract
+# each folder's verdict and why it is there: the JSON naming variants of merged records, logs in a subfolder,
+# claims without all their logs, and one folder whose own logs state a total over the cap
+VERDICTS = {
+    "2026-03-19_MLP3x_QAT_Int6_SlidingWindow": ("PASS", "run_name; 2 of 3 claimed seeds without a log"),
+    "2026-03-19_SlidingWindow_FP16Emb_10L_MuonWD_OvertoneInit": ("PASS", "mean_val_bpb, no seeds list"),
+    "2026-03-19_smeargate_orthoinit_muonwd": ("PASS", "artifact_size_bytes, train_gpt_v5.py, one `seed`"),
+    "2026-03-20_10L_Int5MLP_MuonWD04_SWA50": ("PASS", "no val_bpb: its val_loss holds the mean bpb"),
+    "2026-03-24_74M_Ternary_UNet_FP8_10L_8192BPE_YaRN_NeoMuon": ("PASS", "submission_ternary.json, no size line"),
+    "2026-04-06_SP8192_HessianSDClip_ProgressiveRecurrence": ("FAIL", "val_loss mean off 6e-4 (WARN); logs > cap"),
+    "2026-04-09_SP8192_3LayerRecur_ParResid_QK525_LegalTTT": ("PASS", "per-seed values rounded to 5 decimals"),
+    "2026-04-23_SP8192_CaseOps_SparseGate_QuantGate_Loop45_PhasedTTT_PolarNS_MinLR_FusedCE": (
+        "PASS",
+        "per-seed scores from re-evaluation logs in ttt_pr1767/",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VERDICTS))
+def test_official_records_verdicts(name):
+    rows = check.check(RECORDS / name)
+    verdict = "FAIL" if any(s == "FAIL" for _, s, _ in rows) else "PASS"
+    assert verdict == VERDICTS[name][0], (VERDICTS[name][1], [r for r in rows if r[1] != "PASS"])
+    if name.startswith("2026-04-06"):  # over the cap by its own logs, and for nothing else
+        assert [n for n, s, _ in rows if s == "FAIL"] == ["size"]
+        assert "train_seed3141.log: logged total 16,059,704 > 16,000,000" in status(rows, "size")[1]
+        assert status(rows, "json mean")[0] == "WARN"
+
+
+def test_official_record_with_lowered_scores_fails(tmp_path):
+    def lowered(meta: dict) -> dict:  # every val_bpb, the headline's and each seed's, 0.05 lower
+        seeds = {k: v | dict(val_bpb=round(v["val_bpb"] - 0.05, 8)) for k, v in meta["seed_results"].items()}
+        return meta | dict(val_bpb=round(meta["val_bpb"] - 0.05, 8), seed_results=seeds)
+
+    name = "2026-04-09_SP8192_3LayerRecur_ParResid_QK525_LegalTTT"
+    for what in ("all", "headline"):
+        d = tmp_path / what / name
+        shutil.copytree(RECORDS / name, d)
+        meta = json.loads((d / "submission.json").read_text())
+        meta = lowered(meta) if what == "all" else meta | dict(val_bpb=round(meta["val_bpb"] - 0.05, 8))
+        (d / "submission.json").write_text(json.dumps(meta))
+        s, why = status(check.check(d), "scores vs logs")
+        assert s == "FAIL", (what, why)
+    s, why = status(check.check(tmp_path / "headline" / name), "scores vs logs")
+    assert "val_bpb 1.031 is neither a logged final score nor a mean of one per seed" in why, why
+    s, why = status(check.check(tmp_path / "all" / name), "scores vs logs")
+    assert "seed_results[42].val_bpb 1.03079 is in no final score line of train_seed42.log" in why, why
 
 
 def test_welch_math_on_fixed_numbers():

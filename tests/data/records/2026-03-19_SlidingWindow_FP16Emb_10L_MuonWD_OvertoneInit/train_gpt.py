@@ -1,0 +1,1 @@
+# stand-in: the record's code is not copied here
