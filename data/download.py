@@ -8,8 +8,10 @@ and the name of its "tokenizers" entry, whose model_path/vocab_path are the toke
 fetches all val shards, the first N train shards and the tokenizer into
     OUT/manifest.json, OUT/datasets/fineweb10B_<variant>/fineweb_{val,train}_NNNNNN.bin, OUT/tokenizers/
 Files already present and whole are skipped (a second run makes no request). Each file is
-downloaded into OUT/datasets/.download (an interrupted download restarts there), validated (shards
-with data.shards.check_shard), and only then moved into place; a bad one is deleted and reported.
+downloaded into OUT/datasets/.download/<path>.part, validated (shards with data.shards.check_shard),
+and only then moved into place; a bad one is deleted and reported. A killed or broken download
+continues from the bytes its .part holds (an HTTP Range request), unless the remote file's ETag
+changed. Every file prints a line when it lands, and a long one a progress line every 15 s.
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable
 
-from huggingface_hub import hf_hub_download
+from huggingface_hub import get_hf_file_metadata, hf_hub_url
+from huggingface_hub.file_download import http_get  # resumes at a byte offset; hf_hub_download 2.x restarts
+from huggingface_hub.utils import build_hf_headers
 
 from data.prepare import PrepareError, load_tokenizer
 from data.shards import check_shard
-from train_gpt import HEADER_BYTES, ShardError, read_shard_header
+from train_gpt import HEADER_BYTES, ShardError, progress, read_shard_header
 
 # willdepueoai/parameter-golf publishes only sp1024; the sp8192 records download from kevclark's copy
 # (MATCHED_FINEWEB_REPO_ID=kevclark/parameter-golf in their READMEs), same layout under datasets/.
@@ -40,6 +45,21 @@ class DownloadError(Exception):
     """A failed or invalid download; the message is one line."""
 
 
+class Ticking:
+    """The file a download writes into, reporting bytes written to a progress tick."""
+
+    def __init__(self, f, done: int, tick: Callable[[int], None]):
+        self.f, self.done, self.tick = f, done, tick
+
+    def write(self, chunk: bytes) -> int:
+        self.done += len(chunk)
+        self.tick(self.done)
+        return self.f.write(chunk)
+
+    def __getattr__(self, name: str):  # seek, tell, truncate: the file's own
+        return getattr(self.f, name)
+
+
 class Hub:
     """Fetches `root/<path>` of a dataset repo into OUT, validating each file before it lands."""
 
@@ -47,6 +67,33 @@ class Hub:
         self.repo_id, self.root, self.out = repo_id, root.strip("/"), out
         self.stage = os.path.join(out, "datasets", ".download")
         self.downloaded = 0
+
+    def transfer(self, path: str) -> str:
+        """Download `path` into the stage, continuing a .part left by an earlier run of the same remote file."""
+        url = hf_hub_url(self.repo_id, self.remote(path), repo_type="dataset")
+        meta = get_hf_file_metadata(url)
+        part = os.path.join(self.stage, path + ".part")
+        os.makedirs(os.path.dirname(part), exist_ok=True)
+        tag = part + ".etag"  # a .part is only continued for the remote file it began
+        have = os.path.getsize(part) if os.path.isfile(part) else 0
+        if have and (not os.path.isfile(tag) or open(tag).read() != str(meta.etag) or have > (meta.size or have)):
+            have = 0
+        with open(tag, "w") as f:
+            f.write(str(meta.etag))
+        t0, total = time.perf_counter(), meta.size or 0
+        with open(part, "ab" if have else "wb") as f:
+            tick = progress(f"download {os.path.basename(path)} bytes", total)
+            http_get(
+                meta.location,
+                Ticking(f, have, tick),
+                resume_size=have,
+                headers=build_hf_headers(),
+                expected_size=meta.size,
+            )
+        resumed = f", continued at byte {have:,}" if have else ""
+        print(f"download: {path} {os.path.getsize(part):,} bytes in {time.perf_counter() - t0:.1f}s{resumed}")
+        os.remove(tag)
+        return part
 
     def remote(self, path: str) -> str:
         return f"{self.root}/{path}" if self.root else path
@@ -60,7 +107,7 @@ class Hub:
         if not force and os.path.isfile(local) and _passes(present_ok or validate, local):
             return local
         try:
-            staged = hf_hub_download(self.repo_id, self.remote(path), repo_type="dataset", local_dir=self.stage)
+            staged = self.transfer(path)
         except Exception as e:  # network, HTTP and hub errors alike: report them in one line
             first = next((ln for ln in str(e).splitlines() if ln.strip()), "")
             raise DownloadError(f"{self.remote(path)} from {self.repo_id}: {type(e).__name__}: {first}") from None

@@ -4,7 +4,9 @@ The server answers what huggingface_hub's hf_hub_download (2.x) asks of a datase
 /datasets/<repo>/resolve/<revision>/<path>, with the X-Repo-Commit, ETag and Content-Length headers it
 requires (file_download.get_hf_file_metadata), and 404 + X-Error-Code: EntryNotFound for a missing file.
 It can break a transfer off halfway: http_get then retries (with a Range header once it has written
-some of the file; a file smaller than its 10 MB chunk is fetched again whole, which is what happens here).
+some of the file; a file smaller than its 10 MB chunk is fetched again whole, which is what happens here),
+or stall one until released (the test kills the downloader meanwhile). It answers `Range: bytes=N-` with
+206 and the rest of the file, as the hub's storage does.
 The downloader runs as a subprocess with HF_ENDPOINT pointing here and HF_HOME in tmp.
 """
 
@@ -13,7 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -30,7 +36,10 @@ DATASET = "datasets/fineweb10B_sp1024"  # under the remote root, and under OUT
 class Hub(BaseHTTPRequestHandler):
     files: dict[str, bytes] = {}  # path in the repo -> content
     cut: set[str] = set()  # paths whose next GET breaks off halfway
+    stall: dict[str, int] = {}  # path -> bytes after which its next GET waits for `release`
+    release = threading.Event()
     requests: list[str] = []
+    ranges: list[str] = []  # the Range headers of GETs
 
     def _resolve(self, body: bool) -> None:
         self.requests.append(f"{self.command} {self.path}")
@@ -44,16 +53,25 @@ class Hub(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        self.send_response(200)
+        start = int(re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "bytes=0-")[1])
+        if body and self.headers.get("Range"):
+            self.ranges.append(f"{name} {self.headers['Range']}")
+        self.send_response(206 if start else 200)
         self.send_header("X-Repo-Commit", COMMIT)
         self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
-        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Length", str(len(data) - start))
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         self.end_headers()
         if body and name in self.cut:
             self.cut.discard(name)
             self.wfile.write(data[: len(data) // 2])  # then the connection closes: a broken transfer
+        elif body and name in self.stall:
+            self.wfile.write(data[start : self.stall.pop(name)])
+            self.wfile.flush()
+            self.release.wait(60)
         elif body:
-            self.wfile.write(data)
+            self.wfile.write(data[start:])
 
     def do_HEAD(self) -> None:
         self._resolve(body=False)
@@ -106,7 +124,8 @@ def hub(shared, tmp_path):
         ],
     }
     files["datasets/manifest.json"] = json.dumps(manifest).encode()
-    Hub.files, Hub.cut, Hub.requests = files, set(), []
+    Hub.files, Hub.cut, Hub.stall, Hub.requests, Hub.ranges = files, set(), {}, [], []
+    Hub.release.clear()
     server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}  # HF_HUB_OFFLINE too
@@ -118,6 +137,7 @@ def hub(shared, tmp_path):
         NO_PROXY="127.0.0.1",
     )
     yield files, env
+    Hub.release.set()
     server.shutdown()
     server.server_close()
 
@@ -208,3 +228,32 @@ def test_errors_are_one_line(hub, tmp_path, run_cli, one_line_error):
         env=env,
     )
     one_line_error(proc, "datasets/manifest.json from golf/missing")
+
+
+def test_killed_download_continues_where_it_stopped(hub, tmp_path, run_cli):
+    """4365752 (hf_hub_download 2.x: a fresh temp file per process) fetched a killed shard again from byte 0."""
+    files, env = hub
+    name = f"datasets/{DATASET}/fineweb_train_000000.bin"
+    tokens = np.random.default_rng(1).integers(2, 1024, 6_000_000)  # 12 MB: past http_get's 10 MB chunk
+    tokens[::500] = 1
+    write_shard(str(tmp_path / "big.bin"), tokens)
+    files[name] = (tmp_path / "big.bin").read_bytes()
+    Hub.stall[name] = 11_000_000  # the first 10 MB chunk reaches the disk, then the transfer hangs
+    out = tmp_path / "data"
+    args = ["--variant", "sp1024", "--train-shards", "1", "--repo-id", REPO_ID, "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "data.download", *args], env=env, cwd=Path(__file__).parents[1])
+    part = out / "datasets/.download" / DATASET / "fineweb_train_000000.bin.part"
+    deadline = time.time() + 120
+    while not (part.is_file() and part.stat().st_size >= 10 * 2**20) and time.time() < deadline:
+        time.sleep(0.1)
+    proc.kill()  # as a user's Ctrl-C or a lost machine would
+    proc.wait()
+    Hub.release.set()
+    have = part.stat().st_size
+    assert have >= 10 * 2**20
+    r = download(run_cli, env, out, 1)
+    assert r.returncode == 0, r.stderr
+    assert f"{name} bytes=" + str(have) + "-" in Hub.ranges  # asked only for the rest
+    assert f"continued at byte {have:,}" in r.stdout
+    assert (out / DATASET / "fineweb_train_000000.bin").read_bytes() == files[name]
+    assert re.search(r"^download: tokenizers/fineweb_1024_bpe.model 254,483 bytes in [\d.]+s$", r.stdout, re.M)
