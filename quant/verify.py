@@ -38,6 +38,7 @@ from types import ModuleType
 
 import torch
 
+from quant.pack import unpack
 from submissions.logs import LogError, read_log
 
 CAP = 16_000_000  # the challenge's limit in decimal bytes, not the run's SIZE_CAP knob
@@ -106,10 +107,19 @@ def check_code(code: bytes, log: RunLog) -> Row:
     """The log proves its code twice: the source it starts with and (newer logs) the `code:` line."""
     sha, main = hashlib.sha256(code).hexdigest(), log.sources[0]
     if (sha, len(code)) != (main["sha256"], main["bytes"]) or code != main["source"].encode("utf-8"):
+        packed = unpack(main["source"]) is not None  # the run executed a `make pack` copy
+        hint = (
+            f"; the run executed a packed copy ({main['bytes']:,} bytes): pass that file, --code packed/train_gpt.py "
+            "(make verify-artifact ... CODE=packed/train_gpt.py)"
+            if packed
+            else "; the run executed an unpacked source: pass the train_gpt.py it ran"
+            if unpack(code.decode("utf-8", errors="replace")) is not None
+            else ""
+        )
         return (
             "FAIL",
             f"--code is sha256 {sha[:12]}.. ({len(code):,} bytes), the run's code was "
-            f"{main['sha256'][:12]}..: not the code that ran",
+            f"{main['sha256'][:12]}..: not the code that ran{hint}",
         )
     if len(log.sources) > 1:
         others = ", ".join(f"{s['name']} ({s['bytes']:,} bytes)" for s in log.sources[1:])
@@ -244,7 +254,7 @@ def rebuild(tg: ModuleType, args: argparse.Namespace, meta: dict, log: RunLog | 
 
 def evaluate(tg: ModuleType, model, h, path: str, device: torch.device, val: str | None) -> tuple[dict, Row]:
     try:  # the same inputs train_gpt.main() builds for its final eval (--val: another glob)
-        luts = tg.tokenizer_luts(h)
+        luts = tg.tokenizer_luts(h, val or h.val_files)  # refuses a val set another tokenizer made
         tokens = tg.load_val(val or h.val_files, h.vocab_size)
     except (OSError, ValueError, RuntimeError) as e:  # ShardError is a ValueError
         raise Fatal("eval", f"{' '.join(str(e).split())} (pass --val GLOB --tokenizer MODEL)") from None

@@ -7,10 +7,12 @@ import argparse
 import builtins
 import contextlib
 import dataclasses
+import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ import train_gpt as tg
 from data.shards import write_shard
 from quant import report
 from quant import verify as verify_mod
+from quant.pack import pack
 from quant.verify import CHECKS
 from tests.conftest import SP1024, TINY
 from tests.test_train import hparams
@@ -148,6 +151,11 @@ def test_code_that_did_not_run_fails(run, tmp_path, verify_here, one_line_error)
     p, rows = verify_here(run.artifact, "--code", edited, "--log", run.log)
     assert rows == {**dict.fromkeys(CHECKS, "PASS"), "code": "FAIL"}, p.stdout
     one_line_error(p, "code:", "not the code that ran")
+    # a run of the packed copy verified with the repo's source: the row says which file to pass
+    packed = pack(TRAIN.read_text())
+    ran = dict(source=packed, sha256=hashlib.sha256(packed.encode()).hexdigest(), bytes=len(packed.encode()))
+    status, why = verify_mod.check_code(TRAIN.read_bytes(), SimpleNamespace(sources=[ran], code_line=True))
+    assert status == "FAIL" and "the run executed a packed copy" in why and "CODE=packed/train_gpt.py" in why
 
 
 def test_other_device_is_reported_not_judged(run, tmp_path, verify_here):
