@@ -68,7 +68,9 @@ DEFAULTS: dict[str, object] = {
     **dict(EMBED_CLIP=14.0, LQER_TOP=3, LQER_RANK=4, CODECS="brotli,zstd,lzma", SIZE_CAP=16_000_000),
     # score-first TTT: phased global SGD and/or per-document LoRA (reset per document, chunk by chunk)
     **dict(TTT_LORA=0, TTT_GLOBAL=1, TTT_CHUNK=1024, TTT_DOCS=32, TTT_RANK=8, TTT_ALPHA=16.0, TTT_TARGETS="c_q,c_v,fc"),
-    **dict(TTT_LR=0.003, TTT_PHASES=4, TTT_EPOCHS=1, TTT_SGD_LR=0.01),
+    # phases are TTT_PHASE_DOCS documents each from the stream's start (the last takes the rest): a boundary never
+    # depends on what follows it. 12,500 x 4 is the official val set's 50,000 documents in four.
+    **dict(TTT_LR=0.003, TTT_PHASES=4, TTT_PHASE_DOCS=12_500, TTT_EPOCHS=1, TTT_SGD_LR=0.01),
     # n-gram cache mixed into sliding (ngram) or TTT (ttt_ngram); the gate starts at 1% (2026-11-23_ngram.md)
     **dict(NGRAM_ORDER=6, NGRAM_ALPHA="-4.595,0,0,0", NGRAM_CHUNK=32768, NGRAM_GATE_LR=0.05),
 }
@@ -187,6 +189,8 @@ class Hyperparameters:
         need(ok, f"TRAIN_BATCH_TOKENS/TRAIN_SEQ_LEN={seqs} sequences over {self.world_size} ranks")
         need(0 < self.eval_stride <= self.eval_seq_len, f"EVAL_STRIDE={self.eval_stride}: expected 1..EVAL_SEQ_LEN")
         need(not ttt or self.ttt_chunk <= self.eval_seq_len, f"TTT_CHUNK={self.ttt_chunk} > EVAL_SEQ_LEN")
+        ok = self.ttt_phases >= 1 and self.ttt_phase_docs >= 1
+        need(ok, f"TTT_PHASES={self.ttt_phases}, TTT_PHASE_DOCS={self.ttt_phase_docs}: expected >= 1 each")
         need(1 <= self.ngram_order <= 16, f"NGRAM_ORDER={self.ngram_order}: expected 1..16")
 
     def listed(self, key: str) -> list[str]:
@@ -1993,18 +1997,22 @@ def global_sgd(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], h, devi
     model.zero_grad(set_to_none=True)
 
 
+def ttt_phases(spans: list[tuple[int, int]], h: Hyperparameters) -> list[list[tuple[int, int]]]:
+    """The documents of each phase: TTT_PHASE_DOCS from the start of the stream per phase, the last phase the rest
+    (one phase without global SGD). Counted from the start, a boundary depends only on the documents before it."""
+    k, n = h.ttt_phase_docs, h.ttt_phases if h.ttt_global else 1
+    cuts = [min(i * k, len(spans)) for i in range(n)] + [len(spans)]
+    return [spans[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
 def eval_ttt(model: GPT, tokens: Tensor, h, luts, device, on_score=None, on_update=None, entropy=False) -> dict:
     """Score-first TTT over the whole stream; the base weights are restored afterwards. Returns summed()."""
     base = {k: v.clone() for k, v in model.state_dict().items()}
     spans, stats = doc_spans(tokens), torch.zeros(1 + entropy, len(tokens), dtype=torch.float64, device=device)
-    phases = max(1, h.ttt_phases if h.ttt_global else 1)
-    per = math.ceil(len(spans) / phases)
     was_training, loras = model.training, make_lora(model, h, device) if h.ttt_lora else []
     model.eval()  # no dropout anywhere; eval() only marks that no training step uses these batches' order
-    for p in range(phases):
-        phase = spans[p * per : (p + 1) * per]
-        if not phase:  # fewer documents than phases
-            break
+    phases = ttt_phases(spans, h)
+    for p, phase in enumerate(phases):
         if loras:
             order = sorted(phase, key=lambda se: se[1] - se[0])  # similar lengths share a batch
             mine = order[h.rank :: h.world_size]
@@ -2014,7 +2022,7 @@ def eval_ttt(model: GPT, tokens: Tensor, h, luts, device, on_score=None, on_upda
             score_stream(model, tokens[lo : hi + 1], h, device, h.eval_stride, stats, lo, entropy=entropy)
             if on_score:
                 on_score(lo + 1, hi)
-        if h.ttt_global and p < phases - 1:
+        if p < len(phases) - 1:  # learn from this phase's scored documents before the next is scored
             global_sgd(model, tokens, phase, h, device, on_update)
     model.load_state_dict(base)
     model.train(was_training)

@@ -43,6 +43,7 @@ ENV = dict(
     PRE_EXPORT_PATHS="sliding",
     TTT_LORA="1",
     TTT_DOCS="4",
+    TTT_PHASE_DOCS="2",  # the 8 docs in the preset's 4 phases of 2, as 4365752 split them (it ignores this knob)
     NGRAM_CHUNK="1024",
     DEV_VAL_FILES="",
 )

@@ -17,11 +17,13 @@ from tests.conftest import TINY as BASE
 
 SP1024 = str(SHARED / "data/tokenizers/fineweb_1024_bpe.model")
 DEV = str(SHARED / "data/fineweb_dev/fineweb_val_sp1024.bin")
-# the suite's tiny model, 3 layers (layers 0-1 looped), short windows and chunks, 2 TTT phases of 3-document batches
+# the suite's tiny model, 3 layers (layers 0-1 looped), short windows and chunks, 3-document TTT batches, 2 phases:
+# the first 2 documents, then the rest
 TINY = {
     **BASE,
     **dict(NUM_LAYERS="3", RECUR_START="0", RECUR_END="1", EVAL_SEQ_LEN="48", EVAL_STRIDE="16", EVAL_BATCH_SEQS="8"),
-    **dict(TTT_CHUNK="16", TTT_DOCS="3", TTT_PHASES="2", TTT_LORA="1", TTT_LR="0.01", TTT_SGD_LR="0.01"),
+    **dict(TTT_CHUNK="16", TTT_DOCS="3", TTT_PHASES="2", TTT_PHASE_DOCS="2", TTT_LORA="1", TTT_LR="0.01"),
+    **dict(TTT_SGD_LR="0.01"),
     **dict(NGRAM_CHUNK="64"),
 }
 CPU = torch.device("cpu")
@@ -80,7 +82,8 @@ def reference_ttt(model, tokens, h):
     global SGD runs on each finished phase (tg.global_sgd)."""
     model, nll = copy.deepcopy(model), torch.zeros(len(tokens), dtype=torch.float64)
     C, L, spans, phases = h.ttt_chunk, h.eval_seq_len, tg.doc_spans(tokens), h.ttt_phases if h.ttt_global else 1
-    per = math.ceil(len(spans) / phases)
+    k = h.ttt_phase_docs  # phase p: documents p*k .. (p+1)*k - 1 from the start; the last phase takes the rest
+    bounds = [(p * k, (p + 1) * k if p < phases - 1 else len(spans)) for p in range(phases)]
     targets = [
         m
         for name, m in model.blocks.named_modules()
@@ -90,7 +93,7 @@ def reference_ttt(model, tokens, h):
         model.requires_grad_(False)
         g = torch.Generator().manual_seed(h.seed)
         inits = [torch.randn(h.ttt_rank, m.in_features, generator=g) / math.sqrt(m.in_features) for m in targets]
-        for s, e in spans[p * per : (p + 1) * per]:  # in any order: documents do not interact
+        for s, e in spans[bounds[p][0] : bounds[p][1]]:  # in any order: documents do not interact
             for m, A in zip(targets, inits):
                 m.lora = tg.BatchedLoRA(1, m.in_features, m.out_features, h.ttt_rank, h.ttt_alpha, torch.Generator())
                 m.lora.A.data = A[None].clone()
@@ -106,8 +109,8 @@ def reference_ttt(model, tokens, h):
         for m in targets:
             m.lora = None
         model.requires_grad_(True)
-        if p < phases - 1:
-            tg.global_sgd(model, tokens, spans[p * per : (p + 1) * per], h, CPU)
+        if p < phases - 1 and bounds[p + 1][0] < len(spans):
+            tg.global_sgd(model, tokens, spans[bounds[p][0] : bounds[p][1]], h, CPU)
     return nll[1:]
 
 
@@ -296,7 +299,7 @@ def test_ttt_without_adapters_is_sliding_then_global_sgd(setup):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     hg = tg.Hyperparameters({**TINY, "TTT_LORA": "0"})
     spans = tg.doc_spans(tokens)
-    first_end = spans[math.ceil(len(spans) / hg.ttt_phases) - 1][1]  # targets 1..first_end: phase 0
+    first_end = spans[hg.ttt_phase_docs - 1][1]  # targets 1..first_end: phase 0
     nll = tg.eval_ttt(model, tokens, hg, luts, CPU)["nll"]
     phase0 = tg.eval_stream(model, tokens[: first_end + 1], hg, luts, CPU, hg.eval_stride)["nll"]  # that stretch alone
     assert torch.equal(nll[:first_end], phase0) and not torch.allclose(nll[first_end:], sliding[first_end:])
@@ -312,6 +315,26 @@ def test_ttt_with_more_phases_than_documents(setup):
     for lora in ("0", "1"):
         r = tg.eval_ttt(model, two, tg.Hyperparameters({**TINY, "TTT_LORA": lora, "TTT_PHASES": "4"}), luts, CPU)
         assert r["tokens"] == 149 and bool((r["nll"] > 0).all())
+
+
+@pytest.mark.parametrize("lora", ["0", "1"])
+def test_ttt_scores_depend_only_on_the_prefix(setup, lora):
+    """Cut the stream inside a late document, or add documents after the cut: every TTT score before that
+    document's start stays (phase boundaries count documents from the start; 4365752 cut the stream into
+    TTT_PHASES equal shares of all documents, so what came later moved the boundaries and changed earlier scores)."""
+    _, model, luts, _ = setup
+    tokens = torch.from_numpy(np.asarray(tg.load_shard(DEV))[:1100].astype(np.int64))
+    tokens[[100, 180, 230, 350, 360, 600, 700, 1000]] = tg.BOS_ID
+    h = tg.Hyperparameters({**TINY, "TTT_LORA": lora, "TTT_PHASES": "3", "TTT_PHASE_DOCS": "3"})
+    full = tg.eval_ttt(model, tokens, h, luts, CPU)["nll"]
+    start = 700  # a document of the last phase; nll[i] scores target i + 1
+    cut = tg.eval_ttt(model, tokens[:760].clone(), h, luts, CPU)["nll"]
+    more = tokens.clone()
+    more[[800, 850, 900, 950]] = tg.BOS_ID  # more documents after the cut
+    longer = tg.eval_ttt(model, more, h, luts, CPU)["nll"]
+    for other in (cut, longer):
+        torch.testing.assert_close(other[: start - 1], full[: start - 1], rtol=0, atol=1e-6)
+    assert not torch.allclose(longer[900:], full[900:])  # the probe sees the change where it is
 
 
 def test_per_token_out_after_an_ngram_path_feeds_the_sweep(setup, tmp_path):

@@ -392,6 +392,7 @@ def test_two_ranks_train_like_one_and_score_the_same(tiny_data, tmp_path):
             TTT_DOCS="4",
             TTT_CHUNK="64",
             TTT_PHASES="2",
+            TTT_PHASE_DOCS="20",  # the 40 val docs in two phases
         )
         return [line.split(" seconds")[0] for line in log if line.startswith("eval val ")]
 
