@@ -150,8 +150,10 @@ class Hyperparameters:
             except ValueError:
                 raise ValueError(f"{key}={raw!r} is not a valid {type(default).__name__}") from None
             setattr(self, key.lower(), value)
-        if self.compile == 2 and self.arch != "gpt" and not env.get("COMPILE"):
-            self.compile = 1  # the default whole-model compile is ARCH=gpt's; the alternatives compile per block
+        if self.arch != "gpt":  # record defaults the seed archs do not take unless asked: they compile per block,
+            # and keep the fp32 residual they were measured with (scan lost 0.31 bpb in bf16: 2026-12-06_refactor.md)
+            self.compile = 1 if self.compile == 2 and not env.get("COMPILE") else self.compile
+            self.bf16_resid = self.bf16_resid if env.get("BF16_RESID") else 0
         self.run_id = self.run_id or f"{preset}_{uuid.uuid4().hex[:8]}"
         self.train_files = os.path.join(self.data_path, "fineweb_train_*.bin")
         self.val_files = os.path.join(self.data_path, "fineweb_val_*.bin")

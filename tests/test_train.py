@@ -216,6 +216,9 @@ def test_whole_compile_matches_eager(monkeypatch):
         tg.Hyperparameters({"PRESET": p, "ARCH": a}).compile
         for p, a in (("record", "gpt"), ("record", "pse"), ("baseline", "gpt"))
     ] == [2, 1, 1]
+    # and the fp32 residual they were measured with, unless BF16_RESID is given
+    cases = (("gpt", {}), ("scan", {}), ("scan", {"BF16_RESID": "1"}))
+    assert [tg.Hyperparameters({"PRESET": "record", "ARCH": a, **e}).bf16_resid for a, e in cases] == [1, 0, 1]
 
 
 def test_baseline_parameter_count():
