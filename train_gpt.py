@@ -65,7 +65,7 @@ DEFAULTS: dict[str, object] = {
     **dict(EVAL_PATHS="sliding", PRE_EXPORT_PATHS="sliding", EVAL_BUDGET_SECONDS=600.0, PER_TOKEN_OUT=""),
     # export: GPTQ (or RTN) + SDClip per tensor class, LQER on the worst tensors, the smallest codec
     **dict(QUANT="gptq", CALIB="train", CALIB_BATCHES=16, MATRIX_BITS=6, EMBED_BITS=7, ATTN_CLIP=13.0, MLP_CLIP=12.5),
-    **dict(EMBED_CLIP=14.0, LQER_TOP=3, LQER_RANK=4, CODECS="brotli,zstd,lzma", SIZE_CAP=16_000_000),
+    **dict(EMBED_CLIP=14.0, LQER_TOP=3, LQER_RANK=4, CODECS="rans,brotli,zstd,lzma", SIZE_CAP=16_000_000),
     # score-first TTT: phased global SGD and/or per-document LoRA (reset per document, chunk by chunk)
     **dict(TTT_LORA=0, TTT_GLOBAL=1, TTT_CHUNK=1024, TTT_DOCS=32, TTT_RANK=8, TTT_ALPHA=16.0, TTT_TARGETS="c_q,c_v,fc"),
     # phases are TTT_PHASE_DOCS documents each from the stream's start (the last takes the rest): a boundary never
@@ -1334,22 +1334,52 @@ class ArtifactError(ValueError):
 
 
 MAGIC, VERSION, PREFIX = b"PGQ1", 3, struct.Struct("<4sBBII")
-CODECS = {"zstd": 1, "brotli": 2, "lzma": 3, "zlib": 4}
+CODECS = {"zstd": 1, "brotli": 2, "lzma": 3, "zlib": 4, "rans": 5}
 
 
 def _codec(name: str) -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]] | None:
-    """(compress, decompress) at maximum effort, or None when the module is not installed."""
-    if name == "lzma":
-        return lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), lzma.decompress
+    """(compress, decompress) at maximum effort, or None when the module is not installed. rans: the codes were
+    rANS-coded by _serialize (_ans_encode), so lzma only takes the rest."""
     if name == "zlib":
         return lambda b: zlib.compress(b, 9), zlib.decompress
     try:
-        mod = importlib.import_module({"zstd": "zstandard", "brotli": "brotli"}[name])
+        mod = importlib.import_module({"zstd": "zstandard", "brotli": "brotli", "rans": "constriction"}[name])
     except ImportError:
         return None
+    except KeyError:  # lzma: the standard library
+        mod = lzma
+    if name in ("lzma", "rans"):
+        return lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), lzma.decompress
     if name == "zstd":
         return lambda b: mod.ZstdCompressor(level=22).compress(b), lambda b: mod.ZstdDecompressor().decompress(b)
     return lambda b: mod.compress(b, quality=11), mod.decompress
+
+
+def _ans(counts: np.ndarray) -> tuple[ModuleType, object]:
+    """(constriction.stream, the categorical model of these code counts): encoder and decoder build the same one."""
+    try:
+        stream = importlib.import_module("constriction").stream
+    except ImportError:
+        raise ArtifactError("codec rans needs constriction: pip install constriction==0.5.0") from None
+    return stream, stream.model.Categorical(counts / counts.sum(), perfect=False)
+
+
+def _ans_encode(a: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """int8 codes -> their rANS words under an order-0 model of this tensor, stored as [min code, count of each
+    code]: arithmetic coding reaches the model's entropy, where brotli's Huffman literals lose a fraction of a bit
+    (bench/results/2026-12-06_export_bound.md)."""
+    lo = int(a.min())
+    sym = a.reshape(-1).astype(np.int32) - lo
+    stream, model = _ans((counts := np.bincount(sym)).astype(np.float64))
+    coder = stream.stack.AnsCoder()
+    coder.encode_reverse(sym, model)
+    return [("q_ans", coder.get_compressed()), ("q_model", np.concatenate(([lo], counts)).astype(np.int64))]
+
+
+def _ans_decode(words: Tensor, model: Tensor, shape: list[int]) -> Tensor:
+    stream, m = _ans(model[1:].numpy().astype(np.float64))
+    sym = stream.stack.AnsCoder(words.numpy()).decode(m, math.prod(shape))
+    return torch.from_numpy((sym + int(model[0])).astype(np.int8)).reshape(shape)
 
 
 def _arrays(e: dict) -> list[tuple[str, Tensor, int]]:
@@ -1360,17 +1390,22 @@ def _arrays(e: dict) -> list[tuple[str, Tensor, int]]:
     return [("q", e["q"], e["bits"]), ("scale", e["scale"], 0)] + [(r, t, 0) for r, t in lq]
 
 
-def _serialize(qstate: dict, meta: dict, shuffle: bool) -> bytes:
+def _serialize(qstate: dict, meta: dict, shuffle: bool, ans: bool = False) -> bytes:
+    """The payload (arrays grouped by kind) + JSON header + u32 header length; ans: int8 codes as rANS words."""
     items = [(n, role, t, bits) for n, e in qstate.items() for role, t, bits in _arrays(e)]
     items.sort(key=lambda it: (it[3] == 0, -it[3], it[2].element_size()))  # codes by width, int8, then wider
     table = {n: {k: e[k] for k in ("dtype", "cls", "bits") if k in e} | {"arrays": {}} for n, e in qstate.items()}
     chunks, offset = [], 0
     for name, role, t, _ in items:
         a = t.contiguous().numpy()
-        b = a.reshape(-1).view(np.uint8).reshape(-1, a.itemsize).T.tobytes() if shuffle else a.tobytes()
-        table[name]["arrays"][role] = [offset, len(b), str(a.dtype), list(a.shape)]
-        chunks.append(b)
-        offset += len(b)
+        coded = ans and role == "q" and a.dtype == np.int8 and a.size > 0
+        if coded:
+            table[name]["ans_shape"] = list(a.shape)
+        for r, x in _ans_encode(a) if coded else [(role, a)]:
+            b = x.reshape(-1).view(np.uint8).reshape(-1, x.itemsize).T.tobytes() if shuffle else x.tobytes()
+            table[name]["arrays"][r] = [offset, len(b), str(x.dtype), list(x.shape)]
+            chunks.append(b)
+            offset += len(b)
     header = json.dumps({"meta": meta, "shuffle": shuffle, "tensors": table}, separators=(",", ":")).encode()
     return b"".join(chunks) + header + struct.pack("<I", len(header))
 
@@ -1388,11 +1423,11 @@ def encode_artifact(qstate: dict, meta: dict, codecs: tuple[str, ...], log=print
         log(f"export: codec {c} not installed, skipped")
     if not available:
         raise ArtifactError(f"none of the codecs {','.join(codecs)} is installed")
-    raws = {s: _serialize(qstate, meta, s) for s in (False, True)}
+    raws = {(s, a): _serialize(qstate, meta, s, a) for s in (False, True) for a in {c == "rans" for c in available}}
     combos = [(c, s) for c in available for s in (False, True)]
     log(f"export: encoding {len(combos)} candidates ({', '.join(available)}, byte shuffle off and on) in parallel")
     with ThreadPoolExecutor(len(combos)) as pool:  # the codecs release the GIL while compressing
-        blobs = list(pool.map(lambda cs: _wrap(raws[cs[1]], cs[0]), combos))
+        blobs = list(pool.map(lambda cs: _wrap(raws[cs[1], cs[0] == "rans"], cs[0]), combos))
     return min(blobs, key=len), [(c, s, len(b)) for (c, s), b in zip(combos, blobs)]
 
 
@@ -1438,6 +1473,11 @@ def _entry(name: str, info: dict, payload: memoryview, shuffle: bool) -> dict:
         e[role] = torch.from_numpy(np.ascontiguousarray(a).view(dt).copy()).reshape(shape)
     if "lqa" in e:
         e["lqer"] = [e.pop(r) for r in ("lqa", "lqa_s", "lqb", "lqb_s")]
+    if "q_ans" in e:  # codec rans: the codes under their stored order-0 model
+        try:
+            e["q"] = _ans_decode(e.pop("q_ans"), e.pop("q_model"), e.pop("ans_shape"))
+        except Exception as err:
+            raise ArtifactError(f"artifact tensor {name}: its rANS codes do not decode ({err!r})") from None
     return e
 
 
@@ -1520,7 +1560,7 @@ def fit_artifact(qstate: dict, state: dict, meta: dict, codecs: tuple[str, ...],
         if zeroed < 0:
             log(f"export: {excess:,} bytes over the cap and zeroing every +-1 code would not fit it")
             break
-        b = _wrap(_serialize(qstate, meta, shuffle), codec)
+        b = _wrap(_serialize(qstate, meta, shuffle, codec == "rans"), codec)
         saved = len(blob) - len(b)
         log(f"export: {excess:,} bytes over the cap: zeroed {zeroed:,} +-1 codes, {saved:,} bytes saved")
         if len(b) <= budget and (best is None or len(b) > len(best[0])):
@@ -2158,9 +2198,8 @@ def main() -> None:
         dist.destroy_process_group()
     total = os.path.getsize(artifact) + sum(map(os.path.getsize, run_sources()))
     breaks += [] if spent <= h.eval_budget_seconds else [f"eval clock: {spent:.1f} s > {h.eval_budget_seconds:.0f} s"]
-    breaks += (
-        [] if total <= h.size_cap else [f"{artifact}: artifact + code = {total:,} bytes > SIZE_CAP {h.size_cap:,}"]
-    )
+    cap = h.size_cap
+    breaks += [] if total <= cap else [f"{artifact}: artifact + code = {total:,} bytes > SIZE_CAP {cap:,}"]
     if breaks:  # raised last: a run that broke a rule has still written and scored everything
         raise RuleError(f"the run broke a rule, not a valid submission: {'; '.join(breaks)}")
 

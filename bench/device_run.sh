@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call of the proxy-300 protocol (../shared/docs/proxy.md), from the repo root:
 #   [NAME=run_name] [RUN_TIMEOUT=560] [PACKED=1] bash bench/device_run.sh PRESET SEED [NPROC] [KEY=VALUE ...]
-# Needs carried .devdata/shared/data (proxy, proxy_val, fineweb_dev, tokenizers), .whl (brotli,
+# Needs carried .devdata/shared/data (proxy, proxy_val, fineweb_dev, tokenizers), .whl (brotli, constriction,
 # zstandard) and .devdata/COMMIT (git rev-parse HEAD, written before the call). Builds the devset for
 # the preset's tokenizer with 16 workers, then runs train + export + every eval via bench/proxy_run.py,
 # writing NAME.json and NAME.log to $OUT. Per-GPU faithful batch: the preset's 8-GPU global batch x NPROC/8.
