@@ -7,7 +7,8 @@ side information (histograms as 16-bit counts, column bucket ids at log2(buckets
 - order0: one histogram per tensor (two-pass, static);
 - columns: columns sorted into --buckets groups by the spread of their codes, one histogram per group;
 - columns+left: as columns, with the left neighbour's code (clamped to -2..2) as context: a bound only.
-The *_free rows drop the side information: what a model with (nearly) free parameters could reach.
+The *_free rows drop the side information: what a model with (nearly) free parameters could reach. The *_adaptive
+rows learn their histograms as they code (KT estimator, no side information): order-0, left context, both.
 order0 and columns are also coded for real with constriction's rANS coder (ANS stack, fixed categorical
 models), decoded back and compared (exact or the script fails), with encode/decode seconds on one core.
 Everything else (fp16 scales, LQER factors, small fp16 tensors, the JSON header) is compressed separately with
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.special import gammaln
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -41,6 +43,15 @@ def entropy_bytes(sym: np.ndarray, k: int) -> float:
     c = np.bincount(sym, minlength=k)
     p = c[c > 0] / sym.size
     return float(-(c[c > 0] * np.log2(p)).sum() / 8)
+
+
+def adaptive_bytes(sym: np.ndarray, k: int) -> float:
+    """Code length of sym under an adaptive model (KT: counts + 1/2, learned as it goes, no side information): it
+    depends only on the final counts, so no coding is needed to know it."""
+    c = np.bincount(sym, minlength=k).astype(np.float64)
+    return float(
+        (gammaln(c.sum() + k / 2) - gammaln(k / 2) - (gammaln(c + 0.5) - gammaln(0.5)).sum()) / math.log(2) / 8
+    )
 
 
 def column_buckets(a: np.ndarray, buckets: int) -> np.ndarray:
@@ -93,6 +104,9 @@ def tensor_costs(a: np.ndarray, buckets: int) -> dict:
         columns_bound=sum(entropy_bytes(g, k) for g in col_groups) + len(col_groups) * side + ids,
         columns_rans=col_bytes + len(col_groups) * side + ids,
         left_bound=sum(entropy_bytes(g, k) for g in cl) + len(cl) * side + ids,
+        order0_adaptive=adaptive_bytes(sym.reshape(-1), k),
+        left_adaptive=sum(adaptive_bytes(sym[left == c], k) for c in range(5)),
+        columns_left_adaptive=sum(adaptive_bytes(g, k) for g in cl) + ids,
         columns_free=sum(entropy_bytes(g, k) for g in col_groups),  # side information for free: the potential
         left_free=sum(entropy_bytes(g, k) for g in cl),
         encode_s=o0_enc + col_enc,
@@ -142,7 +156,7 @@ def main() -> None:
     qstate, meta = tg.decode_artifact(buf)
     header = len(json.dumps(meta, separators=(",", ":"))) + 120 * len(qstate)  # meta + ~120 bytes per tensor entry
     keys = ("order0_bound", "order0_rans", "columns_bound", "columns_rans", "left_bound", "columns_free", "left_free")
-    keys += ("encode_s", "decode_s")
+    keys += ("order0_adaptive", "left_adaptive", "columns_left_adaptive", "encode_s", "decode_s")
     totals, classes = dict.fromkeys(keys, 0.0), {}
     for e in qstate.values():
         if "q" in e:
