@@ -215,7 +215,9 @@ def test_report_cli_on_the_run(run, capsys):
     n_params = next(l for l in run.log.read_text().splitlines() if l.startswith("model: ")).split()[1]
     assert rows["total"][2] == n_params  # every parameter is in the artifact, once
     zlib_rows = [l for l in out.splitlines() if l.startswith("zlib ")]
-    assert len(zlib_rows) == 2 and any(l.endswith("+0") for l in zlib_rows)  # the file is one of the candidates
+    assert len(zlib_rows) == 2 and any(l.split()[3] == "+0" for l in zlib_rows)  # the file is one of the candidates
+    entropy = int(rows["total"][5].replace(",", ""))  # the codes' order-0 entropy is in every candidate's limit
+    assert all(int(l.split()[4].replace(",", "")) < int(l.split()[2].replace(",", "")) - entropy for l in zlib_rows)
 
 
 def test_report_rows_for_every_class():
