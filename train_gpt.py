@@ -1340,16 +1340,15 @@ CODECS = {"zstd": 1, "brotli": 2, "lzma": 3, "zlib": 4, "rans": 5}
 def _codec(name: str) -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]] | None:
     """(compress, decompress) at maximum effort, or None when the module is not installed. rans: the codes were
     rANS-coded by _serialize (_ans_encode), so lzma only takes the rest."""
-    if name == "zlib":
-        return lambda b: zlib.compress(b, 9), zlib.decompress
+    xz = (lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), lzma.decompress)
+    if name in ("lzma", "zlib"):  # the standard library
+        return xz if name == "lzma" else (lambda b: zlib.compress(b, 9), zlib.decompress)
     try:
         mod = importlib.import_module({"zstd": "zstandard", "brotli": "brotli", "rans": "constriction"}[name])
     except ImportError:
         return None
-    except KeyError:  # lzma: the standard library
-        mod = lzma
-    if name in ("lzma", "rans"):
-        return lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), lzma.decompress
+    if name == "rans":
+        return xz
     if name == "zstd":
         return lambda b: mod.ZstdCompressor(level=22).compress(b), lambda b: mod.ZstdDecompressor().decompress(b)
     return lambda b: mod.compress(b, quality=11), mod.decompress
