@@ -1965,10 +1965,12 @@ def score_docs(model: GPT, tokens, spans, stats, h, device, loras, entropy=False
         for c in range(n_chunks):
             rows, *batch_c = chunk_batch(tokens, batch, c, h)
             x, w, cols, pos = (t.to(device) for t in batch_c)
-            # grad on even for the last chunk (no step; `del out` frees it): one compiled graph per width
+            # grad on even for the last chunk (no step; `del out` frees it): one compiled graph per width. The head
+            # runs on the scored positions only (TTT_DOCS x TTT_CHUNK, padded), not on each row's whole window.
             with autocast(device):
-                out = model(x[:, :-1], x[:, 1:], entropy=entropy).view(1 + entropy, -1)
-            stats[:, pos] = out[:, cols].detach().double()
+                hid = model.hidden(x[:, :-1], True, True).flatten(0, 1)[cols]
+                out = model.nll(hid[None], x[:, 1:].flatten()[cols][None], entropy).view(1 + entropy, -1)
+            stats[:, pos] = out[:, : len(pos)].detach().double()
             if on_score:
                 for _, s, _, b, lo in rows:
                     on_score(s + lo, s + b)
@@ -1986,8 +1988,8 @@ def score_docs(model: GPT, tokens, spans, stats, h, device, loras, entropy=False
 
 def chunk_batch(tokens: Tensor, batch: list[tuple[int, int]], c: int, h: Hyperparameters) -> tuple:
     """Chunk c of each document in `batch` (with up to EVAL_SEQ_LEN tokens of its prefix) as one forward of
-    TTT_DOCS rows (PAD rows for missing documents) at one of a few widths: (rows, ids, loss weights, the scored
-    columns of the flattened output, their stream positions)."""
+    TTT_DOCS rows (PAD rows for missing documents) at one of a few widths: (rows, ids, the scored columns of the
+    flattened output padded to TTT_DOCS x TTT_CHUNK, their loss weights (0 on padding), their stream positions)."""
     C, L, n = h.ttt_chunk, h.eval_seq_len, h.ttt_docs
     rows = []  # (row, doc start, window a..b local, first scored local target)
     for r, (s, e) in enumerate(batch):
@@ -1996,13 +1998,14 @@ def chunk_batch(tokens: Tensor, batch: list[tuple[int, int]], c: int, h: Hyperpa
             rows.append((r, s, max(0, hi - L), hi, lo))
     W = max(b - a for _, _, a, b, _ in rows)
     W = min(L, C * 2 ** math.ceil(math.log2(max(1, W / C))))  # few distinct widths
-    x, w, cols, pos = torch.full((n, W + 1), PAD_ID, dtype=torch.int64), torch.zeros(n, W), [], []
+    x, w, cols, pos = torch.full((n, W + 1), PAD_ID, dtype=torch.int64), [], [], []
     for r, s, a, b, lo in rows:  # local target j sits at column j - 1 - a
         x[r, : b - a + 1] = tokens[s + a : s + b + 1]
-        w[r, lo - 1 - a : b - a] = 1 / (b - lo + 1)  # the loss: the sum of each document's mean NLL
+        w.append(torch.full((b - lo + 1,), 1 / (b - lo + 1)))  # the loss: the sum of each document's mean NLL
         cols.append(torch.arange(r * W + lo - 1 - a, r * W + b - a))
         pos.append(torch.arange(s + lo, s + b + 1))
-    return rows, x, w.flatten(), torch.cat(cols), torch.cat(pos)
+    cols, w, pad = torch.cat(cols), torch.cat(w), n * C - sum(map(len, pos))  # one head shape for every chunk
+    return rows, x, F.pad(w, (0, pad)), F.pad(cols, (0, pad)), torch.cat(pos)
 
 
 def global_sgd(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], h, device, on_update=None) -> None:
