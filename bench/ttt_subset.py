@@ -78,9 +78,10 @@ def main() -> None:
     vals = {"val": first_docs(tg.load_val(h.val_files, h.vocab_size), a.docs)}
     if h.dev_val_files:
         vals["dev"] = first_docs(tg.load_val(h.dev_val_files, h.vocab_size), a.docs)
-    stamp = ROOT / ".devdata/COMMIT"  # as in proxy_run.py: the device's copy may carry a stale .git
+    # either may be stale (a device copy's .git, a .devdata/COMMIT of the last device call): the sha256 pins the code
+    stamp = ROOT / ".devdata/COMMIT"
     git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    commit = stamp.read_text().strip() if stamp.exists() else git
+    commit = dict(git=git, devdata_commit=stamp.read_text().strip() if stamp.exists() else None)
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     code = hashlib.sha256((ROOT / "train_gpt.py").read_bytes()).hexdigest()  # pins the file that ran
     result = dict(
