@@ -359,10 +359,14 @@ def tokenized_by(sp, pattern: str, name: str) -> None:
         )
 
 
+def within_vocab(top: int, vocab_size: int, pattern: str) -> None:
+    if top >= vocab_size:  # another tokenizer's data: one error line naming the shards, not an index error later
+        raise ShardError(f"{pattern}: token id {top} >= VOCAB_SIZE {vocab_size} (wrong tokenizer?)")
+
+
 def load_val(pattern: str, vocab_size: int) -> Tensor:
     tokens = np.concatenate([load_shard(f) for f in shard_files(pattern)]).astype(np.int64)
-    if tokens.max(initial=0) >= vocab_size:
-        raise ValueError(f"{pattern}: token id {tokens.max()} >= VOCAB_SIZE {vocab_size} (wrong tokenizer?)")
+    within_vocab(int(tokens.max(initial=0)), vocab_size, pattern)
     return torch.from_numpy(tokens)
 
 
@@ -416,10 +420,7 @@ class TokenLoader:
             idx = self._take(global_seqs)[self.rank * per_rank : (self.rank + 1) * per_rank]
             rows = [self.shards[s][o : o + self.seq_len + 1] for s, o in self.windows[idx]]
             batch = torch.from_numpy(np.stack(rows).astype(np.int64))
-        if int(batch.max()) >= self.vocab:
-            raise ShardError(
-                f"{self.pattern}: token id {int(batch.max())} >= VOCAB_SIZE {self.vocab} (wrong tokenizer?)"
-            )
+        within_vocab(int(batch.max()), self.vocab, self.pattern)
         return batch.pin_memory() if self.device.type == "cuda" else batch
 
     def next_batch(self, global_seqs: int) -> Tensor:
@@ -1389,15 +1390,15 @@ def _arrays(e: dict) -> list[tuple[str, Tensor, int]]:
     return [("q", e["q"], e["bits"]), ("scale", e["scale"], 0)] + [(r, t, 0) for r, t in lq]
 
 
-def _serialize(qstate: dict, meta: dict, shuffle: bool, ans: bool = False) -> bytes:
-    """The payload (arrays grouped by kind) + JSON header + u32 header length; ans: int8 codes as rANS words."""
+def _serialize(qstate: dict, meta: dict, shuffle: bool, codec: str = "") -> bytes:
+    """Payload (arrays grouped by kind) + JSON header + u32 header length; codec rans: int8 codes as rANS words."""
     items = [(n, role, t, bits) for n, e in qstate.items() for role, t, bits in _arrays(e)]
     items.sort(key=lambda it: (it[3] == 0, -it[3], it[2].element_size()))  # codes by width, int8, then wider
     table = {n: {k: e[k] for k in ("dtype", "cls", "bits") if k in e} | {"arrays": {}} for n, e in qstate.items()}
     chunks, offset = [], 0
     for name, role, t, _ in items:
         a = t.contiguous().numpy()
-        coded = ans and role == "q" and a.dtype == np.int8 and a.size > 0
+        coded = codec == "rans" and role == "q" and a.dtype == np.int8 and a.size > 0
         if coded:
             table[name]["ans_shape"] = list(a.shape)
         for r, x in _ans_encode(a) if coded else [(role, a)]:
@@ -1422,11 +1423,10 @@ def encode_artifact(qstate: dict, meta: dict, codecs: tuple[str, ...], log=print
         log(f"export: codec {c} not installed, skipped")
     if not available:
         raise ArtifactError(f"none of the codecs {','.join(codecs)} is installed")
-    raws = {(s, a): _serialize(qstate, meta, s, a) for s in (False, True) for a in {c == "rans" for c in available}}
     combos = [(c, s) for c in available for s in (False, True)]
     log(f"export: encoding {len(combos)} candidates ({', '.join(available)}, byte shuffle off and on) in parallel")
     with ThreadPoolExecutor(len(combos)) as pool:  # the codecs release the GIL while compressing
-        blobs = list(pool.map(lambda cs: _wrap(raws[cs[1], cs[0] == "rans"], cs[0]), combos))
+        blobs = list(pool.map(lambda cs: _wrap(_serialize(qstate, meta, cs[1], cs[0]), cs[0]), combos))
     return min(blobs, key=len), [(c, s, len(b)) for (c, s), b in zip(combos, blobs)]
 
 
@@ -1559,7 +1559,7 @@ def fit_artifact(qstate: dict, state: dict, meta: dict, codecs: tuple[str, ...],
         if zeroed < 0:
             log(f"export: {excess:,} bytes over the cap and zeroing every +-1 code would not fit it")
             break
-        b = _wrap(_serialize(qstate, meta, shuffle, codec == "rans"), codec)
+        b = _wrap(_serialize(qstate, meta, shuffle, codec), codec)
         saved = len(blob) - len(b)
         log(f"export: {excess:,} bytes over the cap: zeroed {zeroed:,} +-1 codes, {saved:,} bytes saved")
         if len(b) <= budget and (best is None or len(b) > len(best[0])):

@@ -98,17 +98,18 @@ def tensor_costs(a: np.ndarray, buckets: int) -> dict:
     cl = [sym[ctx == c] for c in np.unique(ctx)]
     o0_bytes, o0_enc, o0_dec = rans_groups([sym.reshape(-1)], k)
     col_bytes, col_enc, col_dec = rans_groups(col_groups, k)
+    col_free, left_free = (sum(entropy_bytes(g, k) for g in groups) for groups in (col_groups, cl))
     return dict(
         order0_bound=entropy_bytes(sym.reshape(-1), k) + side,
         order0_rans=o0_bytes + side,
-        columns_bound=sum(entropy_bytes(g, k) for g in col_groups) + len(col_groups) * side + ids,
+        columns_bound=col_free + len(col_groups) * side + ids,
         columns_rans=col_bytes + len(col_groups) * side + ids,
-        left_bound=sum(entropy_bytes(g, k) for g in cl) + len(cl) * side + ids,
+        left_bound=left_free + len(cl) * side + ids,
         order0_adaptive=adaptive_bytes(sym.reshape(-1), k),
         left_adaptive=sum(adaptive_bytes(sym[left == c], k) for c in range(5)),
         columns_left_adaptive=sum(adaptive_bytes(g, k) for g in cl) + ids,
-        columns_free=sum(entropy_bytes(g, k) for g in col_groups),  # side information for free: the potential
-        left_free=sum(entropy_bytes(g, k) for g in cl),
+        columns_free=col_free,  # side information for free: the potential
+        left_free=left_free,
         encode_s=o0_enc + col_enc,
         decode_s=o0_dec + col_dec,
     )
@@ -134,7 +135,7 @@ def rans_codec(qstate: dict, meta: dict, artifact_bytes: int) -> dict:
     out = {}
     for shuffle in (False, True):
         t0 = time.perf_counter()
-        blob = tg._wrap(tg._serialize(qstate, meta, shuffle, ans=True), "rans")
+        blob = tg._wrap(tg._serialize(qstate, meta, shuffle, "rans"), "rans")
         t1 = time.perf_counter()
         q2, _ = tg.decode_artifact(blob)
         t2 = time.perf_counter()

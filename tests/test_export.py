@@ -362,14 +362,14 @@ def test_every_codec_and_shuffle_roundtrips():
         if ex._codec(codec) is None:
             continue
         for shuffle in (False, True):
-            blob = ex._wrap(ex._serialize(q, meta, shuffle, ans=codec == "rans"), codec)
+            blob = ex._wrap(ex._serialize(q, meta, shuffle, codec), codec)
             q2, meta2 = ex.decode_artifact(blob)
             assert meta2 == meta
             assert_qstate_equal(q, q2)
             n_ok += 1
     assert n_ok >= 4  # lzma and zlib are in the standard library
     if ex._codec("rans"):  # the rANS blob holds the codes as words, not as int8 values
-        assert ex._serialize(q, meta, True, ans=True).count(q["blocks.0.mlp.fc.weight"]["q"].numpy().tobytes()) == 0
+        assert ex._serialize(q, meta, True, "rans").count(q["blocks.0.mlp.fc.weight"]["q"].numpy().tobytes()) == 0
     best, cands = ex.encode_artifact(q, meta, tuple(ex.CODECS), log=lambda s: None)
     assert len(best) == min(n for *_, n in cands) and len(cands) == n_ok
 
@@ -417,7 +417,7 @@ def test_corrupt_artifacts_raise_one_clear_error():
 def test_rans_words_that_do_not_decode_are_one_clear_error(monkeypatch):
     pytest.importorskip("constriction")
     _, q = toy_qstate(0)
-    raw = bytearray(ex._serialize(q, {}, False, ans=True))
+    raw = bytearray(ex._serialize(q, {}, False, "rans"))
     (hlen,) = struct.unpack_from("<I", raw, len(raw) - 4)
     header = json.loads(raw[len(raw) - 4 - hlen : len(raw) - 4])
     off, n, *_ = header["tensors"]["blocks.0.mlp.fc.weight"]["arrays"]["q_ans"]

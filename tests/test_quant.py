@@ -302,7 +302,7 @@ def test_rans_codec_is_exact_and_at_its_bound_on_a_real_artifact(run):
     if tg._codec("rans") is None:
         pytest.skip("constriction not installed")
     qstate, meta = tg.decode_artifact(run.artifact.read_bytes())
-    q2, meta2 = tg.decode_artifact(tg._wrap(tg._serialize(qstate, meta, True, ans=True), "rans"))
+    q2, meta2 = tg.decode_artifact(tg._wrap(tg._serialize(qstate, meta, True, "rans"), "rans"))
     assert meta2 == meta and q2.keys() == qstate.keys()
     for name, e in qstate.items():
         assert q2[name].keys() == e.keys(), name
