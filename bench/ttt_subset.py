@@ -29,9 +29,9 @@ import train_gpt as tg  # noqa: E402
 
 
 def first_docs(tokens: torch.Tensor, n: int) -> torch.Tensor:
-    """The first n documents with the BOS that ends the last (its end-of-document target)."""
-    starts = torch.nonzero(tokens == tg.BOS_ID).flatten().tolist()
-    return tokens[: starts[n] + 1] if n < len(starts) else tokens
+    """The first n documents (train_gpt's doc_spans) with the BOS that ends the last (its end-of-document target)."""
+    spans = tg.doc_spans(tokens)
+    return tokens[: spans[n][0] + 1] if n < len(spans) else tokens
 
 
 def run_setting(name: str, knobs: dict, vals: dict, device, profile=False) -> dict:
