@@ -1,6 +1,6 @@
-"""The one place ngram_eval imports the fast n-gram implementation (train_gpt.NgramMixer), extended with what
-only the tools need (scoring from a full log-softmax, the whole distribution at every position for the
-probes), plus shared helpers."""
+"""The one place ngram_eval imports the fast n-gram implementation (ngram_mix.NgramMixer, the plug-in that
+train_gpt.py loads for its n-gram paths), extended with what only the tools need (scoring from a full
+log-softmax, the whole distribution at every position for the probes), plus shared helpers."""
 
 from __future__ import annotations
 
@@ -11,10 +11,13 @@ import torch
 from torch import Tensor
 
 import train_gpt
-from train_gpt import NGRAM_LEVEL_SHIFT, load_shard, mix_ngram  # noqa: F401  (re-exported for the tools)
+from train_gpt import load_shard  # noqa: F401  (re-exported for the tools)
+
+ngram_mix = train_gpt.load_plugin("ngram_mix")
+NGRAM_LEVEL_SHIFT, mix_ngram = ngram_mix.NGRAM_LEVEL_SHIFT, ngram_mix.mix_ngram
 
 
-class NgramMixer(train_gpt.NgramMixer):
+class NgramMixer(ngram_mix.NgramMixer):
     """train_gpt's mixer, plus score() from the model's full log-softmax and distribution() (probes)."""
 
     def __init__(

@@ -6,7 +6,8 @@ Minify = drop comments, docstrings and blank lines (the same bytes on any Python
 compressed with lzma (stdlib, so it runs wherever Python does) and wrapped in a two-line stub that
 decompresses and executes it. The packed file is what ships and what runs: it embeds its own source
 in the log and counts its own size, exactly as the plain file does. --bundle carries a module the run
-imports (seed_archs.py for ARCH=worker|pse|scan; `make pack ARCH=...`) inside the same file: its minified
+imports (seed_archs.py for ARCH=worker|pse|scan, ngram_mix.py for EVAL_PATHS=ngram|ttt_ngram; `make pack ARCH=...
+EVAL_PATHS=...`) inside the same file: its minified
 source fills train_gpt.py's BUNDLED table, from which train_gpt.load_plugin imports it.
 """
 

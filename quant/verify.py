@@ -8,7 +8,8 @@ size     code bytes (the --code file exactly as shipped) + artifact bytes <= 16,
          with --log also: the artifact has the size the run logged
 code     (--log) --code equals the source the log starts with and its `code:` line (sha256, bytes): the
          shipped code is the code that ran, and the only file it ran (a run that loaded a plug-in such as
-         seed_archs.py from a separate file fails: ship the packed copy that bundles it, `make pack ARCH=...`)
+         seed_archs.py or ngram_mix.py from a separate file fails: ship the packed copy that bundles it,
+         `make pack ARCH=... EVAL_PATHS=...`)
 decode   train_gpt.decode_artifact + dequantize_state (a truncated or corrupt artifact stops here)
 rebuild  train_gpt.load_artifact rebuilds the model from the artifact's meta with the code's own classes, and
          needs no file beside --code that the size check did not count
@@ -126,7 +127,7 @@ def check_code(code: bytes, log: RunLog) -> Row:
         return (
             "FAIL",
             f"the run also executed {others} from beside the script: its bytes count and a "
-            f"submission is one file; run and ship the packed copy that bundles it (make pack ARCH=...)",
+            f"submission is one file; run and ship the packed copy that bundles it (make pack ARCH=... EVAL_PATHS=...)",
         )
     return "PASS", f"sha256 {sha[:12]}.. ({len(code):,} bytes) equals the log's source" + (
         " and code: line" if log.code_line else " (this log has no code: line)"

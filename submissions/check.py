@@ -257,7 +257,7 @@ def check_code(ctx: dict) -> Row:
             others = ", ".join(f"{f['name']} ({f['bytes']:,} bytes)" for f in log["sources"][1:])
             fails.append(
                 f"{name}: the run also executed {others} from beside train_gpt.py, which the folder's one "
-                "file cannot carry: run the packed copy that bundles it (make pack ARCH=...)"
+                "file cannot carry: run the packed copy that bundles it (make pack ARCH=... EVAL_PATHS=...)"
             )
         source = log["source"].encode("utf-8")
         if source != shipped:

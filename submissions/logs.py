@@ -2,7 +2,7 @@
 quant.verify and bench/proxy_run.py all read logs through it).
 
 A log is the exact source of every file the run executed (train_gpt.py, then any plug-in it loaded from a file
-beside it, such as seed_archs.py), each followed by a line of 100 '=', then one `code:` line per file (name,
+beside it: seed_archs.py, ngram_mix.py), each followed by a line of 100 '=', then one `code:` line per file (name,
 bytes and sha256 of that source), then one line per event (train_gpt.py: log_header, train, export_artifact,
 run_evals). Lines are recognised by their leading words and read as `name value` pairs, so a field added to a
 line does not break the parser. read_log takes whatever a log holds; parse_log also demands what a submission

@@ -107,10 +107,11 @@ def load_logs(paths: list[str], score_path: str | None = None) -> list[dict]:
         if not log["source_intact"]:
             raise SubmissionError(f"{log['path']}: embedded source does not match its code: line (edited log?)")
         if len(log["sources"]) > 1:
-            others = ", ".join(f["name"] for f in log["sources"][1:])
+            others, hp = ", ".join(f["name"] for f in log["sources"][1:]), log["hyperparameters"]
             raise SubmissionError(
                 f"{log['path']}: the run also executed {others} from beside train_gpt.py; a submission is one "
-                f"file: run the packed copy that bundles it (make pack ARCH={log['hyperparameters'].get('arch')})"
+                f"file: run the packed copy that bundles it "
+                f"(make pack ARCH={hp.get('arch')} EVAL_PATHS={hp.get('eval_paths')})"
             )
     shas = Counter(log["code_sha256"] for log in logs)
     if len(shas) > 1:

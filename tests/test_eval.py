@@ -27,6 +27,7 @@ TINY = {
     **dict(NGRAM_CHUNK="64"),
 }
 CPU = torch.device("cpu")
+NGM = tg.load_plugin("ngram_mix")  # the n-gram mixer: train_gpt's plug-in for the ngram paths
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +170,7 @@ def test_ttt_scores_before_every_update(setup, ngram, lora, monkeypatch):
     h = tg.Hyperparameters({**TINY, "TTT_LORA": lora})
     clock, scored, violations, updates = [0], {}, [], [0]
     events = []  # the mixer's calls: ("score", first target, end) / ("update", first token, end)
-    score, update = tg.NgramMixer.score, tg.NgramMixer.update
+    score, update = NGM.NgramMixer.score, NGM.NgramMixer.update
 
     def log_score(self, toks, stats, prefix=None):
         start = sum(e - s for k, s, e in events if k == "update") + len(prefix)
@@ -181,8 +182,8 @@ def test_ttt_scores_before_every_update(setup, ngram, lora, monkeypatch):
         events.append(("update", start, start + len(toks)))
         update(self, toks)
 
-    monkeypatch.setattr(tg.NgramMixer, "score", log_score)
-    monkeypatch.setattr(tg.NgramMixer, "update", log_update)
+    monkeypatch.setattr(NGM.NgramMixer, "score", log_score)
+    monkeypatch.setattr(NGM.NgramMixer, "update", log_update)
 
     def on_score(lo, hi):
         for t in range(lo, hi + 1):
@@ -198,7 +199,7 @@ def test_ttt_scores_before_every_update(setup, ngram, lora, monkeypatch):
 
     r = tg.eval_ttt(model, tokens, h, luts, CPU, on_score, on_update, entropy=ngram)
     if ngram:  # the ttt_ngram path: the n-gram post-pass over what TTT recorded
-        r = tg.totals(tg.mix_ngram(r["stats"], tokens, h), tokens, luts)
+        r = tg.totals(NGM.mix_ngram(r["stats"], tokens, h), tokens, luts)
     assert updates[0] > 0 and not violations
     assert sorted(scored) == list(range(1, len(tokens)))
     ttt = tg.eval_ttt(model, tokens, h, luts, CPU)

@@ -1,11 +1,13 @@
 """CODE_PACK: the self-extracting copy of train_gpt.py runs the same computation as the source, and carries a
-seed architecture's plug-in inside the one file when asked to."""
+plug-in (a seed architecture's blocks, the n-gram mixer) inside the one file when asked to."""
 
 import ast
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from quant.pack import minify, pack, unpack
 from submissions.logs import read_log
@@ -48,28 +50,37 @@ def test_packed_copy_gives_the_same_losses(tiny_data, tmp_path):
     assert strip(a) == strip(b) and any(l.startswith("eval val") for l in a)
 
 
-def test_a_bundled_seed_architecture_runs_in_one_file(tiny_data, tmp_path):
-    """ARCH=scan: run from the source, train_gpt.py imports seed_archs.py from beside it and the log embeds both
-    files, a `code:` line each; `quant.pack --bundle` carries the plug-in inside the one packed file, which runs
-    the same computation and embeds only itself. The record's packed file carries no seed architecture."""
-    src, plugin = (ROOT / "train_gpt.py").read_text(), (ROOT / "seed_archs.py").read_text()
+PLUG_INS = {  # plug-in -> a run that imports it, and a line of its code that the record's packed file lacks
+    "seed_archs": (dict(ARCH="scan", SCAN_CHUNK="16", EVAL_PATHS="plain"), "class ScanBlock"),
+    "ngram_mix": (dict(EVAL_PATHS="sliding,ngram", NGRAM_CHUNK="512"), "class NgramMixer"),
+}
+
+
+@pytest.mark.parametrize("name", PLUG_INS)
+def test_a_bundled_plug_in_runs_in_one_file(tiny_data, tmp_path, name):
+    """ARCH=scan, or an n-gram path: run from the source, train_gpt.py imports the plug-in from beside it and the
+    log embeds both files, a `code:` line each; `quant.pack --bundle` carries the plug-in inside the one packed
+    file, which runs the same computation and embeds only itself. The record's packed file carries neither."""
+    src, plugin = (ROOT / "train_gpt.py").read_text(), (ROOT / f"{name}.py").read_text()
     packed = tmp_path / "packed" / "train_gpt.py"
     packed.parent.mkdir()
-    packed.write_text(pack(src, {"seed_archs": plugin}))
-    over = dict(ARCH="scan", SCAN_CHUNK="16", ITERATIONS="2", EVAL_PATHS="plain", PRE_EXPORT_PATHS="")
+    packed.write_text(pack(src, {name: plugin}))
+    over, marker = PLUG_INS[name]
+    over = dict(ITERATIONS="2", PRE_EXPORT_PATHS="", **over)
     a, b = (
         run(ROOT / "train_gpt.py", tmp_path, tiny_data, "src", **over),
         run(packed, tmp_path, tiny_data, "pk", **over),
     )
     strip = lambda lines: [l.split(" code ")[0] for l in lines]
-    assert strip(a) == strip(b) and any(l.startswith("eval val plain") for l in a)
+    last = over["EVAL_PATHS"].split(",")[-1]
+    assert strip(a) == strip(b) and any(l.startswith(f"eval val {last}") for l in a)
     files = read_log(tmp_path / "logs/src.txt")["sources"]
     assert [(f["name"], f["source"], f["intact"]) for f in files] == [
         ("train_gpt.py", src, True),
-        ("seed_archs.py", plugin, True),
+        (f"{name}.py", plugin, True),
     ]
     assert [f["name"] for f in read_log(tmp_path / "logs/pk.txt")["sources"]] == ["train_gpt.py"]
-    assert "class ScanBlock" not in unpack(pack(src)) and "class ScanBlock" in unpack(packed.read_text())
+    assert marker not in unpack(pack(src)) and marker in unpack(packed.read_text())
 
 
 def test_minify_keeps_the_program_and_only_the_program():
