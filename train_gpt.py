@@ -71,6 +71,8 @@ DEFAULTS: dict[str, object] = {
     # phases are TTT_PHASE_DOCS documents each from the stream's start (the last takes the rest): a boundary never
     # depends on what follows it. 12,500 x 4 is the official val set's 50,000 documents in four.
     **dict(TTT_LR=0.003, TTT_PHASES=4, TTT_PHASE_DOCS=12_500, TTT_EPOCHS=1, TTT_SGD_LR=0.01),
+    # TTT_CACHE=1: a chunk attends to the keys/values its document's earlier chunks made when scored (O(n) a document)
+    **dict(TTT_CACHE=0, TTT_BETA1=0.9, TTT_WD=0.0),
     # n-gram cache mixed into sliding (ngram) or TTT (ttt_ngram); the gate starts at 1% (2026-11-23_ngram.md)
     **dict(NGRAM_ORDER=6, NGRAM_ALPHA="-4.595,0,0,0", NGRAM_CHUNK=32768, NGRAM_GATE_LR=0.05),
 }
@@ -106,7 +108,7 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 FLAGS = ("DOC_MASK", "XSA", "SMEAR", "ATTN_GATE", "UNET", "SKIP_GATES", "X0_MIX", "LN_SCALE", "BF16_RESID")
 FLAGS += ("EMBED_BF16", "MUON_ROW_NORM", "POLAR_EXPRESS", "EMA", "EVAL_CROSS_DOC", "EVAL_ONLY", "TTT_LORA")
-FLAGS += ("TTT_GLOBAL", "OVERWRITE")
+FLAGS += ("TTT_GLOBAL", "TTT_CACHE", "OVERWRITE")
 SEED_ARCHS = ("worker", "pse", "scan")  # their blocks live in seed_archs.py, imported only when ARCH names one
 EVAL_PATHS = ("plain", "sliding", "ttt", "ngram", "ttt_ngram")
 TTT_TARGETS = ("c_q", "c_k", "c_v", "proj", "fc")  # block linears by name ("proj": attention's and the MLP's)
@@ -191,6 +193,9 @@ class Hyperparameters:
         need(ok, f"TRAIN_BATCH_TOKENS/TRAIN_SEQ_LEN={seqs} sequences over {self.world_size} ranks")
         need(0 < self.eval_stride <= self.eval_seq_len, f"EVAL_STRIDE={self.eval_stride}: expected 1..EVAL_SEQ_LEN")
         need(not ttt or self.ttt_chunk <= self.eval_seq_len, f"TTT_CHUNK={self.ttt_chunk} > EVAL_SEQ_LEN")
+        need(not self.ttt_cache or self.arch == "gpt", f"TTT_CACHE=1: ARCH=gpt only (ARCH={self.arch})")
+        ok = 0 <= self.ttt_beta1 < 1 and self.ttt_wd >= 0
+        need(ok, f"TTT_BETA1={self.ttt_beta1}, TTT_WD={self.ttt_wd}: expected 0 <= beta1 < 1, wd >= 0")
         ok = self.ttt_phases >= 1 and self.ttt_phase_docs >= 1
         need(ok, f"TTT_PHASES={self.ttt_phases}, TTT_PHASE_DOCS={self.ttt_phase_docs}: expected >= 1 each")
         need(1 <= self.ngram_order <= 16, f"NGRAM_ORDER={self.ngram_order}: expected 1..16")
@@ -531,6 +536,8 @@ class AttnMask:
     """How attention is restricted for one batch, built once per forward for all layers: plain causal (the
     baseline), or no token sees an earlier document's (doc ids count BOS tokens: a BOS opens a document)."""
 
+    start = 0  # the position of the batch's first column (ChunkCache: how far into its documents)
+
     def __init__(self, ids: Tensor, doc_mask: bool, impl: str):
         B, T = ids.shape
         self.impl = impl if doc_mask else "causal"
@@ -565,6 +572,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: AttnMask) -> Tensor:
             return fa3_varlen(qf, kf, vf, mask.cu, mask.max_len)[0].view(B, T, H, D)
         y = varlen_attn(qf, kf, vf, mask.cu, mask.cu, mask.max_len, mask.max_len, **VARLEN_CAUSAL, **VARLEN_GQA)
         return y.view(B, T, H, D)
+    if mask.impl == "cache":  # TTT_CACHE: the keys and values of the documents' scored chunks come first
+        return mask.attend(q, k, v)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     if mask.impl == "flex":
         y = flex_attention(q, k, v, block_mask=mask.block_mask, enable_gqa=True)
@@ -573,6 +582,41 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: AttnMask) -> Tensor:
     else:
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     return y.transpose(1, 2)
+
+
+class ChunkCache(AttnMask):
+    """TTT_CACHE=1: documents scored chunk by chunk, one per row, a chunk attending to the keys and values its
+    document's earlier chunks made when they were scored (kept, not recomputed with later adapters: O(n) a
+    document), the last `keep` of them, then causally to its own. Positions count from the documents' start
+    (RoPE sees the same offsets as in a window). attend() calls come in virtual-layer order: the j-th call of a
+    forward reads and extends layer j's cache. Everything a chunk reads is its documents' prefix."""
+
+    impl = "cache"
+
+    def __init__(self, keep: int, device: torch.device):
+        self.keep, self.device, self.kv, self.j, self.seen, self.last = keep, device, [], 0, 0, None
+
+    def begin(self, T: int) -> ChunkCache:
+        """The next forward: T new columns after the `seen` ones. start is a tensor: one compiled graph for all."""
+        self.j, self.start, P = 0, torch.tensor(self.seen, device=self.device), min(self.seen, self.keep)
+        causal = torch.ones(T, T, dtype=torch.bool, device=self.device).tril()
+        self.dense, self.seen = torch.cat([causal.new_ones(T, P), causal], 1), self.seen + T
+        return self
+
+    def before(self, x: Tensor) -> Tensor:
+        """The input before each row's first (the smear reads it; zeros at the start), and keep x's last."""
+        prev, self.last = (torch.zeros_like(x[:, :1]) if self.last is None else self.last), x[:, -1:].detach()
+        return prev
+
+    @torch.compiler.disable  # the cache grows chunk by chunk: eager here, the layers around it stay compiled
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if self.j == len(self.kv):
+            self.kv.append((k[:, :0], v[:, :0]))
+        k, v = (torch.cat([c, new], 1) for c, new in zip(self.kv[self.j], (k, v)))
+        cut = max(0, k.size(1) - self.keep)
+        self.kv[self.j], self.j = (k[:, cut:].detach(), v[:, cut:].detach()), self.j + 1
+        y = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), self.dense, enable_gqa=True)
+        return y.transpose(1, 2)
 
 
 class Attention(nn.Module):
@@ -591,7 +635,7 @@ class Attention(nn.Module):
             self.gate.zero_init = True
 
     def forward(self, x: Tensor, mask: AttnMask) -> Tensor:
-        q, k, v = self.qkv(x)
+        q, k, v = self.qkv(x, mask.start)
         return self.out(x, attend(q, k, v, mask), v)
 
     def qkv(self, x: Tensor, start: int | Tensor = 0) -> tuple[Tensor, Tensor, Tensor]:
@@ -703,14 +747,16 @@ class GPT(nn.Module):
             if isinstance(m, CastedLinear):
                 nn.init.zeros_(m.weight) if getattr(m, "zero_init", False) else nn.init.orthogonal_(m.weight)
 
-    def hidden(self, ids: Tensor, doc_mask: bool, recur: bool = True) -> Tensor:
+    def hidden(self, ids: Tensor, doc_mask: bool, recur: bool = True, cache: ChunkCache | None = None) -> Tensor:
         """Final-normed hidden states (B, T, D) for ids (B, T); doc_mask: attention stays inside documents;
-        recur: the layer order with depth recurrence (as trained, and as every eval runs)."""
+        recur: the layer order with depth recurrence (as trained, and as every eval runs); cache: ids are the next
+        chunk of the documents the cache holds (one per row), attending to their earlier chunks too."""
         x = self.embed(ids)
         if self.smear is not None:  # blend in the previous token, never across a document start
-            prev = F.pad(x[:, :-1], (0, 0, 1, 0)) * (ids != BOS_ID).unsqueeze(-1).to(x.dtype)
-            x = torch.lerp(x, prev, torch.sigmoid(self.smear).to(x.dtype))
-        mask, x0 = self.block_class.make_mask(ids, doc_mask, self.attn_impl, self.h), x
+            prev = F.pad(x[:, :-1], (0, 0, 1, 0)) if cache is None else torch.cat([cache.before(x), x[:, :-1]], 1)
+            x = torch.lerp(x, prev * (ids != BOS_ID).unsqueeze(-1).to(x.dtype), torch.sigmoid(self.smear).to(x.dtype))
+        mask = cache.begin(ids.size(1)) if cache else self.block_class.make_mask(ids, doc_mask, self.attn_impl, self.h)
+        x0 = x
         return rms_norm(self.layers(x, lambda j, i, y: run_block(self.blocks[i], y, x0, mask), recur))
 
     def embed(self, ids: Tensor) -> Tensor:
@@ -1751,15 +1797,16 @@ def score_docs(model: GPT, tokens, spans, stats, h, device, loras, entropy=False
         batch = spans[i : i + h.ttt_docs]
         for _, lora in loras:
             lora.reset()
-        opt = torch.optim.Adam(params, lr=h.ttt_lr, betas=(0.9, 0.99)) if params else None  # fresh state
+        opt = torch.optim.AdamW(params, h.ttt_lr, (h.ttt_beta1, 0.99), weight_decay=h.ttt_wd) if params else None
         n_chunks = max(math.ceil((e - s) / h.ttt_chunk) for s, e in batch)
+        cache = ChunkCache(h.eval_seq_len - h.ttt_chunk, device) if h.ttt_cache else None
         for c in range(n_chunks):
             rows, *batch_c = chunk_batch(tokens, batch, c, h)
             x, w, cols, pos = (t.to(device) for t in batch_c)
             # grad on even for the last chunk (no step; `del out` frees it): one compiled graph per width. The head
             # runs on the scored positions only (TTT_DOCS x TTT_CHUNK, padded), not on each row's whole window.
             with autocast(device):
-                hid = model.hidden(x[:, :-1], True, True).flatten(0, 1)[cols]
+                hid = model.hidden(x[:, :-1], True, True, cache).flatten(0, 1)[cols]
                 out = model.nll(hid[None], x[:, 1:].flatten()[cols][None], entropy).view(1 + entropy, -1)
             stats[:, pos] = out[:, : len(pos)].detach().double()
             if on_score:
@@ -1778,17 +1825,18 @@ def score_docs(model: GPT, tokens, spans, stats, h, device, loras, entropy=False
 
 
 def chunk_batch(tokens: Tensor, batch: list[tuple[int, int]], c: int, h: Hyperparameters) -> tuple:
-    """Chunk c of each document in `batch` (with up to EVAL_SEQ_LEN tokens of its prefix) as one forward of
-    TTT_DOCS rows (PAD rows for missing documents) at one of a few widths: (rows, ids, the scored columns of the
-    flattened output padded to TTT_DOCS x TTT_CHUNK, their loss weights (0 on padding), their stream positions)."""
+    """Chunk c of each document in `batch` (with up to EVAL_SEQ_LEN tokens of its prefix; with TTT_CACHE none, the
+    cache holds it) as one forward of TTT_DOCS rows (PAD rows for missing documents) at one of a few widths: (rows,
+    ids, the scored columns of the flattened output padded to TTT_DOCS x TTT_CHUNK, their loss weights (0 on
+    padding), their stream positions)."""
     C, L, n = h.ttt_chunk, h.eval_seq_len, h.ttt_docs
     rows = []  # (row, doc start, window a..b local, first scored local target)
     for r, (s, e) in enumerate(batch):
         lo, hi = c * C + 1, min((c + 1) * C, e - s)
-        if lo <= hi:
-            rows.append((r, s, max(0, hi - L), hi, lo))
+        if lo <= hi:  # with TTT_CACHE the window is the chunk alone: the cache holds the rest
+            rows.append((r, s, lo - 1 if h.ttt_cache else max(0, hi - L), hi, lo))
     W = max(b - a for _, _, a, b, _ in rows)
-    W = min(L, C * 2 ** math.ceil(math.log2(max(1, W / C))))  # few distinct widths
+    W = C if h.ttt_cache else min(L, C * 2 ** math.ceil(math.log2(max(1, W / C))))  # few distinct widths
     x, w, cols, pos = torch.full((n, W + 1), PAD_ID, dtype=torch.int64), [], [], []
     for r, s, a, b, lo in rows:  # local target j sits at column j - 1 - a
         x[r, : b - a + 1] = tokens[s + a : s + b + 1]

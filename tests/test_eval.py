@@ -48,10 +48,12 @@ def run_path(path: str, model, tokens, h, luts):
     """One eval path alone through run_evals (the n-gram paths mix after their model pass)."""
     if path == "ttt_global":  # TTT_LORA=0: phases scored with sliding windows, global SGD between them
         h, path = tg.Hyperparameters({**TINY, "TTT_LORA": "0"}), "ttt"
+    if path == "ttt_cache":  # TTT_CACHE=1: a chunk attends to its document's cached keys and values
+        h, path = tg.Hyperparameters({**TINY, "TTT_CACHE": "1"}), "ttt"
     return tg.run_evals(model, h, {"val": tokens}, luts, CPU, lambda *a, **k: None, [path])[f"val/{path}"]
 
 
-@pytest.mark.parametrize("path", ["plain", "sliding", "ttt", "ttt_global", "ngram", "ttt_ngram"])
+@pytest.mark.parametrize("path", ["plain", "sliding", "ttt", "ttt_global", "ttt_cache", "ngram", "ttt_ngram"])
 def test_causality(setup, path):
     """Perturbing tokens at positions >= t leaves the NLL of every target before t unchanged."""
     h, model, luts, tokens = setup
@@ -137,6 +139,53 @@ def test_ttt_equals_one_document_at_a_time(setup, cfg):
         )
 
 
+@pytest.mark.parametrize("L", ["512", "48"])
+def test_ttt_cache_without_learning_scores_like_the_windows(setup, L):
+    """TTT_CACHE=1 with the adapters left at identity (TTT_LR=0): while a document fits in EVAL_SEQ_LEN, cached
+    keys and values are the ones a window recomputes, so every score equals the windowed TTT's (512: all documents;
+    positions come from a tensor start there, not the RoPE table). Past it (48), the window recomputes its first
+    tokens from a cut context while the cache kept them as scored, with their own context: scores differ there
+    and only there (the cache's receptive field grows with depth, like any KV cache of a sliding window)."""
+    _, model, luts, _ = setup
+    tokens = torch.from_numpy(np.asarray(tg.load_shard(DEV))[:1100].astype(np.int64))
+    tokens[[100, 180, 230, 350, 360, 600, 700, 1000]] = tg.BOS_ID
+    knobs = {**TINY, "TTT_LR": "0", "TTT_GLOBAL": "0", "EVAL_SEQ_LEN": L, "TTT_DOCS": "4"}
+    cached = tg.eval_ttt(model, tokens, tg.Hyperparameters({**knobs, "TTT_CACHE": "1"}), luts, CPU)["nll"]
+    windowed = tg.eval_ttt(model, tokens, tg.Hyperparameters(knobs), luts, CPU)["nll"]
+    inside = torch.zeros(len(tokens) - 1, dtype=torch.bool)
+    for s, e in tg.doc_spans(tokens):  # nll[i] scores target i + 1: a document's targets 1..L are nll[s:s+L]
+        inside[s : min(e, s + int(L))] = True
+    assert inside.all() == (L == "512")
+    torch.testing.assert_close(cached[inside], windowed[inside], rtol=0, atol=2e-5)
+    assert L == "512" or not torch.allclose(cached[~inside], windowed[~inside])
+
+
+def test_ttt_cache_learns_and_stays_in_its_graphs(setup):
+    """With learning, TTT_CACHE=1 changes the scores (the adapters step between chunks); compiled as compile_parts
+    does, it builds a fixed set of graphs (the cached attention runs eagerly between them), none for a new stream."""
+    h, model, luts, tokens = setup
+    hc = tg.Hyperparameters({**TINY, "TTT_CACHE": "1", "TTT_GLOBAL": "0"})
+    still = tg.eval_ttt(model, tokens, tg.Hyperparameters({**TINY, "TTT_CACHE": "1", "TTT_LR": "0"}), luts, CPU)
+    assert not torch.allclose(tg.eval_ttt(model, tokens, hc, luts, CPU)["nll"], still["nll"])
+    model = copy.deepcopy(model)
+    for block in model.blocks:
+        block.compile(backend="eager", dynamic=False)
+    model.nll = torch.compile(model.nll, backend="eager", dynamic=False)
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    eager = tg.eval_ttt(copy.deepcopy(setup[1]), tokens, hc, luts, CPU)["nll"]
+    torch.testing.assert_close(tg.eval_ttt(model, tokens, hc, luts, CPU)["nll"], eager, rtol=0, atol=1e-5)
+    first = counters["stats"]["unique_graphs"]
+    counters.clear()
+    other = tokens.flip(0)
+    other[0] = tg.BOS_ID
+    tg.eval_ttt(model, other, hc, luts, CPU)
+    again = counters["stats"]["unique_graphs"]
+    torch._dynamo.reset()
+    assert first <= 16 and again == 0, (first, again)
+
+
 def test_ttt_compiles_a_few_graphs_once(setup):
     """With the blocks and loss head compiled as compile_parts does (dynamo's eager backend: the same
     guards), TTT builds one graph per width bucket and block kind, and a second stream builds none."""
@@ -160,14 +209,14 @@ def test_ttt_compiles_a_few_graphs_once(setup):
     assert first <= 16 and again == 0, (first, again)
 
 
-@pytest.mark.parametrize("ngram,lora", [(False, "1"), (True, "1"), (False, "0")])
-def test_ttt_scores_before_every_update(setup, ngram, lora, monkeypatch):
+@pytest.mark.parametrize("ngram,lora,cache", [(False, "1", "0"), (True, "1", "0"), (False, "0", "0"), (True, "1", "1")])
+def test_ttt_scores_before_every_update(setup, ngram, lora, cache, monkeypatch):
     """Instrumented TTT loop: every target position used by an optimizer step (LoRA or global SGD)
     has had its loss recorded before that step; every target is scored exactly once. ttt_ngram: the
     n-gram post-pass scores every target once, in stream order, each against tables of earlier tokens
     only, and the totals are those of the ttt path."""
     _, model, luts, tokens = setup
-    h = tg.Hyperparameters({**TINY, "TTT_LORA": lora})
+    h = tg.Hyperparameters({**TINY, "TTT_LORA": lora, "TTT_CACHE": cache})
     clock, scored, violations, updates = [0], {}, [], [0]
     events = []  # the mixer's calls: ("score", first target, end) / ("update", first token, end)
     score, update = NGM.NgramMixer.score, NGM.NgramMixer.update
@@ -318,7 +367,7 @@ def test_ttt_with_more_phases_than_documents(setup):
         assert r["tokens"] == 149 and bool((r["nll"] > 0).all())
 
 
-@pytest.mark.parametrize("lora", ["0", "1"])
+@pytest.mark.parametrize("lora", ["0", "1", "cache"])
 def test_ttt_scores_depend_only_on_the_prefix(setup, lora):
     """Cut the stream inside a late document, or add documents after the cut: every TTT score before that
     document's start stays (phase boundaries count documents from the start; 4365752 cut the stream into
@@ -326,7 +375,8 @@ def test_ttt_scores_depend_only_on_the_prefix(setup, lora):
     _, model, luts, _ = setup
     tokens = torch.from_numpy(np.asarray(tg.load_shard(DEV))[:1100].astype(np.int64))
     tokens[[100, 180, 230, 350, 360, 600, 700, 1000]] = tg.BOS_ID
-    h = tg.Hyperparameters({**TINY, "TTT_LORA": lora, "TTT_PHASES": "3", "TTT_PHASE_DOCS": "3"})
+    knobs = {"TTT_LORA": "1", "TTT_CACHE": "1"} if lora == "cache" else {"TTT_LORA": lora}
+    h = tg.Hyperparameters({**TINY, **knobs, "TTT_PHASES": "3", "TTT_PHASE_DOCS": "3"})
     full = tg.eval_ttt(model, tokens, h, luts, CPU)["nll"]
     start = 700  # a document of the last phase; nll[i] scores target i + 1
     cut = tg.eval_ttt(model, tokens[:760].clone(), h, luts, CPU)["nll"]

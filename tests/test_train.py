@@ -330,8 +330,9 @@ def test_bench_agree_tells_matching_curves_from_different_ones(tiny_data, tmp_pa
 def test_two_ranks_train_like_one_and_score_the_same(tiny_data, tmp_path):
     """torchrun at 2 ranks on CPU (gloo): the sharded Muon step, the split batch (4 and 2 micro-batches) and the
     rank-averaged loss train like 1 rank (bench/agree.py, #3's check); every eval path, TTT's global SGD and
-    per-document LoRA included, gives the same numbers from one artifact at 1 and 2 ranks (each position scored
-    once); and a clock-bound run (warm-up, recurrence switch, stop, calibration reserve) ends on every rank."""
+    per-document LoRA included (and its cached-context mode), gives the same numbers from one artifact at 1 and 2
+    ranks (each position scored once); and a clock-bound run (warm-up, recurrence switch, stop, calibration
+    reserve) ends on every rank."""
     art = tmp_path / "agree.pgq"
     env = {
         **TINY,
@@ -385,22 +386,25 @@ def test_two_ranks_train_like_one_and_score_the_same(tiny_data, tmp_path):
         )
         return (tmp_path / f"logs/{run_id}.txt").read_text().split("\nhyperparameters: ")[1].splitlines()
 
-    def evals(n: int) -> list[str]:
+    def evals(n: int, paths="plain,sliding,ngram,ttt,ttt_ngram", **over: str) -> list[str]:
         log = torchrun(
             n,
-            f"evals_n{n}",
+            f"evals_n{n}{len(over)}",
             EVAL_ONLY="1",
-            EVAL_PATHS="plain,sliding,ngram,ttt,ttt_ngram",
+            EVAL_PATHS=paths,
             TTT_LORA="1",
             TTT_DOCS="4",
             TTT_CHUNK="64",
             TTT_PHASES="2",
             TTT_PHASE_DOCS="20",  # the 40 val docs in two phases
+            **over,
         )
         return [line.split(" seconds")[0] for line in log if line.startswith("eval val ")]
 
     one, two = evals(1), evals(2)
     assert len(one) == 5 and one == two
+    one, two = evals(1, "ttt", TTT_CACHE="1"), evals(2, "ttt", TTT_CACHE="1")  # a chunk attends to cached context
+    assert len(one) == 1 and one == two
     log = torchrun(
         2,
         "clock_n2",
