@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention.bias import causal_lower_right
 
 # -----------------------------------------------------------------------------
 # CONFIG
@@ -599,8 +600,7 @@ class ChunkCache(AttnMask):
     def begin(self, T: int) -> ChunkCache:
         """The next forward: T new columns after the `seen` ones. start is a tensor: one compiled graph for all."""
         self.j, self.start, P = 0, torch.tensor(self.seen, device=self.device), min(self.seen, self.keep)
-        causal = torch.ones(T, T, dtype=torch.bool, device=self.device).tril()
-        self.dense, self.seen = torch.cat([causal.new_ones(T, P), causal], 1), self.seen + T
+        self.causal, self.seen = causal_lower_right(T, P + T), self.seen + T  # flash/efficient kernels take it
         return self
 
     def before(self, x: Tensor) -> Tensor:
@@ -613,9 +613,10 @@ class ChunkCache(AttnMask):
         if self.j == len(self.kv):
             self.kv.append((k[:, :0], v[:, :0]))
         k, v = (torch.cat([c, new], 1) for c, new in zip(self.kv[self.j], (k, v)))
-        cut = max(0, k.size(1) - self.keep)
+        cut, g = max(0, k.size(1) - self.keep), q.size(2) // k.size(2)
         self.kv[self.j], self.j = (k[:, cut:].detach(), v[:, cut:].detach()), self.j + 1
-        y = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), self.dense, enable_gqa=True)
+        k, v = k.repeat_interleave(g, 2), v.repeat_interleave(g, 2)  # GQA by hand: the fast kernels then apply
+        y = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), self.causal)
         return y.transpose(1, 2)
 
 
