@@ -155,9 +155,13 @@ class Hyperparameters:
                 raise ValueError(f"{key}={raw!r} is not a valid {type(default).__name__}") from None
             setattr(self, key.lower(), value)
         if self.arch != "gpt":  # record defaults the seed archs do not take unless asked: they compile per block,
-            # and keep the fp32 residual they were measured with (scan lost 0.31 bpb in bf16: 2026-12-06_refactor.md)
+            # keep the fp32 residual they were measured with (scan lost 0.31 bpb in bf16: 2026-12-06_refactor.md)
+            # and score with sliding windows (their blocks have no cached-context attention for TTT_CACHE)
             self.compile = 1 if self.compile == 2 and not env.get("COMPILE") else self.compile
             self.bf16_resid = self.bf16_resid if env.get("BF16_RESID") else 0
+            kept = lambda k: k not in env and getattr(self, k.lower()) == DEFAULTS[k]  # the record's, not asked for
+            self.eval_paths = "sliding" if kept("EVAL_PATHS") else self.eval_paths
+            self.ttt_cache = 0 if kept("TTT_CACHE") else self.ttt_cache
         self.run_id = self.run_id or f"{preset}_{uuid.uuid4().hex[:8]}"
         self.train_files = os.path.join(self.data_path, "fineweb_train_*.bin")
         self.val_files = os.path.join(self.data_path, "fineweb_val_*.bin")
