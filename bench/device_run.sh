@@ -6,9 +6,11 @@
 # the preset's tokenizer with 16 workers, then runs train + export + every eval via bench/proxy_run.py,
 # writing NAME.json and NAME.log to $OUT. Per-GPU faithful batch: the preset's 8-GPU global batch x NPROC/8.
 # PACKED=1 runs packed/train_gpt.py (`make pack`), the copy a submission ships: its bytes are the counted code; with
-# ARCH=worker|pse|scan among the KEY=VALUEs it bundles seed_archs.py, as `make pack ARCH=...` does.
+# ARCH=worker|pse|scan among the KEY=VALUEs it bundles seed_archs.py, and with an n-gram path ngram_mix.py, as make pack does.
 # KEEP_ARTIFACT=1 also copies artifacts/NAME.pgq to $OUT (under 16 MiB: it comes back; e.g. for bench/codec_levels.py).
 # A call returns at most 8 files from $OUT: batch no more runs than that into one call.
+# The record's default EVAL_PATHS=ttt (compile + both val sets, about 120 s on an H100) makes a full run about 70 s
+# longer than sliding did (540 s at 4aceceb): pass PRE_EXPORT_PATHS= to keep it inside one 10-minute call.
 # RUN_TIMEOUT counts from the start of this script, devset build included: proxy_run.py gets what is left, so a
 # run it stops still writes its JSON and partial log (a device call's own limit returns nothing of them).
 set -uo pipefail
@@ -25,6 +27,7 @@ python3 -m data.devset --shared .devdata/shared --workers 16 --variants $variant
 name=${NAME:-${preset}_proxy300_n${nproc}_s${seed}}
 script=train_gpt.py
 bundle=$(printf '%s\n' "$@" | grep -qE '^ARCH=(worker|pse|scan)$' && echo "--bundle seed_archs.py")  # make pack ARCH=...
+bundle+=$(printf '%s\n' "$@" | grep -qE '^(PRE_EXPORT|EVAL)_PATHS=.*ngram' && echo " --bundle ngram_mix.py")
 if [ "${PACKED:-0}" = 1 ]; then python3 -m quant.pack train_gpt.py $bundle --out packed/train_gpt.py || exit 1; script=packed/train_gpt.py; fi
 python3 bench/proxy_run.py "$name" --nproc "$nproc" --out "$OUT" --timeout $(( ${RUN_TIMEOUT:-560} - SECONDS )) --script $script PRESET=$preset SEED=$seed \
   DATA_PATH=data/datasets/devset_$variant TOKENIZER_PATH=data/tokenizers/fineweb_${variant#sp}_bpe.model \
