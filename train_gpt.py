@@ -376,6 +376,23 @@ def within_vocab(top: int, vocab_size: int, pattern: str) -> None:
         raise ShardError(f"{pattern}: token id {top} >= VOCAB_SIZE {vocab_size} (wrong tokenizer?)")
 
 
+def load_sidecar(pattern: str) -> Tensor | None:
+    """CaseOps val sets (data/caseops.py) carry each token's bytes of the original text in X.bytes beside each shard
+    X.bin (the shard format; 0 for BOS): their pieces no longer spell the text. None where no shard has one."""
+    files = shard_files(pattern)
+    sides = [os.path.splitext(f)[0] + ".bytes" for f in files]
+    if not any(map(os.path.isfile, sides)):
+        return None
+    counts = []
+    for f, side in zip(files, sides):
+        if not os.path.isfile(side):
+            raise ShardError(f"{side}: missing, and the other shards of {pattern} have their .bytes sidecar")
+        counts.append(load_shard(side))
+        if len(counts[-1]) != read_shard_header(f):
+            raise ShardError(f"{side}: {len(counts[-1])} byte counts for the {read_shard_header(f)} tokens of {f}")
+    return torch.from_numpy(np.concatenate(counts).astype(np.int64))
+
+
 def load_val(pattern: str, vocab_size: int) -> Tensor:
     tokens = np.concatenate([load_shard(f) for f in shard_files(pattern)]).astype(np.int64)
     within_vocab(int(tokens.max(initial=0)), vocab_size, pattern)
@@ -1736,10 +1753,11 @@ def summed(stats: Tensor, tokens: Tensor, luts, h: Hyperparameters) -> dict:
     return totals(stats[0], tokens, luts) | {"stats": stats}
 
 
-def totals(nll: Tensor, tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor]) -> dict:
-    """The loss, bytes and bpb over every target 1..N-1 of the stream from each position's NLL [N]."""
+def totals(nll: Tensor, tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor] | Tensor) -> dict:
+    """The loss, bytes and bpb over every target 1..N-1 of the stream from each position's NLL [N]; luts: the
+    tokenizer's, or the val set's sidecar (load_sidecar: each token's bytes of the original text)."""
     nll = nll[1:].cpu()
-    n_bytes = int(token_bytes(tokens[:-1], tokens[1:], luts).sum())
+    n_bytes = int(luts[1:].sum() if isinstance(luts, Tensor) else token_bytes(tokens[:-1], tokens[1:], luts).sum())
     loss_sum = float(nll.sum())
     return dict(loss=loss_sum / len(nll), bpb=loss_sum / math.log(2) / n_bytes, tokens=len(nll), bytes=n_bytes, nll=nll)
 
@@ -1926,9 +1944,10 @@ MIXED = {"ngram": "sliding", "ttt_ngram": "ttt"}
 def run_evals(model, h, vals: dict[str, Tensor], luts, device, log, paths: list[str], tag: str = "") -> dict:
     """Every path on every val set, a line each, then the eval-clock compliance line for the primary set. A model
     pass serves its path and its n-gram mix; each path's seconds are what it would take alone (the shared pass,
-    plus the mix), so the compliance sum over-counts."""
-    results, spent = {}, 0.0
+    plus the mix), so the compliance sum over-counts. luts: the tokenizer's, or {val set: its bytes (main)}."""
+    results, spent, by_set = {}, 0.0, luts
     for name, tokens in vals.items():
+        luts = by_set[name] if isinstance(by_set, dict) else by_set
         passes: dict[str, tuple[dict, float]] = {}
         for path in paths:
             base, t0 = MIXED.get(path, path), time.perf_counter()
@@ -2024,13 +2043,17 @@ def main() -> None:
     log = Logger(h)
     log_header(log, h)
     vals = {"val": load_val(h.val_files, h.vocab_size)} | ({"dev": load_val(dev[0], h.vocab_size)} if dev else {})
+    sides = {name: load_sidecar(pattern) for name, pattern in zip(vals, [h.val_files, *dev])}
+    luts = {name: luts if side is None else side for name, side in sides.items()}  # the bytes each set counts
+    for name, side in sides.items():
+        log(f"bytes: {name} counts {'the tokenizer pieces' if side is None else 'its .bytes sidecar (original text)'}")
     artifact, breaks = h.artifact_path, []
     if not h.eval_only:
         model = GPT(h).to(device)
         log_model(log, model)
         if h.compile and device.type == "cuda":
             model.compile_parts(whole=h.compile == 2)
-        trained = train(h, model, device, log, vals["val"], luts)
+        trained = train(h, model, device, log, vals["val"], luts["val"])
         hessians, cap = trained["hessians"], h.max_wallclock_seconds
         breaks += [] if trained["held"] else [f"train clock: {trained['total']:.1f} s > cap {cap:.0f} s"]
         if h.listed("pre_export_paths"):  # PRE_EXPORT_PATHS= (empty) skips them: a slow arch needs the time for export

@@ -1,6 +1,6 @@
 """Check train_gpt.py's byte accounting against the tokenizer's own decoding, document by document.
 
-    python -m data.check_bpb --tokenizer MODEL --docs DOCS.jsonl[.xz]
+    python -m data.check_bpb --tokenizer MODEL --docs DOCS.jsonl[.xz] [--caseops]
 
 Each document is scored as the validation set is: [BOS] + sp.encode(text), every text token a target
 whose predecessor is the token before it (BOS for the first). The bytes the rule counts must equal
@@ -9,6 +9,10 @@ decoder drops the U+2581 of a first piece, as the rule does after BOS, and the t
 normalisation means that text can differ from the raw input, e.g. collapsed whitespace; the tokens,
 not the raw input, are what a model is scored on.) Exits 1 at any mismatch, naming the first bad
 token. `tokens` in the summary counts BOS, as a shard does.
+
+--caseops checks a CaseOps tokenizer (data/caseops.py) instead: each document's CaseOps tokens must decode and
+invert to the document itself, and the byte sidecar's counts must sum to its UTF-8 bytes (the pieces' own bytes
+would count the control characters and the lowercased text instead).
 """
 
 from __future__ import annotations
@@ -100,13 +104,44 @@ def check_docs(sp: spm.SentencePieceProcessor, texts: Iterable[str], rule: ByteR
     return report
 
 
+def check_caseops(sp: spm.SentencePieceProcessor, texts: Iterable[str]) -> Report:
+    """Per document: the CaseOps tokens decode and invert to the text, and their sidecar counts sum to its bytes."""
+    from data import caseops
+
+    report = Report()
+    for doc, text in enumerate(texts):
+        ids = sp.encode(caseops.encode(text))
+        back, counts = caseops.byte_counts(sp, ids)
+        expected = len(text.encode("utf-8"))
+        report.docs, report.bytes, report.tokens = (
+            report.docs + 1,
+            report.bytes + sum(counts),
+            report.tokens + len(ids) + 1,
+        )
+        if back == text and sum(counts) == expected:
+            report.matched += 1
+        elif report.first_bad is None:
+            at = next((i for i, (a, b) in enumerate(zip(back, text)) if a != b), min(len(back), len(text)))
+            report.first_bad = (
+                f"doc {doc}: sidecar counts {sum(counts)} bytes, the text has {expected}; "
+                f"decoded text {'equals' if back == text else f'differs at character {at}'}"
+            )
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.check_bpb", description=__doc__.splitlines()[0])
     parser.add_argument("--tokenizer", required=True, help="SentencePiece .model")
     parser.add_argument("--docs", required=True, help='.jsonl or .jsonl.xz of {"text": ...}')
+    parser.add_argument("--caseops", action="store_true", help="a CaseOps tokenizer: check inversion and sidecar")
     args = parser.parse_args(argv)
     try:
-        report = check_docs(load_tokenizer(args.tokenizer), iter_texts(args.docs))
+        sp = load_tokenizer(args.tokenizer)
+        if args.caseops:
+            from data.caseops import check_tokenizer
+
+            check_tokenizer(sp, args.tokenizer)
+        report = (check_caseops if args.caseops else check_docs)(sp, iter_texts(args.docs))
     except PrepareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -36,9 +36,10 @@ def test_no_function_is_over_60_lines():
 # reuse, rule breaks ending the run, errors in the log) and progress lines added ~75; issue 25's prefix-only TTT
 # phases 8 and its head on the scored positions 3, the seed archs' fp32-residual default 2, issue 26's rANS codec 38
 # (2,225); the n-gram mixer's move to the plug-in ngram_mix.py took 205 out (2,020); issue 25's cached-context TTT
-# (ChunkCache, TTT_CACHE/TTT_BETA1/TTT_WD, the seed archs' eval defaults) added 54 (2,074). Raise it only with the
-# feature that needs the lines, and say which.
-MAX_LINES = 2074
+# (ChunkCache, TTT_CACHE/TTT_BETA1/TTT_WD, the seed archs' eval defaults) added 54 (2,074); issue 28's byte sidecar
+# (load_sidecar, the per-set bytes in main and run_evals) 23 (2,097). Raise it only with the feature that needs the
+# lines, and say which.
+MAX_LINES = 2097
 
 
 def test_length_and_no_plug_in_inside():

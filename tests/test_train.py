@@ -266,6 +266,7 @@ def test_cli_run_logs_source_and_compliance(tiny_data, tmp_path):
     log = (tmp_path / "logs/cli_test.txt").read_text()
     assert log.startswith((ROOT / "train_gpt.py").read_text())
     assert "compliance train:" in log and "compliance eval:" in log
+    assert "\nbytes: val counts the tokenizer pieces\n" in log  # a CaseOps set says it counts its sidecar
     final = [l for l in log.splitlines() if l.startswith("eval val sliding:")]
     assert len(final) == 1 and (tmp_path / "artifacts/cli_test.pgq").exists()
     # EVAL_ONLY re-scores the artifact from disk: the same numbers, and PER_TOKEN_OUT holds them per token

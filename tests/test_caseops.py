@@ -1,0 +1,117 @@
+"""CaseOps (issue 28): the transform inverts on real and adversarial text, a CaseOps tokenizer's byte sidecar
+sums to the original bytes of every FineWeb dev document, and train_gpt.py counts the sidecar, not the pieces."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+import torch
+
+import train_gpt as tg
+from data import caseops as co
+from data.check_bpb import check_caseops, official_rule
+from data.prepare import PrepareError
+from data.shards import write_shard
+from tests.conftest import SHARED, SP1024, TINY
+
+DOCS = SHARED / "data/fineweb_dev/fineweb_val_docs.jsonl"
+ADVERSARIAL = [
+    "",
+    "A",
+    "I am HERE, McDonald's iPhone.",
+    "STRAßE İstanbul ǅemal ΣΊΣΥΦΟΣ ς Ω",  # no one-letter upper case, dotted I, a title-case digraph, final sigma
+    "\ue000\ue001 x \ue002\ue003 ABC\ue000def",  # the control characters themselves, inside and beside words
+    "Kelvin \u212a, \ufb01ne, E\u0301COLE \u00c9cole",  # a sign that lowercases to ASCII, a ligature, accents
+    "  two  spaces\n\ttab\r\n",
+]
+
+
+def texts(n: int | None = None) -> list[str]:
+    lines = DOCS.read_text(encoding="utf-8").splitlines()[:n]
+    return [json.loads(line)["text"] for line in lines]
+
+
+@pytest.fixture(scope="module")
+def sp(shared, tmp_path_factory) -> spm.SentencePieceProcessor:
+    """A 1024-piece CaseOps tokenizer trained on the 200 FineWeb train-pool documents (seconds)."""
+    path = tmp_path_factory.mktemp("caseops") / "caseops_1024.model"
+    co.train_tokenizer([str(SHARED / "data/fineweb_dev/fineweb_train_docs.jsonl")], 1024, str(path))
+    model = spm.SentencePieceProcessor(model_file=str(path))
+    co.check_tokenizer(model, str(path))
+    return model
+
+
+def test_transform_inverts_on_dev_docs_and_adversarial_strings(shared):
+    for t in texts() + ADVERSARIAL:
+        assert co.decode(co.encode(t)) == t
+    rng, pool = random.Random(0), "aAbBzZßẞİıiIǅǄǆΣσςΊίΩω\u212ak \n1_\ue000\ue001\ue002\ue003éÉ\u0301ﬁ"
+    for _ in range(5000):
+        t = "".join(rng.choice(pool) for _ in range(rng.randint(0, 12)))
+        assert co.decode(co.encode(t)) == t, repr(t)
+    assert co.encode("The USA, iPhone") == f"{co.TITLE}the {co.UPPER}usa, i{co.CAP}phone"
+
+
+def test_sidecar_sums_to_the_original_bytes_of_every_dev_doc(sp):
+    """data.check_bpb --caseops on the 700 FineWeb dev documents: the tokens invert to each document, and their
+    sidecar counts sum to its UTF-8 bytes; the pieces' own bytes (the official rule on these tokens) do not."""
+    docs = texts()
+    report = check_caseops(sp, docs)
+    assert report.matched == report.docs == 700 and report.first_bad is None
+    assert report.bytes == sum(len(t.encode("utf-8")) for t in docs)
+    rule, pieces = official_rule(sp), 0
+    for t in docs[:100]:
+        ids = torch.tensor([tg.BOS_ID] + sp.encode(co.encode(t)))
+        pieces += int(rule(ids[:-1], ids[1:]).sum())
+    assert pieces > sum(len(t.encode("utf-8")) for t in docs[:100])  # 3 bytes a control, counted as text
+
+
+def test_check_bpb_finds_a_wrong_count(sp, monkeypatch):
+    real = co.byte_counts
+    monkeypatch.setattr(co, "byte_counts", lambda s, ids: (lambda t, c: (t, [c[0] + 1, *c[1:]]))(*real(s, ids)))
+    report = check_caseops(sp, texts(3))
+    assert report.matched == 0 and report.first_bad.startswith("doc 0: sidecar counts")
+
+
+def test_a_normalising_tokenizer_is_refused(shared):
+    with pytest.raises(PrepareError, match="not one piece: not a CaseOps tokenizer"):
+        co.check_tokenizer(spm.SentencePieceProcessor(model_file=str(SP1024)), "sp1024")
+
+
+def test_train_gpt_counts_the_sidecar_on_every_eval_path(sp, tmp_path, run_cli):
+    """`data.caseops val` writes the shard and its sidecar; train_gpt loads the sidecar (one error line when it
+    does not fit its shard) and every eval path counts the original bytes: the same totals as the documents'
+    UTF-8, where the pieces would count other bytes. Causality holds on the CaseOps stream as on any other."""
+    docs = texts(6)
+    model_path = tmp_path / "caseops.model"
+    model_path.write_bytes(sp.serialized_model_proto())
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
+    r = run_cli("data.caseops", "val", "--tokenizer", model_path, "--docs", tmp_path / "docs.jsonl", "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    pattern = str(tmp_path / "fineweb_val_*.bin")
+    tokens, side = tg.load_val(pattern, 1024), tg.load_sidecar(pattern)
+    original = sum(len(t.encode("utf-8")) for t in docs)
+    assert int(side.sum()) == original and len(side) == len(tokens) and int(side[tokens == tg.BOS_ID].sum()) == 0
+    torch.manual_seed(0)
+    h = tg.Hyperparameters({**TINY, "TTT_DOCS": "4", "TTT_CHUNK": "16"})
+    model = tg.GPT(h)
+    luts = tg.build_byte_luts(sp, 1024)
+    paths = ["plain", "sliding", "ttt"]
+    caseops = tg.run_evals(model, h, {"val": tokens}, {"val": side}, torch.device("cpu"), lambda s: None, paths)
+    pieces = tg.run_evals(model, h, {"val": tokens}, luts, torch.device("cpu"), lambda s: None, paths)
+    for p in paths:
+        assert caseops[f"val/{p}"]["bytes"] == original != pieces[f"val/{p}"]["bytes"]
+        assert caseops[f"val/{p}"]["bpb"] > pieces[f"val/{p}"]["bpb"]  # the pieces' 3 bytes a control flatter it
+    other = tokens.clone()
+    other[300:] = torch.where(other[300:] == tg.BOS_ID, tg.BOS_ID, 7)
+    for p in ("sliding", "ttt"):
+        a = tg.run_evals(model, h, {"val": other}, {"val": side}, torch.device("cpu"), lambda s: None, [p])
+        torch.testing.assert_close(a[f"val/{p}"]["nll"][:299], caseops[f"val/{p}"]["nll"][:299], rtol=0, atol=1e-6)
+    write_shard(str(tmp_path / "fineweb_val_000000.bytes"), np.zeros(5, dtype=np.int64))
+    with pytest.raises(tg.ShardError, match="5 byte counts for the .* tokens of"):
+        tg.load_sidecar(pattern)
+    write_shard(str(tmp_path / "fineweb_val_000000.bytes"), side.numpy())
+    write_shard(str(tmp_path / "fineweb_val_000001.bin"), np.asarray([tg.BOS_ID, 5]))
+    with pytest.raises(tg.ShardError, match="fineweb_val_000001.bytes: missing"):
+        tg.load_sidecar(pattern)
