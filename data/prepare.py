@@ -1,7 +1,7 @@
 """Tokenize JSONL documents into official-format shards.
 
     python -m data.prepare --docs FILE.jsonl[.xz]... --tokenizer MODEL --out DIR [--val-docs FILE...]
-        [--shard-tokens N] [--workers W] [--train-tokenizer --vocab-size V]
+        [--shard-tokens N] [--workers W] [--train-tokenizer --vocab-size V] [--caseops]
 
 Each document {"text": ...} becomes [BOS] + sp.encode(text), no EOS, like the official export.
 Documents are packed whole into fineweb_train_NNNNNN.bin (fineweb_val_NNNNNN.bin for --val-docs)
@@ -9,6 +9,9 @@ of at most --shard-tokens tokens; only a document longer than a shard is split. 
 (written last) lists every shard with its docs, tokens and sha256, the tokenizer and the sources.
 A training document whose stripped text is also a validation document is refused: nothing is
 written. The output is byte-identical for any --workers.
+--caseops tokenizes the CaseOps text of each document (data/caseops.py; the tokenizer must be a CaseOps one,
+or --train-tokenizer trains one) and writes beside each val shard its byte sidecar fineweb_val_NNNNNN.bytes:
+each token's bytes of the original text, which train_gpt.py counts instead of the pieces'.
 """
 
 from __future__ import annotations
@@ -98,6 +101,7 @@ def file_sha256(path: str) -> str:
 # tokenization: worker processes parse and encode batches of lines; results come back in input order
 
 _SP: spm.SentencePieceProcessor | None = None
+_CASEOPS = False
 
 
 def load_tokenizer(path: str) -> spm.SentencePieceProcessor:
@@ -113,20 +117,38 @@ def load_tokenizer(path: str) -> spm.SentencePieceProcessor:
     return sp
 
 
-def _init_worker(model: str) -> None:
-    global _SP
-    _SP = load_tokenizer(model)
+def _init_worker(model: str, caseops: bool = False) -> None:
+    global _SP, _CASEOPS
+    _SP, _CASEOPS = load_tokenizer(model), caseops
 
 
 Encoded = tuple[str, int, bytes, np.ndarray]  # (path, line number, text key, [BOS] + ids)
-Encoder = Callable[[Iterable[str]], Iterator[Encoded]]  # paths -> their documents, encoded
+Encoder = Callable[..., Iterator[Encoded]]  # (paths, sides) -> their documents, encoded (+ byte counts)
 
 
-def _encode_batch(lines: list[Line]) -> tuple[list[tuple[str, int]], list[bytes], np.ndarray, np.ndarray]:
+def _encode_batch(job: tuple[list[Line], bool]) -> tuple[list[tuple[str, int]], list[bytes], np.ndarray, np.ndarray]:
+    """(where, text keys, lengths, [BOS] + ids of each document); with sides (CaseOps val) also each token's
+    original bytes, stacked under the ids."""
+    lines, sides = job
     texts = [parse_doc(*line) for line in lines]  # parsed here, not in the parent: it is a third of the work
-    ids = _SP.encode(texts, add_bos=True, num_threads=1)  # parallelism comes from the processes
+    if _CASEOPS:
+        from data import caseops
+
+        ids = _SP.encode([caseops.encode(t) for t in texts], add_bos=True, num_threads=1)
+    else:
+        ids = _SP.encode(texts, add_bos=True, num_threads=1)  # parallelism comes from the processes
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.uint16, count=int(lengths.sum()))
+    if sides:
+        counts = []
+        for (path, lineno, _), text, doc in zip(lines, texts, ids):
+            back, n = caseops.byte_counts(_SP, doc[1:])
+            if back != text:
+                raise PrepareError(
+                    f"{path}:{lineno}: its CaseOps tokens do not invert to it (the tokenizer normalises)"
+                )
+            counts += [0, *n]
+        flat = np.stack([flat, np.asarray(counts, dtype=np.uint16)])
     return [line[:2] for line in lines], [text_key(t) for t in texts], lengths, flat
 
 
@@ -143,17 +165,18 @@ def _batches(lines: Iterable[Line]) -> Iterator[list[Line]]:
 
 
 @contextlib.contextmanager
-def encoder(model: str, workers: int) -> Iterator[Encoder]:
-    """A function paths -> one Encoded per document, in input order whatever the worker count.
-    All files go through one pipeline, so small files do not leave workers idle."""
-    pool = mp.get_context("fork").Pool(workers, _init_worker, (model,)) if workers > 1 else None
+def encoder(model: str, workers: int, caseops: bool = False) -> Iterator[Encoder]:
+    """A function (paths, sides) -> one Encoded per document, in input order whatever the worker count; sides:
+    each doc is [ids, original bytes] (CaseOps val). All files go through one pipeline: no worker idles."""
+    pool = mp.get_context("fork").Pool(workers, _init_worker, (model, caseops)) if workers > 1 else None
     if pool is None:
-        _init_worker(model)
+        _init_worker(model, caseops)
     imap = pool.imap if pool is not None else map
 
-    def encode(paths: Iterable[str]) -> Iterator[Encoded]:
-        for where, keys, lengths, flat in imap(_encode_batch, _batches(iter_lines(paths))):
-            for (path, lineno), key, doc in zip(where, keys, np.split(flat, np.cumsum(lengths)[:-1])):
+    def encode(paths: Iterable[str], sides: bool = False) -> Iterator[Encoded]:
+        jobs = ((batch, sides) for batch in _batches(iter_lines(paths)))
+        for where, keys, lengths, flat in imap(_encode_batch, jobs):
+            for (path, lineno), key, doc in zip(where, keys, np.split(flat, np.cumsum(lengths)[:-1], axis=-1)):
                 yield path, lineno, key, doc
 
     try:
@@ -177,22 +200,26 @@ class ShardWriter:
         self.shards: list[dict] = []
 
     def add(self, doc: np.ndarray) -> None:
-        if self.fill and self.fill + len(doc) > self.cap:
+        """doc: [BOS] + ids, or [2, n]: those and each token's original bytes (the .bytes sidecar, CaseOps)."""
+        if self.fill and self.fill + doc.shape[-1] > self.cap:
             self.flush()
-        while self.fill + len(doc) > self.cap:  # only a document longer than a whole shard gets here
+        while self.fill + doc.shape[-1] > self.cap:  # only a document longer than a whole shard gets here
             take = self.cap - self.fill
-            self.buf.append(doc[:take])
+            self.buf.append(doc[..., :take])
             self.fill += take
             self.flush()
-            doc = doc[take:]
+            doc = doc[..., take:]
         self.buf.append(doc)
-        self.fill += len(doc)
+        self.fill += doc.shape[-1]
 
     def flush(self) -> None:
         if not self.fill:
             return
-        tokens = np.concatenate(self.buf)
+        tokens = np.concatenate(self.buf, axis=-1)
         name = f"fineweb_{self.split}_{len(self.shards):06d}.bin"
+        if tokens.ndim == 2:  # CaseOps: the sidecar beside the shard, then the tokens
+            write_shard(os.path.join(self.folder, name[: -len(".bin")] + ".bytes"), tokens[1])
+            tokens = tokens[0]
         sha = write_shard(os.path.join(self.folder, name), tokens)
         docs = int(np.count_nonzero(tokens == BOS_ID))
         self.shards.append({"file": name, "docs": docs, "tokens": int(tokens.size), "sha256": sha})
@@ -200,12 +227,12 @@ class ShardWriter:
 
 
 def write_split(
-    encode: Encoder, paths: list[str], folder: str, split: str, cap: int, forbidden: set[bytes] = frozenset()
+    encode: Encoder, paths: list[str], folder: str, split: str, cap: int, forbidden=frozenset(), sides=False
 ) -> tuple[dict, set[bytes]]:
-    """Tokenize the documents of `paths` into shards; return (stats, keys of the documents)."""
+    """Tokenize the documents of `paths` into shards (sides: with CaseOps byte sidecars); return (stats, keys)."""
     writer, keys = ShardWriter(folder, split, cap), set()
     docs = tokens = 0
-    for path, lineno, key, doc in encode(paths):
+    for path, lineno, key, doc in encode(paths, sides):
         if key in forbidden and key != EMPTY_KEY:
             raise PrepareError(
                 f"{path}:{lineno}: this training document is also a validation document "
@@ -213,7 +240,7 @@ def write_split(
             )
         keys.add(key)
         writer.add(doc)
-        docs, tokens = docs + 1, tokens + len(doc)
+        docs, tokens = docs + 1, tokens + doc.shape[-1]
     writer.flush()
     return {"docs": docs, "tokens": tokens, "shards": writer.shards}, keys
 
@@ -342,6 +369,7 @@ def prepare(
     shard_tokens: int = SHARD_TOKENS,
     workers: int = 1,
     train_vocab: int | None = None,
+    caseops: bool = False,
 ) -> dict:
     """Build DIR from the documents of `train` (and `val`); `holdout` documents are only checked
     for overlap. Tokenizes with `tokenizer`, or trains DIR/tokenizer.model when train_vocab is set.
@@ -357,15 +385,18 @@ def prepare(
     os.makedirs(stage)
     try:
         if train_vocab:
-            tokenizer = train_tokenizer(train, train_vocab, os.path.join(stage, "tokenizer.model"))
+            trainer = caseops_module().train_tokenizer if caseops else train_tokenizer
+            tokenizer = trainer(train, train_vocab, os.path.join(stage, "tokenizer.model"))
         sp = load_tokenizer(tokenizer)
+        if caseops:
+            caseops_module().check_tokenizer(sp, tokenizer)
         forbidden = {text_key(t) for p in holdout for t in iter_texts(p)}
-        with encoder(tokenizer, workers) as encode:
-            val_stats, val_keys = write_split(encode, list(val), stage, "val", shard_tokens)
+        with encoder(tokenizer, workers, caseops) as encode:
+            val_stats, val_keys = write_split(encode, list(val), stage, "val", shard_tokens, sides=caseops)
             train_stats, _ = write_split(encode, train, stage, "train", shard_tokens, forbidden | val_keys)
         manifest = {
             "complete": True,
-            "format": _format(shard_tokens),
+            "format": _format(shard_tokens) | ({"caseops": True} if caseops else {}),  # up_to_date: not a plain build
             "tokenizer": {
                 "path": "tokenizer.model" if train_vocab else tokenizer,  # trained: in DIR
                 "sha256": file_sha256(tokenizer),
@@ -382,6 +413,12 @@ def prepare(
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return manifest
+
+
+def caseops_module():
+    from data import caseops  # it imports this module
+
+    return caseops
 
 
 def summary(manifest: dict) -> str:
@@ -401,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--train-tokenizer", action="store_true", help="train DIR/tokenizer.model on --docs")
     parser.add_argument("--vocab-size", type=int)
+    parser.add_argument("--caseops", action="store_true", help="CaseOps text; val shards get .bytes sidecars")
     args = parser.parse_args(argv)
     if args.train_tokenizer != (args.vocab_size is not None) or args.train_tokenizer == (args.tokenizer is not None):
         parser.error("give either --tokenizer MODEL or --train-tokenizer --vocab-size V")
@@ -414,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             shard_tokens=args.shard_tokens,
             workers=args.workers,
             train_vocab=args.vocab_size,
+            caseops=args.caseops,
         )
     except (PrepareError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -115,3 +115,28 @@ def test_train_gpt_counts_the_sidecar_on_every_eval_path(sp, tmp_path, run_cli):
     write_shard(str(tmp_path / "fineweb_val_000001.bin"), np.asarray([tg.BOS_ID, 5]))
     with pytest.raises(tg.ShardError, match="fineweb_val_000001.bytes: missing"):
         tg.load_sidecar(pattern)
+
+
+def test_prepare_writes_caseops_shards_with_val_sidecars(shared, tmp_path, run_cli):
+    """data.prepare --caseops --train-tokenizer: a CaseOps tokenizer, train shards of CaseOps text, val shards
+    (split across shards like any document) with a sidecar each that sums to the val documents' bytes; the
+    same bytes at 1 and 2 workers, and every val document decodes back to itself."""
+    train, val = SHARED / "data/fineweb_dev/fineweb_train_docs.jsonl", tmp_path / "val.jsonl"
+    docs = texts(20)
+    val.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
+    outs = []
+    for w in (1, 2):
+        out = tmp_path / f"w{w}"
+        args = ["--docs", train, "--val-docs", val, "--out", out, "--train-tokenizer", "--vocab-size", "512"]
+        r = run_cli("data.prepare", *args, "--caseops", "--shard-tokens", "5000", "--workers", w)
+        assert r.returncode == 0, r.stderr
+        outs.append({p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()})
+    assert outs[0] == outs[1] and "fineweb_val_000001.bytes" in outs[0]
+    out = tmp_path / "w1"
+    tokens, side = tg.load_val(str(out / "fineweb_val_*.bin"), 512), tg.load_sidecar(str(out / "fineweb_val_*.bin"))
+    assert int(side.sum()) == sum(len(t.encode("utf-8")) for t in docs)
+    model = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+    starts = [*torch.nonzero(tokens == tg.BOS_ID).flatten().tolist(), len(tokens)]
+    back = [co.byte_counts(model, tokens[a + 1 : b].tolist())[0] for a, b in zip(starts, starts[1:])]
+    assert back == docs and json.loads((out / "manifest.json").read_text())["format"]["caseops"] is True
+    assert not list(out.glob("fineweb_train_*.bytes"))
