@@ -314,6 +314,7 @@ def tokenizer_luts(h: Hyperparameters, *shards: str) -> tuple[Tensor, Tensor, Te
 SHARD_MAGIC, SHARD_VERSION, HEADER_INTS = 20240520, 1, 256
 HEADER_BYTES = HEADER_INTS * 4
 BOS_ID = 1
+SIDECAR = "fineweb_val_bytes_"  # a CaseOps val shard's per-token original bytes (load_sidecar)
 PAD_ID = 0  # batch padding: trailing, never a BOS (a BOS per pad position would be a varlen sequence each)
 
 
@@ -376,25 +377,28 @@ def within_vocab(top: int, vocab_size: int, pattern: str) -> None:
         raise ShardError(f"{pattern}: token id {top} >= VOCAB_SIZE {vocab_size} (wrong tokenizer?)")
 
 
+def val_shards(pattern: str) -> list[str]:
+    """The val shards of a glob, without their byte sidecars (fineweb_val_bytes_*: a `fineweb_val_*` glob sees them)."""
+    return [f for f in shard_files(pattern) if not os.path.basename(f).startswith(SIDECAR)]
+
+
 def load_sidecar(pattern: str) -> Tensor | None:
-    """CaseOps val sets (data/caseops.py) carry each token's bytes of the original text in X.bytes beside each shard
-    X.bin (the shard format; 0 for BOS): their pieces no longer spell the text. None where no shard has one."""
-    files = shard_files(pattern)
-    sides = [os.path.splitext(f)[0] + ".bytes" for f in files]
+    """CaseOps val sets (data/caseops.py, the published CaseOps data) carry each token's bytes of the original text in
+    fineweb_val_bytes_N.bin beside fineweb_val_N.bin (shard format, 0 for BOS): their pieces do not spell the text."""
+    files = val_shards(pattern)
+    sides = [os.path.join(os.path.dirname(f), os.path.basename(f).replace("fineweb_val_", SIDECAR, 1)) for f in files]
     if not any(map(os.path.isfile, sides)):
         return None
-    counts = []
-    for f, side in zip(files, sides):
-        if not os.path.isfile(side):
-            raise ShardError(f"{side}: missing, and the other shards of {pattern} have their .bytes sidecar")
-        counts.append(load_shard(side))
-        if len(counts[-1]) != read_shard_header(f):
-            raise ShardError(f"{side}: {len(counts[-1])} byte counts for the {read_shard_header(f)} tokens of {f}")
+    counts = [load_shard(side) if os.path.isfile(side) else None for side in sides]
+    for f, side, c in zip(files, sides, counts):
+        if c is None or len(c) != read_shard_header(f):
+            got = "missing" if c is None else f"{len(c)} byte counts"
+            raise ShardError(f"{side}: {got} for the {read_shard_header(f)} tokens of {f}")
     return torch.from_numpy(np.concatenate(counts).astype(np.int64))
 
 
 def load_val(pattern: str, vocab_size: int) -> Tensor:
-    tokens = np.concatenate([load_shard(f) for f in shard_files(pattern)]).astype(np.int64)
+    tokens = np.concatenate([load_shard(f) for f in val_shards(pattern)]).astype(np.int64)
     within_vocab(int(tokens.max(initial=0)), vocab_size, pattern)
     return torch.from_numpy(tokens)
 
@@ -608,11 +612,10 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: AttnMask) -> Tensor:
 
 
 class ChunkCache(AttnMask):
-    """TTT_CACHE=1: documents scored chunk by chunk, one per row, a chunk attending to the keys and values its
-    document's earlier chunks made when they were scored (kept, not recomputed with later adapters: O(n) a
-    document), the last `keep` of them, then causally to its own. Positions count from the documents' start
-    (RoPE sees the same offsets as in a window). attend() calls come in virtual-layer order: the j-th call of a
-    forward reads and extends layer j's cache. Everything a chunk reads is its documents' prefix."""
+    """TTT_CACHE=1: one document a row, chunk by chunk; a chunk attends to the last `keep` keys and values its
+    document's earlier chunks made when scored (kept, not recomputed with later adapters: O(n) a document), then
+    causally to its own. Positions count from the document's start (RoPE sees a window's offsets); the j-th attend()
+    call of a forward reads and extends virtual layer j's cache. A chunk reads only its document's prefix."""
 
     impl = "cache"
 
@@ -2045,8 +2048,8 @@ def main() -> None:
     vals = {"val": load_val(h.val_files, h.vocab_size)} | ({"dev": load_val(dev[0], h.vocab_size)} if dev else {})
     sides = {name: load_sidecar(pattern) for name, pattern in zip(vals, [h.val_files, *dev])}
     luts = {name: luts if side is None else side for name, side in sides.items()}  # the bytes each set counts
-    for name, side in sides.items():
-        log(f"bytes: {name} counts {'the tokenizer pieces' if side is None else 'its .bytes sidecar (original text)'}")
+    for name, side in sides.items():  # which bytes BPB counts: the pieces', or a CaseOps set's original text
+        log(f"bytes: {name} counts {'the tokenizer pieces' if side is None else 'its byte sidecar'}")
     artifact, breaks = h.artifact_path, []
     if not h.eval_only:
         model = GPT(h).to(device)

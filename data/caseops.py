@@ -3,7 +3,7 @@ control characters, so "The" and "the" share one lexical token; BPB stays charge
 through a per-token byte sidecar.
 
     python -m data.caseops tokenizer --docs DOCS.jsonl[.xz] ... --vocab-size V --out MODEL
-    python -m data.caseops val --tokenizer MODEL --docs DOCS.jsonl[.xz] --out DIR   (DIR/fineweb_val_000000.{bin,bytes})
+    python -m data.caseops val --tokenizer MODEL --docs DOCS.jsonl[.xz] --out DIR   (DIR/fineweb_val_[bytes_]000000.bin)
 
 The transform (our own definition; the idea is the 2026-04-18 record's). A word is a maximal run of letters
 (str.isalpha). A letter is foldable when it is upper case and lowercases to one lower-case letter that
@@ -18,8 +18,9 @@ CAP the next letter, ESC passes the next character through. decode(encode(t)) ==
 Bytes: a CaseOps tokenizer (trained here) normalises nothing, so its pieces spell the transformed text exactly
 and decoding inverts to the raw document. Each token's sidecar count is the number of original UTF-8 bytes that
 decoding emits while reading that token's characters: controls emit none, and the counts of a document sum to
-len(text.encode()) (data.check_bpb --caseops proves it on real text). train_gpt.py reads `X.bytes` beside each
-val shard `X.bin` (the shard format, one count per token, 0 for BOS) and counts those bytes on every eval path.
+len(text.encode()) (data.check_bpb --caseops proves it on real text). train_gpt.py reads fineweb_val_bytes_N.bin
+beside each val shard fineweb_val_N.bin (the shard format, one count per token, 0 for BOS; the published CaseOps
+data's layout) and counts those bytes on every eval path.
 """
 
 from __future__ import annotations
@@ -189,11 +190,11 @@ def encode_docs(sp: spm.SentencePieceProcessor, texts: Iterable[str]) -> tuple[n
 
 
 def write_val(sp: spm.SentencePieceProcessor, texts: Iterable[str], out: str) -> tuple[int, int]:
-    """out/fineweb_val_000000.bin and its sidecar out/fineweb_val_000000.bytes; returns (tokens, bytes)."""
+    """out/fineweb_val_000000.bin and its sidecar out/fineweb_val_bytes_000000.bin; returns (tokens, bytes)."""
     tokens, counts = encode_docs(sp, texts)
     os.makedirs(out, exist_ok=True)
     write_shard(os.path.join(out, "fineweb_val_000000.bin"), tokens)
-    write_shard(os.path.join(out, "fineweb_val_000000.bytes"), counts)
+    write_shard(os.path.join(out, "fineweb_val_bytes_000000.bin"), counts)
     return len(tokens), int(counts.sum())
 
 
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             sp = load_tokenizer(args.tokenizer)
             check_tokenizer(sp, args.tokenizer)
             n, b = write_val(sp, iter_texts(args.docs), args.out)
-            print(f"wrote {args.out}/fineweb_val_000000.bin ({n} tokens) and .bytes ({b} original bytes)")
+            print(f"wrote {args.out}/fineweb_val_000000.bin ({n} tokens) and its sidecar ({b} original bytes)")
     except (PrepareError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -1,6 +1,7 @@
 """Download the published challenge data from the Hugging Face hub into the official layout.
 
-    python -m data.download --variant sp1024|sp8192 --train-shards N [--repo-id R] [--remote-root P] [--out data]
+    python -m data.download --variant sp1024|sp8192|sp8192_caseops --train-shards N [--repo-id R] [--remote-root P]
+        [--out data]
 
 Like openai/parameter-golf's data/cached_challenge_fineweb.py, it is driven by <root>/manifest.json:
 its "datasets" entry fineweb10B_<variant> gives the shard counts (stats.files_val, stats.files_train)
@@ -12,6 +13,9 @@ downloaded into OUT/datasets/.download/<path>.part, validated (shards with data.
 and only then moved into place; a bad one is deleted and reported. A killed or broken download
 continues from the bytes its .part holds (an HTTP Range request), unless the remote file's ETag
 changed. Every file prints a line when it lands, and a long one a progress line every 15 s.
+sp8192_caseops is the published CaseOps export of the 2026-04-18 record (its own lossless-case transform and
+tokenizer; data/caseops.py is ours): dataset fineweb10B_sp8192_lossless_caps_caseops_v1_reserved, plus each val
+shard's byte sidecar fineweb_val_bytes_NNNNNN.bin, checked to hold one count per token of its shard.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from train_gpt import HEADER_BYTES, ShardError, progress, read_shard_header
 # willdepueoai/parameter-golf publishes only sp1024; the sp8192 records download from kevclark's copy
 # (MATCHED_FINEWEB_REPO_ID=kevclark/parameter-golf in their READMEs), same layout under datasets/.
 REPO_IDS = {"sp1024": "willdepueoai/parameter-golf", "sp8192": "kevclark/parameter-golf"}
+REPO_IDS["sp8192_caseops"] = "romeerp/parameter-golf-caseops-v1"  # the 2026-04-18 record's README names it
+DATASETS = {"sp8192_caseops": "fineweb10B_sp8192_lossless_caps_caseops_v1_reserved"}  # else fineweb10B_<variant>
 REMOTE_ROOT = "datasets"
 
 
@@ -148,7 +154,7 @@ def _entry(entries: list, name: str) -> dict | None:
 
 def download(variant: str, train_shards: int, repo_id: str, root: str, out: str) -> str:
     hub = Hub(repo_id, root, out)
-    dataset = f"fineweb10B_{variant}"
+    dataset = DATASETS.get(variant, f"fineweb10B_{variant}")
     manifest = _load_json(hub.fetch("manifest.json", _check_manifest))
     if _entry(manifest["datasets"], dataset) is None:  # a manifest kept from another repo or an older upload
         manifest = _load_json(hub.fetch("manifest.json", _check_manifest, force=True))
@@ -163,7 +169,7 @@ def download(variant: str, train_shards: int, repo_id: str, root: str, out: str)
     artifacts = [tokenizer[k] for k in ("model_path", "vocab_path", "path") if tokenizer and tokenizer.get(k)]
     if not artifacts:
         raise DownloadError(f"{repo_id}: no tokenizer files for {dataset} in its manifest")
-    vocab = int(entry.get("vocab_size") or variant[2:])
+    vocab = int(entry.get("vocab_size") or variant[2:].split("_")[0])
 
     def check_model(path: str) -> None:
         if load_tokenizer(path).vocab_size() != vocab:
@@ -175,6 +181,14 @@ def download(variant: str, train_shards: int, repo_id: str, root: str, out: str)
     for path in shards:  # a shard already in place was checked when it landed: header and size suffice now
         local = hub.fetch(path, lambda p: check_shard(p, vocab), read_shard_header)
         tokens += (os.path.getsize(local) - HEADER_BYTES) // 2
+    for i in range(n_val) if variant in DATASETS else []:  # CaseOps: each val shard's byte sidecar
+
+        def fits(p: str, i=i) -> None:
+            shard = os.path.join(out, "datasets", dataset, f"fineweb_val_{i:06d}.bin")
+            if check_shard(p)[0] != read_shard_header(shard):
+                raise ShardError(f"{p}: not one byte count per token of {shard}")
+
+        hub.fetch(f"datasets/{dataset}/fineweb_val_bytes_{i:06d}.bin", fits, read_shard_header)
     for path in artifacts:
         hub.fetch(path, check_model if path.endswith(".model") else lambda p: None)
     shutil.rmtree(hub.stage, ignore_errors=True)

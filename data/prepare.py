@@ -10,7 +10,7 @@ of at most --shard-tokens tokens; only a document longer than a shard is split. 
 A training document whose stripped text is also a validation document is refused: nothing is
 written. The output is byte-identical for any --workers.
 --caseops tokenizes the CaseOps text of each document (data/caseops.py; the tokenizer must be a CaseOps one,
-or --train-tokenizer trains one) and writes beside each val shard its byte sidecar fineweb_val_NNNNNN.bytes:
+or --train-tokenizer trains one) and writes beside each val shard its byte sidecar fineweb_val_bytes_NNNNNN.bin:
 each token's bytes of the original text, which train_gpt.py counts instead of the pieces'.
 """
 
@@ -35,7 +35,7 @@ import numpy as np
 import sentencepiece as spm
 
 from data.shards import write_shard
-from train_gpt import BOS_ID, HEADER_BYTES, SHARD_MAGIC, SHARD_VERSION, ShardError, read_shard_header
+from train_gpt import BOS_ID, HEADER_BYTES, SHARD_MAGIC, SHARD_VERSION, SIDECAR, ShardError, read_shard_header
 
 SHARD_TOKENS = 100_000_000  # the official export's shard size
 BATCH_CHARS = 1 << 20  # text per worker task: small enough to balance 16 workers, large enough to amortise IPC
@@ -200,7 +200,7 @@ class ShardWriter:
         self.shards: list[dict] = []
 
     def add(self, doc: np.ndarray) -> None:
-        """doc: [BOS] + ids, or [2, n]: those and each token's original bytes (the .bytes sidecar, CaseOps)."""
+        """doc: [BOS] + ids, or [2, n]: those and each token's original bytes (the byte sidecar, CaseOps)."""
         if self.fill and self.fill + doc.shape[-1] > self.cap:
             self.flush()
         while self.fill + doc.shape[-1] > self.cap:  # only a document longer than a whole shard gets here
@@ -217,12 +217,14 @@ class ShardWriter:
             return
         tokens = np.concatenate(self.buf, axis=-1)
         name = f"fineweb_{self.split}_{len(self.shards):06d}.bin"
+        side = {}
         if tokens.ndim == 2:  # CaseOps: the sidecar beside the shard, then the tokens
-            write_shard(os.path.join(self.folder, name[: -len(".bin")] + ".bytes"), tokens[1])
+            side["bytes_file"] = name.replace("fineweb_val_", SIDECAR, 1)
+            side["bytes_sha256"] = write_shard(os.path.join(self.folder, side["bytes_file"]), tokens[1])
             tokens = tokens[0]
         sha = write_shard(os.path.join(self.folder, name), tokens)
         docs = int(np.count_nonzero(tokens == BOS_ID))
-        self.shards.append({"file": name, "docs": docs, "tokens": int(tokens.size), "sha256": sha})
+        self.shards.append({"file": name, "docs": docs, "tokens": int(tokens.size), "sha256": sha, **side})
         self.buf, self.fill = [], 0
 
 
@@ -349,7 +351,9 @@ def _publish(stage: str, out: str, manifest: dict) -> None:
         os.remove(manifest_path)  # DIR is not a complete build until the new manifest lands
     for name in sorted(os.listdir(stage)):
         os.replace(os.path.join(stage, name), os.path.join(out, name))
-    keep = {s["file"] for split in manifest["splits"].values() for s in split["shards"]}
+    keep = {
+        s[k] for split in manifest["splits"].values() for s in split["shards"] for k in ("file", "bytes_file") if k in s
+    }
     for path in glob.glob(os.path.join(out, "fineweb_*_[0-9]*.bin")):
         if os.path.basename(path) not in keep:
             os.remove(path)
@@ -438,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--train-tokenizer", action="store_true", help="train DIR/tokenizer.model on --docs")
     parser.add_argument("--vocab-size", type=int)
-    parser.add_argument("--caseops", action="store_true", help="CaseOps text; val shards get .bytes sidecars")
+    parser.add_argument("--caseops", action="store_true", help="CaseOps text; val shards get byte sidecars")
     args = parser.parse_args(argv)
     if args.train_tokenizer != (args.vocab_size is not None) or args.train_tokenizer == (args.tokenizer is not None):
         parser.error("give either --tokenizer MODEL or --train-tokenizer --vocab-size V")

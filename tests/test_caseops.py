@@ -108,12 +108,12 @@ def test_train_gpt_counts_the_sidecar_on_every_eval_path(sp, tmp_path, run_cli):
     for p in ("sliding", "ttt"):
         a = tg.run_evals(model, h, {"val": other}, {"val": side}, torch.device("cpu"), lambda s: None, [p])
         torch.testing.assert_close(a[f"val/{p}"]["nll"][:299], caseops[f"val/{p}"]["nll"][:299], rtol=0, atol=1e-6)
-    write_shard(str(tmp_path / "fineweb_val_000000.bytes"), np.zeros(5, dtype=np.int64))
+    write_shard(str(tmp_path / "fineweb_val_bytes_000000.bin"), np.zeros(5, dtype=np.int64))
     with pytest.raises(tg.ShardError, match="5 byte counts for the .* tokens of"):
         tg.load_sidecar(pattern)
-    write_shard(str(tmp_path / "fineweb_val_000000.bytes"), side.numpy())
+    write_shard(str(tmp_path / "fineweb_val_bytes_000000.bin"), side.numpy())
     write_shard(str(tmp_path / "fineweb_val_000001.bin"), np.asarray([tg.BOS_ID, 5]))
-    with pytest.raises(tg.ShardError, match="fineweb_val_000001.bytes: missing"):
+    with pytest.raises(tg.ShardError, match="fineweb_val_bytes_000001.bin: missing"):
         tg.load_sidecar(pattern)
 
 
@@ -131,7 +131,7 @@ def test_prepare_writes_caseops_shards_with_val_sidecars(shared, tmp_path, run_c
         r = run_cli("data.prepare", *args, "--caseops", "--shard-tokens", "5000", "--workers", w)
         assert r.returncode == 0, r.stderr
         outs.append({p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()})
-    assert outs[0] == outs[1] and "fineweb_val_000001.bytes" in outs[0]
+    assert outs[0] == outs[1] and "fineweb_val_bytes_000001.bin" in outs[0]
     out = tmp_path / "w1"
     tokens, side = tg.load_val(str(out / "fineweb_val_*.bin"), 512), tg.load_sidecar(str(out / "fineweb_val_*.bin"))
     assert int(side.sum()) == sum(len(t.encode("utf-8")) for t in docs)
@@ -139,4 +139,4 @@ def test_prepare_writes_caseops_shards_with_val_sidecars(shared, tmp_path, run_c
     starts = [*torch.nonzero(tokens == tg.BOS_ID).flatten().tolist(), len(tokens)]
     back = [co.byte_counts(model, tokens[a + 1 : b].tolist())[0] for a, b in zip(starts, starts[1:])]
     assert back == docs and json.loads((out / "manifest.json").read_text())["format"]["caseops"] is True
-    assert not list(out.glob("fineweb_train_*.bytes"))
+    assert not list(out.glob("fineweb_train_bytes_*"))

@@ -257,3 +257,40 @@ def test_killed_download_continues_where_it_stopped(hub, tmp_path, run_cli):
     assert f"continued at byte {have:,}" in r.stdout
     assert (out / DATASET / "fineweb_train_000000.bin").read_bytes() == files[name]
     assert re.search(r"^download: tokenizers/fineweb_1024_bpe.model 254,483 bytes in [\d.]+s$", r.stdout, re.M)
+
+
+def test_caseops_variant_fetches_val_byte_sidecars(hub, tmp_path, run_cli):
+    """--variant sp8192_caseops: the published CaseOps dataset's shards, tokenizer and each val shard's byte
+    sidecar (one count per token, checked), laid out as train_gpt.py reads them (load_sidecar); a sidecar that
+    does not fit its shard is deleted and reported in one line."""
+    import train_gpt as tg
+
+    files, env = hub
+    name = "fineweb10B_sp8192_lossless_caps_caseops_v1_reserved"
+    manifest = json.loads(files["datasets/manifest.json"])
+    manifest["datasets"].append({**manifest["datasets"][0], "name": name, "stats": {"files_train": 1, "files_val": 1}})
+    files["datasets/manifest.json"] = json.dumps(manifest).encode()
+    for split in ("val", "train"):
+        files[f"datasets/datasets/{name}/fineweb_{split}_000000.bin"] = files[
+            f"datasets/{DATASET}/fineweb_{split}_000000.bin"
+        ]
+    write_shard(str(tmp_path / "side.bin"), np.full(5000, 3))
+    files[f"datasets/datasets/{name}/fineweb_val_bytes_000000.bin"] = (tmp_path / "side.bin").read_bytes()
+    out = tmp_path / "data"
+    args = ["--variant", "sp8192_caseops", "--train-shards", "1", "--repo-id", REPO_ID, "--out", out]
+    proc = run_cli("data.download", *args, env=env)
+    assert proc.returncode == 0, proc.stderr
+    folder = out / "datasets" / name
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "fineweb_train_000000.bin",
+        "fineweb_val_000000.bin",
+        "fineweb_val_bytes_000000.bin",
+    ]
+    pattern = str(folder / "fineweb_val_*.bin")  # the sidecar matches this glob too: train_gpt keeps them apart
+    assert len(tg.load_val(pattern, 1024)) == 5000 and int(tg.load_sidecar(pattern).sum()) == 15000
+    write_shard(str(tmp_path / "side.bin"), np.full(4999, 3))
+    files[f"datasets/datasets/{name}/fineweb_val_bytes_000000.bin"] = (tmp_path / "side.bin").read_bytes()
+    (folder / "fineweb_val_bytes_000000.bin").unlink()
+    proc = run_cli("data.download", *args, env=env)
+    assert proc.returncode == 1 and "not one byte count per token" in proc.stderr and proc.stderr.count("\n") == 1
+    assert not (folder / "fineweb_val_bytes_000000.bin").exists()

@@ -402,10 +402,19 @@ def test_two_ranks_train_like_one_and_score_the_same(tiny_data, tmp_path):
         )
         return [line.split(" seconds")[0] for line in log if line.startswith("eval val ")]
 
-    one, two = evals(1), evals(2)
-    assert len(one) == 5 and one == two
-    one, two = evals(1, "ttt", TTT_CACHE="1"), evals(2, "ttt", TTT_CACHE="1")  # a chunk attends to cached context
-    assert len(one) == 1 and one == two
+    def same(one: list[str], two: list[str]) -> bool:
+        """The same paths, tokens and bytes, and losses equal to float noise: a rank's batch holds other
+        documents, and a batched matmul's last bits may depend on its shape (2e-8 seen in cached TTT)."""
+        nums = lambda line: [float(x) for x in line.split()[4::2]]  # val_loss, val_bpb, tokens, bytes
+        return [l.split(":")[0] for l in one] == [l.split(":")[0] for l in two] and all(
+            nums(a)[2:] == nums(b)[2:] and np.allclose(nums(a)[:2], nums(b)[:2], rtol=0, atol=1e-6)
+            for a, b in zip(one, two)
+        )
+
+    one, two = evals(1), evals(2)  # the record's TTT: LoRA with cached context
+    assert len(one) == 5 and same(one, two)
+    one, two = evals(1, "ttt", TTT_CACHE="0"), evals(2, "ttt", TTT_CACHE="0")  # windows: each chunk re-reads
+    assert len(one) == 1 and same(one, two)
     log = torchrun(
         2,
         "clock_n2",
