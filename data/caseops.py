@@ -15,19 +15,18 @@ uppercases back to it (so "ß", "İ" or title-case digraphs are never folded: th
 decode() undoes it exactly: TITLE upper-cases the next letter, UPPER every letter of the run that follows,
 CAP the next letter, ESC passes the next character through. decode(encode(t)) == t for every string.
 
-Bytes: a CaseOps tokenizer (trained here) normalises nothing, so its pieces spell the transformed text exactly
-and decoding inverts to the raw document. Each token's sidecar count is the number of original UTF-8 bytes that
-decoding emits while reading that token's characters: controls emit none, and the counts of a document sum to
-len(text.encode()) (data.check_bpb --caseops proves it on real text). train_gpt.py reads fineweb_val_bytes_N.bin
-beside each val shard fineweb_val_N.bin (the shard format, one count per token, 0 for BOS; the published CaseOps
-data's layout) and counts those bytes on every eval path.
+Bytes: a CaseOps tokenizer (data.prepare.train_tokenizer with caseops=True) normalises nothing, so its pieces
+spell the transformed text exactly and decoding inverts to the raw document. Each token's sidecar count is the
+number of original UTF-8 bytes that decoding emits while reading that token's characters: controls emit none,
+and the counts of a document sum to len(text.encode()) (data.check_bpb --caseops proves it on real text).
+train_gpt.py reads fineweb_val_bytes_N.bin beside each val shard fineweb_val_N.bin (the shard format, one count
+per token, 0 for BOS; the published CaseOps data's layout) and counts those bytes on every eval path.
 """
 
 from __future__ import annotations
 
 import argparse
 import codecs
-import io
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -35,7 +34,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import sentencepiece as spm
 
-from data.prepare import PrepareError, iter_texts, load_tokenizer
+from data.prepare import PrepareError, iter_texts, load_tokenizer, train_tokenizer
 from data.shards import write_shard
 from train_gpt import BOS_ID
 
@@ -132,39 +131,6 @@ def byte_counts(sp: spm.SentencePieceProcessor, ids: list[int]) -> tuple[str, li
     return "".join(text), counts
 
 
-def train_tokenizer(paths: list[str], vocab_size: int, model_path: str) -> str:
-    """A SentencePiece BPE on the CaseOps text of the documents, with the official export's settings except
-    that it normalises nothing (identity rule, whitespace kept) so that its pieces spell the transformed text
-    and decoding inverts to the raw document, and that the four controls are single pieces."""
-    texts = (encode(t.replace("\x00", " ")) for p in paths for t in iter_texts(p))
-    model = io.BytesIO()
-    try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=(t for t in texts if t.strip()),
-            model_writer=model,
-            model_type="bpe",
-            vocab_size=vocab_size,
-            character_coverage=0.999,
-            byte_fallback=True,
-            split_digits=True,
-            normalization_rule_name="identity",
-            remove_extra_whitespaces=False,
-            add_dummy_prefix=False,
-            user_defined_symbols=list(CONTROLS),
-            pad_id=0,
-            bos_id=1,
-            eos_id=2,
-            unk_id=3,
-            hard_vocab_limit=False,
-            minloglevel=2,
-        )
-    except RuntimeError as e:
-        raise PrepareError(f"tokenizer training failed: {str(e).splitlines()[0]}") from None
-    with open(model_path, "wb") as f:
-        f.write(model.getvalue())
-    return model_path
-
-
 def check_tokenizer(sp: spm.SentencePieceProcessor, name: str) -> None:
     """A CaseOps tokenizer keeps every control a piece of its own and normalises nothing."""
     for c in CONTROLS:
@@ -212,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.cmd == "tokenizer":
-            print(f"wrote {train_tokenizer(args.docs, args.vocab_size, args.out)}")
+            print(f"wrote {train_tokenizer(args.docs, args.vocab_size, args.out, caseops=True)}")
         else:
             sp = load_tokenizer(args.tokenizer)
             check_tokenizer(sp, args.tokenizer)

@@ -247,11 +247,20 @@ def write_split(
     return {"docs": docs, "tokens": tokens, "shards": writer.shards}, keys
 
 
-def train_tokenizer(paths: list[str], vocab_size: int, model_path: str) -> str:
+def train_tokenizer(paths: list[str], vocab_size: int, model_path: str, caseops: bool = False) -> str:
     """Train a SentencePiece BPE with the official export's settings into model_path. The model records
     the options given, so num_threads is left at its default (16, as in the official export) and the
-    model goes through model_writer, not a path prefix: the file depends on the documents alone."""
+    model goes through model_writer, not a path prefix: the file depends on the documents alone.
+    caseops: on the CaseOps text, normalising nothing (identity rule, whitespace kept: its pieces spell the
+    transformed text, so decoding inverts to the raw document) and with the four controls as pieces."""
     texts = (t.replace("\x00", " ").strip() for p in paths for t in iter_texts(p))
+    norm = dict(normalization_rule_name="nmt_nfkc")
+    if caseops:
+        co = caseops_module()
+        texts = map(co.encode, texts)
+        norm = dict(
+            normalization_rule_name="identity", remove_extra_whitespaces=False, user_defined_symbols=list(co.CONTROLS)
+        )
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
@@ -262,7 +271,7 @@ def train_tokenizer(paths: list[str], vocab_size: int, model_path: str) -> str:
             character_coverage=0.999,
             byte_fallback=True,
             split_digits=True,
-            normalization_rule_name="nmt_nfkc",
+            **norm,
             add_dummy_prefix=False,
             pad_id=0,
             bos_id=1,
@@ -389,8 +398,7 @@ def prepare(
     os.makedirs(stage)
     try:
         if train_vocab:
-            trainer = caseops_module().train_tokenizer if caseops else train_tokenizer
-            tokenizer = trainer(train, train_vocab, os.path.join(stage, "tokenizer.model"))
+            tokenizer = train_tokenizer(train, train_vocab, os.path.join(stage, "tokenizer.model"), caseops)
         sp = load_tokenizer(tokenizer)
         if caseops:
             caseops_module().check_tokenizer(sp, tokenizer)

@@ -12,7 +12,7 @@ import torch
 import train_gpt as tg
 from data import caseops as co
 from data.check_bpb import check_caseops, official_rule
-from data.prepare import PrepareError
+from data.prepare import PrepareError, train_tokenizer
 from data.shards import write_shard
 from tests.conftest import SHARED, SP1024, TINY
 
@@ -37,7 +37,7 @@ def texts(n: int | None = None) -> list[str]:
 def sp(shared, tmp_path_factory) -> spm.SentencePieceProcessor:
     """A 1024-piece CaseOps tokenizer trained on the 200 FineWeb train-pool documents (seconds)."""
     path = tmp_path_factory.mktemp("caseops") / "caseops_1024.model"
-    co.train_tokenizer([str(SHARED / "data/fineweb_dev/fineweb_train_docs.jsonl")], 1024, str(path))
+    train_tokenizer([str(SHARED / "data/fineweb_dev/fineweb_train_docs.jsonl")], 1024, str(path), caseops=True)
     model = spm.SentencePieceProcessor(model_file=str(path))
     co.check_tokenizer(model, str(path))
     return model
