@@ -257,6 +257,8 @@ def evaluate(tg: ModuleType, model, h, path: str, device: torch.device, val: str
     try:  # the same inputs train_gpt.main() builds for its final eval (--val: another glob)
         luts = tg.tokenizer_luts(h, val or h.val_files)  # refuses a val set another tokenizer made
         tokens = tg.load_val(val or h.val_files, h.vocab_size)
+        side = tg.load_sidecar(val or h.val_files) if hasattr(tg, "load_sidecar") else None  # CaseOps: original bytes
+        luts = luts if side is None else side
     except (OSError, ValueError, RuntimeError) as e:  # ShardError is a ValueError
         raise Fatal("eval", f"{' '.join(str(e).split())} (pass --val GLOB --tokenizer MODEL)") from None
     echo = lambda msg, console=True: print(msg, flush=True)  # run_evals logs through a train_gpt.Logger

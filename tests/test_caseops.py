@@ -2,7 +2,10 @@
 sums to the original bytes of every FineWeb dev document, and train_gpt.py counts the sidecar, not the pieces."""
 
 import json
+import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,7 +17,7 @@ from data import caseops as co
 from data.check_bpb import check_caseops, official_rule
 from data.prepare import PrepareError, train_tokenizer
 from data.shards import write_shard
-from tests.conftest import SHARED, SP1024, TINY
+from tests.conftest import REPO, SHARED, SP1024, TINY
 
 DOCS = SHARED / "data/fineweb_dev/fineweb_val_docs.jsonl"
 ADVERSARIAL = [
@@ -140,3 +143,28 @@ def test_prepare_writes_caseops_shards_with_val_sidecars(shared, tmp_path, run_c
     back = [co.byte_counts(model, tokens[a + 1 : b].tolist())[0] for a, b in zip(starts, starts[1:])]
     assert back == docs and json.loads((out / "manifest.json").read_text())["format"]["caseops"] is True
     assert not list(out.glob("fineweb_train_bytes_*"))
+
+
+def test_a_caseops_run_logs_its_accounting_and_verifies(shared, tmp_path, run_cli):
+    """End to end: data.prepare --caseops (train + val with sidecar, a trained CaseOps tokenizer), a tiny
+    train_gpt.py run on it (its log says it counts the sidecar; its val bytes are the documents' UTF-8 bytes),
+    and quant.verify re-scores the artifact to the logged bpb with the same accounting."""
+    val = tmp_path / "val.jsonl"
+    docs = texts(8)
+    val.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
+    data = tmp_path / "data"
+    train = SHARED / "data/fineweb_dev/fineweb_train_docs.jsonl"
+    args = ["--docs", train, "--val-docs", val, "--out", data, "--train-tokenizer", "--vocab-size", "1024"]
+    r = run_cli("data.prepare", *args, "--caseops", "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **TINY, "ITERATIONS": "3", "CODECS": "zlib", "RUN_ID": "co"}
+    env |= {"DATA_PATH": str(data), "TOKENIZER_PATH": str(data / "tokenizer.model"), "EVAL_PATHS": "sliding"}
+    script = str(REPO / "train_gpt.py")
+    p = subprocess.run([sys.executable, script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    log = (tmp_path / "logs/co.txt").read_text()
+    line = next(l for l in log.splitlines() if l.startswith("eval val sliding:"))
+    assert "\nbytes: val counts its byte sidecar\n" in log
+    assert f" bytes {sum(len(t.encode('utf-8')) for t in docs)}" in line
+    r = run_cli("quant.verify", tmp_path / "artifacts/co.pgq", "--code", script, "--log", tmp_path / "logs/co.txt")
+    assert r.returncode == 0, r.stdout + r.stderr
