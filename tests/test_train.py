@@ -456,3 +456,21 @@ def test_bench_table_lists_every_committed_run():
     gpus = "['NVIDIA H100 80GB HBM3', 'NVIDIA H100 80GB HBM3']"
     env = f"env: python 3.12.3 torch 2.11.0 cuda 13.0 gpus {gpus} world_size 2\n"
     assert table.gpu(proxy_run.parse(env)) == "NVIDIA H100 80GB HBM3" and "| 0.98954 | 1.47819 |" in h200
+
+
+def test_bench_loss_head_runs_ours_and_names_missing_libraries(tmp_path):
+    """bench/loss_head.py (#27's fused-CE comparison) on the CPU: its `ours` row is train_gpt's GPT.nll, the mean
+    soft-capped cross-entropy a plain reference computes; a library that is not installed is a row saying so."""
+    out = tmp_path / "lh.json"
+    args = ["--tokens", "256", "--dim", "16", "--vocab", "64", "--iters", "2", "--warmup", "1", "--impls", "ours,cce"]
+    p = subprocess.run(
+        [sys.executable, "bench/loss_head.py", str(out), *args], cwd=ROOT, capture_output=True, text=True
+    )
+    assert p.returncode == 0, p.stderr
+    rows = {r["impl"]: r for r in json.loads(out.read_text())["rows"]}
+    g = torch.Generator().manual_seed(0)  # the script's inputs, drawn in its order
+    h, w = torch.randn(256, 16, generator=g), 0.05 * torch.randn(64, 16, generator=g)
+    y = torch.randint(0, 64, (256,), generator=g)
+    ref = F.cross_entropy(30.0 * torch.tanh(h @ w.T / 30.0), y)
+    assert rows["ours"]["loss"] == pytest.approx(float(ref), rel=1e-5)
+    assert "error" in rows["cce"] or "d_grad_weight" in rows["cce"]
