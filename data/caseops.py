@@ -36,7 +36,7 @@ import sentencepiece as spm
 
 from data.prepare import PrepareError, iter_texts, load_tokenizer, train_tokenizer
 from data.shards import write_shard
-from train_gpt import BOS_ID
+from train_gpt import BOS_ID, SIDECAR
 
 TITLE, UPPER, CAP, ESC = "\ue000", "\ue001", "\ue002", "\ue003"  # Private Use Area: no text means them
 CONTROLS = (TITLE, UPPER, CAP, ESC)
@@ -131,6 +131,14 @@ def byte_counts(sp: spm.SentencePieceProcessor, ids: list[int]) -> tuple[str, li
     return "".join(text), counts
 
 
+def sidecar(sp: spm.SentencePieceProcessor, ids: list[int], text: str, where: str) -> list[int]:
+    """Each of the CaseOps tokens `ids` of `text`: its original bytes; refuses tokens that do not invert to text."""
+    back, counts = byte_counts(sp, ids)
+    if back != text:
+        raise PrepareError(f"{where}: its CaseOps tokens do not invert to it (the tokenizer normalises)")
+    return counts
+
+
 def check_tokenizer(sp: spm.SentencePieceProcessor, name: str) -> None:
     """A CaseOps tokenizer keeps every control a piece of its own and normalises nothing."""
     for c in CONTROLS:
@@ -147,11 +155,8 @@ def encode_docs(sp: spm.SentencePieceProcessor, texts: Iterable[str]) -> tuple[n
     tokens, counts = [], []
     for doc, text in enumerate(texts):
         ids = sp.encode(encode(text))
-        back, n = byte_counts(sp, ids)
-        if back != text:
-            raise PrepareError(f"doc {doc}: its CaseOps tokens decode to other text: the tokenizer normalises")
         tokens += [BOS_ID, *ids]
-        counts += [0, *n]
+        counts += [0, *sidecar(sp, ids, text, f"doc {doc}")]
     return np.asarray(tokens, dtype=np.int64), np.asarray(counts, dtype=np.int64)
 
 
@@ -160,7 +165,7 @@ def write_val(sp: spm.SentencePieceProcessor, texts: Iterable[str], out: str) ->
     tokens, counts = encode_docs(sp, texts)
     os.makedirs(out, exist_ok=True)
     write_shard(os.path.join(out, "fineweb_val_000000.bin"), tokens)
-    write_shard(os.path.join(out, "fineweb_val_bytes_000000.bin"), counts)
+    write_shard(os.path.join(out, f"{SIDECAR}000000.bin"), counts)
     return len(tokens), int(counts.sum())
 
 

@@ -34,7 +34,7 @@ from huggingface_hub.utils import build_hf_headers
 
 from data.prepare import PrepareError, load_tokenizer
 from data.shards import check_shard
-from train_gpt import HEADER_BYTES, ShardError, progress, read_shard_header
+from train_gpt import HEADER_BYTES, SIDECAR, ShardError, progress, read_shard_header
 
 # willdepueoai/parameter-golf publishes only sp1024; the sp8192 records download from kevclark's copy
 # (MATCHED_FINEWEB_REPO_ID=kevclark/parameter-golf in their READMEs), same layout under datasets/.
@@ -188,7 +188,7 @@ def download(variant: str, train_shards: int, repo_id: str, root: str, out: str)
             if check_shard(p)[0] != read_shard_header(shard):
                 raise ShardError(f"{p}: not one byte count per token of {shard}")
 
-        hub.fetch(f"datasets/{dataset}/fineweb_val_bytes_{i:06d}.bin", fits, read_shard_header)
+        hub.fetch(f"datasets/{dataset}/{SIDECAR}{i:06d}.bin", fits, read_shard_header)
     for path in artifacts:
         hub.fetch(path, check_model if path.endswith(".model") else lambda p: None)
     shutil.rmtree(hub.stage, ignore_errors=True)

@@ -131,23 +131,16 @@ def _encode_batch(job: tuple[list[Line], bool]) -> tuple[list[tuple[str, int]], 
     original bytes, stacked under the ids."""
     lines, sides = job
     texts = [parse_doc(*line) for line in lines]  # parsed here, not in the parent: it is a third of the work
-    if _CASEOPS:
-        from data import caseops
-
-        ids = _SP.encode([caseops.encode(t) for t in texts], add_bos=True, num_threads=1)
-    else:
-        ids = _SP.encode(texts, add_bos=True, num_threads=1)  # parallelism comes from the processes
+    co = caseops_module() if _CASEOPS else None
+    ids = _SP.encode(
+        [co.encode(t) for t in texts] if co else texts, add_bos=True, num_threads=1
+    )  # the processes parallelise
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.uint16, count=int(lengths.sum()))
     if sides:
         counts = []
         for (path, lineno, _), text, doc in zip(lines, texts, ids):
-            back, n = caseops.byte_counts(_SP, doc[1:])
-            if back != text:
-                raise PrepareError(
-                    f"{path}:{lineno}: its CaseOps tokens do not invert to it (the tokenizer normalises)"
-                )
-            counts += [0, *n]
+            counts += [0, *co.sidecar(_SP, doc[1:], text, f"{path}:{lineno}")]
         flat = np.stack([flat, np.asarray(counts, dtype=np.uint16)])
     return [line[:2] for line in lines], [text_key(t) for t in texts], lengths, flat
 
