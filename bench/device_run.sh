@@ -11,6 +11,8 @@
 # A call returns at most 8 files from $OUT: batch no more runs than that into one call.
 # The record's default EVAL_PATHS=ttt (compile + both val sets, about 120 s on an H100) makes a full run about 70 s
 # longer than sliding did (540 s at 4aceceb): pass PRE_EXPORT_PATHS= to keep it inside one 10-minute call.
+# TOKENIZER=path/to/MODEL.model [CASEOPS=1] (record only) trains on a devset built with that tokenizer instead of the
+# preset's (data.devset --tokenizer: proxy, proxy_val and the FineWeb dev docs tokenized with it; CaseOps with sidecars).
 # RUN_TIMEOUT counts from the start of this script, devset build included: proxy_run.py gets what is left, so a
 # run it stops still writes its JSON and partial log (a device call's own limit returns nothing of them).
 set -uo pipefail
@@ -23,14 +25,21 @@ case $preset in
   baseline) variant=sp1024 batch=$((524288 * nproc / 8)) ;;
   *) echo "error: PRESET must be record or baseline" >&2; exit 2 ;;
 esac
-python3 -m data.devset --shared .devdata/shared --workers 16 --variants $variant | tail -1 || exit 1
+tokenizer=data/tokenizers/fineweb_${variant#sp}_bpe.model
+if [ -n "${TOKENIZER:-}" ]; then
+  [ $preset = record ] || { echo "error: TOKENIZER= is for the record preset (sp8192)" >&2; exit 2; }
+  variant=$(basename "$TOKENIZER" .model) tokenizer=data/tokenizers/$(basename "$TOKENIZER")
+  python3 -m data.devset --shared .devdata/shared --workers 16 --tokenizer "$TOKENIZER" ${CASEOPS:+--caseops} | tail -1 || exit 1
+else
+  python3 -m data.devset --shared .devdata/shared --workers 16 --variants $variant | tail -1 || exit 1
+fi
 name=${NAME:-${preset}_proxy300_n${nproc}_s${seed}}
 script=train_gpt.py
 bundle=$(printf '%s\n' "$@" | grep -qE '^ARCH=(worker|pse|scan)$' && echo "--bundle seed_archs.py")  # make pack ARCH=...
 bundle+=$(printf '%s\n' "$@" | grep -qE '^(PRE_EXPORT|EVAL)_PATHS=.*ngram' && echo " --bundle ngram_mix.py")
 if [ "${PACKED:-0}" = 1 ]; then python3 -m quant.pack train_gpt.py $bundle --out packed/train_gpt.py || exit 1; script=packed/train_gpt.py; fi
 python3 bench/proxy_run.py "$name" --nproc "$nproc" --out "$OUT" --timeout $(( ${RUN_TIMEOUT:-560} - SECONDS )) --script $script PRESET=$preset SEED=$seed \
-  DATA_PATH=data/datasets/devset_$variant TOKENIZER_PATH=data/tokenizers/fineweb_${variant#sp}_bpe.model \
+  DATA_PATH=data/datasets/devset_$variant TOKENIZER_PATH=$tokenizer \
   DEV_VAL_FILES="data/datasets/devset_${variant}_fineweb_dev/fineweb_val_*.bin" \
   TRAIN_BATCH_TOKENS=$batch MAX_WALLCLOCK_SECONDS=300 "$@"
 grep -E "^(train|compliance|artifact|eval)" "logs/$name.txt"

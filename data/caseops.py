@@ -12,8 +12,12 @@ uppercases back to it (so "ß", "İ" or title-case digraphs are never folded: th
 - a word of two or more letters, all foldable: UPPER + the word lowercased;
 - any other word with a foldable letter: CAP before each foldable letter, which is lowercased;
 - a control character in the input: ESC + that character. Everything else is copied.
+- a word that starts with TITLE, UPPER or CAP right after a space: that control moves before the space, so the
+  tokenizer can still join the space and the word into one piece (" The": TITLE + " the", two tokens where the
+  2026-04-18 record's transform, which leaves the control on the word, makes three: a lone space piece).
 decode() undoes it exactly: TITLE upper-cases the next letter, UPPER every letter of the run that follows,
-CAP the next letter, ESC passes the next character through. decode(encode(t)) == t for every string.
+CAP the next letter (each first passes one space that directly follows it), ESC passes the next character
+through. decode(encode(t)) == t for every string.
 
 Bytes: a CaseOps tokenizer (data.prepare.train_tokenizer with caseops=True) normalises nothing, so its pieces
 spell the transformed text exactly and decoding inverts to the raw document. Each token's sidecar count is the
@@ -78,7 +82,13 @@ def encode(text: str) -> str:
     """The CaseOps text of `text` (see the module docstring)."""
     out = []
     for is_word, run in _words(text):
-        out.append(_encode_word(run) if is_word else "".join(ESC + c if c in CONTROLS else c for c in run))
+        if not is_word:
+            out.append("".join(ESC + c if c in CONTROLS else c for c in run))
+            continue
+        word = _encode_word(run)
+        if word[0] in CONTROLS and out and out[-1].endswith(" "):  # control, space, word: one " word" piece
+            out[-1], word = out[-1][:-1] + word[0], " " + word[1:]
+        out.append(word)
     return "".join(out)
 
 
@@ -87,16 +97,18 @@ class Decoder:
     control), so a token's original bytes are the bytes its characters push out."""
 
     def __init__(self):
-        self.mode = ""
+        self.mode, self.fresh = "", False  # fresh: a control was just read, and may pass one space first
 
     def push(self, c: str) -> str:
-        mode = self.mode
+        mode, fresh, self.fresh = self.mode, self.fresh, False
         if mode == ESC:
             self.mode = ""
             return c
         if c in CONTROLS:
-            self.mode = c
+            self.mode, self.fresh = c, True
             return ""
+        if fresh and c == " ":
+            return c
         if mode == UPPER and c.isalpha():
             return raise_letter(c)
         self.mode = ""

@@ -297,14 +297,15 @@ def _fingerprint(manifest: dict) -> tuple:
     )
 
 
-def _format(shard_tokens: int) -> dict:
-    return {
+def _format(shard_tokens: int, caseops: bool = False) -> dict:
+    plain = {
         "magic": SHARD_MAGIC,
         "version": SHARD_VERSION,
         "bos_id": BOS_ID,
         "append_eos": False,
         "shard_tokens": shard_tokens,
     }
+    return plain | ({"caseops": True} if caseops else {})  # up_to_date: a CaseOps build is not a plain one
 
 
 def read_manifest(out: str) -> dict | None:
@@ -322,14 +323,15 @@ def up_to_date(
     val: list[str] = (),
     holdout: list[str] = (),
     shard_tokens: int = SHARD_TOKENS,
+    caseops: bool = False,
 ) -> bool:
-    """True if DIR holds a complete build of exactly these inputs and every shard is whole.
+    """True if DIR holds a complete build of exactly these inputs and every shard (and sidecar) is whole.
     Shards are checked by header and size, not re-hashed: that catches missing and truncated files."""
     m = read_manifest(out)
     if not m or not m.get("complete"):
         return False
     want = {
-        "format": _format(shard_tokens),
+        "format": _format(shard_tokens, caseops),
         "tokenizer": {"sha256": file_sha256(tokenizer)},
         "sources": {"train": _sources(train), "val": _sources(val), "holdout": _sources(holdout)},
     }
@@ -338,9 +340,12 @@ def up_to_date(
             return False
         for split in m["splits"].values():
             for s in split["shards"]:
-                path = os.path.join(out, s["file"])
-                if read_shard_header(path) != s["tokens"] or os.path.getsize(path) != HEADER_BYTES + 2 * s["tokens"]:
-                    return False
+                for path in [os.path.join(out, s[k]) for k in ("file", "bytes_file") if k in s]:
+                    if (
+                        read_shard_header(path) != s["tokens"]
+                        or os.path.getsize(path) != HEADER_BYTES + 2 * s["tokens"]
+                    ):
+                        return False
     except (KeyError, TypeError, ShardError):
         return False
     return True
@@ -401,7 +406,7 @@ def prepare(
             train_stats, _ = write_split(encode, train, stage, "train", shard_tokens, forbidden | val_keys)
         manifest = {
             "complete": True,
-            "format": _format(shard_tokens) | ({"caseops": True} if caseops else {}),  # up_to_date: not a plain build
+            "format": _format(shard_tokens, caseops),
             "tokenizer": {
                 "path": "tokenizer.model" if train_vocab else tokenizer,  # trained: in DIR
                 "sha256": file_sha256(tokenizer),

@@ -53,7 +53,8 @@ def test_transform_inverts_on_dev_docs_and_adversarial_strings(shared):
     for _ in range(5000):
         t = "".join(rng.choice(pool) for _ in range(rng.randint(0, 12)))
         assert co.decode(co.encode(t)) == t, repr(t)
-    assert co.encode("The USA, iPhone") == f"{co.TITLE}the {co.UPPER}usa, i{co.CAP}phone"
+    assert co.encode("The USA, iPhone") == f"{co.TITLE}the{co.UPPER} usa, i{co.CAP}phone"
+    assert co.encode("x  McD\nThe") == f"x {co.CAP} mc{co.CAP}d\n{co.TITLE}the"  # one space moves, not \n
 
 
 def test_sidecar_sums_to_the_original_bytes_of_every_dev_doc(sp):

@@ -13,9 +13,9 @@ import pytest
 import sentencepiece as spm
 
 from data import devset
-from data.prepare import iter_texts, read_manifest
+from data.prepare import iter_texts, read_manifest, train_tokenizer
 from data.shards import check_shard
-from train_gpt import BOS_ID, load_shard
+from train_gpt import BOS_ID, load_shard, load_sidecar
 
 DATASETS = Path(__file__).resolve().parents[1] / "data" / "datasets"
 
@@ -111,3 +111,40 @@ def test_missing_shared_is_one_line(tmp_path, capsys):
     assert devset.main(["--shared", str(tmp_path / "nowhere"), "--out", str(tmp_path / "d")]) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "no *.jsonl.xz files (is --shared right?)" in err[0]
+
+
+def test_own_tokenizer_and_caseops(shared, fake_shared, tmp_path, capsys):
+    """--tokenizer MODEL: devset_<stem> and the FineWeb dev docs tokenized with MODEL (the official sp1024 model
+    gives the official dev shard byte for byte); --caseops adds each val shard's sidecar, which sums to the
+    documents' UTF-8 bytes, and a truncated sidecar is noticed and rebuilt."""
+    real, out = fake_shared / "data", tmp_path / "datasets"
+    official = real / "tokenizers" / "fineweb_1024_bpe.model"
+    args = ["--shared", str(fake_shared), "--out", str(out), "--workers", "2"]
+    assert devset.main([*args, "--tokenizer", str(official)]) == 0
+    assert "devset_fineweb_1024_bpe (built in" in capsys.readouterr().out
+    dev = out / "devset_fineweb_1024_bpe_fineweb_dev" / "fineweb_val_000000.bin"
+    assert dev.read_bytes() == (real / "fineweb_dev" / "fineweb_val_sp1024.bin").read_bytes()
+
+    model = tmp_path / "co_512.model"
+    train_tokenizer([str(shared / "data" / "fineweb_dev" / "fineweb_train_docs.jsonl")], 512, str(model), caseops=True)
+    assert devset.main([*args, "--tokenizer", str(model), "--caseops"]) == 0
+    assert "devset_co_512 (built in" in capsys.readouterr().out
+    assert (out.parent / "tokenizers" / "co_512.model").read_bytes() == model.read_bytes()
+    for folder, docs in [("devset_co_512", real / "proxy_val" / "proxy_val.jsonl.xz"), (dev.parent.name, None)]:
+        pattern = str(out / folder.replace("fineweb_1024_bpe", "co_512") / "fineweb_val_*.bin")
+        texts = list(iter_texts(str(docs or real / "fineweb_dev" / "fineweb_val_docs.jsonl")))
+        assert int(load_sidecar(pattern).sum()) == sum(len(t.encode("utf-8")) for t in texts)
+    assert not list((out / "devset_co_512").glob("fineweb_train_bytes_*"))
+    side = out / "devset_co_512_fineweb_dev" / "fineweb_val_bytes_000000.bin"
+    with open(side, "r+b") as f:
+        f.truncate(5000)
+    assert devset.main([*args, "--tokenizer", str(model), "--caseops"]) == 0
+    assert "devset_co_512 (built in" in capsys.readouterr().out
+    assert (
+        len(load_sidecar(str(side.parent / "fineweb_val_*.bin")))
+        == read_manifest(str(side.parent))["splits"]["val"]["tokens"]
+    )
+    assert devset.main([*args, "--tokenizer", str(model), "--caseops"]) == 0
+    assert "devset_co_512 (up to date)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        devset.main([*args, "--caseops"])  # a CaseOps build needs its tokenizer
