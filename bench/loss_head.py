@@ -1,9 +1,10 @@
 """The loss head, forward + backward, with and without a fused soft-capped cross-entropy library (issue 27).
 
-    python bench/loss_head.py OUT.json [--tokens 98304] [--dim 512] [--vocab 8192] [--impls ours,cce,liger]
+    python bench/loss_head.py OUT.json [--tokens 98304] [--dim 512] [--vocab 8192] [--impls ours,cce,...]
 
 ours: train_gpt.GPT.nll itself (logits = softcap * tanh(h W^T / softcap), cast to fp32, then cross-entropy): the
-(tokens x vocab) logits are materialised. cce: cut-cross-entropy's linear_cross_entropy(softcap=); liger:
+(tokens x vocab) logits are materialised; ours_compiled: the same under torch.compile, as training runs it.
+cce: cut-cross-entropy's linear_cross_entropy(softcap=); liger:
 liger-kernel's LigerFusedLinearCrossEntropyLoss(softcap=); both fuse the projection, the cap and the loss and
 never write the fp32 logits. Inputs as in training: bf16 hidden states under autocast, the fp32 tied embedding.
 For each: the mean loss and the gradients of the hidden states and of the weight against ours (max abs
@@ -52,7 +53,7 @@ def liger(softcap: float):
     return lambda h, w, y: fn(w.to(h.dtype), h, y)
 
 
-IMPLS = {"ours": ours, "cce": cce, "liger": liger}
+IMPLS = {"ours": ours, "ours_compiled": lambda softcap: torch.compile(ours(softcap)), "cce": cce, "liger": liger}
 
 
 def run(impl, h, w, y, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -97,7 +98,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--softcap", type=float, default=30.0)
-    ap.add_argument("--impls", default="ours,cce,liger")
+    ap.add_argument("--impls", default="ours,ours_compiled,cce,liger")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     args = ap.parse_args()
@@ -116,6 +117,8 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    stamp = ROOT / ".devdata" / "COMMIT"  # the device's copy of the tree has no .git
+    git = git or (stamp.read_text().strip() if stamp.is_file() else "unknown")
     card = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     result = dict(command=" ".join(sys.argv), git_commit=git, device=card, torch=torch.__version__, rows=rows)
     Path(args.out).write_text(json.dumps(result, indent=1))
