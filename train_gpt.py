@@ -383,10 +383,10 @@ def val_shards(pattern: str) -> list[str]:
 
 
 def load_sidecar(pattern: str) -> Tensor | None:
-    """CaseOps val sets (data/caseops.py, the published CaseOps data) carry each token's bytes of the original text in
-    fineweb_val_bytes_N.bin beside fineweb_val_N.bin (shard format, 0 for BOS): their pieces do not spell the text."""
+    """CaseOps val sets (data/caseops.py, the published CaseOps data) carry each token's original bytes beside their
+    shards: fineweb_val_bytes_N.bin for fineweb_val_N.bin (for any other X.bin, fineweb_val_bytes_X.bin), 0 for BOS."""
     files = val_shards(pattern)
-    sides = [os.path.join(os.path.dirname(f), os.path.basename(f).replace("fineweb_val_", SIDECAR, 1)) for f in files]
+    sides = [re.sub(r"(fineweb_val_)?([^/]+)$", SIDECAR + r"\2", f) for f in files]
     if not any(map(os.path.isfile, sides)):
         return None
     counts = [load_shard(side) if os.path.isfile(side) else None for side in sides]
@@ -1819,12 +1819,13 @@ def score_docs(model: GPT, tokens, spans, stats, h, device, loras, entropy=False
     for m, lora in loras:
         m.lora = lora
     params, tick = [p for _, lora in loras for p in lora.parameters()], progress("ttt: documents", len(spans))
+    adam = dict(betas=(h.ttt_beta1, 0.99), weight_decay=h.ttt_wd, fused=device.type == "cuda")  # one kernel a step
     for i in range(0, len(spans), h.ttt_docs):
         tick(i)
         batch = spans[i : i + h.ttt_docs]
         for _, lora in loras:
             lora.reset()
-        opt = torch.optim.AdamW(params, h.ttt_lr, (h.ttt_beta1, 0.99), weight_decay=h.ttt_wd) if params else None
+        opt = torch.optim.AdamW(params, h.ttt_lr, **adam) if params else None
         n_chunks = max(math.ceil((e - s) / h.ttt_chunk) for s, e in batch)
         cache = ChunkCache(h.eval_seq_len - h.ttt_chunk, device) if h.ttt_cache else None
         for c in range(n_chunks):
@@ -1836,9 +1837,8 @@ def score_docs(model: GPT, tokens, spans, stats, h, device, loras, entropy=False
                 hid = model.hidden(x[:, :-1], True, True, cache).flatten(0, 1)[cols]
                 out = model.nll(hid[None], x[:, 1:].flatten()[cols][None], entropy).view(1 + entropy, -1)
             stats[:, pos] = out[:, : len(pos)].detach().double()
-            if on_score:
-                for _, s, _, b, lo in rows:
-                    on_score(s + lo, s + b)
+            for _, s, _, b, lo in rows if on_score else []:
+                on_score(s + lo, s + b)
             if params and c < n_chunks - 1:
                 opt.zero_grad(set_to_none=True)
                 (out[0] * w).sum().backward()

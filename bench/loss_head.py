@@ -116,9 +116,9 @@ def main() -> None:
         row.pop("_out", None)
         rows.append(row)
         print(json.dumps(row), flush=True)
+    stamp = ROOT / ".devdata" / "COMMIT"  # stamped before a device call: the device's copy may carry a stale .git
     git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    stamp = ROOT / ".devdata" / "COMMIT"  # the device's copy of the tree has no .git
-    git = git or (stamp.read_text().strip() if stamp.is_file() else "unknown")
+    git = stamp.read_text().strip() if stamp.is_file() else git or "unknown"
     card = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     result = dict(command=" ".join(sys.argv), git_commit=git, device=card, torch=torch.__version__, rows=rows)
     Path(args.out).write_text(json.dumps(result, indent=1))

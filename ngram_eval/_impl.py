@@ -72,11 +72,16 @@ def read_tokens(path: str, limit: int | None = None) -> Tensor:
     return torch.from_numpy(np.asarray(load_shard(path)[:limit]).astype(np.int64))
 
 
-def target_bytes(tokens: Tensor, tokenizer: str, vocab_size: int) -> Tensor:
-    """Bytes of each target tokens[1:] under the official rule (train_gpt's byte LUTs)."""
+def target_bytes(tokens: Tensor, tokenizer: str, vocab_size: int, shard: str | None = None) -> Tensor:
+    """Bytes of each target tokens[1:] under the official rule (train_gpt's byte LUTs); when `shard` (whose first
+    tokens these are) has a CaseOps byte sidecar, its counts: the original text's bytes, as train_gpt counts them."""
     import sentencepiece as spm
 
-    from train_gpt import build_byte_luts, token_bytes
+    from train_gpt import build_byte_luts, load_sidecar, token_bytes
+
+    side = load_sidecar(shard) if shard else None
+    if side is not None:
+        return side[1 : tokens.numel()]
 
     luts = build_byte_luts(spm.SentencePieceProcessor(model_file=tokenizer), vocab_size)
     return token_bytes(tokens[:-1], tokens[1:], luts).long()

@@ -247,7 +247,7 @@ def check_per_token(path: str, shard: str, tokenizer: str | None, expect: int | 
         import sentencepiece as spm
 
         vocab = max(vocab, spm.SentencePieceProcessor(model_file=tokenizer).vocab_size())
-        nbytes = target_bytes(tokens[: nll.size + 1], tokenizer, vocab).sum().item()
+        nbytes = target_bytes(tokens[: nll.size + 1], tokenizer, vocab, shard).sum().item()
         print(
             f"INFO nats/token {nll.astype(np.float64).mean():.5f}, "
             f"bpb {nll.astype(np.float64).sum() / math.log(2) / nbytes:.5f} over {nll.size} tokens"

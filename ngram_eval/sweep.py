@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     import sentencepiece as spm
 
     vocab = max(spm.SentencePieceProcessor(model_file=a.tokenizer).vocab_size(), int(tokens.max()) + 1)
-    nbytes = target_bytes(tokens, a.tokenizer, vocab).sum().item()
+    nbytes = target_bytes(tokens, a.tokenizer, vocab, a.tokens).sum().item()
     rows = sweep(
         tokens,
         logp[:n],

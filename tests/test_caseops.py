@@ -17,6 +17,7 @@ from data import caseops as co
 from data.check_bpb import check_caseops, official_rule
 from data.prepare import PrepareError, train_tokenizer
 from data.shards import write_shard
+from ngram_eval._impl import target_bytes
 from tests.conftest import REPO, SHARED, SP1024, TINY
 
 DOCS = SHARED / "data/fineweb_dev/fineweb_val_docs.jsonl"
@@ -86,7 +87,8 @@ def test_a_normalising_tokenizer_is_refused(shared):
 def test_train_gpt_counts_the_sidecar_on_every_eval_path(sp, tmp_path, run_cli):
     """`data.caseops val` writes the shard and its sidecar; train_gpt loads the sidecar (one error line when it
     does not fit its shard) and every eval path counts the original bytes: the same totals as the documents'
-    UTF-8, where the pieces would count other bytes. Causality holds on the CaseOps stream as on any other."""
+    UTF-8, where the pieces would count other bytes (ngram_eval's offline tools too). Causality holds on the CaseOps
+    stream on every path, the n-gram ones included. A val file of another name never reads itself as its sidecar."""
     docs = texts(6)
     model_path = tmp_path / "caseops.model"
     model_path.write_bytes(sp.serialized_model_proto())
@@ -101,7 +103,8 @@ def test_train_gpt_counts_the_sidecar_on_every_eval_path(sp, tmp_path, run_cli):
     h = tg.Hyperparameters({**TINY, "TTT_DOCS": "4", "TTT_CHUNK": "16"})
     model = tg.GPT(h)
     luts = tg.build_byte_luts(sp, 1024)
-    paths = ["plain", "sliding", "ttt"]
+    paths = ["plain", "sliding", "ttt", "ngram", "ttt_ngram"]
+    tg.load_plugin("ngram_mix")  # the n-gram paths' mixer, as preflight loads it
     caseops = tg.run_evals(model, h, {"val": tokens}, {"val": side}, torch.device("cpu"), lambda s: None, paths)
     pieces = tg.run_evals(model, h, {"val": tokens}, luts, torch.device("cpu"), lambda s: None, paths)
     for p in paths:
@@ -109,9 +112,14 @@ def test_train_gpt_counts_the_sidecar_on_every_eval_path(sp, tmp_path, run_cli):
         assert caseops[f"val/{p}"]["bpb"] > pieces[f"val/{p}"]["bpb"]  # the pieces' 3 bytes a control flatter it
     other = tokens.clone()
     other[300:] = torch.where(other[300:] == tg.BOS_ID, tg.BOS_ID, 7)
-    for p in ("sliding", "ttt"):
+    for p in paths[1:]:  # the legality probe of every path on the CaseOps stream: what follows t moves nothing before
         a = tg.run_evals(model, h, {"val": other}, {"val": side}, torch.device("cpu"), lambda s: None, [p])
         torch.testing.assert_close(a[f"val/{p}"]["nll"][:299], caseops[f"val/{p}"]["nll"][:299], rtol=0, atol=1e-6)
+    shard = str(tmp_path / "fineweb_val_000000.bin")
+    assert int(target_bytes(tokens, str(model_path), 1024, shard).sum()) == original  # ngram_eval's tools count it
+    assert int(target_bytes(tokens, str(model_path), 1024).sum()) != original
+    (tmp_path / "dev.bin").write_bytes(open(shard, "rb").read())
+    assert tg.load_sidecar(str(tmp_path / "dev.bin")) is None  # another name never counts itself as its sidecar
     write_shard(str(tmp_path / "fineweb_val_bytes_000000.bin"), np.zeros(5, dtype=np.int64))
     with pytest.raises(tg.ShardError, match="5 byte counts for the .* tokens of"):
         tg.load_sidecar(pattern)
