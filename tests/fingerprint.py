@@ -44,8 +44,10 @@ ENV = dict(
     TTT_LORA="1",
     TTT_DOCS="4",
     TTT_PHASE_DOCS="2",  # the 8 docs in the preset's 4 phases of 2, as 4365752 split them (it ignores this knob)
-    # the TTT settings the fingerprint was recorded with (the record's defaults until a993804: windows, no cache)
+    # the TTT settings the fingerprint was recorded with (the record's defaults until a993804: windows, no cache;
+    # alpha, beta1 and weight decay the record's until the leader's optimizer became its default)
     **dict(TTT_CACHE="0", TTT_RANK="8", TTT_LR="0.003", TTT_TARGETS="c_q,c_v,fc"),
+    **dict(TTT_ALPHA="16.0", TTT_BETA1="0.9", TTT_WD="0.0"),
     NGRAM_CHUNK="1024",
     DEV_VAL_FILES="",
 )

@@ -24,6 +24,9 @@ TINY = {
     **dict(NUM_LAYERS="3", RECUR_START="0", RECUR_END="1", EVAL_SEQ_LEN="48", EVAL_STRIDE="16", EVAL_BATCH_SEQS="8"),
     **dict(TTT_CHUNK="16", TTT_DOCS="3", TTT_PHASES="2", TTT_PHASE_DOCS="2", TTT_LORA="1", TTT_LR="0.01"),
     **dict(TTT_SGD_LR="0.01", TTT_CACHE="0"),  # windows: the reference semantics; TTT_CACHE=1 where a test says
+    # the model is 32 wide: rank 8, scale alpha/rank 0.5. The record's rank 96 and scale 1.5 at this lr (100x its own)
+    # make adapters diverge from float noise between batched and one-document scoring (0.3 nats in ~80 steps)
+    **dict(TTT_RANK="8", TTT_ALPHA="4"),
     **dict(NGRAM_CHUNK="64"),
 }
 CPU = torch.device("cpu")
@@ -81,7 +84,7 @@ def test_ttt_changes_scores_and_restores_weights(setup):
 def reference_ttt(model, tokens, h):
     """The TTT semantics one document at a time, without batching, padding or width buckets: every document's
     adapters start from the same A (one SEED-seeded draw per target linear, in module order) and B = 0;
-    each chunk is scored with up to EVAL_SEQ_LEN tokens of context, then Adam steps on its mean NLL;
+    each chunk is scored with up to EVAL_SEQ_LEN tokens of context, then AdamW steps on its mean NLL;
     global SGD runs on each finished phase (tg.global_sgd)."""
     model, nll = copy.deepcopy(model), torch.zeros(len(tokens), dtype=torch.float64)
     C, L, spans, phases = h.ttt_chunk, h.eval_seq_len, tg.doc_spans(tokens), h.ttt_phases if h.ttt_global else 1
@@ -100,7 +103,8 @@ def reference_ttt(model, tokens, h):
             for m, A in zip(targets, inits):
                 m.lora = tg.BatchedLoRA(1, m.in_features, m.out_features, h.ttt_rank, h.ttt_alpha, torch.Generator())
                 m.lora.A.data = A[None].clone()
-            opt = torch.optim.Adam([q for m in targets for q in m.lora.parameters()], lr=h.ttt_lr, betas=(0.9, 0.99))
+            params = [q for m in targets for q in m.lora.parameters()]
+            opt = torch.optim.AdamW(params, lr=h.ttt_lr, betas=(h.ttt_beta1, 0.99), weight_decay=h.ttt_wd)
             for lo in range(1, e - s + 1, C):
                 hi = min(lo + C - 1, e - s)
                 a = max(0, hi - L)
