@@ -42,13 +42,15 @@ def copy_if_different(src: str, dst: str) -> None:
 
 
 def build_variant(
-    shared: str, variant: str, out: str, workers: int, tokenizer: str | None = None, caseops=False
+    shared: str, variant: str, out: str, workers: int, tokenizer: str | None = None, caseops: bool = False
 ) -> str:
     """Build (or confirm) one variant; return its summary line. A variant of TOKENIZERS uses the shared tokenizer
     and copies the FineWeb dev shard; with `tokenizer` (your own, e.g. a CaseOps one) the variant is its file's stem
     and the FineWeb dev documents are tokenized with it (CaseOps: with their byte sidecar)."""
     data = os.path.join(shared, "data")
     own = tokenizer is not None
+    if own and not os.path.isfile(tokenizer):
+        raise PrepareError(f"{tokenizer}: no such file")
     tokenizer = tokenizer or os.path.join(data, "tokenizers", TOKENIZERS[variant])
     train = sorted(glob.glob(os.path.join(data, "proxy", "*.jsonl.xz")))
     val = [os.path.join(data, "proxy_val", "proxy_val.jsonl.xz")]
@@ -61,24 +63,22 @@ def build_variant(
             raise PrepareError(f"{path}: no such file (is --shared right?)")
 
     t0 = time.perf_counter()
-    dev = os.path.join(out, f"devset_{variant}_fineweb_dev")
-    built = []
-    for dest, docs, vals, held in [
-        (os.path.join(out, f"devset_{variant}"), train, val, holdout),
-        (dev, [], holdout, []),
-    ]:
-        if dest == dev and not own:
-            copy_if_different(dev_shard, os.path.join(dev, "fineweb_val_000000.bin"))
-        elif not up_to_date(dest, docs, tokenizer, vals, held, caseops=caseops):
-            prepare(docs, dest, tokenizer, vals, held, workers=workers, caseops=caseops)
-            built.append(dest)
+    dest, dev = os.path.join(out, f"devset_{variant}"), os.path.join(out, f"devset_{variant}_fineweb_dev")
+    built = not up_to_date(dest, train, tokenizer, val, holdout, caseops=caseops)
+    if built:
+        prepare(train, dest, tokenizer, val, holdout, workers=workers, caseops=caseops)
+    if not own:
+        copy_if_different(dev_shard, os.path.join(dev, "fineweb_val_000000.bin"))
+    elif not up_to_date(dev, [], tokenizer, holdout, caseops=caseops):  # the dev docs are this build's val set
+        prepare([], dev, tokenizer, holdout, workers=workers, caseops=caseops)
+        built = True
     state = f"built in {time.perf_counter() - t0:.1f} s" if built else "up to date"
-    vocab = read_manifest(os.path.join(out, f"devset_{variant}"))["tokenizer"]["vocab_size"]
+    vocab = read_manifest(dest)["tokenizer"]["vocab_size"]
     dev_tokens, dev_docs = check_shard(os.path.join(dev, "fineweb_val_000000.bin"), vocab)
     name = os.path.basename(tokenizer) if own else TOKENIZERS[variant]
     copy_if_different(tokenizer, os.path.join(os.path.dirname(os.path.abspath(out)), "tokenizers", name))
     return (
-        f"devset_{variant} ({state}): {summary(read_manifest(os.path.join(out, f'devset_{variant}')))}; "
+        f"devset_{variant} ({state}): {summary(read_manifest(dest))}; "
         f"fineweb_dev {dev_docs:,} docs {dev_tokens:,} tokens"
     )
 

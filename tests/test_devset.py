@@ -148,3 +148,6 @@ def test_own_tokenizer_and_caseops(shared, fake_shared, tmp_path, capsys):
     assert "devset_co_512 (up to date)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         devset.main([*args, "--caseops"])  # a CaseOps build needs its tokenizer
+    capsys.readouterr()
+    assert devset.main([*args, "--tokenizer", str(tmp_path / "nope.model")]) == 1
+    assert capsys.readouterr().err.splitlines() == [f"error: {tmp_path / 'nope.model'}: no such file"]
