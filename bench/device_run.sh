@@ -9,8 +9,9 @@
 # ARCH=worker|pse|scan among the KEY=VALUEs it bundles seed_archs.py, and with an n-gram path ngram_mix.py, as make pack does.
 # KEEP_ARTIFACT=1 also copies artifacts/NAME.pgq to $OUT (under 16 MiB: it comes back; e.g. for bench/codec_levels.py).
 # A call returns at most 8 files from $OUT: batch no more runs than that into one call.
-# The record's default EVAL_PATHS=ttt (compile + both val sets, about 120 s on an H100) makes a full run about 70 s
-# longer than sliding did (540 s at 4aceceb): pass PRE_EXPORT_PATHS= to keep it inside one 10-minute call.
+# The record's default EVAL_PATHS=ttt (compile + both val sets, about 115 s on an H100 with the leader's adapter
+# optimizer, 2026-12-06_ttt_optim.md) makes a full run about 85 s longer than sliding (540 s at 4aceceb): pass
+# PRE_EXPORT_PATHS= and, to be sure of one 10-minute call, EVAL_PATHS=sliding (then score TTT with EVAL_ONLY).
 # TOKENIZER=path/to/MODEL.model [CASEOPS=1] (record only) trains on a devset built with that tokenizer instead of the
 # preset's (data.devset --tokenizer: proxy, proxy_val and the FineWeb dev docs tokenized with it; CaseOps with sidecars).
 # RUN_TIMEOUT counts from the start of this script, devset build included: proxy_run.py gets what is left, so a
