@@ -2,6 +2,7 @@
 
     python -m data.download --variant sp1024|sp8192|sp8192_caseops --train-shards N [--repo-id R] [--remote-root P]
         [--out data]
+    python -m data.download --variant docs [--repo-id R] [--remote-root P] [--out data]
 
 Like openai/parameter-golf's data/cached_challenge_fineweb.py, it is driven by <root>/manifest.json:
 its "datasets" entry fineweb10B_<variant> gives the shard counts (stats.files_val, stats.files_train)
@@ -16,6 +17,10 @@ changed. Every file prints a line when it lands, and a long one a progress line 
 sp8192_caseops is the published CaseOps export of the 2026-04-18 record (its own lossless-case transform and
 tokenizer; data/caseops.py is ours): dataset fineweb10B_sp8192_lossless_caps_caseops_v1_reserved, plus each val
 shard's byte sidecar fineweb_val_bytes_NNNNNN.bin, checked to hold one count per token of its shard.
+docs is the official export's raw documents (docs_selected.jsonl, checked against the docs_sha256 of its
+docs_selected.source_manifest.json), split as the export splits them: the first docs_val (default 50,000) are
+val. It writes OUT/docs/fineweb_{val,train}_docs.jsonl for data.prepare (your own tokenizer, CaseOps) and drops the
+unsplit file; OUT/docs/split.json records the source, so a second run makes no request.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from huggingface_hub import get_hf_file_metadata, hf_hub_url
 from huggingface_hub.file_download import http_get  # resumes at a byte offset; hf_hub_download 2.x restarts
 from huggingface_hub.utils import build_hf_headers
 
-from data.prepare import PrepareError, load_tokenizer
+from data.prepare import PrepareError, file_sha256, iter_lines, load_tokenizer
 from data.shards import check_shard
 from train_gpt import HEADER_BYTES, SIDECAR, ShardError, progress, read_shard_header
 
@@ -41,7 +46,9 @@ from train_gpt import HEADER_BYTES, SIDECAR, ShardError, progress, read_shard_he
 REPO_IDS = {"sp1024": "willdepueoai/parameter-golf", "sp8192": "kevclark/parameter-golf"}
 REPO_IDS["sp8192_caseops"] = "romeerp/parameter-golf-caseops-v1"  # the 2026-04-18 record's README names it
 DATASETS = {"sp8192_caseops": "fineweb10B_sp8192_lossless_caps_caseops_v1_reserved"}  # else fineweb10B_<variant>
+REPO_IDS["docs"] = "willdepueoai/parameter-golf"  # the documents every official export was tokenized from
 REMOTE_ROOT = "datasets"
+DOCS, DOCS_META, VAL_DOCS = "docs_selected.jsonl", "docs_selected.source_manifest.json", 50_000
 
 
 Validator = Callable[[str], object]
@@ -198,23 +205,74 @@ def download(variant: str, train_shards: int, repo_id: str, root: str, out: str)
     )
 
 
+def download_docs(repo_id: str, root: str, out: str) -> str:
+    """The published documents, checked and split into OUT/docs/fineweb_{val,train}_docs.jsonl (module docstring)."""
+    hub, folder = Hub(repo_id, root, out), os.path.join(out, "docs")
+    split = {k: os.path.join(folder, f"fineweb_{k}_docs.jsonl") for k in ("val", "train")}
+    meta = _load_json(hub.fetch(DOCS_META, _check_docs_meta))
+    want = {"source_sha256": meta.get("docs_sha256"), "docs_val": int(meta.get("docs_val", VAL_DOCS))}
+    stamp = os.path.join(folder, "split.json")
+    if os.path.isfile(stamp) and all(map(os.path.isfile, split.values())) and _load_json(stamp)["source"] == want:
+        return f"docs: up to date in {folder} ({_load_json(stamp)['docs']})"
+
+    def check(path: str) -> None:
+        if want["source_sha256"] and file_sha256(path) != want["source_sha256"]:
+            raise ValueError(f"sha256 is not the docs_sha256 of {DOCS_META}")
+
+    docs = hub.fetch(DOCS, check)
+    os.makedirs(folder, exist_ok=True)
+    counts = {"val": 0, "train": 0}
+    with (
+        open(split["val"] + ".tmp", "w", encoding="utf-8") as val,
+        open(split["train"] + ".tmp", "w", encoding="utf-8") as train,
+    ):
+        for _, _, line in iter_lines([docs]):
+            k = "val" if counts["val"] < want["docs_val"] else "train"
+            (val if k == "val" else train).write(line if line.endswith("\n") else line + "\n")
+            counts[k] += 1
+    n_all = counts["val"] + counts["train"]
+    if counts["val"] < want["docs_val"] or n_all != meta.get("num_docs", n_all):
+        raise DownloadError(f"{DOCS}: {counts['val']} + {counts['train']} documents, not what {DOCS_META} says")
+    for path in split.values():
+        os.replace(path + ".tmp", path)
+    with open(stamp, "w") as f:
+        json.dump({"source": want, "docs": counts}, f)
+    os.remove(docs)  # the split holds every document: keep one copy
+    shutil.rmtree(hub.stage, ignore_errors=True)
+    return f"docs: {counts['val']:,} val + {counts['train']:,} train documents in {folder}"
+
+
+def _check_docs_meta(path: str) -> None:
+    meta = _load_json(path)
+    sha = meta.get("docs_sha256") if isinstance(meta, dict) else None
+    counts = [meta.get(k, 0) for k in ("docs_val", "num_docs")] if isinstance(meta, dict) else [None]
+    if (
+        not isinstance(meta, dict)
+        or (sha is not None and len(str(sha)) != 64)
+        or not all(isinstance(c, int) for c in counts)
+    ):
+        raise ValueError("not an object with docs_sha256 (64 hex), docs_val and num_docs (integers)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.download", description=__doc__.splitlines()[0])
     parser.add_argument("--variant", choices=sorted(REPO_IDS), required=True)
-    parser.add_argument("--train-shards", type=int, required=True, help="download the first N train shards")
+    parser.add_argument("--train-shards", type=int, help="download the first N train shards (not for docs)")
     parser.add_argument(
         "--repo-id", help="hub dataset repo (default: " + ", ".join(f"{r} for {v}" for v, r in REPO_IDS.items()) + ")"
     )
     parser.add_argument("--remote-root", default=REMOTE_ROOT, help="folder of manifest.json in the repo")
     parser.add_argument("--out", default="data")
     args = parser.parse_args(argv)
+    if (args.train_shards is None) != (args.variant == "docs"):
+        parser.error("--train-shards N is for the shard variants, and only for them")
+    repo_id = args.repo_id or REPO_IDS[args.variant]
     try:
-        print(
-            download(
-                args.variant, args.train_shards, args.repo_id or REPO_IDS[args.variant], args.remote_root, args.out
-            )
-        )
-    except (DownloadError, OSError) as e:
+        if args.variant == "docs":
+            print(download_docs(repo_id, args.remote_root, args.out))
+        else:
+            print(download(args.variant, args.train_shards, repo_id, args.remote_root, args.out))
+    except (DownloadError, PrepareError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -1,7 +1,7 @@
 """Tokenize JSONL documents into official-format shards.
 
     python -m data.prepare --docs FILE.jsonl[.xz]... --tokenizer MODEL --out DIR [--val-docs FILE...]
-        [--shard-tokens N] [--workers W] [--train-tokenizer --vocab-size V] [--caseops]
+        [--shard-tokens N] [--workers W] [--train-tokenizer --vocab-size V [--tokenizer-docs N]] [--caseops]
 
 Each document {"text": ...} becomes [BOS] + sp.encode(text), no EOS, like the official export.
 Documents are packed whole into fineweb_train_NNNNNN.bin (fineweb_val_NNNNNN.bin for --val-docs)
@@ -240,13 +240,16 @@ def write_split(
     return {"docs": docs, "tokens": tokens, "shards": writer.shards}, keys
 
 
-def train_tokenizer(paths: list[str], vocab_size: int, model_path: str, caseops: bool = False) -> str:
+def train_tokenizer(
+    paths: list[str], vocab_size: int, model_path: str, caseops: bool = False, max_docs: int | None = None
+) -> str:
     """Train a SentencePiece BPE with the official export's settings into model_path. The model records
     the options given, so num_threads is left at its default (16, as in the official export) and the
     model goes through model_writer, not a path prefix: the file depends on the documents alone.
     caseops: on the CaseOps text, normalising nothing (identity rule, whitespace kept: its pieces spell the
-    transformed text, so decoding inverts to the raw document) and with the four controls as pieces."""
-    texts = (t.replace("\x00", " ").strip() for p in paths for t in iter_texts(p))
+    transformed text, so decoding inverts to the raw document) and with the four controls as pieces.
+    max_docs: only the first documents (SentencePiece holds all it trains on in memory: 10B tokens do not fit)."""
+    texts = itertools.islice((t.replace("\x00", " ").strip() for p in paths for t in iter_texts(p)), max_docs)
     norm = dict(normalization_rule_name="nmt_nfkc")
     if caseops:
         co = caseops_module()
@@ -381,6 +384,7 @@ def prepare(
     workers: int = 1,
     train_vocab: int | None = None,
     caseops: bool = False,
+    tokenizer_docs: int | None = None,
 ) -> dict:
     """Build DIR from the documents of `train` (and `val`); `holdout` documents are only checked
     for overlap. Tokenizes with `tokenizer`, or trains DIR/tokenizer.model when train_vocab is set.
@@ -396,7 +400,8 @@ def prepare(
     os.makedirs(stage)
     try:
         if train_vocab:
-            tokenizer = train_tokenizer(train, train_vocab, os.path.join(stage, "tokenizer.model"), caseops)
+            model = os.path.join(stage, "tokenizer.model")
+            tokenizer = train_tokenizer(train, train_vocab, model, caseops, tokenizer_docs)
         sp = load_tokenizer(tokenizer)
         if caseops:
             caseops_module().check_tokenizer(sp, tokenizer)
@@ -411,6 +416,7 @@ def prepare(
                 "path": "tokenizer.model" if train_vocab else tokenizer,  # trained: in DIR
                 "sha256": file_sha256(tokenizer),
                 "vocab_size": sp.vocab_size(),
+                **({"trained_on_docs": tokenizer_docs} if train_vocab and tokenizer_docs else {}),
             },
             "sources": {"train": _sources(train), "val": _sources(val), "holdout": _sources(holdout)},
             "splits": {"train": train_stats, **({"val": val_stats} if val else {})},
@@ -449,9 +455,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-tokenizer", action="store_true", help="train DIR/tokenizer.model on --docs")
     parser.add_argument("--vocab-size", type=int)
     parser.add_argument("--caseops", action="store_true", help="CaseOps text; val shards get byte sidecars")
+    parser.add_argument("--tokenizer-docs", type=int, help="with --train-tokenizer: train on the first N docs only")
     args = parser.parse_args(argv)
     if args.train_tokenizer != (args.vocab_size is not None) or args.train_tokenizer == (args.tokenizer is not None):
         parser.error("give either --tokenizer MODEL or --train-tokenizer --vocab-size V")
+    if args.tokenizer_docs is not None and (not args.train_tokenizer or args.tokenizer_docs < 1):
+        parser.error("--tokenizer-docs N (N >= 1) goes with --train-tokenizer")
     t0 = time.perf_counter()
     try:
         manifest = prepare(
@@ -463,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             train_vocab=args.vocab_size,
             caseops=args.caseops,
+            tokenizer_docs=args.tokenizer_docs,
         )
     except (PrepareError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

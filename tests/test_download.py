@@ -294,3 +294,35 @@ def test_caseops_variant_fetches_val_byte_sidecars(hub, tmp_path, run_cli):
     proc = run_cli("data.download", *args, env=env)
     assert proc.returncode == 1 and "not one byte count per token" in proc.stderr and proc.stderr.count("\n") == 1
     assert not (folder / "fineweb_val_bytes_000000.bin").exists()
+
+
+def test_docs_variant_checks_and_splits_the_published_documents(hub, tmp_path, run_cli):
+    """--variant docs: docs_selected.jsonl checked against its source manifest's docs_sha256, split as the official
+    export splits it (the first docs_val documents are val) into the two files data.prepare reads; the unsplit file
+    goes, and a second run makes no request. A file whose sha256 is not the manifest's is deleted and reported."""
+    files, env = hub
+    lines = [json.dumps({"text": f"document {i} \u00e9"}, ensure_ascii=False) + "\n" for i in range(5)]
+    docs = (lines[0] + "\n" + "".join(lines[1:])).encode()  # a blank line is not a document
+    meta = {"num_docs": 5, "docs_val": 2, "docs_sha256": hashlib.sha256(docs).hexdigest()}
+    files["datasets/docs_selected.jsonl"] = docs
+    files["datasets/docs_selected.source_manifest.json"] = json.dumps(meta).encode()
+    out = tmp_path / "data"
+    args = ["--variant", "docs", "--repo-id", REPO_ID, "--out", out]
+    proc = run_cli("data.download", *args, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "docs: 2 val + 3 train documents" in proc.stdout
+    assert (out / "docs" / "fineweb_val_docs.jsonl").read_text() == "".join(lines[:2])
+    assert (out / "docs" / "fineweb_train_docs.jsonl").read_text() == "".join(lines[2:])
+    assert not (out / "docs_selected.jsonl").exists()
+    Hub.requests.clear()
+    proc = run_cli("data.download", *args, env=env)
+    assert proc.returncode == 0 and "docs: up to date" in proc.stdout and Hub.requests == []
+
+    files["datasets/docs_selected.source_manifest.json"] = json.dumps({**meta, "docs_sha256": "0" * 64}).encode()
+    other = tmp_path / "other"
+    proc = run_cli("data.download", "--variant", "docs", "--repo-id", REPO_ID, "--out", other, env=env)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert "docs_selected.jsonl from golf/test-data is invalid, deleted: sha256 is not the docs_sha256" in proc.stderr
+    assert not (other / "docs").exists()
+    proc = run_cli("data.download", "--variant", "docs", "--train-shards", "1", "--out", other, env=env)
+    assert proc.returncode == 2 and "--train-shards N is for the shard variants" in proc.stderr

@@ -166,3 +166,22 @@ def test_trains_a_tokenizer_with_the_official_settings(dev, tmp_path):
         check_shard(str(out / s["file"]), 320)
     report = check_docs(sp, iter_texts(dev["val"]))  # our byte accounting holds for our tokenizers too
     assert report.matched == report.docs == 700
+
+
+def test_tokenizer_docs_trains_on_the_first_documents_only(dev, tmp_path, run_cli):
+    """--tokenizer-docs N: the tokenizer learns from the first N training documents (SentencePiece holds what it
+    trains on in memory) while every document is still tokenized; the manifest says so. Only with --train-tokenizer."""
+    texts = [re.sub(r"[^a-z0-9 .,]", "", t.lower()) for t in iter_texts(dev["train"])]
+    first = write_jsonl(tmp_path / "first.jsonl", texts[:50])
+    docs = write_jsonl(tmp_path / "all.jsonl", texts)
+    capped = prepare([docs], str(tmp_path / "capped"), train_vocab=320, tokenizer_docs=50)
+    alone = prepare([first], str(tmp_path / "alone"), train_vocab=320)
+    full = prepare([docs], str(tmp_path / "full"), train_vocab=320)
+    model = {k: (tmp_path / k / "tokenizer.model").read_bytes() for k in ("capped", "alone", "full")}
+    assert model["capped"] == model["alone"] != model["full"]
+    assert capped["tokenizer"]["trained_on_docs"] == 50 and "trained_on_docs" not in full["tokenizer"]
+    assert capped["splits"]["train"]["docs"] == len(texts) and alone["splits"]["train"]["docs"] == 50
+    proc = run_cli(
+        "data.prepare", "--docs", docs, "--tokenizer", dev["sp1024"], "--out", tmp_path / "x", "--tokenizer-docs", "5"
+    )
+    assert proc.returncode == 2 and "--tokenizer-docs N (N >= 1) goes with --train-tokenizer" in proc.stderr
