@@ -2,13 +2,14 @@
 
     python -m data.prepare --docs FILE.jsonl[.xz]... --tokenizer MODEL --out DIR [--val-docs FILE...]
         [--shard-tokens N] [--workers W] [--train-tokenizer --vocab-size V [--tokenizer-docs N]] [--caseops]
+        [--drop-val-overlap]
 
 Each document {"text": ...} becomes [BOS] + sp.encode(text), no EOS, like the official export.
 Documents are packed whole into fineweb_train_NNNNNN.bin (fineweb_val_NNNNNN.bin for --val-docs)
 of at most --shard-tokens tokens; only a document longer than a shard is split. DIR/manifest.json
 (written last) lists every shard with its docs, tokens and sha256, the tokenizer and the sources.
 A training document whose stripped text is also a validation document is refused: nothing is
-written. The output is byte-identical for any --workers.
+written (--drop-val-overlap leaves such documents out and counts them). The output is byte-identical for any --workers.
 --caseops tokenizes the CaseOps text of each document (data/caseops.py; the tokenizer must be a CaseOps one,
 or --train-tokenizer trains one) and writes beside each val shard its byte sidecar fineweb_val_bytes_NNNNNN.bin:
 each token's bytes of the original text, which train_gpt.py counts instead of the pieces'.
@@ -222,22 +223,26 @@ class ShardWriter:
 
 
 def write_split(
-    encode: Encoder, paths: list[str], folder: str, split: str, cap: int, forbidden=frozenset(), sides=False
+    encode: Encoder, paths: list[str], folder: str, split: str, cap: int, forbidden=frozenset(), sides=False, drop=False
 ) -> tuple[dict, set[bytes]]:
-    """Tokenize the documents of `paths` into shards (sides: with CaseOps byte sidecars); return (stats, keys)."""
+    """Tokenize the documents of `paths` into shards (sides: with CaseOps byte sidecars); return (stats, keys).
+    A document in `forbidden` is refused, or with `drop` left out and counted."""
     writer, keys = ShardWriter(folder, split, cap), set()
-    docs = tokens = 0
+    docs = tokens = dropped = 0
     for path, lineno, key, doc in encode(paths, sides):
         if key in forbidden and key != EMPTY_KEY:
+            if drop:
+                dropped += 1
+                continue
             raise PrepareError(
                 f"{path}:{lineno}: this training document is also a validation document "
-                f"(same text after strip); refusing to write shards"
+                f"(same text after strip); refusing to write shards (--drop-val-overlap leaves such documents out)"
             )
         keys.add(key)
         writer.add(doc)
         docs, tokens = docs + 1, tokens + doc.shape[-1]
     writer.flush()
-    return {"docs": docs, "tokens": tokens, "shards": writer.shards}, keys
+    return {"docs": docs, "tokens": tokens, "shards": writer.shards} | ({"dropped": dropped} if drop else {}), keys
 
 
 def train_tokenizer(
@@ -385,6 +390,7 @@ def prepare(
     train_vocab: int | None = None,
     caseops: bool = False,
     tokenizer_docs: int | None = None,
+    drop_overlap: bool = False,
 ) -> dict:
     """Build DIR from the documents of `train` (and `val`); `holdout` documents are only checked
     for overlap. Tokenizes with `tokenizer`, or trains DIR/tokenizer.model when train_vocab is set.
@@ -408,7 +414,9 @@ def prepare(
         forbidden = {text_key(t) for p in holdout for t in iter_texts(p)}
         with encoder(tokenizer, workers, caseops) as encode:
             val_stats, val_keys = write_split(encode, list(val), stage, "val", shard_tokens, sides=caseops)
-            train_stats, _ = write_split(encode, train, stage, "train", shard_tokens, forbidden | val_keys)
+            train_stats, _ = write_split(
+                encode, train, stage, "train", shard_tokens, forbidden | val_keys, False, drop_overlap
+            )
         manifest = {
             "complete": True,
             "format": _format(shard_tokens, caseops),
@@ -440,6 +448,7 @@ def caseops_module():
 def summary(manifest: dict) -> str:
     return ", ".join(
         f"{k} {v['docs']:,} docs {v['tokens']:,} tokens in {len(v['shards'])} shard(s)"
+        + (f" ({v['dropped']:,} in val, left out)" if v.get("dropped") else "")
         for k, v in manifest["splits"].items()
     )
 
@@ -456,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab-size", type=int)
     parser.add_argument("--caseops", action="store_true", help="CaseOps text; val shards get byte sidecars")
     parser.add_argument("--tokenizer-docs", type=int, help="with --train-tokenizer: train on the first N docs only")
+    parser.add_argument("--drop-val-overlap", action="store_true", help="leave out (not refuse) train docs in val")
     args = parser.parse_args(argv)
     if args.train_tokenizer != (args.vocab_size is not None) or args.train_tokenizer == (args.tokenizer is not None):
         parser.error("give either --tokenizer MODEL or --train-tokenizer --vocab-size V")
@@ -473,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
             train_vocab=args.vocab_size,
             caseops=args.caseops,
             tokenizer_docs=args.tokenizer_docs,
+            drop_overlap=args.drop_val_overlap,
         )
     except (PrepareError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -130,6 +130,8 @@ def test_refuses_val_overlap_and_writes_nothing(dev, tmp_path, run_cli, one_line
     )
     one_line_error(proc, f"{leaky}:2: this training document is also a validation document")
     assert folder_bytes(out) == before  # the previous build is untouched, no new shards, no temp folder
+    m = prepare([dev["train"], leaky], str(tmp_path / "dropped"), dev["sp1024"], [dev["val"]], drop_overlap=True)
+    assert m["splits"]["train"]["dropped"] == 1 and m["splits"]["train"]["docs"] == 200 + 2  # the empty doc stays
 
 
 def test_bad_input_is_one_line(dev, tmp_path, run_cli, one_line_error):
