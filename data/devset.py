@@ -50,7 +50,7 @@ def build_variant(
     data = os.path.join(shared, "data")
     own = tokenizer is not None
     if own and not os.path.isfile(tokenizer):
-        raise PrepareError(f"{tokenizer}: no such file")
+        raise PrepareError(f"{tokenizer}: no such file")  # yours: not a --shared problem
     tokenizer = tokenizer or os.path.join(data, "tokenizers", TOKENIZERS[variant])
     train = sorted(glob.glob(os.path.join(data, "proxy", "*.jsonl.xz")))
     val = [os.path.join(data, "proxy_val", "proxy_val.jsonl.xz")]
@@ -58,7 +58,7 @@ def build_variant(
     dev_shard = os.path.join(data, "fineweb_dev", f"fineweb_val_{variant}.bin")
     if not train:
         raise PrepareError(f"{os.path.join(data, 'proxy')}: no *.jsonl.xz files (is --shared right?)")
-    for path in [tokenizer, *val, *holdout, *([] if own else [dev_shard])]:
+    for path in [*val, *holdout, *([] if own else [tokenizer, dev_shard])]:
         if not os.path.isfile(path):
             raise PrepareError(f"{path}: no such file (is --shared right?)")
 

@@ -212,8 +212,9 @@ def download_docs(repo_id: str, root: str, out: str) -> str:
     meta = _load_json(hub.fetch(DOCS_META, _check_docs_meta))
     want = {"source_sha256": meta.get("docs_sha256"), "docs_val": int(meta.get("docs_val", VAL_DOCS))}
     stamp = os.path.join(folder, "split.json")
-    if os.path.isfile(stamp) and all(map(os.path.isfile, split.values())) and _load_json(stamp)["source"] == want:
-        return f"docs: up to date in {folder} ({_load_json(stamp)['docs']})"
+    done = _load_json(stamp) if os.path.isfile(stamp) and all(map(os.path.isfile, split.values())) else {}
+    if done.get("source") == want:
+        return f"docs: up to date in {folder} ({done['docs']})"
 
     def check(path: str) -> None:
         if want["source_sha256"] and file_sha256(path) != want["source_sha256"]:

@@ -414,9 +414,8 @@ def prepare(
         forbidden = {text_key(t) for p in holdout for t in iter_texts(p)}
         with encoder(tokenizer, workers, caseops) as encode:
             val_stats, val_keys = write_split(encode, list(val), stage, "val", shard_tokens, sides=caseops)
-            train_stats, _ = write_split(
-                encode, train, stage, "train", shard_tokens, forbidden | val_keys, False, drop_overlap
-            )
+            train_keys = forbidden | val_keys
+            train_stats, _ = write_split(encode, train, stage, "train", shard_tokens, train_keys, drop=drop_overlap)
         manifest = {
             "complete": True,
             "format": _format(shard_tokens, caseops),
