@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 import types
@@ -27,6 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import train_gpt as tg  # noqa: E402
+from bench.proxy_run import head_commit  # noqa: E402
 
 
 def ours(softcap: float):
@@ -116,11 +116,8 @@ def main() -> None:
         row.pop("_out", None)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    stamp = ROOT / ".devdata" / "COMMIT"  # stamped before a device call: the device's copy may carry a stale .git
-    git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    git = stamp.read_text().strip() if stamp.is_file() else git or "unknown"
     card = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    result = dict(command=" ".join(sys.argv), git_commit=git, device=card, torch=torch.__version__, rows=rows)
+    result = dict(command=" ".join(sys.argv), git_commit=head_commit(), device=card, torch=torch.__version__, rows=rows)
     Path(args.out).write_text(json.dumps(result, indent=1))
 
 

@@ -19,6 +19,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from submissions.logs import LogError, read_events, read_text_log  # noqa: E402
 
+STAMP = ROOT / ".devdata/COMMIT"  # the caller stamps the commit here before a device call
+
+
+def head_commit() -> str:
+    """The commit a run is of: the stamp wins (the device's copy of the tree may carry a stale .git), else git."""
+    if STAMP.exists():
+        return STAMP.read_text().strip()
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return git.stdout.strip() if git.returncode == 0 else "unknown"
+
+
 PEAK_FLOPS = 798e12  # measured bf16 8192^3 matmul on the lent H100 (device KINDS.md)
 
 
@@ -115,14 +126,10 @@ def main() -> None:
     log_path = ROOT / "logs" / f"{name}.txt"
     log = log_path.read_text() if log_path.exists() else ""
     (out / f"{name}.log").write_text(log + "\n--- stderr ---\n" + stderr[-20000:])
-    # the caller stamps the commit in .devdata/COMMIT before a device call: the device's copy may carry a
-    # stale .git, so the stamp wins; the log's code sha256 (parsed below) pins the file that really ran
-    stamp = ROOT / ".devdata/COMMIT"
-    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    commit = stamp.read_text().strip() if stamp.exists() else git.stdout.strip() if git.returncode == 0 else "unknown"
+    commit = head_commit()  # the log's code sha256 (parsed below) pins the file that really ran
     dirty = (
-        not stamp.exists()
-        and git.returncode == 0
+        not STAMP.exists()
+        and commit != "unknown"
         and bool(
             subprocess.run(
                 ["git", "status", "--porcelain", "train_gpt.py", "quant/pack.py"],
