@@ -74,7 +74,7 @@ DEFAULTS: dict[str, object] = {
     # depends on what follows it. 12,500 x 4 is the official val set's 50,000 documents in four.
     **dict(TTT_LR=0.0001, TTT_PHASES=4, TTT_PHASE_DOCS=12_500, TTT_EPOCHS=1, TTT_SGD_LR=0.01),
     # TTT_CACHE=1: a chunk attends to the keys/values its document's earlier chunks made when scored (O(n) a document)
-    **dict(TTT_CACHE=1, TTT_BETA1=0.0, TTT_WD=1.0),  # the 2026-04-29 leader's adapter optimizer, as it sets it
+    **dict(TTT_CACHE=1, TTT_BETA1=0.0, TTT_BETA2=0.99, TTT_WD=1.0),  # the 2026-04-29 leader's AdamW but beta2
     # n-gram cache mixed into sliding (ngram) or TTT (ttt_ngram); the gate starts at 1% (2026-11-23_ngram.md)
     **dict(NGRAM_ORDER=6, NGRAM_ALPHA="-4.595,0,0,0", NGRAM_CHUNK=32768, NGRAM_GATE_LR=0.05),
 }
@@ -113,7 +113,7 @@ FLAGS += ("EMBED_BF16", "MUON_ROW_NORM", "POLAR_EXPRESS", "EMA", "EVAL_CROSS_DOC
 FLAGS += ("TTT_GLOBAL", "TTT_CACHE", "OVERWRITE")
 SEED_ARCHS = ("worker", "pse", "scan")  # their blocks live in seed_archs.py, imported only when ARCH names one
 EVAL_PATHS = ("plain", "sliding", "ttt", "ngram", "ttt_ngram")
-TTT_TARGETS = ("c_q", "c_k", "c_v", "proj", "fc")  # block linears by name ("proj": attention's and the MLP's)
+TTT_TARGETS = ("c_q", "c_k", "c_v", "proj", "fc", "head")  # block linears by name ("proj": attention's and the MLP's)
 # The model an artifact carries; the rest are run settings. A seed architecture adds its block's knobs.
 MODEL_KEYS = ("arch", "vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "leaky_slope")
 MODEL_KEYS += ("rope_base", "rope_dims", "qk_gain_init", "logit_softcap", "tied_embed_init_std", "doc_mask", "xsa")
@@ -178,10 +178,7 @@ class Hyperparameters:
             bad = [v for v in given if v not in allowed]
             need(not bad, f"{key}={value!r}: {bad and bad[0]!r} is not one of {', '.join(map(str, allowed))}")
         need(self.compile < 2 or self.arch == "gpt", f"COMPILE=2 compiles ARCH=gpt only (ARCH={self.arch}: 0 or 1)")
-        need(
-            bool(self.listed("eval_paths")),
-            "EVAL_PATHS is empty: a run is scored from its artifact by at least one path",
-        )
+        need(bool(self.listed("eval_paths")), "EVAL_PATHS is empty: a run is scored from its artifact by 1+ paths")
         need(bool(self.codecs), f"CODECS is empty: name one or more of {', '.join(CODECS)}")
         try:
             alpha = [float(a) for a in self.ngram_alpha.split(",")]
@@ -200,8 +197,8 @@ class Hyperparameters:
         need(0 < self.eval_stride <= self.eval_seq_len, f"EVAL_STRIDE={self.eval_stride}: expected 1..EVAL_SEQ_LEN")
         need(not ttt or self.ttt_chunk <= self.eval_seq_len, f"TTT_CHUNK={self.ttt_chunk} > EVAL_SEQ_LEN")
         need(not self.ttt_cache or self.arch == "gpt", f"TTT_CACHE=1: ARCH=gpt only (ARCH={self.arch})")
-        ok = 0 <= self.ttt_beta1 < 1 and self.ttt_wd >= 0
-        need(ok, f"TTT_BETA1={self.ttt_beta1}, TTT_WD={self.ttt_wd}: expected 0 <= beta1 < 1, wd >= 0")
+        ok, betas = 0 <= self.ttt_beta1 < 1 and 0 <= self.ttt_beta2 < 1 and self.ttt_wd >= 0, self.ttt_beta2
+        need(ok, f"TTT_BETA1={self.ttt_beta1}, TTT_BETA2={betas}, TTT_WD={self.ttt_wd}: want 0 <= beta < 1, wd >= 0")
         ok = self.ttt_phases >= 1 and self.ttt_phase_docs >= 1
         need(ok, f"TTT_PHASES={self.ttt_phases}, TTT_PHASE_DOCS={self.ttt_phase_docs}: expected >= 1 each")
         need(1 <= self.ngram_order <= 16, f"NGRAM_ORDER={self.ngram_order}: expected 1..16")
@@ -766,6 +763,7 @@ class GPT(nn.Module):
         self.skip_gates = nn.Parameter(torch.zeros(n_skip, h.model_dim)) if h.skip_gates and n_skip else None
         self.smear = nn.Parameter(torch.zeros(h.model_dim)) if h.smear else None
         self.attn_impl = h.attn_impl if h.attn_impl != "auto" else default_attn_impl()
+        self.lora: nn.Module | None = None  # TTT's adapter on the tied head, as CastedLinear.lora on a block linear
         nn.init.normal_(self.tok_emb.weight, std=h.tied_embed_init_std)
         if h.embed_bf16:
             self.tok_emb.bfloat16()
@@ -810,7 +808,8 @@ class GPT(nn.Module):
         return x
 
     def logits(self, hidden: Tensor) -> Tensor:
-        return self.softcap * torch.tanh(F.linear(hidden, self.tok_emb.weight.to(hidden.dtype)) / self.softcap)
+        z = F.linear(hidden, self.tok_emb.weight.to(hidden.dtype))
+        return self.softcap * torch.tanh((z if self.lora is None else z + self.lora(hidden)) / self.softcap)
 
     def nll(self, hidden: Tensor, targets: Tensor, entropy: bool = False) -> Tensor:
         logits = self.logits(hidden).float()
@@ -1808,8 +1807,9 @@ def make_lora(model: GPT, h: Hyperparameters, device: torch.device) -> list[tupl
     shapes for every batch, so a compiled model does not recompile per batch."""
     targets, g = h.listed("ttt_targets"), torch.Generator().manual_seed(h.seed)
     mods = [m for n, m in model.blocks.named_modules() if isinstance(m, CastedLinear) and n.split(".")[-1] in targets]
-    lora = lambda m: BatchedLoRA(h.ttt_docs, m.in_features, m.out_features, h.ttt_rank, h.ttt_alpha, g).to(device)
-    return [(m, lora(m)) for m in mods]
+    mods += [model] if "head" in targets else []  # (out, in): a linear's weight; the head's is the tied embedding
+    shape = lambda m: (m.tok_emb.weight if m is model else m.weight).shape[::-1]
+    return [(m, BatchedLoRA(h.ttt_docs, *shape(m), h.ttt_rank, h.ttt_alpha, g).to(device)) for m in mods]
 
 
 def score_docs(model: GPT, tokens, spans, stats, h, device, loras, entropy=False, on_score=None, on_update=None):
@@ -1819,7 +1819,7 @@ def score_docs(model: GPT, tokens, spans, stats, h, device, loras, entropy=False
     for m, lora in loras:
         m.lora = lora
     params, tick = [p for _, lora in loras for p in lora.parameters()], progress("ttt: documents", len(spans))
-    adam = dict(betas=(h.ttt_beta1, 0.99), weight_decay=h.ttt_wd, fused=device.type == "cuda")  # one kernel a step
+    adam = dict(betas=(h.ttt_beta1, h.ttt_beta2), weight_decay=h.ttt_wd, fused=device.type == "cuda")  # 1 kernel
     for i in range(0, len(spans), h.ttt_docs):
         tick(i)
         batch = spans[i : i + h.ttt_docs]
@@ -1830,13 +1830,13 @@ def score_docs(model: GPT, tokens, spans, stats, h, device, loras, entropy=False
         cache = ChunkCache(h.eval_seq_len - h.ttt_chunk, device) if h.ttt_cache else None
         for c in range(n_chunks):
             rows, *batch_c = chunk_batch(tokens, batch, c, h)
-            x, w, cols, pos = (t.to(device) for t in batch_c)
+            x, w, cols, sel, pos = (t.to(device) for t in batch_c)
             # grad on even for the last chunk (no step; `del out` frees it): one compiled graph per width. The head
-            # runs on the scored positions only (TTT_DOCS x TTT_CHUNK, padded), not on each row's whole window.
+            # runs on the scored positions only (TTT_DOCS x TTT_CHUNK, a row each), not on each row's whole window.
             with autocast(device):
                 hid = model.hidden(x[:, :-1], True, True, cache).flatten(0, 1)[cols]
-                out = model.nll(hid[None], x[:, 1:].flatten()[cols][None], entropy).view(1 + entropy, -1)
-            stats[:, pos] = out[:, : len(pos)].detach().double()
+                out = model.nll(hid, x[:, 1:].flatten()[cols], entropy).view(1 + entropy, -1)
+            stats[:, pos] = out[:, sel].detach().double()
             for _, s, _, b, lo in rows if on_score else []:
                 on_score(s + lo, s + b)
             if params and c < n_chunks - 1:
@@ -1854,8 +1854,9 @@ def score_docs(model: GPT, tokens, spans, stats, h, device, loras, entropy=False
 def chunk_batch(tokens: Tensor, batch: list[tuple[int, int]], c: int, h: Hyperparameters) -> tuple:
     """Chunk c of each document in `batch` (with up to EVAL_SEQ_LEN tokens of its prefix; with TTT_CACHE none, the
     cache holds it) as one forward of TTT_DOCS rows (PAD rows for missing documents) at one of a few widths: (rows,
-    ids, the scored columns of the flattened output padded to TTT_DOCS x TTT_CHUNK, their loss weights (0 on
-    padding), their stream positions)."""
+    ids, loss weights (0 on padding) and the flattened output's columns of the scored targets, a TTT_DOCS x TTT_CHUNK
+    grid with a row per document (padding repeats a row's last column), which grid cells hold them, and their stream
+    positions)."""
     C, L, n = h.ttt_chunk, h.eval_seq_len, h.ttt_docs
     rows = []  # (row, doc start, window a..b local, first scored local target)
     for r, (s, e) in enumerate(batch):
@@ -1864,14 +1865,15 @@ def chunk_batch(tokens: Tensor, batch: list[tuple[int, int]], c: int, h: Hyperpa
             rows.append((r, s, lo - 1 if h.ttt_cache else max(0, hi - L), hi, lo))
     W = max(b - a for _, _, a, b, _ in rows)
     W = C if h.ttt_cache else min(L, C * 2 ** math.ceil(math.log2(max(1, W / C))))  # few distinct widths
-    x, w, cols, pos = torch.full((n, W + 1), PAD_ID, dtype=torch.int64), [], [], []
+    x, w, cols = torch.full((n, W + 1), PAD_ID, dtype=torch.int64), torch.zeros(n, C), torch.zeros(n, C, dtype=int)
+    sel, pos = [], []
     for r, s, a, b, lo in rows:  # local target j sits at column j - 1 - a
-        x[r, : b - a + 1] = tokens[s + a : s + b + 1]
-        w.append(torch.full((b - lo + 1,), 1 / (b - lo + 1)))  # the loss: the sum of each document's mean NLL
-        cols.append(torch.arange(r * W + lo - 1 - a, r * W + b - a))
+        x[r, : b - a + 1], k = tokens[s + a : s + b + 1], b - lo + 1
+        w[r, :k] = 1 / k  # the loss: the sum of each document's mean NLL
+        cols[r] = r * W + lo - 1 - a + torch.arange(C).clamp(max=k - 1)
+        sel.append(torch.arange(r * C, r * C + k))
         pos.append(torch.arange(s + lo, s + b + 1))
-    cols, w, pad = torch.cat(cols), torch.cat(w), n * C - sum(map(len, pos))  # one head shape for every chunk
-    return rows, x, F.pad(w, (0, pad)), F.pad(cols, (0, pad)), torch.cat(pos)
+    return rows, x, w.flatten(), cols, torch.cat(sel), torch.cat(pos)
 
 
 def global_sgd(model: GPT, tokens: Tensor, spans: list[tuple[int, int]], h, device, on_update=None) -> None:
@@ -1957,11 +1959,8 @@ def run_evals(model, h, vals: dict[str, Tensor], luts, device, log, paths: list[
             if base not in passes:
                 entropy = any(MIXED.get(p) == base for p in paths)  # the n-gram gate reads the model's entropy
                 stride = h.eval_seq_len if base == "plain" else h.eval_stride
-                r = (
-                    eval_ttt(model, tokens, h, luts, device, entropy=entropy)
-                    if base == "ttt"
-                    else eval_stream(model, tokens, h, luts, device, stride, entropy)
-                )
+                args = (model, tokens, h, luts, device)
+                r = eval_ttt(*args, entropy=entropy) if base == "ttt" else eval_stream(*args, stride, entropy)
                 passes[base] = (r, time.perf_counter() - t0)
             r, seconds = passes[base]
             if path != base:

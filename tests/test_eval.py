@@ -90,21 +90,25 @@ def reference_ttt(model, tokens, h):
     C, L, spans, phases = h.ttt_chunk, h.eval_seq_len, tg.doc_spans(tokens), h.ttt_phases if h.ttt_global else 1
     k = h.ttt_phase_docs  # phase p: documents p*k .. (p+1)*k - 1 from the start; the last phase takes the rest
     bounds = [(p * k, (p + 1) * k if p < phases - 1 else len(spans)) for p in range(phases)]
+    names = h.ttt_targets.split(",")
     targets = [
-        m
-        for name, m in model.blocks.named_modules()
-        if isinstance(m, tg.CastedLinear) and name.split(".")[-1] in h.ttt_targets.split(",")
+        m for n, m in model.blocks.named_modules() if isinstance(m, tg.CastedLinear) and n.split(".")[-1] in names
     ]
+    targets += [model] if "head" in names else []  # the tied head's adapter, made after the block linears'
+    d_in, d_out = (
+        lambda m: model.tok_emb.weight.size(1) if m is model else m.in_features,
+        lambda m: model.tok_emb.weight.size(0) if m is model else m.out_features,
+    )
     for p in range(phases):
         model.requires_grad_(False)
         g = torch.Generator().manual_seed(h.seed)
-        inits = [torch.randn(h.ttt_rank, m.in_features, generator=g) / math.sqrt(m.in_features) for m in targets]
+        inits = [torch.randn(h.ttt_rank, d_in(m), generator=g) / math.sqrt(d_in(m)) for m in targets]
         for s, e in spans[bounds[p][0] : bounds[p][1]]:  # in any order: documents do not interact
             for m, A in zip(targets, inits):
-                m.lora = tg.BatchedLoRA(1, m.in_features, m.out_features, h.ttt_rank, h.ttt_alpha, torch.Generator())
+                m.lora = tg.BatchedLoRA(1, d_in(m), d_out(m), h.ttt_rank, h.ttt_alpha, torch.Generator())
                 m.lora.A.data = A[None].clone()
             params = [q for m in targets for q in m.lora.parameters()]
-            opt = torch.optim.AdamW(params, lr=h.ttt_lr, betas=(h.ttt_beta1, 0.99), weight_decay=h.ttt_wd)
+            opt = torch.optim.AdamW(params, lr=h.ttt_lr, betas=(h.ttt_beta1, h.ttt_beta2), weight_decay=h.ttt_wd)
             for lo in range(1, e - s + 1, C):
                 hi = min(lo + C - 1, e - s)
                 a = max(0, hi - L)
@@ -127,6 +131,7 @@ def reference_ttt(model, tokens, h):
         {},
         {"TTT_DOCS": "2", "TTT_PHASES": "1"},
         {"TTT_CHUNK": "8", "EVAL_SEQ_LEN": "40", "TTT_DOCS": "5", "TTT_GLOBAL": "0"},
+        {"TTT_TARGETS": "c_q,head", "TTT_BETA2": "0.999", "TTT_DOCS": "2", "TTT_GLOBAL": "0"},  # the head adapter
     ],
 )
 def test_ttt_equals_one_document_at_a_time(setup, cfg):
