@@ -1,15 +1,15 @@
 """Eval settings (sliding, TTT variants) on the first DOCS documents of each val set, from one artifact, on one GPU.
 
 Usage: python bench/ttt_subset.py OUT.json --docs N [--profile NAME] "NAME:KEY=VALUE;KEY=VALUE" ...
-The artifact, data and tokenizer come from the usual knobs in the environment (ARTIFACT, DATA_PATH,
-DEV_VAL_FILES, TOKENIZER_PATH, PRESET); each setting adds its own (`sliding` scores the sliding path, any
-other name runs eval_ttt with its knobs). The first N documents of a stream are a stream of their own, and a
-TTT score depends on its prefix only (tests/test_eval.py cuts the stream and checks it), so with one phase
-(TTT_GLOBAL=0) these are the scores those documents get in a run over the whole set. Seconds are wall time
-after a sync, compile of shapes first seen included (the first val set pays most of it: `compile_s` is
-the first set's time minus the rate of the second set's applied to its tokens, a rough split).
---profile NAME runs that setting once more on 8 documents under torch.profiler and stores its top kernels.
-Every score is a proxy score when the model was trained on the proxy corpus.
+The artifact, data and tokenizer come from the usual knobs in the environment (ARTIFACT, DATA_PATH, DEV_VAL_FILES,
+TOKENIZER_PATH, PRESET); each setting adds its own (`sliding` scores the sliding path, a name starting `sgd` times
+one global SGD pass over the set (no score), any other name runs eval_ttt with its knobs). The first N documents of
+a stream are a stream of their own, and a TTT score depends on its prefix only (tests/test_eval.py cuts the stream
+and checks it), so with one phase (TTT_GLOBAL=0) these are the scores those documents get in a run over the whole
+set. Seconds are wall time after a sync, compile of shapes first seen included (the first val set pays most of it:
+`compile_s` is the first set's time minus the rate of the second set's applied to its tokens, a rough split).
+--profile NAME runs that setting once more on 8 documents under torch.profiler and stores its top kernels. Every
+score is a proxy score when the model was trained on the proxy corpus.
 """
 
 import argparse
@@ -48,6 +48,9 @@ def run_setting(name: str, knobs: dict, vals: dict, device, profile=False) -> di
             tokens = first_docs(tokens, 8)
         if name == "sliding":
             r = tg.eval_stream(model, tokens, hm, luts, device, hm.eval_stride)
+        elif name.startswith("sgd"):  # timing only: one global SGD pass over the set's documents, nothing scored
+            tg.global_sgd(model, tokens, tg.doc_spans(tokens), hm, device)
+            r = dict(bpb=float("nan"), loss=float("nan"), tokens=len(tokens) - 1, bytes=0)
         else:
             r = tg.eval_ttt(model, tokens, hm, luts, device)
         tg.sync(device)
