@@ -69,7 +69,7 @@ DEFAULTS: dict[str, object] = {
     **dict(EMBED_CLIP=14.0, LQER_TOP=3, LQER_RANK=4, CODECS="rans,brotli,zstd,lzma", SIZE_CAP=16_000_000),
     # score-first TTT: phased global SGD and/or per-document LoRA (reset per document, chunk by chunk)
     **dict(TTT_LORA=1, TTT_GLOBAL=1, TTT_CHUNK=48, TTT_DOCS=64, TTT_RANK=96, TTT_ALPHA=144.0),
-    **dict(TTT_TARGETS="c_q,c_k,c_v,proj,fc"),
+    **dict(TTT_TARGETS="c_q,c_k,c_v,proj,fc,head"),  # head: the tied LM head (2026-12-06_ttt_head.md)
     # phases are TTT_PHASE_DOCS documents each from the stream's start (the last takes the rest): a boundary never
     # depends on what follows it. 12,500 x 4 is the official val set's 50,000 documents in four.
     **dict(TTT_LR=0.0001, TTT_PHASES=4, TTT_PHASE_DOCS=12_500, TTT_EPOCHS=1, TTT_SGD_LR=0.01),
@@ -1917,6 +1917,16 @@ def ttt_phases(spans: list[tuple[int, int]], h: Hyperparameters) -> list[list[tu
     return [spans[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
+def warm_up_ttt(model: GPT, h: Hyperparameters, luts, device: torch.device) -> float:
+    """TTT's graphs (both chunk kinds, forward and backward, the eval paths' loss head) compiled before the eval clock
+    starts, as training warms up: eval_ttt on a batch of random two-chunk documents, no val token. Returns seconds."""
+    t0, g = time.perf_counter(), torch.Generator().manual_seed(h.seed)
+    ids = torch.randint(BOS_ID + 1, h.vocab_size, (2 * h.ttt_chunk * h.ttt_docs + 1,), generator=g)
+    ids[:: 2 * h.ttt_chunk] = BOS_ID
+    eval_ttt(model, ids, h, luts, device, entropy="ttt_ngram" in h.listed("eval_paths"))
+    return time.perf_counter() - t0
+
+
 def eval_ttt(model: GPT, tokens: Tensor, h, luts, device, on_score=None, on_update=None, entropy=False) -> dict:
     """Score-first TTT over the whole stream; the base weights are restored afterwards. Returns summed()."""
     base = {k: v.clone() for k, v in model.state_dict().items()}
@@ -2069,6 +2079,9 @@ def main() -> None:
         log_model(log, model)
     if h.compile and device.type == "cuda":
         model.compile_parts()
+        if h.ttt_lora and {"ttt", "ttt_ngram"} & set(h.listed("eval_paths")):
+            seconds = warm_up_ttt(model, h, luts["val"], device)
+            log(f"eval warm-up: TTT compiled on random tokens in {seconds:.1f} s, before the eval clock")
     spent = run_evals(model, h, vals, luts, device, log, h.listed("eval_paths"))["eval_seconds"]
     if h.world_size > 1:
         dist.destroy_process_group()

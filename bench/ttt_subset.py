@@ -6,8 +6,9 @@ TOKENIZER_PATH, PRESET); each setting adds its own (`sliding` scores the sliding
 one global SGD pass over the set (no score), any other name runs eval_ttt with its knobs). The first N documents of
 a stream are a stream of their own, and a TTT score depends on its prefix only (tests/test_eval.py cuts the stream
 and checks it), so with one phase (TTT_GLOBAL=0) these are the scores those documents get in a run over the whole
-set. Seconds are wall time after a sync, compile of shapes first seen included (the first val set pays most of it:
-`compile_s` is the first set's time minus the rate of the second set's applied to its tokens, a rough split).
+set. A TTT setting first runs train_gpt's warm_up_ttt on random tokens, as main does (`warm_up_s`). Seconds are wall
+time after a sync, compile of shapes first seen included (the first val set pays what the warm-up missed: `compile_s`
+is the first set's time minus the rate of the second set's applied to its tokens, a rough split).
 --profile NAME runs that setting once more on 8 documents under torch.profiler and stores its top kernels. Every
 score is a proxy score when the model was trained on the proxy corpus.
 """
@@ -38,9 +39,11 @@ def run_setting(name: str, knobs: dict, vals: dict, device, profile=False) -> di
     h = tg.Hyperparameters({**os.environ, "EVAL_ONLY": "1", **knobs})
     luts = tg.tokenizer_luts(h)
     model, hm = tg.load_artifact(h.artifact_path, h, device)
+    row = {"knobs": knobs, "sets": {}}
     if hm.compile and device.type == "cuda":
         model.compile_parts()
-    row = {"knobs": knobs, "sets": {}}
+        if name != "sliding" and not name.startswith("sgd"):  # as main does: TTT's graphs before the timed sets
+            row["warm_up_s"] = tg.warm_up_ttt(model, hm, luts, device)
     for set_name, tokens in vals.items():
         tg.sync(device)
         t0 = time.perf_counter()

@@ -81,6 +81,16 @@ def test_ttt_changes_scores_and_restores_weights(setup):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.parametrize("cache", ["0", "1"])
+def test_warm_up_ttt_keeps_the_weights(setup, cache):
+    """The eval warm-up (main runs it before the eval clock when compiled) runs TTT on random tokens: it takes no
+    val tokens at all, and the base weights come back unchanged."""
+    h, model, luts, _ = setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert tg.warm_up_ttt(model, tg.Hyperparameters({**TINY, "TTT_CACHE": cache}), luts, CPU) > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def reference_ttt(model, tokens, h):
     """The TTT semantics one document at a time, without batching, padding or width buckets: every document's
     adapters start from the same A (one SEED-seeded draw per target linear, in module order) and B = 0;

@@ -37,9 +37,10 @@ def test_no_function_is_over_60_lines():
 # phases 8 and its head on the scored positions 3, the seed archs' fp32-residual default 2, issue 26's rANS codec 38
 # (2,225); the n-gram mixer's move to the plug-in ngram_mix.py took 205 out (2,020); issue 25's cached-context TTT
 # (ChunkCache, TTT_CACHE/TTT_BETA1/TTT_WD, the seed archs' eval defaults) added 54 (2,074); issue 28's byte sidecar
-# (val_shards, load_sidecar, the per-set bytes in main and run_evals) 26 (2,100: issue 23's bound, reached). Raise it
-# only with the feature that needs the lines, and say which.
-MAX_LINES = 2100
+# (val_shards, load_sidecar, the per-set bytes in main and run_evals) 26 (2,100: issue 23's bound, reached); issue 25's
+# head adapter (GPT.lora, chunk_batch's grid of a row per document) and TTT's warm-up before the eval clock added 21,
+# joining three statements paid 9 back (2,112). Raise it only with the feature that needs the lines, and say which.
+MAX_LINES = 2112
 
 
 def test_length_and_no_plug_in_inside():
