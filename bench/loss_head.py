@@ -33,7 +33,7 @@ def ours(softcap: float):
     """train_gpt's own loss head on (hidden, weight, targets): GPT.nll with the given tied embedding weight."""
 
     def loss(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        m = types.SimpleNamespace(softcap=softcap, tok_emb=types.SimpleNamespace(weight=w))
+        m = types.SimpleNamespace(softcap=softcap, tok_emb=types.SimpleNamespace(weight=w), lora=None)
         m.logits = lambda x: tg.GPT.logits(m, x)
         return tg.GPT.nll(m, h[None], y[None]).mean()
 
