@@ -91,6 +91,30 @@ def test_warm_up_ttt_keeps_the_weights(setup, cache):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_warm_up_ttt_compiles_what_scoring_needs(setup, monkeypatch):
+    """After the warm-up, scoring real documents (every length, a partial last batch) captures no new graph: the
+    compile time it saves is all of TTT's (global SGD's graphs excepted: phases change the base weights). The
+    aot_eager backend stands in for inductor on the CPU; the warm-up steps the adapters, so backward runs too."""
+    from torch._dynamo.utils import counters
+
+    _, model, luts, _ = setup
+    tokens = torch.from_numpy(np.asarray(tg.load_shard(DEV))[:3000].astype(np.int64))
+    h = tg.Hyperparameters({**TINY, "TTT_CACHE": "1", "TTT_GLOBAL": "0", "TTT_TARGETS": "c_q,c_v,proj,fc,head"})
+    compile_ = torch.compile  # nn.Module.compile calls it too
+    monkeypatch.setattr(torch, "compile", lambda f, **k: compile_(f, **{**k, "backend": "aot_eager"}))
+    torch._dynamo.reset()
+    steps, step = [], torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda opt, *a: (steps.append(1), step(opt, *a))[1])
+    model = copy.deepcopy(model)
+    model.compile_parts()
+    tg.warm_up_ttt(model, h, luts, CPU)
+    captured = counters["stats"]["calls_captured"]
+    assert captured > 0 and steps
+    tg.eval_ttt(model, tokens, h, luts, CPU)
+    assert counters["stats"]["calls_captured"] == captured
+    torch._dynamo.reset()
+
+
 def reference_ttt(model, tokens, h):
     """The TTT semantics one document at a time, without batching, padding or width buckets: every document's
     adapters start from the same A (one SEED-seeded draw per target linear, in module order) and B = 0;
