@@ -4,6 +4,7 @@ for TTT, every target scored exactly once, and BPB totals equal to data.check_bp
 import copy
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 
 import train_gpt as tg
 from data.check_bpb import check_docs
-from tests.conftest import SHARED
+from tests.conftest import REPO, SHARED
 from tests.conftest import TINY as BASE
 
 SP1024 = str(SHARED / "data/tokenizers/fineweb_1024_bpe.model")
@@ -113,6 +114,23 @@ def test_warm_up_ttt_compiles_what_scoring_needs(setup, monkeypatch):
     tg.eval_ttt(model, tokens, h, luts, CPU)
     assert counters["stats"]["calls_captured"] == captured
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("cfg", [{}, {"TTT_PHASES": "1", "TTT_DOCS": "2"}])
+def test_bench_ttt_steps_counts_the_steps_eval_ttt_takes(setup, monkeypatch, cfg):
+    """bench/ttt_steps.py's count (its projection of TTT's time) is the number of chunk forwards eval_ttt runs."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import ttt_steps
+
+    _, model, luts, _ = setup
+    tokens = torch.from_numpy(np.asarray(tg.load_shard(DEV))[:1100].astype(np.int64))
+    tokens[[100, 180, 230, 350, 360, 600, 700, 1000]] = tg.BOS_ID
+    h, calls, chunk_batch = tg.Hyperparameters({**TINY, **cfg}), [], tg.chunk_batch
+    monkeypatch.setattr(tg, "chunk_batch", lambda *a: (calls.append(1), chunk_batch(*a))[1])
+    tg.eval_ttt(model, tokens, h, luts, CPU)
+    lengths = np.array([e - s for s, e in tg.doc_spans(tokens)])
+    steps = ttt_steps.rank_steps(lengths, 1, h.ttt_docs, h.ttt_chunk, h.ttt_phases, h.ttt_phase_docs)
+    assert steps == [len(calls)] and len(calls) > len(lengths) // h.ttt_docs
 
 
 def reference_ttt(model, tokens, h):
