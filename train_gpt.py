@@ -1812,17 +1812,16 @@ def make_lora(model: GPT, h: Hyperparameters, device: torch.device) -> list[tupl
     return [(m, BatchedLoRA(h.ttt_docs, *shape(m), h.ttt_rank, h.ttt_alpha, g).to(device)) for m in mods]
 
 
-def score_docs(model: GPT, tokens, spans, stats, h, device, loras, entropy=False, on_score=None, on_update=None):
-    """Score documents in batches of TTT_DOCS, chunk by chunk, with the per-document adapters `loras` (reset
+def score_docs(model: GPT, tokens, batches, stats, h, device, loras, entropy=False, on_score=None, on_update=None):
+    """Score `batches` of up to TTT_DOCS documents, chunk by chunk, with the per-document adapters `loras` (reset
     per batch; none without TTT_LORA): an adapter steps on a chunk only after the chunk is scored."""
     model.requires_grad_(False)  # only the adapters learn here: no backward work for the base weights
     for m, lora in loras:
         m.lora = lora
-    params, tick = [p for _, lora in loras for p in lora.parameters()], progress("ttt: documents", len(spans))
+    params, tick = [p for _, lora in loras for p in lora.parameters()], progress("ttt: batches", len(batches))
     adam = dict(betas=(h.ttt_beta1, h.ttt_beta2), weight_decay=h.ttt_wd, fused=device.type == "cuda")  # 1 kernel
-    for i in range(0, len(spans), h.ttt_docs):
+    for i, batch in enumerate(batches):
         tick(i)
-        batch = spans[i : i + h.ttt_docs]
         for _, lora in loras:
             lora.reset()
         opt = torch.optim.AdamW(params, h.ttt_lr, **adam) if params else None
@@ -1927,6 +1926,21 @@ def warm_up_ttt(model: GPT, h: Hyperparameters, luts, device: torch.device) -> f
     return time.perf_counter() - t0
 
 
+def ttt_batches(phase: list[tuple[int, int]], h: Hyperparameters) -> list[list[tuple[int, int]]]:
+    """This rank's TTT batches of a phase: its documents sorted by length, TTT_DOCS a batch, the batches dealt
+    longest first, each to the rank with the fewest chunk steps so far (a batch takes ceil(its longest / TTT_CHUNK)
+    steps): one batch holds the longest documents, not one per rank (bench/ttt_steps.py counts). Every rank deals
+    alike; a document's score does not depend on its batch."""
+    order = sorted(phase, key=lambda se: se[1] - se[0])
+    batches = [order[i : i + h.ttt_docs] for i in range(0, len(order), h.ttt_docs)]
+    load, mine = [0] * h.world_size, []
+    for b in sorted(batches, key=lambda b: b[-1][0] - b[-1][1]):  # b[-1]: a batch's longest document
+        r = load.index(min(load))
+        load[r] += math.ceil((b[-1][1] - b[-1][0]) / h.ttt_chunk)
+        mine += [b] if r == h.rank else []
+    return mine
+
+
 def eval_ttt(model: GPT, tokens: Tensor, h, luts, device, on_score=None, on_update=None, entropy=False) -> dict:
     """Score-first TTT over the whole stream; the base weights are restored afterwards. Returns summed()."""
     base = {k: v.clone() for k, v in model.state_dict().items()}
@@ -1936,9 +1950,7 @@ def eval_ttt(model: GPT, tokens: Tensor, h, luts, device, on_score=None, on_upda
     phases = ttt_phases(spans, h)
     for p, phase in enumerate(phases):
         if loras:
-            order = sorted(phase, key=lambda se: se[1] - se[0])  # similar lengths share a batch
-            mine = order[h.rank :: h.world_size]
-            score_docs(model, tokens, mine, stats, h, device, loras, entropy, on_score, on_update)
+            score_docs(model, tokens, ttt_batches(phase, h), stats, h, device, loras, entropy, on_score, on_update)
         else:  # global SGD alone: a phase is one stretch of the stream, scored like the sliding path
             lo, hi = phase[0][0], phase[-1][1]
             score_stream(model, tokens[lo : hi + 1], h, device, h.eval_stride, stats, lo, entropy=entropy)

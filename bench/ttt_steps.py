@@ -1,8 +1,9 @@
 """How many chunk steps score-first LoRA TTT takes, per rank, on a val stream or on a bootstrap of one to the official
 val set's size: TTT's time is steps x seconds a step (a step is one forward + backward of TTT_DOCS x TTT_CHUNK
 positions, padded rows included), so a token rate measured on a small set with a long-document tail does not
-project. Layout as train_gpt.eval_ttt: phases of TTT_PHASE_DOCS documents from the start, each phase sorted by
-length, rank r takes every world-th document, batches of TTT_DOCS, a batch runs ceil(its longest / TTT_CHUNK) steps.
+project. The layout is train_gpt's own (ttt_phases, ttt_batches): phases of TTT_PHASE_DOCS documents from the start,
+each sorted by length into batches of TTT_DOCS, dealt longest first to the least-loaded rank; a batch runs
+ceil(its longest / TTT_CHUNK) steps.
 
 Usage: python bench/ttt_steps.py SHARD [--bootstrap 50000 --seeds 20] [--ranks 8] [--docs 64] [--chunk 48]
        [--phases 4 --phase-docs 12500] [--ms-per-step M]
@@ -16,6 +17,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -25,14 +27,15 @@ import train_gpt as tg  # noqa: E402
 
 
 def rank_steps(lengths: np.ndarray, ranks: int, docs: int, chunk: int, phases: int, phase_docs: int) -> list[int]:
-    """Chunk steps of each rank over every phase, in train_gpt.eval_ttt's layout."""
-    cuts = [min(i * phase_docs, len(lengths)) for i in range(phases)] + [len(lengths)]
+    """Chunk steps of each rank over every phase: train_gpt's own phases and batches (ttt_phases, ttt_batches)."""
+    ends = np.cumsum(lengths)
+    spans = list(zip((ends - lengths).tolist(), ends.tolist()))
+    knobs = dict(ttt_docs=docs, ttt_chunk=chunk, ttt_phases=phases, ttt_phase_docs=phase_docs, ttt_global=1)
     steps = [0] * ranks
-    for a, b in zip(cuts, cuts[1:]):
-        order = np.sort(lengths[a:b])
+    for phase in tg.ttt_phases(spans, SimpleNamespace(**knobs)):
         for r in range(ranks):
-            mine = order[r::ranks]
-            steps[r] += sum(math.ceil(mine[i : i + docs].max() / chunk) for i in range(0, len(mine), docs))
+            batches = tg.ttt_batches(phase, SimpleNamespace(**knobs, rank=r, world_size=ranks))
+            steps[r] += sum(math.ceil((b[-1][1] - b[-1][0]) / chunk) for b in batches)
     return steps
 
 

@@ -5,6 +5,7 @@ import copy
 import json
 import math
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -114,6 +115,23 @@ def test_warm_up_ttt_compiles_what_scoring_needs(setup, monkeypatch):
     tg.eval_ttt(model, tokens, h, luts, CPU)
     assert counters["stats"]["calls_captured"] == captured
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 8])
+def test_ttt_batches_deal_every_document_once_longest_first(ranks):
+    """ttt_batches: the ranks' batches cover a phase's documents once, each batch of similar lengths (consecutive in
+    the sorted order), and dealing longest first to the least-loaded rank leaves the loads within one batch's steps."""
+    rng = np.random.default_rng(0)
+    ends = np.cumsum(rng.pareto(1.2, 1000).astype(int) * 40 + 5)
+    phase = list(zip([0, *ends[:-1].tolist()], ends.tolist()))
+    knobs = dict(ttt_docs=64, ttt_chunk=48, world_size=ranks)
+    dealt = [tg.ttt_batches(phase, SimpleNamespace(**knobs, rank=r)) for r in range(ranks)]
+    assert sorted(d for batches in dealt for b in batches for d in b) == phase
+    order = sorted(phase, key=lambda se: se[1] - se[0])
+    assert all(b == order[order.index(b[0]) : order.index(b[0]) + len(b)] for bs in dealt for b in bs)
+    steps = [[math.ceil((b[-1][1] - b[-1][0]) / 48) for b in bs] for bs in dealt]
+    loads = [sum(s) for s in steps]
+    assert max(loads) - min(loads) <= max(max(s) for s in steps)
 
 
 @pytest.mark.parametrize("cfg", [{}, {"TTT_PHASES": "1", "TTT_DOCS": "2"}])
