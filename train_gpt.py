@@ -113,7 +113,7 @@ FLAGS += ("EMBED_BF16", "MUON_ROW_NORM", "POLAR_EXPRESS", "EMA", "EVAL_CROSS_DOC
 FLAGS += ("TTT_GLOBAL", "TTT_CACHE", "OVERWRITE")
 SEED_ARCHS = ("worker", "pse", "scan")  # their blocks live in seed_archs.py, imported only when ARCH names one
 EVAL_PATHS = ("plain", "sliding", "ttt", "ngram", "ttt_ngram")
-TTT_TARGETS = ("c_q", "c_k", "c_v", "proj", "fc", "head")  # block linears by name ("proj": attention's and the MLP's)
+TTT_TARGETS = ("c_q", "c_k", "c_v", "proj", "fc", "head")  # linears by name (proj: attention's and the MLP's)
 # The model an artifact carries; the rest are run settings. A seed architecture adds its block's knobs.
 MODEL_KEYS = ("arch", "vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "leaky_slope")
 MODEL_KEYS += ("rope_base", "rope_dims", "qk_gain_init", "logit_softcap", "tied_embed_init_std", "doc_mask", "xsa")
@@ -197,8 +197,8 @@ class Hyperparameters:
         need(0 < self.eval_stride <= self.eval_seq_len, f"EVAL_STRIDE={self.eval_stride}: expected 1..EVAL_SEQ_LEN")
         need(not ttt or self.ttt_chunk <= self.eval_seq_len, f"TTT_CHUNK={self.ttt_chunk} > EVAL_SEQ_LEN")
         need(not self.ttt_cache or self.arch == "gpt", f"TTT_CACHE=1: ARCH=gpt only (ARCH={self.arch})")
-        ok, betas = 0 <= self.ttt_beta1 < 1 and 0 <= self.ttt_beta2 < 1 and self.ttt_wd >= 0, self.ttt_beta2
-        need(ok, f"TTT_BETA1={self.ttt_beta1}, TTT_BETA2={betas}, TTT_WD={self.ttt_wd}: want 0 <= beta < 1, wd >= 0")
+        ok = 0 <= self.ttt_beta1 < 1 and 0 <= self.ttt_beta2 < 1 and self.ttt_wd >= 0
+        need(ok, f"TTT_BETA1/2={self.ttt_beta1}/{self.ttt_beta2}, TTT_WD={self.ttt_wd}: want 0 <= beta < 1, wd >= 0")
         ok = self.ttt_phases >= 1 and self.ttt_phase_docs >= 1
         need(ok, f"TTT_PHASES={self.ttt_phases}, TTT_PHASE_DOCS={self.ttt_phase_docs}: expected >= 1 each")
         need(1 <= self.ngram_order <= 16, f"NGRAM_ORDER={self.ngram_order}: expected 1..16")
@@ -1917,10 +1917,10 @@ def ttt_phases(spans: list[tuple[int, int]], h: Hyperparameters) -> list[list[tu
 
 
 def warm_up_ttt(model: GPT, h: Hyperparameters, luts, device: torch.device) -> float:
-    """TTT's graphs (both chunk kinds, forward and backward, the eval paths' loss head) compiled before the eval clock
-    starts, as training warms up: eval_ttt on a batch of random two-chunk documents, no val token. Returns seconds."""
+    """TTT's graphs (both chunk kinds, forward and backward, the paths' loss head) compiled before the eval clock, as
+    training warms up: eval_ttt on a batch a rank of random two-chunk documents, no val token. Returns seconds."""
     t0, g = time.perf_counter(), torch.Generator().manual_seed(h.seed)
-    ids = torch.randint(BOS_ID + 1, h.vocab_size, (2 * h.ttt_chunk * h.ttt_docs + 1,), generator=g)
+    ids = torch.randint(BOS_ID + 1, h.vocab_size, (2 * h.ttt_chunk * h.ttt_docs * h.world_size + 1,), generator=g)
     ids[:: 2 * h.ttt_chunk] = BOS_ID
     eval_ttt(model, ids, h, luts, device, entropy="ttt_ngram" in h.listed("eval_paths"))
     return time.perf_counter() - t0

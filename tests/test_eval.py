@@ -132,6 +132,9 @@ def test_ttt_batches_deal_every_document_once_longest_first(ranks):
     steps = [[math.ceil((b[-1][1] - b[-1][0]) / 48) for b in bs] for bs in dealt]
     loads = [sum(s) for s in steps]
     assert max(loads) - min(loads) <= max(max(s) for s in steps)
+    # warm_up_ttt's stream: TTT_DOCS equal documents a rank deal one batch to every rank, so every rank compiles
+    equal = [(i * 96, (i + 1) * 96) for i in range(64 * ranks)]
+    assert [len(tg.ttt_batches(equal, SimpleNamespace(**knobs, rank=r))) for r in range(ranks)] == [1] * ranks
 
 
 @pytest.mark.parametrize("cfg", [{}, {"TTT_PHASES": "1", "TTT_DOCS": "2"}])
