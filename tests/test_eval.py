@@ -49,6 +49,13 @@ def setup():
     return h, model, luts, tokens
 
 
+def ten_docs() -> torch.Tensor:
+    """1,100 real FineWeb tokens as ten documents of 10 to 300 tokens: several widths, windows past EVAL_SEQ_LEN."""
+    tokens = torch.from_numpy(np.asarray(tg.load_shard(DEV))[:1100].astype(np.int64))
+    tokens[[100, 180, 230, 350, 360, 600, 700, 1000]] = tg.BOS_ID
+    return tokens
+
+
 def run_path(path: str, model, tokens, h, luts):
     """One eval path alone through run_evals (the n-gram paths mix after their model pass)."""
     if path == "ttt_global":  # TTT_LORA=0: phases scored with sliding windows, global SGD between them
@@ -144,8 +151,7 @@ def test_bench_ttt_steps_counts_the_steps_eval_ttt_takes(setup, monkeypatch, cfg
     import ttt_steps
 
     _, model, luts, _ = setup
-    tokens = torch.from_numpy(np.asarray(tg.load_shard(DEV))[:1100].astype(np.int64))
-    tokens[[100, 180, 230, 350, 360, 600, 700, 1000]] = tg.BOS_ID
+    tokens = ten_docs()
     h, calls, chunk_batch = tg.Hyperparameters({**TINY, **cfg}), [], tg.chunk_batch
     monkeypatch.setattr(tg, "chunk_batch", lambda *a: (calls.append(1), chunk_batch(*a))[1])
     tg.eval_ttt(model, tokens, h, luts, CPU)
@@ -212,8 +218,7 @@ def test_ttt_equals_one_document_at_a_time(setup, cfg):
     masked loss) computes what scoring each document alone does: full and short (padded) batches,
     several widths, windows that slide past EVAL_SEQ_LEN, with and without global SGD."""
     h, model, luts, tokens = setup
-    longer = torch.from_numpy(np.asarray(tg.load_shard(DEV))[:1100].astype(np.int64))
-    longer[[100, 180, 230, 350, 360, 600, 700, 1000]] = tg.BOS_ID
+    longer = ten_docs()
     for toks in (tokens, longer):
         hc = tg.Hyperparameters({**TINY, **cfg})
         torch.testing.assert_close(
@@ -229,8 +234,7 @@ def test_ttt_cache_without_learning_scores_like_the_windows(setup, L):
     tokens from a cut context while the cache kept them as scored, with their own context: scores differ there
     and only there (the cache's receptive field grows with depth, like any KV cache of a sliding window)."""
     _, model, luts, _ = setup
-    tokens = torch.from_numpy(np.asarray(tg.load_shard(DEV))[:1100].astype(np.int64))
-    tokens[[100, 180, 230, 350, 360, 600, 700, 1000]] = tg.BOS_ID
+    tokens = ten_docs()
     knobs = {**TINY, "TTT_LR": "0", "TTT_GLOBAL": "0", "EVAL_SEQ_LEN": L, "TTT_DOCS": "4"}
     cached = tg.eval_ttt(model, tokens, tg.Hyperparameters({**knobs, "TTT_CACHE": "1"}), luts, CPU)["nll"]
     windowed = tg.eval_ttt(model, tokens, tg.Hyperparameters(knobs), luts, CPU)["nll"]
@@ -441,8 +445,7 @@ def test_ttt_scores_depend_only_on_the_prefix(setup, lora):
     document's start stays (phase boundaries count documents from the start; 4365752 cut the stream into
     TTT_PHASES equal shares of all documents, so what came later moved the boundaries and changed earlier scores)."""
     _, model, luts, _ = setup
-    tokens = torch.from_numpy(np.asarray(tg.load_shard(DEV))[:1100].astype(np.int64))
-    tokens[[100, 180, 230, 350, 360, 600, 700, 1000]] = tg.BOS_ID
+    tokens = ten_docs()
     knobs = {"TTT_LORA": "1", "TTT_CACHE": "1"} if lora == "cache" else {"TTT_LORA": lora}
     h = tg.Hyperparameters({**TINY, **knobs, "TTT_PHASES": "3", "TTT_PHASE_DOCS": "3"})
     full = tg.eval_ttt(model, tokens, h, luts, CPU)["nll"]
