@@ -9,7 +9,7 @@ Usage: python bench/ttt_steps.py SHARD [--bootstrap 50000 --seeds 20] [--ranks 8
        [--phases 4 --phase-docs 12500] [--ms-per-step M]
 A bootstrap draws document lengths from the shard's with replacement: it cannot draw a document longer than the
 shard's longest, so the official set's tail (documents past 13,000 tokens: the 2026-04-29 leader's log) is a risk
-it does not see. Prints JSON.
+it does not see; --inject N puts one document of N tokens in each draw to see what such a tail costs. Prints JSON.
 """
 
 import argparse
@@ -50,14 +50,17 @@ def main() -> None:
     ap.add_argument("--phases", type=int, default=4)
     ap.add_argument("--phase-docs", type=int, default=12_500)
     ap.add_argument("--ms-per-step", type=float, default=0.0)
+    ap.add_argument("--inject", type=int, default=0, help="N: the first drawn document gets N tokens (a longer tail)")
     a = ap.parse_args()
     tokens = torch.from_numpy(np.asarray(tg.load_shard(a.shard)).astype(np.int64))
     lengths = np.array([e - s for s, e in tg.doc_spans(tokens)])
     draws = (
-        [lengths]
+        [lengths.copy()]
         if not a.bootstrap
         else [np.random.default_rng(s).choice(lengths, a.bootstrap) for s in range(a.seeds)]
     )
+    for d in draws if a.inject else []:
+        d[0] = a.inject  # draws are copies: the shard's lengths stay as read
     runs = [
         (max(st), int(d.sum()))
         for d in draws
