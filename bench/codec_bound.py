@@ -14,6 +14,9 @@ models), decoded back and compared (exact or the script fails), with encode/deco
 Everything else (fp16 scales, LQER factors, small fp16 tensors, the JSON header) is compressed separately with
 brotli-11 and lzma, the smaller counted, so totals compare with the artifact's own size (its best codec).
 Last, train_gpt.py's codec `rans` (order-0 rANS codes + lzma for the rest) encodes and decodes the whole artifact.
+--simsort adds the 2026-04-27 leader's row order: rows sorted by greedy L1 nearest neighbour, then each code coded
+adaptively with the code above it (clamped to -2..2) as context; the permutation's cost is not counted (it is free
+only for an MLP's hidden units, fc's rows), so the row is a bound for the other tensors.
 """
 
 from __future__ import annotations
@@ -86,7 +89,18 @@ def rans_groups(groups: list[np.ndarray], k: int) -> tuple[int, float, float]:
     return comp.nbytes, t_enc, time.perf_counter() - t0
 
 
-def tensor_costs(a: np.ndarray, buckets: int) -> dict:
+def simsort_up_adaptive(a: np.ndarray, sym: np.ndarray, k: int) -> float:
+    x, order, left = a.astype(np.float32), [0], np.ones(len(a), bool)
+    left[0] = False
+    for _ in range(len(a) - 1):
+        d = np.abs(x[left] - x[order[-1]]).sum(1)
+        order.append(int(np.flatnonzero(left)[d.argmin()]))
+        left[order[-1]] = False
+    s, up = sym[order], np.clip(a[order][:-1], -2, 2) + 2
+    return adaptive_bytes(s[0], k) + sum(adaptive_bytes(s[1:][up == c], k) for c in range(5))
+
+
+def tensor_costs(a: np.ndarray, buckets: int, simsort: bool = False) -> dict:
     lo = int(a.min())
     sym, k = (a - lo).astype(np.int64), int(a.max()) - lo + 1
     side = k * COUNT_BITS / 8
@@ -110,6 +124,7 @@ def tensor_costs(a: np.ndarray, buckets: int) -> dict:
         columns_left_adaptive=sum(adaptive_bytes(g, k) for g in cl) + ids,
         columns_free=col_free,  # side information for free: the potential
         left_free=left_free,
+        **(dict(simsort_up_adaptive=simsort_up_adaptive(a, sym, k)) if simsort else {}),
         encode_s=o0_enc + col_enc,
         decode_s=o0_dec + col_dec,
     )
@@ -152,16 +167,18 @@ def main() -> None:
     ap.add_argument("artifact")
     ap.add_argument("--out", default="")
     ap.add_argument("--buckets", type=int, default=16)
+    ap.add_argument("--simsort", action="store_true", help="add the similarity-sorted up-context row (slow: O(rows^2))")
     a = ap.parse_args()
     buf = Path(a.artifact).read_bytes()
     qstate, meta = tg.decode_artifact(buf)
     header = len(json.dumps(meta, separators=(",", ":"))) + 120 * len(qstate)  # meta + ~120 bytes per tensor entry
     keys = ("order0_bound", "order0_rans", "columns_bound", "columns_rans", "left_bound", "columns_free", "left_free")
     keys += ("order0_adaptive", "left_adaptive", "columns_left_adaptive", "encode_s", "decode_s")
+    keys += ("simsort_up_adaptive",) if a.simsort else ()
     totals, classes = dict.fromkeys(keys, 0.0), {}
     for e in qstate.values():
         if "q" in e:
-            c = tensor_costs(e["q"].numpy().astype(np.int64), a.buckets)
+            c = tensor_costs(e["q"].numpy().astype(np.int64), a.buckets, a.simsort)
             for k in keys:
                 totals[k] += c[k]
                 classes.setdefault(e["cls"], dict.fromkeys(keys, 0.0))[k] += c[k]
