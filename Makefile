@@ -23,7 +23,7 @@ help: ## list the targets
 setup: ## install everything (CPU torch where no CUDA torch exists), then build the devset if no official data
 	@if $(PYTHON) -c "import torch,sys; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null; then \
 		echo "setup: keeping the CUDA torch already installed"; \
-	else $(PYTHON) -m pip install -q torch==2.13.0; fi
+	else $(PYTHON) -m pip install -q torch==2.13.0 triton==3.9.0; fi
 	$(PYTHON) -m pip install -q -r requirements.txt
 	@if ls data/datasets/fineweb10B_sp*/fineweb_val_*.bin >/dev/null 2>&1; then \
 		echo "setup: official data present, devset not needed"; \
@@ -41,8 +41,8 @@ train: ## train + export + eval: CPU tiny config by default; NPROC=8 for torchru
 	@if [ "$(NPROC)" = "1" ]; then $(PYTHON) train_gpt.py; \
 	else torchrun --standalone --nproc_per_node=$(NPROC) train_gpt.py; fi
 
-pack: ## [ARCH=worker|pse|scan] [EVAL_PATHS=...] write packed/train_gpt.py: minified + lzma self-extracting copy (fewer code bytes; runs identically); a seed ARCH bundles seed_archs.py into it, an n-gram path ngram_mix.py
-	$(PYTHON) -m quant.pack train_gpt.py $(if $(filter-out gpt,$(ARCH)),--bundle seed_archs.py) $(if $(findstring ngram,$(EVAL_PATHS)),--bundle ngram_mix.py) --out packed/train_gpt.py
+pack: ## [ARCH=worker|pse|scan] [EVAL_PATHS=...] [FUSED_MLP=1] write packed/train_gpt.py: minified + lzma self-extracting copy (fewer code bytes; runs identically); a seed ARCH bundles seed_archs.py into it, an n-gram path ngram_mix.py, FUSED_MLP=1 kernels.py
+	$(PYTHON) -m quant.pack train_gpt.py $(if $(filter-out gpt,$(ARCH)),--bundle seed_archs.py) $(if $(findstring ngram,$(EVAL_PATHS)),--bundle ngram_mix.py) $(if $(filter 1,$(FUSED_MLP)),--bundle kernels.py) --out packed/train_gpt.py
 
 verify-artifact: ## ARTIFACT=path [LOG=log] [CODE=file] [VAL=glob TOKENIZER=model] [DEVICE=cpu|cuda]: size, decode, rebuild, re-score, compare
 	$(PYTHON) -m quant.verify $(ARTIFACT) --code $(or $(CODE),train_gpt.py) $(if $(LOG),--log $(LOG)) $(if $(VAL),--val '$(VAL)') $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) $(if $(DEVICE),--device $(DEVICE))

@@ -13,6 +13,7 @@ import heapq
 import importlib
 import inspect
 import json
+import linecache
 import lzma
 import math
 import os
@@ -47,8 +48,9 @@ DEFAULTS: dict[str, object] = {
     # the clock and batch; GPTQ calibration runs inside MAX_WALLCLOCK_SECONDS, in the reserve
     **dict(DEV_VAL_FILES="", ITERATIONS=20000, MAX_WALLCLOCK_SECONDS=600.0, GPTQ_RESERVE_SECONDS=12.0, WARMUP_STEPS=10),
     **dict(TRAIN_BATCH_TOKENS=786432, TRAIN_SEQ_LEN=2048, MICRO_BATCH_TOKENS=131072, VAL_LOSS_EVERY=0),
-    # TRAIN_LOG_EVERY steps; COMPILE: 0 eager, 1 each block, 2 GPT.hidden whole for training (ARCH=gpt)
-    **dict(TRAIN_LOG_EVERY=100, COMPILE=2),
+    # TRAIN_LOG_EVERY steps; COMPILE: 0 eager, 1 each block, 2 GPT.hidden whole for training (ARCH=gpt); the clock
+    # is read (a host sync) every CLOCK_EVERY steps; FUSED_MLP=1: kernels.py's Triton MLP trains on CUDA
+    **dict(TRAIN_LOG_EVERY=100, COMPILE=2, CLOCK_EVERY=10, FUSED_MLP=0),
     **dict(NUM_LAYERS=11, MODEL_DIM=512, NUM_HEADS=8, NUM_KV_HEADS=4, MLP_MULT=4.0, LEAKY_SLOPE=0.5, ROPE_DIMS=16),
     **dict(ROPE_BASE=10000.0, QK_GAIN_INIT=5.0, LOGIT_SOFTCAP=30.0, TIED_EMBED_INIT_STD=0.005, DOC_MASK=1),
     **dict(
@@ -110,7 +112,7 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 FLAGS = ("DOC_MASK", "XSA", "SMEAR", "ATTN_GATE", "UNET", "SKIP_GATES", "X0_MIX", "LN_SCALE", "BF16_RESID")
 FLAGS += ("EMBED_BF16", "MUON_ROW_NORM", "POLAR_EXPRESS", "EMA", "EVAL_CROSS_DOC", "EVAL_ONLY", "TTT_LORA")
-FLAGS += ("TTT_GLOBAL", "TTT_CACHE", "OVERWRITE")
+FLAGS += ("TTT_GLOBAL", "TTT_CACHE", "OVERWRITE", "FUSED_MLP")
 SEED_ARCHS = ("worker", "pse", "scan")  # their blocks live in seed_archs.py, imported only when ARCH names one
 EVAL_PATHS = ("plain", "sliding", "ttt", "ngram", "ttt_ngram")
 TTT_TARGETS = ("c_q", "c_k", "c_v", "proj", "fc", "head")  # linears by name (proj: attention's and the MLP's)
@@ -202,6 +204,7 @@ class Hyperparameters:
         ok = self.ttt_phases >= 1 and self.ttt_phase_docs >= 1
         need(ok, f"TTT_PHASES={self.ttt_phases}, TTT_PHASE_DOCS={self.ttt_phase_docs}: expected >= 1 each")
         need(1 <= self.ngram_order <= 16, f"NGRAM_ORDER={self.ngram_order}: expected 1..16")
+        need(self.clock_every >= 1, f"CLOCK_EVERY={self.clock_every}: expected >= 1 (1 reads the clock every step)")
 
     def listed(self, key: str) -> list[str]:
         """The non-empty items of a comma-separated knob (EVAL_PATHS, PRE_EXPORT_PATHS, CODECS, TTT_TARGETS)."""
@@ -229,6 +232,7 @@ BUNDLED: dict[str, str] = {}
 PLUGINS: dict[str, ModuleType] = {}
 PLUGIN_FILES: list[str] = []  # plug-ins loaded from files beside this one: the log embeds them too
 PLUGIN_USE = {"seed_archs": f"ARCH={'|'.join(SEED_ARCHS)}", "ngram_mix": "EVAL_PATHS=ngram|ttt_ngram"}
+PLUGIN_USE["kernels"] = "FUSED_MLP=1"
 
 
 def load_plugin(name: str) -> ModuleType:
@@ -241,6 +245,7 @@ def load_plugin(name: str) -> ModuleType:
         PLUGINS[name] = sys.modules[name] = mod = ModuleType(name)
         mod.__file__ = path
         source = BUNDLED.get(name) or open(path, encoding="utf-8").read()
+        linecache.cache[path] = (len(source), None, source.splitlines(True), path)  # Triton's jit reads the source
         exec(compile(source, path, "exec"), mod.__dict__)
         PLUGIN_FILES.extend([] if name in BUNDLED else [path])
     return PLUGINS[name]
@@ -689,8 +694,12 @@ class MLP(nn.Module):
         d, hidden = h.model_dim, int(h.mlp_mult * h.model_dim)
         self.fc, self.proj = CastedLinear(d, hidden), CastedLinear(hidden, d)
         self.proj.zero_init, self.slope = True, h.leaky_slope
+        self.fused = load_plugin("kernels").fused_mlp if h.fused_mlp and torch.cuda.is_available() else None
 
     def forward(self, x: Tensor) -> Tensor:  # relu^2 (slope 0) or LeakyReLU(slope)^2
+        # the fused kernel trains only: calibration's hooks and TTT's adapters need the two linears as modules
+        if self.fused and x.dtype == torch.bfloat16 and torch.is_grad_enabled() and self.fc.lora is None:
+            return self.fused(x, self.fc.weight.to(x.dtype), self.proj.weight.to(x.dtype), self.slope)
         return self.proj(F.leaky_relu(self.fc(x), self.slope).square())
 
 
@@ -1173,13 +1182,18 @@ def train_loop(h, model, step, loader, budget, device, log, val, luts) -> tuple[
     clock, so lr, recurrence and the stop agree on every rank); then the EMA weights go into the model.
     Returns (steps, seconds, [(step, loss)] of the logged steps)."""
     opt, ema = Optimizers(model, h), EMA(model, h.ema_decay, h.ema_warmup) if h.ema else None
-    global_seqs, steps, history, recur = batch_split(h)[0], 0, [], False
+    global_seqs, steps, history, recur, read = batch_split(h)[0], 0, [], False, (0, 0.0)
     sync(device)
     t0 = time.perf_counter()
     while True:
-        sync(device)  # the clock counts finished GPU work, not queued launches
-        train_s = slowest_rank(time.perf_counter() - t0, h, device)
-        step_ms = 1000 * train_s / steps if steps else 0.0
+        # The clock counts finished GPU work: reading it syncs, which drains the launch queue. So it is read every
+        # CLOCK_EVERY steps and on every step of the last CLOCK_EVERY; in between, every rank extrapolates the same.
+        step_ms = 1000 * read[1] / read[0] if read[0] else 0.0
+        if steps - read[0] >= h.clock_every or read[1] + (h.clock_every + 1) * step_ms / 1000 >= budget:
+            sync(device)
+            read = (steps, slowest_rank(time.perf_counter() - t0, h, device))
+            step_ms = 1000 * read[1] / steps if steps else 0.0
+        train_s = read[1] + (steps - read[0]) * step_ms / 1000
         if steps >= h.iterations or train_s + step_ms / 1000 >= budget:  # the cap holds to one step's noise
             break
         frac = max(train_s / budget, steps / h.iterations)  # whichever limit ends the run first
@@ -2042,6 +2056,8 @@ def preflight(h: Hyperparameters) -> None:
         raise ValueError(f"CODECS={h.codecs}: none of them is installed (pip install zstandard brotli)")
     if set(MIXED) & {*h.listed("eval_paths"), *h.listed("pre_export_paths")}:
         load_plugin("ngram_mix")  # now, so that the log embeds it
+    if h.fused_mlp and cuda:  # on the CPU the MLP stays eager (log_model says which one ran)
+        load_plugin("kernels")
     if h.eval_only and not os.path.isfile(h.artifact):
         raise FileNotFoundError(f"EVAL_ONLY=1: ARTIFACT={h.artifact!r} is not a file")
     for f in [] if h.eval_only else shard_files(h.train_files):
@@ -2106,8 +2122,9 @@ def main() -> None:
 
 
 def log_model(log: Logger, model: GPT) -> None:
-    n = sum(p.numel() for p in model.parameters())
-    log(f"model: {n:,} parameters, attention {model.attn_impl}, layer order {model.orders[True]}")
+    n, fused = sum(p.numel() for p in model.parameters()), any(getattr(m, "fused", None) for m in model.modules())
+    mlp = "fused (kernels.py) in training" if fused else "eager"
+    log(f"model: {n:,} parameters, attention {model.attn_impl}, MLP {mlp}, layer order {model.orders[True]}")
 
 
 class RuleError(Exception):

@@ -7,18 +7,33 @@ with the dense document mask. Plain causal SDPA (flash) crosses documents and is
 reference only. Documents are cut at the BOS positions of a real val shard.
 At 25be12f a varlen_gqa row gave the varlen kernel the k/v heads unrepeated (train_gpt then repeated them to the
 query heads): 3.66 vs 3.87 ms, gradients within 0.001; train_gpt's varlen has done so since.
+fa4: flash-attn-4 from PyPI (CuTe DSL kernels, compiled at their first call) when installed, called eagerly with the
+varlen mask's cu_seqlens (not through train_gpt, which does not use it); its first call's compile time is a field.
 Usage: python bench/attn.py SHARD [--batch 48 --seq 2048] -> JSON on stdout
 """
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_gpt as tg  # noqa: E402
+
+try:
+    from flash_attn.cute import flash_attn_varlen_func as fa4_varlen
+except Exception as e:  # not installed, or installed without what it needs (a row then says why)
+    fa4_varlen, FA4_ERROR = None, None if isinstance(e, ModuleNotFoundError) and e.name == "flash_attn" else repr(e)
+
+
+def fa4_attend(q, k, v, mask: tg.AttnMask) -> torch.Tensor:
+    B, T, H, D = q.shape
+    lens = dict(cu_seqlens_q=mask.cu, cu_seqlens_k=mask.cu, max_seqlen_q=T, max_seqlen_k=T)
+    y = fa4_varlen(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), **lens, causal=True)
+    return (y[0] if isinstance(y, tuple) else y).view(B, T, H, D)
 
 
 def time_ms(fn, reps: int = 20) -> float:
@@ -53,34 +68,41 @@ def main() -> None:
     causal_flops = 3 * 2 * 2 * B * H * D * T * T / 2  # fwd+bwd, QK^T and AV, causal half
     attend = torch.compile(tg.attend)
     impls = ["causal", "flex", "sdpa"] + (["varlen"] if tg.varlen_attn else []) + (["fa3"] if tg.fa3_varlen else [])
-    rows = {}
+    impls += ["fa4"] if fa4_varlen else []
+    kernel = lambda impl: "varlen" if impl == "fa4" else impl  # fa4 reads the varlen mask's cu_seqlens
+    rows = {} if fa4_varlen or not FA4_ERROR else {"fa4": dict(error=FA4_ERROR[:300])}
 
     def out_and_grads(impl: str, fn=tg.attend) -> list[torch.Tensor]:
         for t in (q, k, v):
             t.grad = None
-        out = fn(q, k, v, tg.AttnMask(tokens, impl != "causal", impl))
+        out = fn(q, k, v, tg.AttnMask(tokens, impl != "causal", kernel(impl)))
         out.backward(grad)
         return [out.detach().float()] + [t.grad.float() for t in (q, k, v)]
 
     ref = out_and_grads("sdpa")  # the dense document mask: the reference every doc-masked kernel must match
     for impl in impls:
+        fn = fa4_attend if impl == "fa4" else attend
 
-        def run(impl=impl):
-            mask = tg.AttnMask(tokens, impl != "causal", impl)
-            attend(q, k, v, mask).backward(grad)
+        def run(impl=impl, fn=fn):
+            mask = tg.AttnMask(tokens, impl != "causal", kernel(impl))
+            fn(q, k, v, mask).backward(grad)
 
         try:
+            t0 = time.perf_counter()
+            run()
+            first_s = time.perf_counter() - t0
             ms = time_ms(run)
-            diffs = [(a - b).abs().max().item() for a, b in zip(out_and_grads(impl, attend), ref)]
+            diffs = [(a - b).abs().max().item() for a, b in zip(out_and_grads(impl, fn), ref)]
             rows[impl] = dict(
                 ms=round(ms, 3),
                 causal_tflops=round(causal_flops / ms / 1e9, 1),
                 max_abs_diff_vs_dense_doc_mask=diffs[0],
                 grad_max_abs_diff=dict(zip("qkv", diffs[1:])),
+                first_call_s=round(first_s, 1),
             )  # k/v: summed over the GQA group
         except Exception as e:  # report, keep measuring the others
             rows[impl] = dict(error=f"{type(e).__name__}: {e}"[:300])
-        mask_ms = time_ms(lambda impl=impl: tg.AttnMask(tokens, impl != "causal", impl)) if "ms" in rows[impl] else None
+        mask_ms = time_ms(lambda i=impl: tg.AttnMask(tokens, i != "causal", kernel(i))) if "ms" in rows[impl] else None
         rows[impl]["mask_build_ms"] = mask_ms and round(mask_ms, 3)
     docs = int((tokens == tg.BOS_ID).sum())
     print(

@@ -135,6 +135,7 @@ def main() -> None:
                 dict(
                     data=data or "random, a BOS every 1000",
                     attention=model.attn_impl,
+                    mlp="fused" if any(getattr(m, "fused", None) for m in model.modules()) else "eager",
                     compile=h.compile,
                     weights=dtype,
                     autotune=autotune,

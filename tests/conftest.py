@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Before anything imports triton: kernels.py's Triton kernel then runs interpreted on the CPU (tests/test_kernels.py)
+os.environ["TRITON_INTERPRET"] = "1"
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `pytest` as well as `python -m pytest` must import data.* and train_gpt
     sys.path.insert(0, str(REPO))

@@ -1,0 +1,103 @@
+"""The fused MLP (kernels.py, FUSED_MLP=1) against the MLP as training compiles it, on one GPU (issue 27).
+
+    python bench/mlp_kernel.py OUT.json [--tokens 98304] [--dim 512] [--hidden 2048] [--slope 0.5]
+
+At the record's shape (one GPU's 98,304 tokens, 512 -> 2048 -> 512, bf16 activations, weights cast from fp32 as
+CastedLinear does): forward and forward+backward of
+- eager: proj(leaky_relu(fc(x), slope)^2) as written;
+- compiled: the same under torch.compile (inductor fuses the activation and its backward into pointwise kernels);
+- fused: kernels.fused_mlp (the activation in the GEMMs' epilogues), with the tile its autotuner picked.
+Median of 20 timed passes after 3 warm-up passes (CUDA events), peak memory, and the outputs' and gradients' largest
+difference from an fp32 reference of the same inputs.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import train_gpt as tg  # noqa: E402
+
+
+def eager(x, w1, w2, slope):
+    return F.linear(F.leaky_relu(F.linear(x, w1), slope).square(), w2)
+
+
+def timed(fn, n=20) -> float:
+    for _ in range(3):
+        fn()
+    ms = []
+    for _ in range(n):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        ms.append(a.elapsed_time(b))
+    return sorted(ms)[n // 2]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--tokens", type=int, default=98304)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--hidden", type=int, default=2048)
+    ap.add_argument("--slope", type=float, default=0.5)
+    a = ap.parse_args()
+    kernels = tg.load_plugin("kernels")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x0 = torch.randn(a.tokens, a.dim, device="cuda", generator=g).bfloat16()
+    w1 = torch.randn(a.hidden, a.dim, device="cuda", generator=g) * a.dim**-0.5
+    w2 = torch.randn(a.dim, a.hidden, device="cuda", generator=g) * a.hidden**-0.5
+    dy = torch.randn(a.tokens, a.dim, device="cuda", generator=g).bfloat16()
+    compiled = torch.compile(eager)
+    impls = dict(eager=eager, compiled=compiled, fused=kernels.fused_mlp)
+    ref = None
+    rows = []
+    for name, f in impls.items():
+        x, p1, p2 = (t.detach().clone().requires_grad_() for t in (x0, w1, w2))
+
+        def fwd(f=f, x=x, p1=p1, p2=p2):
+            return f(x, p1.bfloat16(), p2.bfloat16(), a.slope)
+
+        def fwd_bwd(fwd=fwd):
+            fwd().backward(dy)
+
+        torch.cuda.reset_peak_memory_stats()
+        fb = timed(fwd_bwd)
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        with torch.no_grad():
+            fw = timed(fwd)
+        for p in (x, p1, p2):
+            p.grad = None
+        fwd_bwd()
+        got = [fwd().detach().float(), x.grad.float(), p1.grad.float(), p2.grad.float()]
+        if ref is None:  # fp32 reference from the same bf16 inputs
+            xr, r1, r2 = (t.detach().float().clone().requires_grad_() for t in (x0, w1, w2))
+            out = eager(xr, r1, r2, a.slope)
+            out.backward(dy.float())
+            ref = [out.detach(), xr.grad, r1.grad, r2.grad]
+        err = [round(float((u - v).abs().max() / v.abs().max()), 5) for u, v in zip(got, ref)]
+        row = dict(impl=name, fwd_ms=round(fw, 3), fwd_bwd_ms=round(fb, 3), peak_gib=round(peak, 2))
+        row["rel_err_out_dx_dw1_dw2"] = err
+        if name == "fused":
+            row["tiles"] = {str(k): str(v) for k, v in kernels.gemm_act.cache.items()}  # per shape, as autotuned
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    if not git and os.path.isfile(".devdata/COMMIT"):
+        git = open(".devdata/COMMIT").read().strip()
+    meta = dict(command="python " + " ".join(sys.argv), git_commit=git, device=torch.cuda.get_device_name())
+    meta |= dict(torch=torch.__version__, shape=dict(tokens=a.tokens, dim=a.dim, hidden=a.hidden, slope=a.slope))
+    Path(a.out).write_text(json.dumps(dict(**meta, rows=rows), indent=1))
+
+
+if __name__ == "__main__":
+    main()

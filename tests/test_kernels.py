@@ -1,0 +1,88 @@
+"""kernels.py, the fused MLP (FUSED_MLP=1), checked on the CPU: its Triton kernel runs under TRITON_INTERPRET=1
+(`make setup` installs triton beside the CPU torch; it ships with every CUDA torch). The CUDA path is the same
+kernel with larger tiles; its speed is a benchmark (bench/mlp_kernel.py), not a test."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton")
+assert os.environ["TRITON_INTERPRET"] == "1"  # set by conftest.py before anything imported triton
+
+import train_gpt as tg  # noqa: E402
+from quant.pack import pack  # noqa: E402
+
+ROOT = tg.os.path.dirname(tg.os.path.abspath(tg.__file__))
+K = tg.load_plugin("kernels")
+
+
+def eager(x, w1, w2, slope):
+    return F.linear(F.leaky_relu(F.linear(x, w1), slope).square(), w2)
+
+
+def grads(f, *args):
+    args = [a.detach().clone().requires_grad_() for a in args]
+    y = f(*args)
+    (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()  # an uneven upstream gradient
+    return [y.detach(), *(a.grad for a in args)]
+
+
+@pytest.mark.parametrize("slope", [0.5, 0.0])
+def test_fused_mlp_matches_the_eager_mlp_forward_and_backward(slope):
+    """Shapes that fill no tile (M=2x37, d=40, hidden=70 against 32-wide tiles): every mask is exercised."""
+    g = torch.Generator().manual_seed(0)
+    x, w1, w2 = torch.randn(2, 37, 40, generator=g), torch.randn(70, 40, generator=g), torch.randn(40, 70, generator=g)
+    fused = grads(lambda x, w1, w2: K.fused_mlp(x, w1, w2, slope), x, w1, w2)
+    ref = grads(lambda x, w1, w2: eager(x, w1, w2, slope), x, w1, w2)
+    for name, a, b in zip(("out", "dx", "dw1", "dw2"), fused, ref):
+        assert a.shape == b.shape
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max(), name
+
+
+def test_fused_mlp_compiles_as_one_graph():
+    """torch.compile (aot_eager: the CPU stand-in for inductor) traces the custom ops and their backward whole."""
+    g = torch.Generator().manual_seed(1)
+    x, w1, w2 = torch.randn(64, 32, generator=g), torch.randn(96, 32, generator=g), torch.randn(32, 96, generator=g)
+    f = torch.compile(lambda x, w1, w2: K.fused_mlp(x, w1, w2, 0.5), backend="aot_eager", fullgraph=True)
+    for a, b in zip(grads(f, x, w1, w2), grads(lambda x, w1, w2: eager(x, w1, w2, 0.5), x, w1, w2)):
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+
+
+def test_the_mlp_takes_the_kernel_only_to_train():
+    """MLP.forward calls the fused kernel for bf16 activations with gradients on and no TTT adapter; calibration
+    (no_grad: its hooks must see fc and proj) and a LoRA on fc take the eager path."""
+    h = tg.Hyperparameters({"PRESET": "tiny"})
+    mlp, calls = tg.MLP(h), []
+    mlp.fused = lambda x, w1, w2, slope: calls.append(x.shape) or eager(x, w1, w2, slope)
+    x = torch.randn(2, 8, h.model_dim, dtype=torch.bfloat16)
+    mlp(x)
+    assert len(calls) == 1
+    with torch.no_grad():
+        mlp(x)
+    mlp(x.float())
+    mlp.fc.lora = lambda x: torch.zeros(*x.shape[:-1], mlp.fc.out_features, dtype=x.dtype)
+    mlp(x)
+    assert len(calls) == 1
+
+
+def test_a_bundled_kernels_plug_in_runs_from_the_packed_file(tmp_path):
+    """FUSED_MLP=1 ships kernels.py inside the packed file (make pack FUSED_MLP=1). Triton's jit reads a kernel's
+    source: load_plugin registers the bundled text, so the packed copy runs the kernel it carries, not a file."""
+    packed = tmp_path / "train_gpt.py"
+    packed.write_text(pack(open(os.path.join(ROOT, "train_gpt.py")).read(), {"kernels": open(K.__file__).read()}))
+    script = (
+        "import torch, train_gpt as tg\n"
+        "k = tg.load_plugin('kernels')\n"
+        "assert 'kernels' in tg.BUNDLED and tg.PLUGIN_FILES == []\n"
+        "x, w1, w2 = torch.randn(33, 16), torch.randn(48, 16), torch.randn(16, 48)\n"
+        "ref = torch.nn.functional.linear(torch.nn.functional.leaky_relu(x @ w1.T, 0.5).square(), w2)\n"
+        "print(float((k.fused_mlp(x, w1, w2, 0.5) - ref).abs().max() / ref.abs().max()))\n"
+    )
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.split()[-1]) < 1e-5
