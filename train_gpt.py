@@ -1182,17 +1182,16 @@ def train_loop(h, model, step, loader, budget, device, log, val, luts) -> tuple[
     clock, so lr, recurrence and the stop agree on every rank); then the EMA weights go into the model.
     Returns (steps, seconds, [(step, loss)] of the logged steps)."""
     opt, ema = Optimizers(model, h), EMA(model, h.ema_decay, h.ema_warmup) if h.ema else None
-    global_seqs, steps, history, recur, read = batch_split(h)[0], 0, [], False, (0, 0.0)
+    global_seqs, steps, history, recur, read, step_ms = batch_split(h)[0], 0, [], False, (0, 0.0), 0.0
     sync(device)
     t0 = time.perf_counter()
     while True:
         # The clock counts finished GPU work: reading it syncs, which drains the launch queue. So it is read every
         # CLOCK_EVERY steps and on every step of the last CLOCK_EVERY; in between, every rank extrapolates the same.
-        step_ms = 1000 * read[1] / read[0] if read[0] else 0.0
         if steps - read[0] >= h.clock_every or read[1] + (h.clock_every + 1) * step_ms / 1000 >= budget:
             sync(device)
             read = (steps, slowest_rank(time.perf_counter() - t0, h, device))
-            step_ms = 1000 * read[1] / steps if steps else 0.0
+        step_ms = 1000 * read[1] / read[0] if read[0] else 0.0
         train_s = read[1] + (steps - read[0]) * step_ms / 1000
         if steps >= h.iterations or train_s + step_ms / 1000 >= budget:  # the cap holds to one step's noise
             break
@@ -2056,7 +2055,7 @@ def preflight(h: Hyperparameters) -> None:
         raise ValueError(f"CODECS={h.codecs}: none of them is installed (pip install zstandard brotli)")
     if set(MIXED) & {*h.listed("eval_paths"), *h.listed("pre_export_paths")}:
         load_plugin("ngram_mix")  # now, so that the log embeds it
-    if h.fused_mlp and cuda:  # on the CPU the MLP stays eager (log_model says which one ran)
+    if h.fused_mlp and cuda:  # now, so that the log embeds it; on the CPU the MLP stays eager (log_model says)
         load_plugin("kernels")
     if h.eval_only and not os.path.isfile(h.artifact):
         raise FileNotFoundError(f"EVAL_ONLY=1: ARTIFACT={h.artifact!r} is not a file")

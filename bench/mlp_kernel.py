@@ -92,7 +92,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    if not git and os.path.isfile(".devdata/COMMIT"):
+    if os.path.isfile(".devdata/COMMIT"):  # the stamp wins: a device's copy of the tree may carry a stale .git
         git = open(".devdata/COMMIT").read().strip()
     meta = dict(command="python " + " ".join(sys.argv), git_commit=git, device=torch.cuda.get_device_name())
     meta |= dict(torch=torch.__version__, shape=dict(tokens=a.tokens, dim=a.dim, hidden=a.hidden, slope=a.slope))
