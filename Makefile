@@ -20,7 +20,7 @@ ARCH ?=
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-setup: ## install everything (CPU torch where no CUDA torch exists), then build the devset if no official data
+setup: ## install everything (CPU torch + triton for the kernel tests where no CUDA torch exists), then build the devset if no official data
 	@if $(PYTHON) -c "import torch,sys; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null; then \
 		echo "setup: keeping the CUDA torch already installed"; \
 	else $(PYTHON) -m pip install -q torch==2.13.0 triton==3.9.0; fi
