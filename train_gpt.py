@@ -1186,9 +1186,9 @@ def train_loop(h, model, step, loader, budget, device, log, val, luts) -> tuple[
     sync(device)
     t0 = time.perf_counter()
     while True:
-        # The clock counts finished GPU work: reading it syncs, which drains the launch queue. So it is read every
-        # CLOCK_EVERY steps and on every step of the last CLOCK_EVERY; in between, every rank extrapolates the same.
-        if steps - read[0] >= h.clock_every or read[1] + (h.clock_every + 1) * step_ms / 1000 >= budget:
+        # Reading the clock syncs (it counts finished GPU work), which drains the launch queue: so every CLOCK_EVERY
+        # steps, and every step from 2 x CLOCK_EVERY mean steps before the budget; between, ranks extrapolate alike.
+        if steps - read[0] >= h.clock_every or read[1] + 2 * (h.clock_every + 1) * step_ms / 1000 >= budget:
             sync(device)
             read = (steps, slowest_rank(time.perf_counter() - t0, h, device))
         step_ms = 1000 * read[1] / read[0] if read[0] else 0.0
