@@ -15,51 +15,42 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-# Tile shapes and launch: on CUDA the fastest of these for each shape, timed at its first call (seconds, in the
-# compile warm-up): a program per tile, or persistent (PROGRAMS = one per SM, each looping over tiles, so the next
-# tile's loads overlap this one's epilogue). The CPU interpreter (the tests) takes one small tile.
-TILES = [(256, 128, 64, 3, 8), (128, 128, 64, 3, 4), (128, 256, 64, 3, 8)]
-SMS = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 0
-CONFIGS = [
-    triton.Config(dict(BM=m, BN=n, BK=k, GROUP=8, PROGRAMS=p), num_stages=s, num_warps=w)
-    for m, n, k, s, w in TILES
-    for p in (0, SMS)
-]
-CONFIGS = CONFIGS if SMS else [triton.Config(dict(BM=32, BN=32, BK=32, GROUP=2, PROGRAMS=3))]
+# Tile shapes: on CUDA the fastest of these for each shape, timed at its first call (a few seconds, in the compile
+# warm-up); the CPU interpreter (the tests) takes one small tile.
+TILES = [(128, 128, 64, 4, 8), (128, 256, 64, 3, 8), (256, 128, 64, 3, 8), (128, 128, 64, 3, 4), (64, 128, 64, 4, 4)]
+CONFIGS = [triton.Config(dict(BM=m, BN=n, BK=k, GROUP=8), num_stages=s, num_warps=w) for m, n, k, s, w in TILES]
+CONFIGS = CONFIGS if torch.cuda.is_available() else [triton.Config(dict(BM=32, BN=32, BK=32, GROUP=2))]
 
 
 @triton.autotune(configs=CONFIGS, key=["M", "N", "K", "FORWARD"])
 @triton.jit
 def gemm_act(a, b, c, aux, M, N, K, sbk, sbn, slope, FORWARD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-             BK: tl.constexpr, GROUP: tl.constexpr, PROGRAMS: tl.constexpr):  # fmt: skip
+             BK: tl.constexpr, GROUP: tl.constexpr):  # fmt: skip
     """c = act(a @ b) with aux = a @ b (FORWARD), or c = (a @ b) * act'(aux). a: (M, K) row-major; b: (K, N) with
     strides sbk, sbn; act = LeakyReLU(slope)^2. Tiles are visited GROUP row-blocks at a time, so b stays in L2."""
-    n_m, n_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
-    for tile in tl.range(tl.program_id(0), n_m * n_n, tl.num_programs(0), flatten=True):
-        first = tile // (GROUP * n_n) * GROUP
-        size = min(n_m - first, GROUP)
-        pm, pn = first + tile % (GROUP * n_n) % size, tile % (GROUP * n_n) // size
-        rm, rn, rk = (pm * BM + tl.arange(0, BM)).to(tl.int64), pn * BN + tl.arange(0, BN), tl.arange(0, BK)
-        pa, pb = a + rm[:, None] * K + rk[None, :], b + rk[:, None] * sbk + rn[None, :] * sbn
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for k in range(0, tl.cdiv(K, BK)):
-            kin = rk < K - k * BK
-            x, w = (
-                tl.load(pa, (rm[:, None] < M) & kin[None, :], 0.0),
-                tl.load(pb, kin[:, None] & (rn[None, :] < N), 0.0),
-            )
-            acc = tl.dot(x, w, acc)
-            pa, pb = pa + BK, pb + BK * sbk
-        at, inside = rm[:, None] * N + rn[None, :], (rm[:, None] < M) & (rn[None, :] < N)
-        if FORWARD:
-            h = acc.to(c.dtype.element_ty)
-            tl.store(aux + at, h, inside)
-            h = h.to(tl.float32)  # the activation of the rounded h, as eager computes it
-            h = tl.where(h > 0, h, slope * h)
-            tl.store(c + at, (h * h).to(c.dtype.element_ty), inside)
-        else:
-            h = tl.load(aux + at, inside, 0.0).to(tl.float32)
-            tl.store(c + at, (acc * tl.where(h > 0, 2.0 * h, 2.0 * slope * slope * h)).to(c.dtype.element_ty), inside)
+    pid, n_m, n_n = tl.program_id(0), tl.cdiv(M, BM), tl.cdiv(N, BN)
+    first = pid // (GROUP * n_n) * GROUP
+    size = min(n_m - first, GROUP)
+    pm, pn = first + pid % (GROUP * n_n) % size, pid % (GROUP * n_n) // size
+    rm, rn, rk = (pm * BM + tl.arange(0, BM)).to(tl.int64), pn * BN + tl.arange(0, BN), tl.arange(0, BK)
+    pa, pb = a + rm[:, None] * K + rk[None, :], b + rk[:, None] * sbk + rn[None, :] * sbn
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BK)):
+        kin = rk < K - k * BK
+        acc = tl.dot(
+            tl.load(pa, (rm[:, None] < M) & kin[None, :], 0.0), tl.load(pb, kin[:, None] & (rn[None, :] < N), 0.0), acc
+        )
+        pa, pb = pa + BK, pb + BK * sbk
+    at, inside = rm[:, None] * N + rn[None, :], (rm[:, None] < M) & (rn[None, :] < N)
+    if FORWARD:
+        h = acc.to(c.dtype.element_ty)
+        tl.store(aux + at, h, inside)
+        h = h.to(tl.float32)  # the activation of the rounded h, as eager computes it
+        h = tl.where(h > 0, h, slope * h)
+        tl.store(c + at, (h * h).to(c.dtype.element_ty), inside)
+    else:
+        h = tl.load(aux + at, inside, 0.0).to(tl.float32)
+        tl.store(c + at, (acc * tl.where(h > 0, 2.0 * h, 2.0 * slope * slope * h)).to(c.dtype.element_ty), inside)
 
 
 def _launch(
@@ -68,8 +59,7 @@ def _launch(
     m, k = a.shape
     c, forward = a.new_empty(m, n), aux is None
     aux = a.new_empty(m, n) if forward else aux
-    tiles = lambda meta: triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"])
-    grid = lambda meta: (min(tiles(meta), meta["PROGRAMS"] or tiles(meta)),)
+    grid = lambda meta: (triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"]),)
     gemm_act[grid](a, b, c, aux, m, n, k, sbk, sbn, slope, FORWARD=forward)
     return c, aux
 

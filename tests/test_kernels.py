@@ -31,12 +31,9 @@ def grads(f, *args):
     return [y.detach(), *(a.grad for a in args)]
 
 
-@pytest.mark.parametrize("slope,programs", [(0.5, 0), (0.0, 0), (0.5, 3)])
-def test_fused_mlp_matches_the_eager_mlp_forward_and_backward(monkeypatch, slope, programs):
-    """Shapes that fill no tile (M=2x37, d=40, hidden=70 against 32-wide tiles): every mask is exercised; a program
-    per tile, or 3 persistent programs looping over the tiles (the two launches the CUDA autotuner picks from)."""
-    cfg = K.triton.Config(dict(BM=32, BN=32, BK=32, GROUP=2, PROGRAMS=programs))
-    monkeypatch.setattr(K.gemm_act, "configs", [cfg])  # one config: the autotuner runs it, nothing to time
+@pytest.mark.parametrize("slope", [0.5, 0.0])
+def test_fused_mlp_matches_the_eager_mlp_forward_and_backward(slope):
+    """Shapes that fill no tile (M=2x37, d=40, hidden=70 against 32-wide tiles): every mask is exercised."""
     g = torch.Generator().manual_seed(0)
     x, w1, w2 = torch.randn(2, 37, 40, generator=g), torch.randn(70, 40, generator=g), torch.randn(40, 70, generator=g)
     fused = grads(lambda x, w1, w2: K.fused_mlp(x, w1, w2, slope), x, w1, w2)
