@@ -698,7 +698,8 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # relu^2 (slope 0) or LeakyReLU(slope)^2
         # the fused kernel trains only: calibration's hooks and TTT's adapters need the two linears as modules
-        if self.fused and x.dtype == torch.bfloat16 and torch.is_grad_enabled() and self.fc.lora is None:
+        plain = torch.is_grad_enabled() and self.fc.lora is None and self.proj.lora is None
+        if self.fused and plain and x.dtype == torch.bfloat16:
             return self.fused(x, self.fc.weight.to(x.dtype), self.proj.weight.to(x.dtype), self.slope)
         return self.proj(F.leaky_relu(self.fc(x), self.slope).square())
 

@@ -54,7 +54,7 @@ def test_fused_mlp_compiles_as_one_graph():
 
 def test_the_mlp_takes_the_kernel_only_to_train():
     """MLP.forward calls the fused kernel for bf16 activations with gradients on and no TTT adapter; calibration
-    (no_grad: its hooks must see fc and proj) and a LoRA on fc take the eager path."""
+    (no_grad: its hooks must see fc and proj) and a LoRA on fc or on proj take the eager path."""
     h = tg.Hyperparameters({"PRESET": "tiny"})
     mlp, calls = tg.MLP(h), []
     mlp.fused = lambda x, w1, w2, slope: calls.append(x.shape) or eager(x, w1, w2, slope)
@@ -66,6 +66,8 @@ def test_the_mlp_takes_the_kernel_only_to_train():
     mlp(x.float())
     mlp.fc.lora = lambda x: torch.zeros(*x.shape[:-1], mlp.fc.out_features, dtype=x.dtype)
     mlp(x)
+    mlp.fc.lora, mlp.proj.lora = None, lambda x: torch.zeros(*x.shape[:-1], mlp.proj.out_features, dtype=x.dtype)
+    mlp(x)  # TTT_TARGETS=proj: an adapter on the MLP's proj alone
     assert len(calls) == 1
 
 

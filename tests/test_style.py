@@ -41,9 +41,9 @@ def test_no_function_is_over_60_lines():
 # head adapter (GPT.lora, chunk_batch's grid of a row per document) and TTT's warm-up before the eval clock added 21,
 # joining three statements paid 9 back (2,112); its batches dealt longest first to the least-loaded rank (ttt_batches)
 # 12 (2,124); issue 27's FUSED_MLP hook (the MLP's kernel branch, its knob, preflight's load, the log's MLP line, the
-# plug-in source for Triton's jit) and the clock read every CLOCK_EVERY steps 16 (2,140). Raise it only with the
+# plug-in source for Triton's jit) and the clock read every CLOCK_EVERY steps 17 (2,141). Raise it only with the
 # feature that needs the lines, and say which.
-MAX_LINES = 2140
+MAX_LINES = 2141
 
 
 def test_length_and_no_plug_in_inside():
