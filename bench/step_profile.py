@@ -60,6 +60,7 @@ def gpu_state() -> str:
 
 
 def main() -> None:
+    stamp = Path(__file__).resolve().parents[1] / ".devdata/COMMIT"  # the device's copy may carry a stale .git
     ranks = {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if k in os.environ}
     env = {"PRESET": "record", "TRAIN_BATCH_TOKENS": "98304", **ranks, **dict(a.split("=", 1) for a in sys.argv[1:])}
     dtype = env.pop("STEP_DTYPE", "fp32")
@@ -133,6 +134,8 @@ def main() -> None:
         print(
             json.dumps(
                 dict(
+                    commit=stamp.read_text().strip() if stamp.exists() else "unknown",  # as bench/proxy_run.py
+                    gpu=torch.cuda.get_device_name(),
                     data=data or "random, a BOS every 1000",
                     attention=model.attn_impl,
                     mlp="fused" if any(getattr(m, "fused", None) for m in model.modules()) else "eager",
