@@ -16,7 +16,8 @@ import triton.language as tl
 from torch import Tensor
 
 # Tile shapes: on CUDA the fastest of these for each shape, timed at its first call (a few seconds, in the compile
-# warm-up); the CPU interpreter (the tests) takes one small tile.
+# warm-up); the CPU interpreter (the tests) takes one small tile. A persistent launch (a flattened loop over tiles,
+# one program per SM) was 8-10 ms a step slower on an H100 (2026-12-06_train_kernels.md): one program per tile.
 TILES = [(128, 128, 64, 4, 8), (128, 256, 64, 3, 8), (256, 128, 64, 3, 8), (128, 128, 64, 3, 4), (64, 128, 64, 4, 4)]
 CONFIGS = [triton.Config(dict(BM=m, BN=n, BK=k, GROUP=8), num_stages=s, num_warps=w) for m, n, k, s, w in TILES]
 CONFIGS = CONFIGS if torch.cuda.is_available() else [triton.Config(dict(BM=32, BN=32, BK=32, GROUP=2))]
