@@ -25,6 +25,8 @@ import train_gpt as tg  # noqa: E402
 
 try:
     from flash_attn.cute import flash_attn_varlen_func as fa4_varlen
+
+    FA4_ERROR = None
 except Exception as e:  # not installed, or installed without what it needs (a row then says why)
     fa4_varlen, FA4_ERROR = None, None if isinstance(e, ModuleNotFoundError) and e.name == "flash_attn" else repr(e)
 
@@ -70,7 +72,7 @@ def main() -> None:
     impls = ["causal", "flex", "sdpa"] + (["varlen"] if tg.varlen_attn else []) + (["fa3"] if tg.fa3_varlen else [])
     impls += ["fa4"] if fa4_varlen else []
     kernel = lambda impl: "varlen" if impl == "fa4" else impl  # fa4 reads the varlen mask's cu_seqlens
-    rows = {} if fa4_varlen or not FA4_ERROR else {"fa4": dict(error=FA4_ERROR[:300])}
+    rows = {"fa4": dict(error=FA4_ERROR[:300])} if FA4_ERROR else {}
 
     def out_and_grads(impl: str, fn=tg.attend) -> list[torch.Tensor]:
         for t in (q, k, v):

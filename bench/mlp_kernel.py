@@ -13,8 +13,6 @@ difference from an fp32 reference of the same inputs.
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +20,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from proxy_run import head_commit  # noqa: E402  (bench/ is this script's folder)
+
 import train_gpt as tg  # noqa: E402
 
 
@@ -91,10 +91,7 @@ def main() -> None:
             row["tiles"] = {str(k): str(v) for k, v in kernels.gemm_act.cache.items()}  # per shape, as autotuned
         rows.append(row)
         print(json.dumps(row), flush=True)
-    git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    if os.path.isfile(".devdata/COMMIT"):  # the stamp wins: a device's copy of the tree may carry a stale .git
-        git = open(".devdata/COMMIT").read().strip()
-    meta = dict(command="python " + " ".join(sys.argv), git_commit=git, device=torch.cuda.get_device_name())
+    meta = dict(command="python " + " ".join(sys.argv), git_commit=head_commit(), device=torch.cuda.get_device_name())
     meta |= dict(torch=torch.__version__, shape=dict(tokens=a.tokens, dim=a.dim, hidden=a.hidden, slope=a.slope))
     Path(a.out).write_text(json.dumps(dict(**meta, rows=rows), indent=1))
 

@@ -40,6 +40,8 @@ import torch
 import torch._inductor.config  # STEP_AUTOTUNE
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from proxy_run import head_commit  # noqa: E402  (bench/ is this script's folder)
+
 import train_gpt as tg  # noqa: E402
 
 
@@ -60,7 +62,6 @@ def gpu_state() -> str:
 
 
 def main() -> None:
-    stamp = Path(__file__).resolve().parents[1] / ".devdata/COMMIT"  # the device's copy may carry a stale .git
     ranks = {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if k in os.environ}
     env = {"PRESET": "record", "TRAIN_BATCH_TOKENS": "98304", **ranks, **dict(a.split("=", 1) for a in sys.argv[1:])}
     dtype = env.pop("STEP_DTYPE", "fp32")
@@ -134,7 +135,7 @@ def main() -> None:
         print(
             json.dumps(
                 dict(
-                    commit=stamp.read_text().strip() if stamp.exists() else "unknown",  # as bench/proxy_run.py
+                    commit=head_commit(),  # the .devdata/COMMIT stamp first: a device's copy may carry a stale .git
                     gpu=torch.cuda.get_device_name(),
                     data=data or "random, a BOS every 1000",
                     attention=model.attn_impl,
