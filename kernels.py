@@ -14,61 +14,61 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.tools.tensor_descriptor import TensorDescriptor
 
-# Tile shapes: on CUDA the fastest of these for each shape, timed at its first call (a few seconds, in the compile
-# warm-up); the CPU interpreter (the tests) takes one small tile. A persistent launch (a flattened loop over tiles,
-# one program per SM) was 8-10 ms a step slower on an H100 (2026-12-06_train_kernels.md): one program per tile.
-TILES = [(128, 128, 64, 4, 8), (128, 256, 64, 3, 8), (256, 128, 64, 3, 8), (128, 128, 64, 3, 4), (64, 128, 64, 4, 4)]
-CONFIGS = [triton.Config(dict(BM=m, BN=n, BK=k, GROUP=8), num_stages=s, num_warps=w) for m, n, k, s, w in TILES]
-CONFIGS = CONFIGS if torch.cuda.is_available() else [triton.Config(dict(BM=32, BN=32, BK=32, GROUP=2))]
+# (BM, BN, BK, stages, warps) of the forward and of the backward's GEMM on CUDA, fixed so that every run compiles the
+# same kernel (an autotuner timing at the first call picked differently on different calls); the interpreter (the
+# tests) takes one small tile. One persistent program per SM walks the tiles through TMA descriptors, so a tile's
+# epilogue stores overlap the next tile's loads (2026-12-06_train_kernels.md: the launch per tile wrote them serially).
+TILES = {True: (128, 256, 64, 4, 8), False: (128, 256, 64, 3, 8)}
+TILES = TILES if torch.cuda.is_available() else dict.fromkeys((True, False), (32, 32, 32, 1, 4))
 
 
-@triton.autotune(configs=CONFIGS, key=["M", "N", "K", "FORWARD"])
 @triton.jit
-def gemm_act(a, b, c, aux, M, N, K, sbk, sbn, slope, FORWARD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-             BK: tl.constexpr, GROUP: tl.constexpr):  # fmt: skip
-    """c = act(a @ b) with aux = a @ b (FORWARD), or c = (a @ b) * act'(aux). a: (M, K) row-major; b: (K, N) with
-    strides sbk, sbn; act = LeakyReLU(slope)^2. Tiles are visited GROUP row-blocks at a time, so b stays in L2."""
-    pid, n_m, n_n = tl.program_id(0), tl.cdiv(M, BM), tl.cdiv(N, BN)
-    first = pid // (GROUP * n_n) * GROUP
-    size = min(n_m - first, GROUP)
-    pm, pn = first + pid % (GROUP * n_n) % size, pid % (GROUP * n_n) // size
-    rm, rn, rk = (pm * BM + tl.arange(0, BM)).to(tl.int64), pn * BN + tl.arange(0, BN), tl.arange(0, BK)
-    pa, pb = a + rm[:, None] * K + rk[None, :], b + rk[:, None] * sbk + rn[None, :] * sbn
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for k in range(0, tl.cdiv(K, BK)):
-        kin = rk < K - k * BK
-        acc = tl.dot(
-            tl.load(pa, (rm[:, None] < M) & kin[None, :], 0.0), tl.load(pb, kin[:, None] & (rn[None, :] < N), 0.0), acc
-        )
-        pa, pb = pa + BK, pb + BK * sbk
-    at, inside = rm[:, None] * N + rn[None, :], (rm[:, None] < M) & (rn[None, :] < N)
-    if FORWARD:
-        h = acc.to(c.dtype.element_ty)
-        tl.store(aux + at, h, inside)
-        h = h.to(tl.float32)  # the activation of the rounded h, as eager computes it
-        h = tl.where(h > 0, h, slope * h)
-        tl.store(c + at, (h * h).to(c.dtype.element_ty), inside)
-    else:
-        h = tl.load(aux + at, inside, 0.0).to(tl.float32)
-        tl.store(c + at, (acc * tl.where(h > 0, 2.0 * h, 2.0 * slope * slope * h)).to(c.dtype.element_ty), inside)
+def gemm_act(a, b, c, aux, M, N, K, slope, FORWARD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+             BK: tl.constexpr, GROUP: tl.constexpr, PROGRAMS: tl.constexpr):  # fmt: skip
+    """c = act(a @ b) with aux = a @ b (FORWARD), or c = (a @ b) * act'(aux); all TMA descriptors. a: (M, K);
+    b: (N, K) if FORWARD (W1) else (K, N) (W2); act = LeakyReLU(slope)^2. Tiles go GROUP row-blocks at a time, so
+    b stays in L2; the loads past an edge read zeros and the stores past it are dropped."""
+    n_m, n_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
+    for tile in tl.range(tl.program_id(0), n_m * n_n, PROGRAMS, flatten=True):
+        first = tile // (GROUP * n_n) * GROUP
+        size = min(n_m - first, GROUP)
+        m, n = (first + tile % (GROUP * n_n) % size) * BM, tile % (GROUP * n_n) // size * BN
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for k in range(0, tl.cdiv(K, BK)):
+            w = b.load([n, k * BK]).T if FORWARD else b.load([k * BK, n])
+            acc = tl.dot(a.load([m, k * BK]), w, acc)
+        if FORWARD:
+            h = acc.to(c.dtype)
+            aux.store([m, n], h)
+            h = h.to(tl.float32)  # the activation of the rounded h, as eager computes it
+            h = tl.where(h > 0, h, slope * h)
+            c.store([m, n], (h * h).to(c.dtype))
+        else:
+            h = aux.load([m, n]).to(tl.float32)
+            c.store([m, n], (acc * tl.where(h > 0, 2.0 * h, 2.0 * slope * slope * h)).to(c.dtype))
 
 
-def _launch(
-    a: Tensor, b: Tensor, sbk: int, sbn: int, n: int, aux: Tensor | None, slope: float
-) -> tuple[Tensor, Tensor]:
-    m, k = a.shape
-    c, forward = a.new_empty(m, n), aux is None
-    aux = a.new_empty(m, n) if forward else aux
-    grid = lambda meta: (triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"]),)
-    gemm_act[grid](a, b, c, aux, m, n, k, sbk, sbn, slope, FORWARD=forward)
+def _launch(a: Tensor, b: Tensor, n: int, aux: Tensor | None, slope: float) -> tuple[Tensor, Tensor]:
+    (m, k), forward = a.shape, aux is None
+    c, aux = a.new_empty(m, n), a.new_empty(m, n) if forward else aux
+    bm, bn, bk, stages, warps = TILES[forward]
+    sms = torch.cuda.get_device_properties(a.device).multi_processor_count if a.is_cuda else 4
+    programs = min(sms, triton.cdiv(m, bm) * triton.cdiv(n, bn))
+    desc = lambda t, block: TensorDescriptor.from_tensor(t.contiguous(), block)
+    b_desc = desc(b, [bn, bk] if forward else [bk, bn])
+    meta = dict(BM=bm, BN=bn, BK=bk, GROUP=8, PROGRAMS=programs, num_stages=stages, num_warps=warps)
+    gemm_act[(programs,)](
+        desc(a, [bm, bk]), b_desc, desc(c, [bm, bn]), desc(aux, [bm, bn]), m, n, k, slope, forward, **meta
+    )
     return c, aux
 
 
 @torch.library.custom_op("kernels::mlp_up", mutates_args=())
 def mlp_up(x: Tensor, w1: Tensor, slope: float) -> tuple[Tensor, Tensor]:
     """(act(x W1^T), x W1^T) for x (M, d), W1 (hidden, d)."""
-    return _launch(x, w1, w1.stride(1), w1.stride(0), w1.size(0), None, slope)
+    return _launch(x, w1, w1.size(0), None, slope)
 
 
 @mlp_up.register_fake
@@ -79,7 +79,7 @@ def _(x: Tensor, w1: Tensor, slope: float) -> tuple[Tensor, Tensor]:
 @torch.library.custom_op("kernels::mlp_down_grad", mutates_args=())
 def mlp_down_grad(dy: Tensor, w2: Tensor, h: Tensor, slope: float) -> Tensor:
     """dh = (dy W2) * act'(h) for dy (M, d), W2 (d, hidden), h (M, hidden)."""
-    return _launch(dy, w2, w2.stride(0), w2.stride(1), w2.size(1), h, slope)[0]
+    return _launch(dy, w2, w2.size(1), h, slope)[0]
 
 
 @mlp_down_grad.register_fake

@@ -205,6 +205,8 @@ class Hyperparameters:
         need(ok, f"TTT_PHASES={self.ttt_phases}, TTT_PHASE_DOCS={self.ttt_phase_docs}: expected >= 1 each")
         need(1 <= self.ngram_order <= 16, f"NGRAM_ORDER={self.ngram_order}: expected 1..16")
         need(self.clock_every >= 1, f"CLOCK_EVERY={self.clock_every}: expected >= 1 (1 reads the clock every step)")
+        ok = not self.fused_mlp or self.model_dim % 8 == 0 == int(self.mlp_mult * self.model_dim) % 8
+        need(ok, "FUSED_MLP=1: MODEL_DIM and its MLP width must be multiples of 8 (TMA's 16-byte rows)")
 
     def listed(self, key: str) -> list[str]:
         """The non-empty items of a comma-separated knob (EVAL_PATHS, PRE_EXPORT_PATHS, CODECS, TTT_TARGETS)."""
@@ -510,35 +512,60 @@ class Rotary(nn.Module):
         return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin, rest), dim=-1)
 
 
-try:  # FA3 (Hopper) when installed (bench/build_fa3.sh builds what this model calls); torch's kernels otherwise
-    from flash_attn_interface import _flash_attn_backward, _flash_attn_forward
-
-    # FA3's causal varlen attention as one op with a varlen backward: FA3's own flash_attn_varlen_func is an
-    # autograd.Function, which torch 2.11 fails to trace inside the nested compile regions of COMPILE=2.
-    @torch.library.custom_op("train_gpt::fa3_varlen", mutates_args=(), device_types="cuda")
-    def fa3_varlen(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_len: int) -> tuple[Tensor, Tensor]:
-        lens = dict(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max_len, max_seqlen_k=max_len)
-        out, lse, *_ = _flash_attn_forward(q, k, v, **lens, softmax_scale=q.size(-1) ** -0.5, causal=True)
-        return out, lse
-
-    @fa3_varlen.register_fake
-    def _(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_len: int) -> tuple[Tensor, Tensor]:
-        return torch.empty_like(q), q.new_empty((q.size(1), q.size(0)), dtype=torch.float32)
-
-    def _fa3_setup(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
-        q, k, v, cu, ctx.max_len = inputs
-        ctx.save_for_backward(q, k, v, cu, *output)
-
-    def _fa3_backward(ctx, dout: Tensor, _dlse: Tensor) -> tuple[Tensor | None, ...]:
-        q, k, v, cu, out, lse = ctx.saved_tensors
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        lens = (cu, cu, None, None, ctx.max_len, ctx.max_len)
-        _flash_attn_backward(dout, q, k, v, out, lse, *lens, dq, dk, dv, q.size(-1) ** -0.5, True)
-        return dq, dk, dv, None, None
-
-    fa3_varlen.register_autograd(_fa3_backward, setup_context=_fa3_setup)
+try:  # FA3 (Hopper) when installed (bench/build_fa3.sh builds what this model calls)
+    from flash_attn_interface import _flash_attn_backward as fa3_bwd
+    from flash_attn_interface import _flash_attn_forward as fa3_fwd
 except ImportError:
-    fa3_varlen = None
+    fa3_fwd = fa3_bwd = None
+try:  # FA4 (pip install flash-attn-4): CuTe kernels, compiled at their first call
+    from flash_attn.cute.interface import _flash_attn_bwd as fa4_bwd
+    from flash_attn.cute.interface import _flash_attn_fwd as fa4_fwd
+except ImportError:
+    fa4_fwd = fa4_bwd = None
+
+
+# FA3's or FA4's causal varlen attention as two ops, forward and backward: their own flash_attn_varlen_func is an
+# autograd.Function, which torch 2.11 fails to trace inside the nested compile regions of COMPILE=2, and FA4's
+# backward is Python that a trace with fake tensors would skip (so it must be opaque too).
+@torch.library.custom_op("train_gpt::flash_varlen", mutates_args=())
+def flash_varlen(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_len: int, fa4: bool) -> tuple[Tensor, Tensor]:
+    lens = dict(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max_len, max_seqlen_k=max_len)
+    args = dict(softmax_scale=q.size(-1) ** -0.5, causal=True, **lens)
+    out, lse, *_ = fa4_fwd(q, k, v, return_lse=True, **args) if fa4 else fa3_fwd(q, k, v, **args)
+    return out, lse
+
+
+@torch.library.custom_op("train_gpt::flash_varlen_bwd", mutates_args=())
+def flash_varlen_bwd(
+    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, cu: Tensor, max_len: int, fa4: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    if fa4:
+        lens = dict(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max_len, max_seqlen_k=max_len)
+        return tuple(fa4_bwd(q, k, v, out, dout.contiguous(), lse, q.size(-1) ** -0.5, True, **lens)[:3])
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    fa3_bwd(dout, q, k, v, out, lse, cu, cu, None, None, max_len, max_len, dq, dk, dv, q.size(-1) ** -0.5, True)
+    return dq, dk, dv
+
+
+flash_varlen.register_fake(lambda q, *_: (torch.empty_like(q), q.new_empty(q.shape[1::-1], dtype=torch.float32)))
+flash_varlen_bwd.register_fake(
+    lambda dout, q, k, v, *_: (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v))
+)
+
+
+def _flash_setup(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
+    q, k, v, cu, ctx.max_len, ctx.fa4 = inputs
+    ctx.save_for_backward(q, k, v, cu, *output)
+
+
+def _flash_backward(ctx, dout: Tensor, _dlse: Tensor) -> tuple[Tensor | None, ...]:
+    q, k, v, cu, out, lse = ctx.saved_tensors
+    return *flash_varlen_bwd(dout, q, k, v, out, lse, cu, ctx.max_len, ctx.fa4), None, None, None
+
+
+flash_varlen.register_autograd(_flash_backward, setup_context=_flash_setup)
+
+
 try:
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 except ImportError:
@@ -552,13 +579,18 @@ try:  # torch's own flash varlen kernel (2.10+); its causal flag changed name be
     VARLEN_GQA = {"enable_gqa": True} if "enable_gqa" in _VARLEN_ARGS else {}
 except ImportError:
     varlen_attn = None
-ATTN_IMPLS = ("fa3", "varlen", "flex", "sdpa")  # ATTN_IMPL=auto: the first one this machine can run
+ATTN_IMPLS = ("fa3", "fa4", "varlen", "flex", "sdpa")  # ATTN_IMPL=auto: the first one this machine can run
+
+
+def attn_impls() -> dict[str, bool]:
+    """Which ATTN_IMPL values this machine can run."""
+    cuda = torch.cuda.is_available()
+    fast = dict(fa3=fa3_fwd is not None, fa4=fa4_fwd is not None, varlen=varlen_attn is not None)
+    return {k: cuda and ok for k, ok in fast.items()} | dict(flex=flex_attention is not None, sdpa=True)
 
 
 def default_attn_impl() -> str:
-    if not torch.cuda.is_available():
-        return "sdpa"
-    return "fa3" if fa3_varlen is not None else "varlen" if varlen_attn is not None else "flex"
+    return next(k for k, ok in attn_impls().items() if ok) if torch.cuda.is_available() else "sdpa"
 
 
 class AttnMask:
@@ -573,7 +605,7 @@ class AttnMask:
         if self.impl == "causal":
             return
         docs = (ids == BOS_ID).cumsum(1)
-        if self.impl in ("fa3", "varlen"):  # every (row, document) run becomes its own sequence
+        if self.impl in ("fa3", "fa4", "varlen"):  # every (row, document) run becomes its own sequence
             starts = torch.ones_like(ids, dtype=torch.bool)
             starts[:, 1:] = docs[:, 1:] != docs[:, :-1]
             self.cu = F.pad(torch.nonzero(starts.flatten()).flatten(), (0, 1), value=B * T).int()
@@ -595,10 +627,10 @@ class AttnMask:
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: AttnMask) -> Tensor:
     """q (B,T,H,D), k/v (B,T,Hkv,D) -> (B,T,H,D)."""
     B, T, H, D = q.shape
-    if mask.impl in ("fa3", "varlen"):  # (B*T, heads, D): one packed batch of sequences
+    if mask.impl in ("fa3", "fa4", "varlen"):  # (B*T, heads, D): one packed batch of sequences
         qf, kf, vf = q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1)
-        if mask.impl == "fa3":
-            return fa3_varlen(qf, kf, vf, mask.cu, mask.max_len)[0].view(B, T, H, D)
+        if mask.impl != "varlen":
+            return flash_varlen(qf, kf, vf, mask.cu, mask.max_len, mask.impl == "fa4")[0].view(B, T, H, D)
         y = varlen_attn(qf, kf, vf, mask.cu, mask.cu, mask.max_len, mask.max_len, **VARLEN_CAUSAL, **VARLEN_GQA)
         return y.view(B, T, H, D)
     if mask.impl == "cache":  # TTT_CACHE: the keys and values of the documents' scored chunks come first
@@ -2049,8 +2081,7 @@ def preflight(h: Hyperparameters) -> None:
     """What the run needs from this machine and its files, checked before anything expensive: one clear
     error (ValueError, FileNotFoundError, ShardError) instead of a failure after training."""
     cuda = torch.cuda.is_available()
-    kernels = dict(auto=True, fa3=cuda and fa3_varlen, varlen=cuda and varlen_attn, flex=flex_attention, sdpa=True)
-    if not kernels[h.attn_impl]:
+    if not (attn_impls() | dict(auto=True))[h.attn_impl]:
         raise ValueError(f"ATTN_IMPL={h.attn_impl}: not available on this machine (auto picks {default_attn_impl()})")
     if not h.eval_only and not any(_codec(c) for c in h.listed("codecs")):
         raise ValueError(f"CODECS={h.codecs}: none of them is installed (pip install zstandard brotli)")

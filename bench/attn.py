@@ -7,8 +7,9 @@ with the dense document mask. Plain causal SDPA (flash) crosses documents and is
 reference only. Documents are cut at the BOS positions of a real val shard.
 At 25be12f a varlen_gqa row gave the varlen kernel the k/v heads unrepeated (train_gpt then repeated them to the
 query heads): 3.66 vs 3.87 ms, gradients within 0.001; train_gpt's varlen has done so since.
-fa4: flash-attn-4 from PyPI (CuTe DSL kernels, compiled at their first call) when installed, called eagerly with the
-varlen mask's cu_seqlens (not through train_gpt, which does not use it); its first call's compile time is a field.
+FA3 and FA4 (flash-attn-4 from PyPI: CuTe DSL kernels, compiled at their first call) run through train_gpt's own
+custom ops (ATTN_IMPL=fa3|fa4), as training calls them; the first call's time is a field. Where FA4 is installed but
+fails to import, its row says why (train_gpt then leaves it out of ATTN_IMPL=auto).
 Usage: python bench/attn.py SHARD [--batch 48 --seq 2048] -> JSON on stdout
 """
 
@@ -24,18 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_gpt as tg  # noqa: E402
 
 try:
-    from flash_attn.cute import flash_attn_varlen_func as fa4_varlen
+    import flash_attn.cute.interface  # noqa: F401
 
     FA4_ERROR = None
 except Exception as e:  # not installed, or installed without what it needs (a row then says why)
-    fa4_varlen, FA4_ERROR = None, None if isinstance(e, ModuleNotFoundError) and e.name == "flash_attn" else repr(e)
-
-
-def fa4_attend(q, k, v, mask: tg.AttnMask) -> torch.Tensor:
-    B, T, H, D = q.shape
-    lens = dict(cu_seqlens_q=mask.cu, cu_seqlens_k=mask.cu, max_seqlen_q=T, max_seqlen_k=T)
-    y = fa4_varlen(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), **lens, causal=True)
-    return (y[0] if isinstance(y, tuple) else y).view(B, T, H, D)
+    FA4_ERROR = None if isinstance(e, ModuleNotFoundError) and e.name == "flash_attn" else repr(e)
 
 
 def time_ms(fn, reps: int = 20) -> float:
@@ -69,32 +63,28 @@ def main() -> None:
     grad = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16)
     causal_flops = 3 * 2 * 2 * B * H * D * T * T / 2  # fwd+bwd, QK^T and AV, causal half
     attend = torch.compile(tg.attend)
-    impls = ["causal", "flex", "sdpa"] + (["varlen"] if tg.varlen_attn else []) + (["fa3"] if tg.fa3_varlen else [])
-    impls += ["fa4"] if fa4_varlen else []
-    kernel = lambda impl: "varlen" if impl == "fa4" else impl  # fa4 reads the varlen mask's cu_seqlens
+    impls = ["causal", "flex", "sdpa"] + [k for k in ("varlen", "fa3", "fa4") if tg.attn_impls()[k]]
     rows = {"fa4": dict(error=FA4_ERROR[:300])} if FA4_ERROR else {}
 
     def out_and_grads(impl: str, fn=tg.attend) -> list[torch.Tensor]:
         for t in (q, k, v):
             t.grad = None
-        out = fn(q, k, v, tg.AttnMask(tokens, impl != "causal", kernel(impl)))
+        out = fn(q, k, v, tg.AttnMask(tokens, impl != "causal", impl))
         out.backward(grad)
         return [out.detach().float()] + [t.grad.float() for t in (q, k, v)]
 
     ref = out_and_grads("sdpa")  # the dense document mask: the reference every doc-masked kernel must match
     for impl in impls:
-        fn = fa4_attend if impl == "fa4" else attend
 
-        def run(impl=impl, fn=fn):
-            mask = tg.AttnMask(tokens, impl != "causal", kernel(impl))
-            fn(q, k, v, mask).backward(grad)
+        def run(impl=impl):
+            attend(q, k, v, tg.AttnMask(tokens, impl != "causal", impl)).backward(grad)
 
         try:
             t0 = time.perf_counter()
             run()
             first_s = time.perf_counter() - t0
             ms = time_ms(run)
-            diffs = [(a - b).abs().max().item() for a, b in zip(out_and_grads(impl, fn), ref)]
+            diffs = [(a - b).abs().max().item() for a, b in zip(out_and_grads(impl, attend), ref)]
             rows[impl] = dict(
                 ms=round(ms, 3),
                 causal_tflops=round(causal_flops / ms / 1e9, 1),
@@ -104,7 +94,7 @@ def main() -> None:
             )  # k/v: summed over the GQA group
         except Exception as e:  # report, keep measuring the others
             rows[impl] = dict(error=f"{type(e).__name__}: {e}"[:300])
-        mask_ms = time_ms(lambda i=impl: tg.AttnMask(tokens, i != "causal", kernel(i))) if "ms" in rows[impl] else None
+        mask_ms = time_ms(lambda i=impl: tg.AttnMask(tokens, i != "causal", i)) if "ms" in rows[impl] else None
         rows[impl]["mask_build_ms"] = mask_ms and round(mask_ms, 3)
     docs = int((tokens == tg.BOS_ID).sum())
     print(

@@ -1,12 +1,13 @@
 """The fused MLP (kernels.py, FUSED_MLP=1) against the MLP as training compiles it, on one GPU (issue 27).
 
-    python bench/mlp_kernel.py OUT.json [--tokens 98304] [--dim 512] [--hidden 2048] [--slope 0.5]
+    python bench/mlp_kernel.py OUT.json [--tokens 98304] [--dim 512] [--hidden 2048] [--slope 0.5] [--sweep]
 
 At the record's shape (one GPU's 98,304 tokens, 512 -> 2048 -> 512, bf16 activations, weights cast from fp32 as
 CastedLinear does): forward and forward+backward of
 - eager: proj(leaky_relu(fc(x), slope)^2) as written;
 - compiled: the same under torch.compile (inductor fuses the activation and its backward into pointwise kernels);
-- fused: kernels.fused_mlp (the activation in the GEMMs' epilogues), with the tile its autotuner picked.
+- fused: kernels.fused_mlp (the activation in the GEMMs' epilogues), with its tiles (kernels.TILES);
+- with --sweep, fused again with each tile of SWEEP for both GEMMs (a row says why a tile failed to compile).
 Median of 20 timed passes after 3 warm-up passes (CUDA events), peak memory, and the outputs' and gradients' largest
 difference from an fp32 reference of the same inputs.
 """
@@ -27,6 +28,10 @@ import train_gpt as tg  # noqa: E402
 
 def eager(x, w1, w2, slope):
     return F.linear(F.leaky_relu(F.linear(x, w1), slope).square(), w2)
+
+
+SWEEP = [(128, 256, 64, 3, 8), (128, 256, 64, 4, 8), (256, 128, 64, 3, 8), (128, 128, 64, 4, 4), (128, 128, 64, 4, 8)]
+SWEEP += [(128, 128, 64, 5, 4), (128, 128, 128, 3, 8), (64, 256, 64, 4, 4)]
 
 
 def timed(fn, n=20) -> float:
@@ -50,6 +55,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--slope", type=float, default=0.5)
+    ap.add_argument("--sweep", action="store_true")
     a = ap.parse_args()
     kernels = tg.load_plugin("kernels")
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -59,9 +65,13 @@ def main() -> None:
     dy = torch.randn(a.tokens, a.dim, device="cuda", generator=g).bfloat16()
     compiled = torch.compile(eager)
     impls = dict(eager=eager, compiled=compiled, fused=kernels.fused_mlp)
+    tiles = {name: dict(kernels.TILES) for name in impls}
+    for t in SWEEP if a.sweep else []:
+        impls[f"fused {t}"], tiles[f"fused {t}"] = kernels.fused_mlp, dict.fromkeys((True, False), t)
     ref = None
     rows = []
     for name, f in impls.items():
+        kernels.TILES.update(tiles[name])
         x, p1, p2 = (t.detach().clone().requires_grad_() for t in (x0, w1, w2))
 
         def fwd(f=f, x=x, p1=p1, p2=p2):
@@ -71,7 +81,12 @@ def main() -> None:
             fwd().backward(dy)
 
         torch.cuda.reset_peak_memory_stats()
-        fb = timed(fwd_bwd)
+        try:
+            fb = timed(fwd_bwd)
+        except Exception as e:  # a tile over the shared memory, say: the row says so, the sweep goes on
+            rows.append(dict(impl=name, error=f"{type(e).__name__}: {e}"[:300]))
+            print(json.dumps(rows[-1]), flush=True)
+            continue
         peak = torch.cuda.max_memory_allocated() / 2**30
         with torch.no_grad():
             fw = timed(fwd)
@@ -87,8 +102,8 @@ def main() -> None:
         err = [round(float((u - v).abs().max() / v.abs().max()), 5) for u, v in zip(got, ref)]
         row = dict(impl=name, fwd_ms=round(fw, 3), fwd_bwd_ms=round(fb, 3), peak_gib=round(peak, 2))
         row["rel_err_out_dx_dw1_dw2"] = err
-        if name == "fused":
-            row["tiles"] = {str(k): str(v) for k, v in kernels.gemm_act.cache.items()}  # per shape, as autotuned
+        if name.startswith("fused"):
+            row["tiles_fwd_bwd"] = [tiles[name][True], tiles[name][False]]  # (BM, BN, BK, stages, warps)
         rows.append(row)
         print(json.dumps(row), flush=True)
     meta = dict(command="python " + " ".join(sys.argv), git_commit=head_commit(), device=torch.cuda.get_device_name())

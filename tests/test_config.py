@@ -64,6 +64,7 @@ def test_a_bad_value_is_one_line_naming_the_knob(key):
         (dict(COMPILE="2", ARCH="scan"), "COMPILE=2"),
         (dict(NUM_LAYERS="four"), "NUM_LAYERS='four' is not a valid int"),
         (dict(WORLD_SIZE="3"), "TRAIN_BATCH_TOKENS/TRAIN_SEQ_LEN=16 sequences over 3 ranks"),
+        (dict(FUSED_MLP="1", MLP_MULT="2.125"), "FUSED_MLP=1: MODEL_DIM and its MLP width must be multiples of 8"),
     ],
 )
 def test_inconsistent_settings_are_refused_up_front(over, needle):
@@ -80,6 +81,7 @@ CLI_CASES = [
     (dict(CALIB="foo"), "CALIB='foo'"),
     (dict(TTT_TARGETS="bogus"), "TTT_TARGETS='bogus'"),
     (dict(ATTN_IMPL="varlen"), "ATTN_IMPL=varlen: not available on this machine"),  # CPU: no flash kernel
+    (dict(ATTN_IMPL="fa4"), "ATTN_IMPL=fa4: not available on this machine"),
     (dict(DATA_PATH="/nonexistent"), "no files match /nonexistent/fineweb_"),
     (dict(EVAL_ONLY="1", ARTIFACT="missing.pgq"), "ARTIFACT='missing.pgq' is not a file"),
 ]

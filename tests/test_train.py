@@ -136,6 +136,73 @@ def test_varlen_call_gets_document_offsets_and_unrepeated_kv(monkeypatch):
     assert calls == [(4, [0, 10, 24, 29, 48], {**tg.VARLEN_CAUSAL, **tg.VARLEN_GQA})]
 
 
+def _segments_attention(q, k, v, cu, dout=None):
+    """Causal attention of each packed sequence cu[i]:cu[i+1] with GQA and its log-sum-exp (heads, tokens), or with
+    dout its q/k/v gradients, written out (a custom op's body runs below autograd)."""
+    res, lse, rep = [torch.zeros_like(t) for t in (q, k, v)], q.new_empty(q.size(1), q.size(0)), q.size(1) // k.size(1)
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        qs, ks, vs = (t[a:b].transpose(0, 1) for t in (q, k, v))
+        ks, vs = ks.repeat_interleave(rep, 0), vs.repeat_interleave(rep, 0)
+        s = (qs @ ks.transpose(1, 2)) * q.size(-1) ** -0.5
+        p = s.masked_fill(~torch.ones(b - a, b - a, dtype=torch.bool).tril(), float("-inf")).softmax(-1)
+        if dout is None:
+            res[0][a:b], lse[:, a:b] = (p @ vs).transpose(0, 1), s.masked_fill(p == 0, float("-inf")).logsumexp(-1)
+            continue
+        do = dout[a:b].transpose(0, 1)
+        dp = do @ vs.transpose(1, 2)
+        ds = p * (dp - (dp * p).sum(-1, keepdim=True)) * q.size(-1) ** -0.5
+        res[0][a:b] = (ds @ ks).transpose(0, 1)
+        for i, g in ((1, ds.transpose(1, 2) @ qs), (2, p.transpose(1, 2) @ do)):  # summed over each GQA group
+            res[i][a:b] = g.unflatten(0, (-1, rep)).sum(1).transpose(0, 1)
+    return res if dout is not None else (res[0], lse)
+
+
+@pytest.mark.parametrize("impl", ["fa3", "fa4"])
+def test_flash_varlen_op_calls_fa3_and_fa4_as_their_interfaces_expect(monkeypatch, impl):
+    """The custom op that COMPILE=2 traces (train_gpt::flash_varlen) around FA3's and FA4's forward and backward,
+    on the CPU: stand-ins with each library's signature check the calls (one sequence per (row, document), the
+    4 k/v heads unrepeated, causal, FA4 asked for the lse) and compute them; the output and the q/k/v gradients
+    must match SDPA with the dense document mask, eagerly and compiled (aot_eager, one graph)."""
+    calls = []
+
+    def fa3_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal):
+        calls.append(("fwd", k.size(1), cu_seqlens_q.tolist(), causal, softmax_scale == 16**-0.5))
+        return *_segments_attention(q, k, v, cu_seqlens_q), None
+
+    def fa3_bwd(dout, q, k, v, out, lse, cu, cu_k, _sq, _sk, max_q, max_k, dq, dk, dv, scale, causal):
+        calls.append(("bwd", tuple(lse.shape), cu.tolist(), causal, scale == 16**-0.5))
+        for buf, g in zip((dq, dk, dv), _segments_attention(q, k, v, cu, dout)):
+            buf.copy_(g)
+
+    def fa4_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal, return_lse):
+        calls.append(("fwd", k.size(1), cu_seqlens_q.tolist(), causal and return_lse, softmax_scale == 16**-0.5))
+        return *_segments_attention(q, k, v, cu_seqlens_q), None, None, None
+
+    def fa4_bwd(q, k, v, out, dout, lse, scale, causal, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+        calls.append(("bwd", tuple(lse.shape), cu_seqlens_q.tolist(), causal, scale == 16**-0.5))
+        return _segments_attention(q, k, v, cu_seqlens_q, dout)
+
+    for name, fn in dict(fa3_fwd=fa3_fwd, fa3_bwd=fa3_bwd, fa4_fwd=fa4_fwd, fa4_bwd=fa4_bwd).items():
+        monkeypatch.setattr(tg, name, fn)
+    torch.manual_seed(0)
+    ids = torch.randint(4, 1024, (2, 24))
+    ids[0, 10] = ids[1, 0] = ids[1, 5] = tg.BOS_ID
+    qkv = [torch.randn(2, 24, 8, 16), torch.randn(2, 24, 4, 16), torch.randn(2, 24, 4, 16)]
+    dout = torch.randn(2, 24, 8, 16)
+
+    def out_and_grads(fn, mask_impl):
+        leaves = [t.clone().requires_grad_() for t in qkv]
+        out = fn(*leaves, tg.AttnMask(ids, True, mask_impl))
+        return [out, *torch.autograd.grad(out, leaves, dout)]
+
+    want = out_and_grads(tg.attend, "sdpa")
+    for fn in (tg.attend, torch.compile(tg.attend, backend="aot_eager", fullgraph=True)):
+        for got, ref in zip(out_and_grads(fn, impl), want):
+            torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    cu = [0, 10, 24, 29, 48]
+    assert calls == 2 * [("fwd", 4, cu, True, True), ("bwd", (8, 48), cu, True, True)]
+
+
 SWITCHES = [
     "XSA=0",
     "SMEAR=0",
