@@ -20,7 +20,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 # same kernel (an autotuner timing at the first call picked differently on different calls); the interpreter (the
 # tests) takes one small tile. One persistent program per SM walks the tiles through TMA descriptors, so a tile's
 # epilogue stores overlap the next tile's loads (2026-12-06_train_kernels.md: the launch per tile wrote them serially).
-TILES = {True: (128, 256, 64, 4, 8), False: (128, 256, 64, 3, 8)}
+TILES = {True: (128, 128, 64, 4, 8), False: (128, 128, 64, 4, 8)}
 TILES = TILES if torch.cuda.is_available() else dict.fromkeys((True, False), (32, 32, 32, 1, 4))
 
 
