@@ -19,7 +19,8 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 # (BM, BN, BK, stages, warps) of the forward and of the backward's GEMM on CUDA, fixed so that every run compiles the
 # same kernel (an autotuner timing at the first call picked differently on different calls); the interpreter (the
 # tests) takes one small tile. One persistent program per SM walks the tiles through TMA descriptors, so a tile's
-# epilogue stores overlap the next tile's loads (2026-12-06_train_kernels.md: the launch per tile wrote them serially).
+# epilogue stores overlap the next tile's loads. On an H100 this beat e2deeb2's launch per tile by 1.7 ms a step with
+# FA3; 128x256x64 (4 stages) and 256x128x64 (3) need more shared memory than its 227 KiB (2026-12-06_train_tma.md).
 TILES = {True: (128, 128, 64, 4, 8), False: (128, 128, 64, 4, 8)}
 TILES = TILES if torch.cuda.is_available() else dict.fromkeys((True, False), (32, 32, 32, 1, 4))
 
