@@ -424,11 +424,15 @@ def requirements_txt(source: str, logs: list[dict]) -> str:
             distribution(m) if m in _distributions() else f"# {m} (no pip name known here; install by hand)"
             for m in optional
         ]
-    if any(l.get("attention") == "fa3" for l in logs):  # an optional import the runs' speed depended on
-        lines.append(
-            "# The runs trained with FlashAttention-3 (logged 'attention fa3'). Without flash_attn_interface "
-            "train_gpt.py falls back to torch's slower varlen kernel: fewer steps in the same 600 s."
-        )
+    fast = dict(
+        fa3="FlashAttention-3 (flash_attn_interface)", fa4="FA4 (pip install flash-attn-4 'nvidia-cutlass-dsl')"
+    )
+    for impl, what in fast.items():  # an optional import the runs' speed depended on
+        if any(l.get("attention") == impl for l in logs):
+            lines.append(
+                f"# The runs trained with {what} (logged 'attention {impl}'). Without it train_gpt.py falls back to "
+                "a slower kernel (ATTN_IMPL=auto): fewer steps in the same 600 s."
+            )
     return "\n".join(lines) + "\n"
 
 

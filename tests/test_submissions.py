@@ -556,6 +556,7 @@ def test_requirements_are_derived_from_imports():
     assert "FlashAttention-3" not in make.requirements_txt(source, [run | dict(attention="varlen")])
     # a set of runs that trained on FA3 says its speed depended on it
     assert "logged 'attention fa3'" in make.requirements_txt(source, [run | dict(attention="fa3")])
+    assert "pip install flash-attn-4" in make.requirements_txt(source, [run | dict(attention="fa4")])
 
 
 @pytest.mark.parametrize(
