@@ -527,43 +527,43 @@ except ImportError:
 # FA3's or FA4's causal varlen attention as two ops, forward and backward: their own flash_attn_varlen_func is an
 # autograd.Function, which torch 2.11 fails to trace inside the nested compile regions of COMPILE=2, and FA4's
 # backward is Python that a trace with fake tensors would skip (so it must be opaque too).
-@torch.library.custom_op("train_gpt::flash_varlen", mutates_args=())
-def flash_varlen(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_len: int, fa4: bool) -> tuple[Tensor, Tensor]:
-    lens = dict(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max_len, max_seqlen_k=max_len)
-    args = dict(softmax_scale=q.size(-1) ** -0.5, causal=True, **lens)
-    out, lse, *_ = fa4_fwd(q, k, v, return_lse=True, **args) if fa4 else fa3_fwd(q, k, v, **args)
-    return out, lse
+# Registered once per process: verify and make import a shipped copy of this file beside this one, and a second
+# registration of the same name breaks the op for both (the copies' ops are the same code).
+if not hasattr(torch.ops.train_gpt, "flash_varlen"):
 
-
-@torch.library.custom_op("train_gpt::flash_varlen_bwd", mutates_args=())
-def flash_varlen_bwd(
-    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, cu: Tensor, max_len: int, fa4: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    if fa4:
+    @torch.library.custom_op("train_gpt::flash_varlen", mutates_args=())
+    def flash_varlen(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, max_len: int, fa4: bool) -> tuple[Tensor, Tensor]:
         lens = dict(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max_len, max_seqlen_k=max_len)
-        return tuple(fa4_bwd(q, k, v, out, dout.contiguous(), lse, q.size(-1) ** -0.5, True, **lens)[:3])
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    fa3_bwd(dout, q, k, v, out, lse, cu, cu, None, None, max_len, max_len, dq, dk, dv, q.size(-1) ** -0.5, True)
-    return dq, dk, dv
+        args = dict(softmax_scale=q.size(-1) ** -0.5, causal=True, **lens)
+        out, lse, *_ = fa4_fwd(q, k, v, return_lse=True, **args) if fa4 else fa3_fwd(q, k, v, **args)
+        return out, lse
 
+    @torch.library.custom_op("train_gpt::flash_varlen_bwd", mutates_args=())
+    def flash_varlen_bwd(
+        dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, cu: Tensor, max_len: int, fa4: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        if fa4:
+            lens = dict(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max_len, max_seqlen_k=max_len)
+            return tuple(fa4_bwd(q, k, v, out, dout.contiguous(), lse, q.size(-1) ** -0.5, True, **lens)[:3])
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        fa3_bwd(dout, q, k, v, out, lse, cu, cu, None, None, max_len, max_len, dq, dk, dv, q.size(-1) ** -0.5, True)
+        return dq, dk, dv
 
-flash_varlen.register_fake(lambda q, *_: (torch.empty_like(q), q.new_empty(q.shape[1::-1], dtype=torch.float32)))
-flash_varlen_bwd.register_fake(
-    lambda dout, q, k, v, *_: (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v))
-)
+    flash_varlen.register_fake(lambda q, *_: (torch.empty_like(q), q.new_empty(q.shape[1::-1], dtype=torch.float32)))
+    flash_varlen_bwd.register_fake(
+        lambda dout, q, k, v, *_: (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v))
+    )
 
+    def _flash_setup(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
+        q, k, v, cu, ctx.max_len, ctx.fa4 = inputs
+        ctx.save_for_backward(q, k, v, cu, *output)
 
-def _flash_setup(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
-    q, k, v, cu, ctx.max_len, ctx.fa4 = inputs
-    ctx.save_for_backward(q, k, v, cu, *output)
+    def _flash_backward(ctx, dout: Tensor, _dlse: Tensor) -> tuple[Tensor | None, ...]:
+        q, k, v, cu, out, lse = ctx.saved_tensors
+        return *flash_varlen_bwd(dout, q, k, v, out, lse, cu, ctx.max_len, ctx.fa4), None, None, None
 
-
-def _flash_backward(ctx, dout: Tensor, _dlse: Tensor) -> tuple[Tensor | None, ...]:
-    q, k, v, cu, out, lse = ctx.saved_tensors
-    return *flash_varlen_bwd(dout, q, k, v, out, lse, cu, ctx.max_len, ctx.fa4), None, None, None
-
-
-flash_varlen.register_autograd(_flash_backward, setup_context=_flash_setup)
+    flash_varlen.register_autograd(_flash_backward, setup_context=_flash_setup)
+flash_varlen, flash_varlen_bwd = torch.ops.train_gpt.flash_varlen, torch.ops.train_gpt.flash_varlen_bwd
 
 
 try:

@@ -1,6 +1,7 @@
 """Training half of train_gpt.py on tiny CPU configs with real tokens (FineWeb train-pool docs)."""
 
 import copy
+import importlib.util
 import json
 import os
 import subprocess
@@ -162,7 +163,11 @@ def test_flash_varlen_op_calls_fa3_and_fa4_as_their_interfaces_expect(monkeypatc
     """The custom op that COMPILE=2 traces (train_gpt::flash_varlen) around FA3's and FA4's forward and backward,
     on the CPU: stand-ins with each library's signature check the calls (one sequence per (row, document), the
     4 k/v heads unrepeated, causal, FA4 asked for the lse) and compute them; the output and the q/k/v gradients
-    must match SDPA with the dense document mask, eagerly and compiled (aot_eager, one graph)."""
+    must match SDPA with the dense document mask, eagerly and compiled (aot_eager, one graph). First a second copy of
+    train_gpt.py is imported into this process, as verify and make import a shipped one: the ops must survive it."""
+    spec = importlib.util.spec_from_file_location("_copy_of_train_gpt", tg.__file__)
+    monkeypatch.setitem(sys.modules, spec.name, importlib.util.module_from_spec(spec))
+    spec.loader.exec_module(sys.modules[spec.name])
     calls = []
 
     def fa3_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal):
