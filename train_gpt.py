@@ -583,9 +583,9 @@ ATTN_IMPLS = ("fa3", "fa4", "varlen", "flex", "sdpa")  # ATTN_IMPL=auto: the fir
 
 
 def attn_impls() -> dict[str, bool]:
-    """Which ATTN_IMPL values this machine can run."""
-    cuda = torch.cuda.is_available()
-    fast = dict(fa3=fa3_fwd is not None, fa4=fa4_fwd is not None, varlen=varlen_attn is not None)
+    """Which ATTN_IMPL values this machine can run (FA3's and FA4's kernels are for Hopper and later)."""
+    cuda, hopper = torch.cuda.is_available(), torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+    fast = dict(fa3=hopper and fa3_fwd is not None, fa4=hopper and fa4_fwd is not None, varlen=varlen_attn is not None)
     return {k: cuda and ok for k, ok in fast.items()} | dict(flex=flex_attention is not None, sdpa=True)
 
 

@@ -208,6 +208,20 @@ def test_flash_varlen_op_calls_fa3_and_fa4_as_their_interfaces_expect(monkeypatc
     assert calls == 2 * [("fwd", 4, cu, True, True), ("bwd", (8, 48), cu, True, True)]
 
 
+@pytest.mark.parametrize(
+    "capability,installed,auto", [((9, 0), "fa3 fa4", "fa3"), ((9, 0), "fa4", "fa4"), ((8, 0), "fa3 fa4", "varlen")]
+)
+def test_auto_attention_takes_fa3_then_fa4_then_torch_varlen_on_hopper(monkeypatch, capability, installed, auto):
+    """ATTN_IMPL=auto on a (faked) CUDA machine: FA3, else FA4, else torch's varlen kernel; FA3 and FA4 only on
+    Hopper or later (their kernels do not run on an A100)."""
+    monkeypatch.setattr(tg.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(tg.torch.cuda, "get_device_capability", lambda *_: capability)
+    for name in ("fa3_fwd", "fa4_fwd", "varlen_attn"):
+        monkeypatch.setattr(tg, name, object() if name[:3] in installed or name == "varlen_attn" else None)
+    assert tg.default_attn_impl() == auto
+    assert [k for k, ok in tg.attn_impls().items() if ok][0] == auto
+
+
 SWITCHES = [
     "XSA=0",
     "SMEAR=0",
