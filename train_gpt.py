@@ -550,9 +550,7 @@ if not hasattr(torch.ops.train_gpt, "flash_varlen"):
         return dq, dk, dv
 
     flash_varlen.register_fake(lambda q, *_: (torch.empty_like(q), q.new_empty(q.shape[1::-1], dtype=torch.float32)))
-    flash_varlen_bwd.register_fake(
-        lambda dout, q, k, v, *_: (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v))
-    )
+    flash_varlen_bwd.register_fake(lambda dout, q, k, v, *_: tuple(map(torch.empty_like, (q, k, v))))
 
     def _flash_setup(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
         q, k, v, cu, ctx.max_len, ctx.fa4 = inputs
@@ -580,13 +578,15 @@ try:  # torch's own flash varlen kernel (2.10+); its causal flag changed name be
 except ImportError:
     varlen_attn = None
 ATTN_IMPLS = ("fa3", "fa4", "varlen", "flex", "sdpa")  # ATTN_IMPL=auto: the first one this machine can run
+PACKED_IMPLS = ("fa3", "fa4", "varlen")  # (B*T, heads, D): one packed batch of sequences, cut at AttnMask.cu
 
 
 def attn_impls() -> dict[str, bool]:
     """Which ATTN_IMPL values this machine can run (FA3's and FA4's kernels are for Hopper and later)."""
-    cuda, hopper = torch.cuda.is_available(), torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
-    fast = dict(fa3=hopper and fa3_fwd is not None, fa4=hopper and fa4_fwd is not None, varlen=varlen_attn is not None)
-    return {k: cuda and ok for k, ok in fast.items()} | dict(flex=flex_attention is not None, sdpa=True)
+    cuda = torch.cuda.is_available()
+    hopper = cuda and torch.cuda.get_device_capability()[0] >= 9
+    fast = dict(fa3=hopper and fa3_fwd is not None, fa4=hopper and fa4_fwd is not None, varlen=cuda and varlen_attn)
+    return {k: bool(ok) for k, ok in fast.items()} | dict(flex=flex_attention is not None, sdpa=True)
 
 
 def default_attn_impl() -> str:
@@ -605,7 +605,7 @@ class AttnMask:
         if self.impl == "causal":
             return
         docs = (ids == BOS_ID).cumsum(1)
-        if self.impl in ("fa3", "fa4", "varlen"):  # every (row, document) run becomes its own sequence
+        if self.impl in PACKED_IMPLS:  # every (row, document) run becomes its own sequence
             starts = torch.ones_like(ids, dtype=torch.bool)
             starts[:, 1:] = docs[:, 1:] != docs[:, :-1]
             self.cu = F.pad(torch.nonzero(starts.flatten()).flatten(), (0, 1), value=B * T).int()
@@ -627,7 +627,7 @@ class AttnMask:
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: AttnMask) -> Tensor:
     """q (B,T,H,D), k/v (B,T,Hkv,D) -> (B,T,H,D)."""
     B, T, H, D = q.shape
-    if mask.impl in ("fa3", "fa4", "varlen"):  # (B*T, heads, D): one packed batch of sequences
+    if mask.impl in PACKED_IMPLS:
         qf, kf, vf = q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1)
         if mask.impl != "varlen":
             return flash_varlen(qf, kf, vf, mask.cu, mask.max_len, mask.impl == "fa4")[0].view(B, T, H, D)

@@ -111,32 +111,6 @@ def test_bos_isolates_documents(tiny_data):
     torch.testing.assert_close(la[0, 40:], lb[0, 40:], rtol=0, atol=1e-5)
 
 
-def test_varlen_call_gets_document_offsets_and_unrepeated_kv(monkeypatch):
-    """attend's varlen path (the H100's) against the dense document mask, on the CPU: a stand-in for torch's
-    flash varlen kernel checks the call the GPU gets (one sequence per (row, document), the 4 k/v heads as
-    they are: flash does GQA itself) and computes it with SDPA per sequence."""
-    calls = []
-
-    def varlen(q, k, v, cu_q, cu_k, max_q, max_k, **kw):
-        calls.append((k.size(1), cu_q.tolist(), kw))
-        out, rep = torch.empty_like(q), q.size(1) // k.size(1)
-        for a, b in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
-            qs, ks, vs = (t[a:b].transpose(0, 1) for t in (q, k, v))
-            out[a:b] = F.scaled_dot_product_attention(
-                qs, ks.repeat_interleave(rep, 0), vs.repeat_interleave(rep, 0), is_causal=True
-            ).transpose(0, 1)
-        return out
-
-    monkeypatch.setattr(tg, "varlen_attn", varlen)
-    torch.manual_seed(0)
-    ids = torch.randint(4, 1024, (2, 24))
-    ids[0, 10] = ids[1, 0] = ids[1, 5] = tg.BOS_ID
-    q, k, v = torch.randn(2, 24, 8, 16), torch.randn(2, 24, 4, 16), torch.randn(2, 24, 4, 16)
-    got = tg.attend(q, k, v, tg.AttnMask(ids, True, "varlen"))
-    torch.testing.assert_close(got, tg.attend(q, k, v, tg.AttnMask(ids, True, "sdpa")))
-    assert calls == [(4, [0, 10, 24, 29, 48], {**tg.VARLEN_CAUSAL, **tg.VARLEN_GQA})]
-
-
 def _segments_attention(q, k, v, cu, dout=None):
     """Causal attention of each packed sequence cu[i]:cu[i+1] with GQA and its log-sum-exp (heads, tokens), or with
     dout its q/k/v gradients, written out (a custom op's body runs below autograd)."""
@@ -156,6 +130,26 @@ def _segments_attention(q, k, v, cu, dout=None):
         for i, g in ((1, ds.transpose(1, 2) @ qs), (2, p.transpose(1, 2) @ do)):  # summed over each GQA group
             res[i][a:b] = g.unflatten(0, (-1, rep)).sum(1).transpose(0, 1)
     return res if dout is not None else (res[0], lse)
+
+
+def test_varlen_call_gets_document_offsets_and_unrepeated_kv(monkeypatch):
+    """attend's varlen path (the H100's) against the dense document mask, on the CPU: a stand-in for torch's
+    flash varlen kernel checks the call the GPU gets (one sequence per (row, document), the 4 k/v heads as
+    they are: flash does GQA itself) and computes it per sequence."""
+    calls = []
+
+    def varlen(q, k, v, cu_q, cu_k, max_q, max_k, **kw):
+        calls.append((k.size(1), cu_q.tolist(), kw))
+        return _segments_attention(q, k, v, cu_q)[0]
+
+    monkeypatch.setattr(tg, "varlen_attn", varlen)
+    torch.manual_seed(0)
+    ids = torch.randint(4, 1024, (2, 24))
+    ids[0, 10] = ids[1, 0] = ids[1, 5] = tg.BOS_ID
+    q, k, v = torch.randn(2, 24, 8, 16), torch.randn(2, 24, 4, 16), torch.randn(2, 24, 4, 16)
+    got = tg.attend(q, k, v, tg.AttnMask(ids, True, "varlen"))
+    torch.testing.assert_close(got, tg.attend(q, k, v, tg.AttnMask(ids, True, "sdpa")))
+    assert calls == [(4, [0, 10, 24, 29, 48], {**tg.VARLEN_CAUSAL, **tg.VARLEN_GQA})]
 
 
 @pytest.mark.parametrize("impl", ["fa3", "fa4"])
