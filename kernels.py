@@ -1,10 +1,15 @@
-"""The MLP's up-projection and activation fused for training on CUDA (FUSED_MLP=1), a plug-in of train_gpt.py.
+"""The MLP's training kernels on CUDA, a plug-in of train_gpt.py: the up-projection and activation fused
+(FUSED_MLP=1), or the MLP's GEMMs in float8 (FP8_MLP=1).
 
 Eager, h = x W1^T is written, an elementwise kernel reads it and writes a = LeakyReLU(h)^2, and the backward reads
 h and da again to make dh. Here one GEMM writes h (kept for the backward) and a from its epilogue, and the
 backward's GEMM da = dy W2 multiplies by a'(h) in its epilogue, so da is never written. Both are one Triton
 kernel (`gemm_act`) behind custom ops, which the compiled blocks (COMPILE=1/2) call as opaque nodes. It runs on
 the CPU under TRITON_INTERPRET=1, which is how the tests check it against the eager MLP.
+
+FP8_MLP=1 runs both linears' GEMMs (forward, dx, dW) through torch._scaled_mm (cuBLASLt) with one dynamic scale per
+tensor: e4m3 for activations and weights, e5m2 (more range, less precision) for gradients, as torchao's tensorwise
+recipe does. The activation stays torch code between them, so the compiled blocks fuse it with the float8 casts.
 """
 
 from __future__ import annotations
@@ -118,3 +123,34 @@ mlp.register_autograd(_backward, setup_context=_setup)
 def fused_mlp(x: Tensor, w1: Tensor, w2: Tensor, slope: float) -> Tensor:
     """The MLP of x (..., d) in x's dtype: proj(LeakyReLU(fc(x), slope)^2) with the weights W1, W2 as given."""
     return mlp(x.reshape(-1, x.size(-1)).contiguous(), w1, w2, slope)[0].view(*x.shape[:-1], w2.size(0))
+
+
+def to_fp8(t: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """t in float8 `dtype`, scaled so that its largest magnitude is dtype's largest, and the inverse scale."""
+    top = torch.finfo(dtype).max
+    scale = top / t.detach().abs().amax().float().clamp(min=1e-12)
+    return (t.float() * scale).clamp(-top, top).to(dtype), scale.reciprocal()
+
+
+class FP8Linear(torch.autograd.Function):
+    """x W^T for x (M, K) and W (N, K) of one dtype, in that dtype: the forward, dx and dW GEMMs in float8.
+    _scaled_mm wants its first operand row-major and its second column-major, hence the transposed copies."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor) -> Tensor:
+        (x8, sx), (w8, sw) = to_fp8(x, torch.float8_e4m3fn), to_fp8(w, torch.float8_e4m3fn)
+        ctx.save_for_backward(x8, sx, w8, sw)
+        return torch._scaled_mm(x8, w8.T, scale_a=sx, scale_b=sw, out_dtype=x.dtype, use_fast_accum=True)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor) -> tuple[Tensor, Tensor]:
+        x8, sx, w8, sw = ctx.saved_tensors
+        g8, sg = to_fp8(dy.contiguous(), torch.float8_e5m2)
+        dx = torch._scaled_mm(g8, w8.T.contiguous().T, scale_a=sg, scale_b=sw, out_dtype=dy.dtype)
+        return dx, torch._scaled_mm(g8.T.contiguous(), x8.T.contiguous().T, scale_a=sg, scale_b=sx, out_dtype=dy.dtype)
+
+
+def fp8_mlp(x: Tensor, w1: Tensor, w2: Tensor, slope: float) -> Tensor:
+    """fused_mlp's MLP with float8 GEMMs (FP8_MLP=1)."""
+    a = F.leaky_relu(FP8Linear.apply(x.reshape(-1, x.size(-1)), w1), slope).square()
+    return FP8Linear.apply(a, w2).view(*x.shape[:-1], w2.size(0))

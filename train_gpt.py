@@ -49,8 +49,8 @@ DEFAULTS: dict[str, object] = {
     **dict(DEV_VAL_FILES="", ITERATIONS=20000, MAX_WALLCLOCK_SECONDS=600.0, GPTQ_RESERVE_SECONDS=12.0, WARMUP_STEPS=10),
     **dict(TRAIN_BATCH_TOKENS=786432, TRAIN_SEQ_LEN=2048, MICRO_BATCH_TOKENS=131072, VAL_LOSS_EVERY=0),
     # TRAIN_LOG_EVERY steps; COMPILE: 0 eager, 1 each block, 2 GPT.hidden whole for training (ARCH=gpt); the clock
-    # is read (a host sync) every CLOCK_EVERY steps; FUSED_MLP=1: kernels.py's Triton MLP trains on CUDA
-    **dict(TRAIN_LOG_EVERY=100, COMPILE=2, CLOCK_EVERY=10, FUSED_MLP=0),
+    # is read (a host sync) every CLOCK_EVERY steps; FUSED_MLP=1 (Triton) or FP8_MLP=1: kernels.py's MLP trains on CUDA
+    **dict(TRAIN_LOG_EVERY=100, COMPILE=2, CLOCK_EVERY=10, FUSED_MLP=0, FP8_MLP=0),
     **dict(NUM_LAYERS=11, MODEL_DIM=512, NUM_HEADS=8, NUM_KV_HEADS=4, MLP_MULT=4.0, LEAKY_SLOPE=0.5, ROPE_DIMS=16),
     **dict(ROPE_BASE=10000.0, QK_GAIN_INIT=5.0, LOGIT_SOFTCAP=30.0, TIED_EMBED_INIT_STD=0.005, DOC_MASK=1),
     **dict(
@@ -112,7 +112,7 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 FLAGS = ("DOC_MASK", "XSA", "SMEAR", "ATTN_GATE", "UNET", "SKIP_GATES", "X0_MIX", "LN_SCALE", "BF16_RESID")
 FLAGS += ("EMBED_BF16", "MUON_ROW_NORM", "POLAR_EXPRESS", "EMA", "EVAL_CROSS_DOC", "EVAL_ONLY", "TTT_LORA")
-FLAGS += ("TTT_GLOBAL", "TTT_CACHE", "OVERWRITE", "FUSED_MLP")
+FLAGS += ("TTT_GLOBAL", "TTT_CACHE", "OVERWRITE", "FUSED_MLP", "FP8_MLP")
 SEED_ARCHS = ("worker", "pse", "scan")  # their blocks live in seed_archs.py, imported only when ARCH names one
 EVAL_PATHS = ("plain", "sliding", "ttt", "ngram", "ttt_ngram")
 TTT_TARGETS = ("c_q", "c_k", "c_v", "proj", "fc", "head")  # linears by name (proj: attention's and the MLP's)
@@ -205,8 +205,11 @@ class Hyperparameters:
         need(ok, f"TTT_PHASES={self.ttt_phases}, TTT_PHASE_DOCS={self.ttt_phase_docs}: expected >= 1 each")
         need(1 <= self.ngram_order <= 16, f"NGRAM_ORDER={self.ngram_order}: expected 1..16")
         need(self.clock_every >= 1, f"CLOCK_EVERY={self.clock_every}: expected >= 1 (1 reads the clock every step)")
-        ok = not self.fused_mlp or self.model_dim % 8 == 0 == int(self.mlp_mult * self.model_dim) % 8
-        need(ok, "FUSED_MLP=1: MODEL_DIM and its MLP width must be multiples of 8 (TMA's 16-byte rows)")
+        need(not (self.fused_mlp and self.fp8_mlp), "FUSED_MLP=1 and FP8_MLP=1: one MLP kernel at a time")
+        width, knob = int(self.mlp_mult * self.model_dim), "FP8_MLP" if self.fp8_mlp else "FUSED_MLP"
+        n, dims = (16, (self.model_dim, width, self.train_seq_len)) if self.fp8_mlp else (8, (self.model_dim, width))
+        ok = not (self.fused_mlp or self.fp8_mlp) or all(v % n == 0 for v in dims)  # TMA's rows; cuBLASLt's fp8 shapes
+        need(ok, f"{knob}=1: MODEL_DIM, the MLP width{' and TRAIN_SEQ_LEN' * self.fp8_mlp} must be multiples of {n}")
 
     def listed(self, key: str) -> list[str]:
         """The non-empty items of a comma-separated knob (EVAL_PATHS, PRE_EXPORT_PATHS, CODECS, TTT_TARGETS)."""
@@ -234,7 +237,7 @@ BUNDLED: dict[str, str] = {}
 PLUGINS: dict[str, ModuleType] = {}
 PLUGIN_FILES: list[str] = []  # plug-ins loaded from files beside this one: the log embeds them too
 PLUGIN_USE = {"seed_archs": f"ARCH={'|'.join(SEED_ARCHS)}", "ngram_mix": "EVAL_PATHS=ngram|ttt_ngram"}
-PLUGIN_USE["kernels"] = "FUSED_MLP=1"
+PLUGIN_USE["kernels"] = "FUSED_MLP=1 or FP8_MLP=1"
 
 
 def load_plugin(name: str) -> ModuleType:
@@ -726,12 +729,12 @@ class MLP(nn.Module):
         d, hidden = h.model_dim, int(h.mlp_mult * h.model_dim)
         self.fc, self.proj = CastedLinear(d, hidden), CastedLinear(hidden, d)
         self.proj.zero_init, self.slope = True, h.leaky_slope
-        self.fused = load_plugin("kernels").fused_mlp if h.fused_mlp and torch.cuda.is_available() else None
+        kernels = load_plugin("kernels") if (h.fused_mlp or h.fp8_mlp) and torch.cuda.is_available() else None
+        self.fused = kernels and (kernels.fp8_mlp if h.fp8_mlp else kernels.fused_mlp)
 
     def forward(self, x: Tensor) -> Tensor:  # relu^2 (slope 0) or LeakyReLU(slope)^2
-        # the fused kernel trains only: calibration's hooks and TTT's adapters need the two linears as modules
-        plain = torch.is_grad_enabled() and self.fc.lora is None and self.proj.lora is None
-        if self.fused and plain and x.dtype == torch.bfloat16:
+        # kernels.py trains only: calibration's hooks and TTT's adapters (TTT runs in eval mode) need the linears
+        if self.fused and self.training and torch.is_grad_enabled() and x.dtype == torch.bfloat16:
             return self.fused(x, self.fc.weight.to(x.dtype), self.proj.weight.to(x.dtype), self.slope)
         return self.proj(F.leaky_relu(self.fc(x), self.slope).square())
 
@@ -2087,8 +2090,10 @@ def preflight(h: Hyperparameters) -> None:
         raise ValueError(f"CODECS={h.codecs}: none of them is installed (pip install zstandard brotli)")
     if set(MIXED) & {*h.listed("eval_paths"), *h.listed("pre_export_paths")}:
         load_plugin("ngram_mix")  # now, so that the log embeds it
-    if h.fused_mlp and cuda:  # now, so that the log embeds it; on the CPU the MLP stays eager (log_model says)
+    if (h.fused_mlp or h.fp8_mlp) and cuda:  # now, so that the log embeds it; on the CPU the MLP stays eager
         load_plugin("kernels")
+    if h.fp8_mlp and cuda and torch.cuda.get_device_capability() < (8, 9):
+        raise ValueError(f"FP8_MLP=1: {torch.cuda.get_device_name()} has no float8 GEMMs (compute capability < 8.9)")
     if h.eval_only and not os.path.isfile(h.artifact):
         raise FileNotFoundError(f"EVAL_ONLY=1: ARTIFACT={h.artifact!r} is not a file")
     for f in [] if h.eval_only else shard_files(h.train_files):
@@ -2153,8 +2158,8 @@ def main() -> None:
 
 
 def log_model(log: Logger, model: GPT) -> None:
-    n, fused = sum(p.numel() for p in model.parameters()), any(getattr(m, "fused", None) for m in model.modules())
-    mlp = "fused (kernels.py) in training" if fused else "eager"
+    n, fused = sum(p.numel() for p in model.parameters()), {getattr(m, "fused", None) for m in model.modules()} - {None}
+    mlp = f"kernels.{fused.pop().__name__} in training" if fused else "eager"
     log(f"model: {n:,} parameters, attention {model.attn_impl}, MLP {mlp}, layer order {model.orders[True]}")
 
 

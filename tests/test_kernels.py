@@ -1,6 +1,7 @@
-"""kernels.py, the fused MLP (FUSED_MLP=1), checked on the CPU: its Triton kernel runs under TRITON_INTERPRET=1
-(`make setup` installs triton beside the CPU torch; it ships with every CUDA torch). The CUDA path is the same
-kernel with larger tiles; its speed is a benchmark (bench/mlp_kernel.py), not a test."""
+"""kernels.py checked on the CPU: the fused MLP (FUSED_MLP=1), whose Triton kernel runs under TRITON_INTERPRET=1
+(`make setup` installs triton beside the CPU torch; it ships with every CUDA torch), and the float8 MLP (FP8_MLP=1),
+whose torch._scaled_mm the CPU torch runs too. The CUDA path of the first is the same kernel with larger tiles; the
+speed of both is a benchmark (bench/mlp_kernel.py), not a test."""
 
 import os
 import subprocess
@@ -54,8 +55,8 @@ def test_fused_mlp_compiles_as_one_graph():
 
 
 def test_the_mlp_takes_the_kernel_only_to_train():
-    """MLP.forward calls the fused kernel for bf16 activations with gradients on and no TTT adapter; calibration
-    (no_grad: its hooks must see fc and proj) and a LoRA on fc or on proj take the eager path."""
+    """MLP.forward calls kernels.py for bf16 activations in training mode with gradients on; calibration (no_grad:
+    its hooks must see fc and proj) and TTT (eval mode: its adapters sit on the linears) take the eager path."""
     h = tg.Hyperparameters({"PRESET": "tiny"})
     mlp, calls = tg.MLP(h), []
     mlp.fused = lambda x, w1, w2, slope: calls.append(x.shape) or eager(x, w1, w2, slope)
@@ -65,11 +66,35 @@ def test_the_mlp_takes_the_kernel_only_to_train():
     with torch.no_grad():
         mlp(x)
     mlp(x.float())
-    mlp.fc.lora = lambda x: torch.zeros(*x.shape[:-1], mlp.fc.out_features, dtype=x.dtype)
+    mlp.eval()
     mlp(x)
-    mlp.fc.lora, mlp.proj.lora = None, lambda x: torch.zeros(*x.shape[:-1], mlp.proj.out_features, dtype=x.dtype)
-    mlp(x)  # TTT_TARGETS=proj: an adapter on the MLP's proj alone
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("slope", [0.5, 0.0])
+def test_fp8_mlp_matches_the_eager_mlp_within_float8_rounding(slope):
+    """FP8_MLP=1's MLP (torch._scaled_mm, which the CPU torch runs too) against the fp32 MLP: every GEMM rounds its
+    operands to float8 (e4m3's 3 mantissa bits, e5m2's 2 for gradients), so the results differ by a few percent
+    and no more; an operand without its scale, or a swapped gradient, is off by far more."""
+    g = torch.Generator().manual_seed(2)
+    x, w1, w2 = torch.randn(2, 48, 32, generator=g), torch.randn(64, 32, generator=g), torch.randn(32, 64, generator=g)
+    w1, w2 = w1 * 0.01, w2 * 300  # scales far from 1: a missing scale shows
+    fp8 = grads(lambda x, w1, w2: K.fp8_mlp(x, w1, w2, slope), x, w1, w2)
+    ref = grads(lambda x, w1, w2: eager(x, w1, w2, slope), x, w1, w2)
+    for name, a, b in zip(("out", "dx", "dw1", "dw2"), fp8, ref):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        err = float((a - b).norm() / b.norm())
+        assert 1e-4 < err < (0.08 if name == "out" else 0.15), (name, err)  # > 1e-4: it did round to float8
+
+
+def test_fp8_mlp_compiles_as_one_graph():
+    """The float8 MLP traces whole (aot_eager) and computes exactly what it computes eagerly, bf16 as it trains."""
+    g = torch.Generator().manual_seed(3)
+    x, w1, w2 = torch.randn(64, 32, generator=g), torch.randn(96, 32, generator=g), torch.randn(32, 96, generator=g)
+    x, w1, w2 = x.bfloat16(), w1.bfloat16(), w2.bfloat16()
+    f = torch.compile(lambda x, w1, w2: K.fp8_mlp(x, w1, w2, 0.5), backend="aot_eager", fullgraph=True)
+    for a, b in zip(grads(f, x, w1, w2), grads(lambda x, w1, w2: K.fp8_mlp(x, w1, w2, 0.5), x, w1, w2)):
+        assert a.dtype == torch.bfloat16 and torch.equal(a, b)
 
 
 def test_a_bundled_kernels_plug_in_runs_from_the_packed_file(tmp_path):
