@@ -139,7 +139,7 @@ def main() -> None:
                     gpu=torch.cuda.get_device_name(),
                     data=data or "random, a BOS every 1000",
                     attention=model.attn_impl,
-                    mlp="fused" if any(getattr(m, "fused", None) for m in model.modules()) else "eager",
+                    mlp=next((m.fused.__name__ for m in model.modules() if getattr(m, "fused", None)), "eager"),
                     compile=h.compile,
                     weights=dtype,
                     autotune=autotune,
