@@ -99,6 +99,17 @@ def test_fp8_mlp_compiles_as_one_graph():
         assert a.dtype == torch.bfloat16 and torch.equal(a, b)
 
 
+def test_fp8_mlp_is_refused_without_float8_gemms(monkeypatch):
+    """FP8_MLP=1 on a (faked) CUDA card below compute capability 8.9 (an A100: no float8 GEMMs) stops in preflight,
+    one line naming the card, before any data is read."""
+    monkeypatch.setattr(tg.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(tg.torch.cuda, "get_device_capability", lambda *_: (8, 0))
+    monkeypatch.setattr(tg.torch.cuda, "get_device_name", lambda *_: "NVIDIA A100")
+    h = tg.Hyperparameters({**TINY, "FP8_MLP": "1", "ATTN_IMPL": "sdpa", "DATA_PATH": "/nonexistent"})
+    with pytest.raises(ValueError, match=r"FP8_MLP=1: NVIDIA A100 has no float8 GEMMs \(compute capability < 8.9\)"):
+        tg.preflight(h)
+
+
 def test_fp8_mlp_trains_in_the_whole_compiled_model(monkeypatch):
     """COMPILE=2's graph (hidden whole, each block a nested region; aot_eager) traces the float8 MLP of the blocks
     under bf16 autocast, as a CUDA run trains it (on the CPU a model's MLP stays eager: the test sets the kernel)."""
