@@ -10,6 +10,8 @@ the CPU under TRITON_INTERPRET=1, which is how the tests check it against the ea
 FP8_MLP=1 runs both linears' GEMMs (forward, dx, dW) through torch._scaled_mm (cuBLASLt) with one dynamic scale per
 tensor: e4m3 for activations and weights, e5m2 (more range, less precision) for gradients, as torchao's tensorwise
 recipe does. The activation stays torch code between them, so the compiled blocks fuse it with the float8 casts.
+At the record's width the scale, cast and transpose passes cost more than the faster GEMMs save, so it trains slower
+than bf16 there (bench/results/2026-12-06_train_h200.md); it is for wider MLPs, measured with bench/mlp_kernel.py.
 """
 
 from __future__ import annotations
