@@ -206,10 +206,11 @@ class Hyperparameters:
         need(1 <= self.ngram_order <= 16, f"NGRAM_ORDER={self.ngram_order}: expected 1..16")
         need(self.clock_every >= 1, f"CLOCK_EVERY={self.clock_every}: expected >= 1 (1 reads the clock every step)")
         need(not (self.fused_mlp and self.fp8_mlp), "FUSED_MLP=1 and FP8_MLP=1: one MLP kernel at a time")
-        width, knob = int(self.mlp_mult * self.model_dim), "FP8_MLP" if self.fp8_mlp else "FUSED_MLP"
-        n, dims = (16, (self.model_dim, width, self.train_seq_len)) if self.fp8_mlp else (8, (self.model_dim, width))
-        ok = not (self.fused_mlp or self.fp8_mlp) or all(v % n == 0 for v in dims)  # TMA's rows; cuBLASLt's fp8 shapes
-        need(ok, f"{knob}=1: MODEL_DIM, the MLP width{' and TRAIN_SEQ_LEN' * self.fp8_mlp} must be multiples of {n}")
+        width = int(self.mlp_mult * self.model_dim)
+        ok = not self.fused_mlp or self.model_dim % 8 == 0 == width % 8
+        need(ok, "FUSED_MLP=1: MODEL_DIM and its MLP width must be multiples of 8 (TMA's 16-byte rows)")
+        ok = not self.fp8_mlp or all(v % 16 == 0 for v in (self.model_dim, width, self.train_seq_len))
+        need(ok, "FP8_MLP=1: MODEL_DIM, the MLP width and TRAIN_SEQ_LEN must be multiples of 16 (_scaled_mm's shapes)")
 
     def listed(self, key: str) -> list[str]:
         """The non-empty items of a comma-separated knob (EVAL_PATHS, PRE_EXPORT_PATHS, CODECS, TTT_TARGETS)."""

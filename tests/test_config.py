@@ -64,7 +64,7 @@ def test_a_bad_value_is_one_line_naming_the_knob(key):
         (dict(COMPILE="2", ARCH="scan"), "COMPILE=2"),
         (dict(NUM_LAYERS="four"), "NUM_LAYERS='four' is not a valid int"),
         (dict(WORLD_SIZE="3"), "TRAIN_BATCH_TOKENS/TRAIN_SEQ_LEN=16 sequences over 3 ranks"),
-        (dict(FUSED_MLP="1", MLP_MULT="2.125"), "FUSED_MLP=1: MODEL_DIM, the MLP width must be multiples of 8"),
+        (dict(FUSED_MLP="1", MLP_MULT="2.125"), "FUSED_MLP=1: MODEL_DIM and its MLP width must be multiples of 8"),
         (dict(FP8_MLP="1", MLP_MULT="2.25"), "FP8_MLP=1: MODEL_DIM, the MLP width and TRAIN_SEQ_LEN must be multiples"),
         (dict(FP8_MLP="1", TRAIN_SEQ_LEN="72"), "FP8_MLP=1: MODEL_DIM, the MLP width and TRAIN_SEQ_LEN"),
         (dict(FP8_MLP="1", FUSED_MLP="1"), "FUSED_MLP=1 and FP8_MLP=1: one MLP kernel at a time"),
