@@ -1,5 +1,5 @@
 """Shared test fixtures: the repository root, the shared data folder, the suite's one tiny model config and its
-real-token shards, and running a module's CLI."""
+real-token shards, running a module's CLI, and a model's loss and gradients eagerly or compiled as COMPILE=2 does."""
 
 from __future__ import annotations
 
@@ -99,3 +99,24 @@ def one_line_error():
         return lines[0]
 
     return check
+
+
+def loss_and_grads(model, x, bf16: bool = False) -> list:
+    """The mean loss on rows x (T + 1 ids each) and every parameter's gradient; bf16: under CPU bf16 autocast."""
+    import torch
+
+    model.zero_grad()
+    with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        loss = model(x[:, :-1], x[:, 1:]).mean()
+    loss.backward()
+    return [loss.detach()] + [p.grad.clone() for p in model.parameters()]
+
+
+def compile_whole(model, monkeypatch) -> None:
+    """compile_parts(whole=True), as COMPILE=2 trains, with aot_eager: inductor's trace and autograd graph without
+    a C++ compiler. The caller resets dynamo after."""
+    import torch
+
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, backend="aot_eager", **kw))
+    model.compile_parts(whole=True)

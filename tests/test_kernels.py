@@ -17,7 +17,7 @@ assert os.environ["TRITON_INTERPRET"] == "1"  # set by conftest.py before anythi
 
 import train_gpt as tg  # noqa: E402
 from quant.pack import pack  # noqa: E402
-from tests.conftest import TINY  # noqa: E402
+from tests.conftest import TINY, compile_whole, loss_and_grads  # noqa: E402
 
 ROOT = tg.os.path.dirname(tg.os.path.abspath(tg.__file__))
 K = tg.load_plugin("kernels")
@@ -127,19 +127,10 @@ def test_fp8_mlp_trains_in_the_whole_compiled_model(monkeypatch):
     x = torch.randint(4, h.vocab_size, (2, 65))
     x[:, ::20] = tg.BOS_ID
 
-    def loss_and_grads(m):
-        m.zero_grad()
-        with torch.autocast("cpu", torch.bfloat16):
-            loss = m(x[:, :-1], x[:, 1:]).mean()
-        loss.backward()
-        return [loss.detach()] + [p.grad.clone() for p in m.parameters()]
-
-    want, compiled = loss_and_grads(model), copy.deepcopy(model)
+    want, compiled = loss_and_grads(model, x, bf16=True), copy.deepcopy(model)
     assert len(calls) == len(model.orders[True])  # every virtual layer's MLP, eagerly (recurrence on)
-    compile_ = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, backend="aot_eager", **kw))
-    compiled.compile_parts(whole=True)
-    got = loss_and_grads(compiled)
+    compile_whole(compiled, monkeypatch)
+    got = loss_and_grads(compiled, x, bf16=True)
     torch._dynamo.reset()
     assert len(calls) > len(model.orders[True])  # the trace went through fp8_mlp (the Python runs only to trace)
     # where compiled bf16 arithmetic differs from eager in a last bit, a float8 rounding can flip: the loss agrees

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import train_gpt as tg
-from tests.conftest import SHARED, SP1024, TINY
+from tests.conftest import SHARED, SP1024, TINY, compile_whole, loss_and_grads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -275,17 +275,9 @@ def test_whole_compile_matches_eager(monkeypatch):
     x = torch.randint(4, h.vocab_size, (2, 65))
     x[:, ::20] = tg.BOS_ID
 
-    def loss_and_grads(m):
-        m.zero_grad()
-        loss = m(x[:, :-1], x[:, 1:]).mean()
-        loss.backward()
-        return [loss.detach()] + [p.grad.clone() for p in m.parameters()]
-
-    want, compiled = loss_and_grads(model), copy.deepcopy(model)
-    compile_ = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, backend="aot_eager", **kw))
-    compiled.compile_parts(whole=True)
-    got = loss_and_grads(compiled)
+    want, compiled = loss_and_grads(model, x), copy.deepcopy(model)
+    compile_whole(compiled, monkeypatch)
+    got = loss_and_grads(compiled, x)
     torch._dynamo.reset()
     for a, b in zip(want, got):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
