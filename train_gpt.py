@@ -465,10 +465,10 @@ class TokenLoader:
         return batch.pin_memory() if self.device.type == "cuda" else batch
 
     def next_batch(self, global_seqs: int) -> Tensor:
-        """(global_seqs / world, seq_len + 1) int64, pinned on the CPU; the next batch is built in the background."""
+        """(global_seqs / world, seq_len + 1) int64 on the device; the next batch is built in the background."""
         batch = (self.pending or self.pool.submit(self._build, global_seqs)).result()
         self.pending = self.pool.submit(self._build, global_seqs)
-        return batch
+        return batch.to(self.device, non_blocking=True)
 
 
 # -----------------------------------------------------------------------------
@@ -603,20 +603,18 @@ class AttnMask:
 
     start = 0  # the position of the batch's first column (ChunkCache: how far into its documents)
 
-    def __init__(self, ids: Tensor, doc_mask: bool, impl: str, host: Tensor | None = None):
+    def __init__(self, ids: Tensor, doc_mask: bool, impl: str):
         B, T = ids.shape
         self.impl = impl if doc_mask else "causal"
         if self.impl == "causal":
             return
         docs = (ids == BOS_ID).cumsum(1)
         if self.impl in PACKED_IMPLS:  # every (row, document) run becomes its own sequence
-            starts = (ids if host is None else host) == BOS_ID
-            starts[:, 0] = True
-            # host: the ids on the CPU (training's batch): nonzero on the GPU would wait for its queue (a host sync)
-            cu = F.pad(torch.nonzero(starts.flatten()).flatten(), (0, 1), value=B * T).int()
-            if self.impl == "varlen" and len(cu) > 65536:  # flash's grid holds at most 65,535 sequences
-                raise ValueError(f"{len(cu) - 1} documents in one {B}x{T} batch: over flash varlen's 65,535")
-            self.cu = (cu.pin_memory() if ids.is_cuda and not cu.is_cuda else cu).to(ids.device, non_blocking=True)
+            starts = torch.ones_like(ids, dtype=torch.bool)
+            starts[:, 1:] = docs[:, 1:] != docs[:, :-1]
+            self.cu = F.pad(torch.nonzero(starts.flatten()).flatten(), (0, 1), value=B * T).int()
+            if self.impl == "varlen" and len(self.cu) > 65536:  # flash's grid holds at most 65,535 sequences
+                raise ValueError(f"{len(self.cu) - 1} documents in one {B}x{T} batch: over flash varlen's 65,535")
             torch._dynamo.maybe_mark_dynamic(self.cu, 0)  # one graph for any number of documents
             self.max_len = T  # an upper bound is enough and needs no host sync
         elif self.impl == "flex":
@@ -752,8 +750,8 @@ class Lanes(nn.Module):
 
     @staticmethod
     @torch.compiler.disable  # built eagerly (block masks, varlen offsets); the layers stay compiled
-    def make_mask(ids: Tensor, doc_mask: bool, impl: str, h: Hyperparameters, host=None) -> AttnMask:
-        return AttnMask(ids, doc_mask, impl, host)
+    def make_mask(ids: Tensor, doc_mask: bool, impl: str, h: Hyperparameters) -> AttnMask:
+        return AttnMask(ids, doc_mask, impl)
 
     def __init__(self, h: Hyperparameters, layer: int):
         super().__init__()
@@ -819,16 +817,15 @@ class GPT(nn.Module):
             if isinstance(m, CastedLinear):
                 nn.init.zeros_(m.weight) if getattr(m, "zero_init", False) else nn.init.orthogonal_(m.weight)
 
-    def hidden(self, ids: Tensor, doc_mask: bool, recur=True, cache: ChunkCache | None = None, host=None) -> Tensor:
-        """Final-normed hidden states (B, T, D) for ids (B, T); doc_mask: attention stays inside documents; recur:
-        the layer order with depth recurrence (as trained, and as every eval runs); cache: ids continue the documents
-        the cache holds (one a row), attending to their earlier chunks too; host: the ids on the CPU (AttnMask)."""
+    def hidden(self, ids: Tensor, doc_mask: bool, recur: bool = True, cache: ChunkCache | None = None) -> Tensor:
+        """Final-normed hidden states (B, T, D) for ids (B, T); doc_mask: attention stays inside documents;
+        recur: the layer order with depth recurrence (as trained, and as every eval runs); cache: ids are the next
+        chunk of the documents the cache holds (one per row), attending to their earlier chunks too."""
         x = self.embed(ids)
         if self.smear is not None:  # blend in the previous token, never across a document start
             prev = F.pad(x[:, :-1], (0, 0, 1, 0)) if cache is None else torch.cat([cache.before(x), x[:, :-1]], 1)
             x = torch.lerp(x, prev * (ids != BOS_ID).unsqueeze(-1).to(x.dtype), torch.sigmoid(self.smear).to(x.dtype))
-        make = self.block_class.make_mask
-        mask = cache.begin(ids.size(1)) if cache else make(ids, doc_mask, self.attn_impl, self.h, host)
+        mask = cache.begin(ids.size(1)) if cache else self.block_class.make_mask(ids, doc_mask, self.attn_impl, self.h)
         x0 = x
         return rms_norm(self.layers(x, lambda j, i, y: run_block(self.blocks[i], y, x0, mask), recur))
 
@@ -868,9 +865,9 @@ class GPT(nn.Module):
         ent = torch.special.entr(logits.detach().log_softmax(-1).exp()).sum(-1)  # the n-gram gate reads it
         return torch.stack([nll, ent])
 
-    def forward(self, ids: Tensor, targets: Tensor, doc_mask=True, recur=True, entropy=False, host=None) -> Tensor:
+    def forward(self, ids: Tensor, targets: Tensor, doc_mask=True, recur=True, entropy=False) -> Tensor:
         """Per-token NLL (B, T) in fp32; entropy=True: (2, B, T), the NLL and the model's entropy there."""
-        return self.nll(self.hidden(ids, doc_mask, recur, host=host), targets, entropy)
+        return self.nll(self.hidden(ids, doc_mask, recur), targets, entropy)
 
     def compile_parts(self, whole: bool = False) -> None:
         """whole=False (COMPILE=1, and the artifact's evals): each block and the loss head; blocks share two graphs
@@ -1137,16 +1134,15 @@ def batch_split(h: Hyperparameters) -> tuple[int, int, int]:
 
 
 def make_step(model: GPT, h: Hyperparameters, device: torch.device) -> Callable[..., Tensor]:
-    """step(batch, opt, lr_scale, momentum, recur): one optimizer step over a rank's batch (on the CPU: the masks
-    are built from it) in micro-batches; returns the mean loss (a device tensor: no host sync)."""
+    """step(batch, opt, lr_scale, momentum, recur): one optimizer step over a rank's batch in micro-batches;
+    returns the mean loss (a device tensor: no host sync)."""
     _, micro, accum = batch_split(h)
 
     def step(batch: Tensor, opt: Optimizers, lr: float = 1.0, mom: float = h.muon_momentum, recur=False) -> Tensor:
         total = torch.zeros((), device=device)
-        for host in batch.split(micro):
-            x = host.to(device, non_blocking=True)
+        for x in batch.split(micro):
             with autocast(device):
-                loss = model(x[:, :-1], x[:, 1:], doc_mask=bool(h.doc_mask), recur=recur, host=host[:, :-1]).mean()
+                loss = model(x[:, :-1], x[:, 1:], doc_mask=bool(h.doc_mask), recur=recur).mean()
             (loss / accum).backward()
             total += loss.detach() / accum
         opt.step(lr, mom)
@@ -1166,7 +1162,7 @@ def warmup_and_restore(model: GPT, step: Callable[..., Tensor], h: Hyperparamete
     def batch(n: int) -> Tensor:
         x = torch.randint(0, h.vocab_size, (n, h.train_seq_len + 1), generator=g)
         x[:, 0] = BOS_ID
-        return x
+        return x.to(device)
 
     for recur in sorted({False, bool(h.recur_extra)}):
         for _ in range(h.warmup_steps):
@@ -1294,7 +1290,7 @@ def calibrate(model: GPT, h: Hyperparameters, batches, device: torch.device) -> 
     hooks = [m.register_forward_pre_hook(lambda m, a, n=n: add(f"blocks.{n}.weight", a[0])) for n, m in linears]
     with torch.compiler.set_stance("force_eager"), autocast(device):
         for x in batches:
-            add("tok_emb.weight", model.hidden(x[:, :-1].to(device), bool(h.doc_mask)))
+            add("tok_emb.weight", model.hidden(x[:, :-1], bool(h.doc_mask)))
     for hook in hooks:
         hook.remove()
     for t in hs.values() if h.world_size > 1 else []:

@@ -152,37 +152,6 @@ def test_varlen_call_gets_document_offsets_and_unrepeated_kv(monkeypatch):
     assert calls == [(4, [0, 10, 24, 29, 48], {**tg.VARLEN_CAUSAL, **tg.VARLEN_GQA})]
 
 
-def test_training_builds_the_varlen_offsets_from_the_cpu_batch(tiny_data, monkeypatch):
-    """torch.nonzero's output size is data: on a GPU it waits for the queue to drain, a host sync every forward.
-    So the step hands the model each micro-batch's CPU copy and AttnMask finds the offsets there. On the meta
-    device (shapes, no data) meta ids alone cannot give the offsets; with the CPU copy they come, as the CPU's."""
-    ids = torch.randint(4, 1024, (2, 24))
-    ids[0, 10] = ids[1, 5] = tg.BOS_ID
-    want = tg.AttnMask(ids, True, "varlen").cu
-    with pytest.raises(NotImplementedError, match="nonzero"):
-        tg.AttnMask(ids.to("meta"), True, "varlen")
-    got = tg.AttnMask(ids.to("meta"), True, "varlen", host=ids)
-    assert got.cu.device.type == "meta" and got.cu.shape == want.shape and want.tolist() == [0, 10, 24, 29, 48]
-    other = ids.clone()
-    other[0, 3] = tg.BOS_ID  # the offsets follow the host copy, not the device ids
-    assert tg.AttnMask(ids, True, "varlen", host=other).cu.tolist() == [0, 3, 10, 24, 29, 48]
-
-    h, seen = hparams(tiny_data, MICRO_BATCH_TOKENS="512"), []
-    model, build = tg.GPT(h), tg.Block.make_mask
-
-    def spy(ids, doc_mask, impl, h, host=None):
-        seen.append((ids, host))
-        return build(ids, doc_mask, impl, h, host)
-
-    monkeypatch.setattr(tg.Block, "make_mask", staticmethod(spy))
-    loader = tg.TokenLoader(h.train_files, h.train_seq_len, h.seed, 0, 1, torch.device("cpu"))
-    batch = loader.next_batch(tg.batch_split(h)[0])
-    tg.make_step(model, h, torch.device("cpu"))(batch, tg.Optimizers(model, h))
-    assert len(seen) == tg.batch_split(h)[2] == 2  # one mask per micro-batch, each from its CPU copy
-    assert all(torch.equal(host, ids) and host.device.type == "cpu" for ids, host in seen)
-    assert torch.equal(torch.cat([host for _, host in seen]), batch[:, :-1])
-
-
 @pytest.mark.parametrize("impl", ["fa3", "fa4"])
 def test_flash_varlen_op_calls_fa3_and_fa4_as_their_interfaces_expect(monkeypatch, impl):
     """The custom op that COMPILE=2 traces (train_gpt::flash_varlen) around FA3's and FA4's forward and backward,
