@@ -616,7 +616,7 @@ class AttnMask:
             if self.impl == "varlen" and len(self.cu) > 65536:  # flash's grid holds at most 65,535 sequences
                 raise ValueError(f"{len(self.cu) - 1} documents in one {B}x{T} batch: over flash varlen's 65,535")
             torch._dynamo.maybe_mark_dynamic(self.cu, 0)  # one graph for any number of documents
-            self.max_len = T  # an upper bound is enough and needs no host sync
+            self.max_len = T  # an upper bound needs no sync (nonzero has one: 2026-12-06_train_h100.md)
         elif self.impl == "flex":
 
             def mask_mod(b, h, q, k):
