@@ -26,7 +26,8 @@ kernel the k/v heads unrepeated, rope read RoPE's cos/sin from a table built onc
 STEP_DATA=glob: time real training windows (the first batch TokenLoader gives at the seed) instead of random
 tokens with a BOS every 1,000: the documents set the attention work (bench/doc_share.py).
 STEP_MASK=once: build each batch's attention mask once, before the timed steps (the same mask object after): the
-step without AttnMask's host sync (torch.nonzero of the varlen offsets waits for the GPU's queue), its upper bound.
+step without AttnMask's host sync (torch.nonzero of the varlen offsets waits for the GPU's queue), its upper bound
+(1.1-1.8 ms a step on an H100: 2026-12-06_train_h100.md).
 STEP_SUSTAIN=N: also time N steps in a row (the clock of a real run: heat and power limits) and read the SM
 clock and power from nvidia-smi right after.
 """
@@ -165,6 +166,9 @@ def main() -> None:
                     step_ms=round(full, 1),
                     fwd_bwd_ms=round(fb, 1),
                     optimizer_step_ms=round(full - fb, 1),
+                    # one profiled step's kernels; the rest of step_ms is the GPU waiting on the host (launches, syncs)
+                    kernel_ms=round(fb_k["total_cuda_ms"] + opt_k["total_cuda_ms"], 2),
+                    gpu_idle_ms=round(full - fb_k["total_cuda_ms"] - opt_k["total_cuda_ms"], 1),
                     comm_ms=opt_k["comm_ms"],
                     comm_share=round(opt_k["comm_ms"] / full, 4),  # NCCL kernel time incl. rank skew
                     peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1),
