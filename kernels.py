@@ -23,18 +23,19 @@ import triton.language as tl
 from torch import Tensor
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-# (BM, BN, BK, stages, warps) of the forward and of the backward's GEMM on CUDA, fixed so that every run compiles the
-# same kernel (an autotuner timing at the first call picked differently on different calls); the interpreter (the
+# (BM, BN, BK, stages, warps, split) of the forward and of the backward's GEMM on CUDA, fixed so that every run compiles
+# the same kernel (an autotuner timing at the first call picked differently on different calls); the interpreter (the
 # tests) takes one small tile. One persistent program per SM walks the tiles through TMA descriptors, so a tile's
 # epilogue stores overlap the next tile's loads. On an H100 this beat e2deeb2's launch per tile by 1.7 ms a step with
 # FA3; 128x256x64 (4 stages) and 256x128x64 (3) need more shared memory than its 227 KiB (2026-12-06_train_tma.md).
-TILES = {True: (128, 128, 64, 4, 8), False: (128, 128, 64, 4, 8)}
-TILES = TILES if torch.cuda.is_available() else dict.fromkeys((True, False), (32, 32, 32, 1, 4))
+# split: the epilogue stores its tile in two halves of BN/2 columns, which halves its shared-memory buffers.
+TILES = {True: (128, 128, 64, 4, 8, False), False: (128, 128, 64, 4, 8, False)}
+TILES = TILES if torch.cuda.is_available() else dict.fromkeys((True, False), (32, 32, 32, 1, 4, False))
 
 
 @triton.jit
 def gemm_act(a, b, c, aux, M, N, K, slope, FORWARD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-             BK: tl.constexpr, GROUP: tl.constexpr, PROGRAMS: tl.constexpr):  # fmt: skip
+             BK: tl.constexpr, GROUP: tl.constexpr, PROGRAMS: tl.constexpr, SPLIT: tl.constexpr):  # fmt: skip
     """c = act(a @ b) with aux = a @ b (FORWARD), or c = (a @ b) * act'(aux); all TMA descriptors. a: (M, K);
     b: (N, K) if FORWARD (W1) else (K, N) (W2); act = LeakyReLU(slope)^2. Tiles go GROUP row-blocks at a time, so
     b stays in L2; the loads past an edge read zeros and the stores past it are dropped."""
@@ -47,29 +48,38 @@ def gemm_act(a, b, c, aux, M, N, K, slope, FORWARD: tl.constexpr, BM: tl.constex
         for k in range(0, tl.cdiv(K, BK)):
             w = b.load([n, k * BK]).T if FORWARD else b.load([k * BK, n])
             acc = tl.dot(a.load([m, k * BK]), w, acc)
-        if FORWARD:
-            h = acc.to(c.dtype)
-            aux.store([m, n], h)
-            h = h.to(tl.float32)  # the activation of the rounded h, as eager computes it
-            h = tl.where(h > 0, h, slope * h)
-            c.store([m, n], (h * h).to(c.dtype))
+        if SPLIT:
+            left, right = tl.split(tl.permute(tl.reshape(acc, (BM, 2, BN // 2)), (0, 2, 1)))
+            epilogue(left, c, aux, m, n, slope, FORWARD)
+            epilogue(right, c, aux, m, n + BN // 2, slope, FORWARD)
         else:
-            h = aux.load([m, n]).to(tl.float32)
-            c.store([m, n], (acc * tl.where(h > 0, 2.0 * h, 2.0 * slope * slope * h)).to(c.dtype))
+            epilogue(acc, c, aux, m, n, slope, FORWARD)
+
+
+@triton.jit
+def epilogue(acc, c, aux, m, n, slope, FORWARD: tl.constexpr):
+    """gemm_act's stores of one (sub)tile of a @ b at (m, n)."""
+    if FORWARD:
+        h = acc.to(c.dtype)
+        aux.store([m, n], h)
+        h = h.to(tl.float32)  # the activation of the rounded h, as eager computes it
+        h = tl.where(h > 0, h, slope * h)
+        c.store([m, n], (h * h).to(c.dtype))
+    else:
+        h = aux.load([m, n]).to(tl.float32)
+        c.store([m, n], (acc * tl.where(h > 0, 2.0 * h, 2.0 * slope * slope * h)).to(c.dtype))
 
 
 def _launch(a: Tensor, b: Tensor, n: int, aux: Tensor | None, slope: float) -> tuple[Tensor, Tensor]:
     (m, k), forward = a.shape, aux is None
     c, aux = a.new_empty(m, n), a.new_empty(m, n) if forward else aux
-    bm, bn, bk, stages, warps = TILES[forward]
+    bm, bn, bk, stages, warps, split = TILES[forward]
     sms = torch.cuda.get_device_properties(a.device).multi_processor_count if a.is_cuda else 4
     programs = min(sms, triton.cdiv(m, bm) * triton.cdiv(n, bn))
     desc = lambda t, block: TensorDescriptor.from_tensor(t.contiguous(), block)
-    b_desc = desc(b, [bn, bk] if forward else [bk, bn])
-    meta = dict(BM=bm, BN=bn, BK=bk, GROUP=8, PROGRAMS=programs, num_stages=stages, num_warps=warps)
-    gemm_act[(programs,)](
-        desc(a, [bm, bk]), b_desc, desc(c, [bm, bn]), desc(aux, [bm, bn]), m, n, k, slope, forward, **meta
-    )
+    b_desc, out = desc(b, [bn, bk] if forward else [bk, bn]), [bm, bn // 2 if split else bn]
+    meta = dict(BM=bm, BN=bn, BK=bk, GROUP=8, PROGRAMS=programs, SPLIT=split, num_stages=stages, num_warps=warps)
+    gemm_act[(programs,)](desc(a, [bm, bk]), b_desc, desc(c, out), desc(aux, out), m, n, k, slope, forward, **meta)
     return c, aux
 
 

@@ -34,10 +34,13 @@ def grads(f, *args):
     return [y.detach(), *(a.grad for a in args)]
 
 
-@pytest.mark.parametrize("slope", [0.5, 0.0])
-def test_fused_mlp_matches_the_eager_mlp_forward_and_backward(slope):
+@pytest.mark.parametrize("slope,split", [(0.5, False), (0.0, False), (0.5, True)])
+def test_fused_mlp_matches_the_eager_mlp_forward_and_backward(slope, split, monkeypatch):
     """Shapes that fill no tile (M=2x37, d=40, hidden=72 against 32-wide tiles; TMA rows are multiples of 16 bytes):
-    the descriptors' zero-filled loads and dropped stores past every edge are exercised."""
+    the descriptors' zero-filled loads and dropped stores past every edge are exercised, with the epilogue whole and
+    split in two column halves (split: the right half of the last column tile is wholly past the edge)."""
+    monkeypatch.setitem(K.TILES, True, (*K.TILES[True][:5], split))
+    monkeypatch.setitem(K.TILES, False, (*K.TILES[False][:5], split))
     g = torch.Generator().manual_seed(0)
     x, w1, w2 = torch.randn(2, 37, 40, generator=g), torch.randn(72, 40, generator=g), torch.randn(40, 72, generator=g)
     fused = grads(lambda x, w1, w2: K.fused_mlp(x, w1, w2, slope), x, w1, w2)
