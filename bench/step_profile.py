@@ -28,6 +28,10 @@ tokens with a BOS every 1,000: the documents set the attention work (bench/doc_s
 STEP_MASK=once: build each batch's attention mask once, before the timed steps (the same mask object after): the
 step without AttnMask's host sync (torch.nonzero of the varlen offsets waits for the GPU's queue), its upper bound
 (1.1-1.8 ms a step on an H100: 2026-12-06_train_h100.md).
+STEP_MASK=static (FA3/FA4): the offsets by torch.nonzero_static, padded with empty sequences to B*T/64 of them: no
+host sync, for what the padding costs the kernels. STEP_KV=repeat (FA3/FA4): the k/v heads repeated to the query heads
+before the kernel (FA3's GQA backward sums each group's dk/dv into float32 buffers and converts them after).
+STEP_TILES=BM,BN,BK,STAGES,WARPS,SPLIT/...: kernels.py's fused-MLP tiles, forward/backward (mlp_kernel.py --sweep).
 STEP_SUSTAIN=N: also time N steps in a row (the clock of a real run: heat and power limits) and read the SM
 clock and power from nvidia-smi right after.
 """
@@ -76,8 +80,40 @@ def main() -> None:
     sustain = int(env.pop("STEP_SUSTAIN", "0"))
     data = env.pop("STEP_DATA", "")
     mask_build = env.pop("STEP_MASK", "every step")
-    if mask_build not in ("every step", "once"):
-        sys.exit(f"STEP_MASK={mask_build}: expected once (default: built every step)")
+    if mask_build not in ("every step", "once", "static"):
+        sys.exit(f"STEP_MASK={mask_build}: expected once or static (default: built every step)")
+    kv = env.pop("STEP_KV", "gqa")
+    if kv not in ("gqa", "repeat"):
+        sys.exit(f"STEP_KV={kv}: expected repeat (default: gqa)")
+    tiles = env.pop("STEP_TILES", "")
+    if tiles:  # kernels.py's fused-MLP tiles, forward/backward: BM,BN,BK,stages,warps,split each
+        pair = [tuple(int(v) for v in t.split(",")) for t in tiles.split("/")]
+        if len(pair) != 2 or any(len(t) != 6 for t in pair):
+            sys.exit(f"STEP_TILES={tiles}: expected BM,BN,BK,STAGES,WARPS,SPLIT/BM,BN,BK,STAGES,WARPS,SPLIT")
+        kernels = tg.load_plugin("kernels")
+        kernels.TILES.update({True: (*pair[0][:5], bool(pair[0][5])), False: (*pair[1][:5], bool(pair[1][5]))})
+    if kv == "repeat":  # FA3/FA4 on the k/v heads repeated to the query heads (no GQA inside the kernel)
+        attend = tg.attend
+
+        def repeated(q, k, v, mask):
+            if mask.impl in ("fa3", "fa4"):
+                g = q.size(2) // k.size(2)
+                k, v = k.repeat_interleave(g, 2), v.repeat_interleave(g, 2)
+            return attend(q, k, v, mask)
+
+        tg.attend = repeated
+    if mask_build == "static":  # FA3/FA4's offsets by nonzero_static: no host sync, padded with empty sequences
+
+        def static(ids, doc_mask, impl, h):
+            mask, (B, T) = tg.AttnMask.__new__(tg.AttnMask), ids.shape  # the fields AttnMask.__init__ would set
+            starts = ids == tg.BOS_ID
+            starts[:, 0] = True
+            n = B * T // 64  # a document per 64 tokens at most: far more than real text has (bench/doc_share.py)
+            cu = torch.nonzero_static(starts.flatten(), size=n, fill_value=B * T).flatten()
+            mask.impl, mask.cu, mask.max_len = impl, tg.F.pad(cu, (0, 1), value=B * T).int(), T
+            return mask
+
+        tg.Lanes.make_mask = staticmethod(torch.compiler.disable(static))
     if mask_build == "once":
         masks, build = {}, tg.Lanes.make_mask
 
@@ -94,6 +130,8 @@ def main() -> None:
         tg.dist.init_process_group("nccl", device_id=dev)
     torch.backends.cuda.matmul.allow_tf32 = True
     model = tg.GPT(h).to(dev)
+    if (mask_build == "static" or kv == "repeat") and model.attn_impl not in ("fa3", "fa4"):
+        sys.exit(f"STEP_MASK=static and STEP_KV=repeat are for ATTN_IMPL fa3 and fa4, not {model.attn_impl}")
     if dtype == "bf16":  # speed bound only: bf16 weights (numerics differ)
         model = model.bfloat16()
     if h.compile:
@@ -156,8 +194,10 @@ def main() -> None:
                     gpu=torch.cuda.get_device_name(),
                     data=data or "random, a BOS every 1000",
                     mask=mask_build,
+                    kv=kv,
                     attention=model.attn_impl,
                     mlp=next((m.fused.__name__ for m in model.modules() if getattr(m, "fused", None)), "eager"),
+                    mlp_tiles=tiles or "kernels.py's",
                     compile=h.compile,
                     weights=dtype,
                     autotune=autotune,
