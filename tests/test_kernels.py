@@ -4,6 +4,7 @@ whose torch._scaled_mm the CPU torch runs too. The CUDA path of the first is the
 speed of both is a benchmark (bench/mlp_kernel.py), not a test."""
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -142,31 +143,18 @@ def test_fp8_mlp_trains_in_the_whole_compiled_model(monkeypatch):
     assert max(float((a - b).norm() / b.norm()) for a, b in zip(want[1:], got[1:])) < 0.1
 
 
-SM90_SHARED = """
-import sys, triton, kernels
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-for forward, (bm, bn, bk, stages, warps, split) in kernels.CUDA_TILES.items():
-    a, b, out = f"[{bm},{bk}]", f"[{bn},{bk}]" if forward else f"[{bk},{bn}]", f"[{bm},{bn // 2 if split else bn}]"
-    meta = dict(FORWARD=forward, BM=bm, BN=bn, BK=bk, GROUP=8, PROGRAMS=132, SPLIT=split)
-    descs = {k: f"tensordesc<bf16{v}>" for k, v in dict(a=a, b=b, c=out, aux=out).items()}
-    sig = descs | dict.fromkeys("MNK", "i32") | dict(slope="fp32") | dict.fromkeys(meta, "constexpr")
-    src = ASTSource(kernels.gemm_act, sig, constexprs={(i,): meta[k] for i, k in enumerate(sig) if k in meta})
-    opts = dict(num_warps=warps, num_stages=stages)
-    print(forward, triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts).metadata.shared)
-"""
-
-
 def test_the_cuda_tiles_fit_the_h100s_shared_memory():
-    """kernels.CUDA_TILES compiled for sm90 here (triton's own ptxas, no GPU): each direction's kernel must need at most
-    the H100's 232,448 bytes of shared memory a block, else it builds on the card and fails at its first launch, as
-    128x256x64 in 4 stages did on an H100 (262,208 bytes; this compile finds the same figure)."""
-    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, "-c", SM90_SHARED], env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
-    shared = dict(line.split() for line in out.stdout.split("\n") if line)
-    assert set(shared) == {"True", "False"}
-    assert all(0 < int(v) <= 232448 for v in shared.values()), shared
+    """bench/kernel_resources.py compiles gemm_act with kernels.CUDA_TILES for sm90 here (triton's own ptxas, no GPU):
+    each direction's kernel must need at most the H100's 232,448 bytes of shared memory a block, else it builds on the
+    card and fails at its first launch; a tile known to be over (262,208 bytes on an H100) is reported so."""
+    tool = os.path.join(ROOT, "bench", "kernel_resources.py")
+    out = subprocess.run([sys.executable, tool], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr[-2000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [(r["forward"], tuple(r["tile"])) for r in rows] == list(K.CUDA_TILES.items())
+    assert all(0 < r["shared"] <= 232448 and r["spill"] == 0 for r in rows), rows
+    over = subprocess.run([sys.executable, tool, "--tiles", "128,256,64,4,8,0"], capture_output=True, text=True)
+    assert over.returncode == 1 and json.loads(over.stdout.splitlines()[0])["shared"] > 232448
 
 
 def test_a_bundled_kernels_plug_in_runs_from_the_packed_file(tmp_path):
