@@ -32,8 +32,8 @@ def eager(x, w1, w2, slope):
     return F.linear(F.leaky_relu(F.linear(x, w1), slope).square(), w2)
 
 
-SWEEP = [  # (BM, BN, BK, stages, warps, split epilogue): what fits 227 KiB of shared memory in both directions (the
-    # backward's 128x256 tile fits only split, in 3 stages: 213,032 bytes as triton 3.9 compiles it for sm90 on the CPU)
+SWEEP = [  # (BM, BN, BK, stages, warps, split epilogue): tiles that fit the H100's shared memory in both directions,
+    # as `bench/kernel_resources.py --sweep` checks on the CPU (128x256 only split, in 3 stages)
     (128, 128, 64, 4, 8, False),
     (128, 128, 64, 4, 8, True),
     (128, 256, 64, 3, 8, True),
