@@ -31,8 +31,8 @@ class ArchMask(AttnMask):
     """AttnMask plus what the alternative blocks need, built once per forward and shared by all
     layers: the ids (PSE slots, document starts), and the masks of the sub-sequences they attend."""
 
-    def __init__(self, ids: Tensor, doc_mask: bool, impl: str, h: Hyperparameters):
-        super().__init__(ids, doc_mask, impl)
+    def __init__(self, ids: Tensor, doc_mask: bool, impl: str, h: Hyperparameters, cu=None):
+        super().__init__(ids, doc_mask, impl, cu)
         self.ids = ids
         bos = ids == BOS_ID
         if h.arch == "worker" and ids.size(1) >= h.worker_interval:  # attention over the worker positions only
@@ -51,8 +51,8 @@ class SeedBlock(Lanes):
 
     @staticmethod
     @torch.compiler.disable  # built eagerly, like AttnMask: the blocks stay compiled
-    def make_mask(ids: Tensor, doc_mask: bool, impl: str, h: Hyperparameters) -> ArchMask:
-        return ArchMask(ids, doc_mask, impl, h)
+    def make_mask(ids: Tensor, doc_mask: bool, impl: str, h: Hyperparameters, cu=None) -> ArchMask:
+        return ArchMask(ids, doc_mask, impl, h, cu)
 
 
 def doc_ids(mask: ArchMask) -> Tensor | None:

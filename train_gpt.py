@@ -405,6 +405,27 @@ def load_sidecar(pattern: str) -> Tensor | None:
     return torch.from_numpy(np.concatenate(counts).astype(np.int64))
 
 
+def doc_offsets(ids: Tensor) -> Tensor:
+    """varlen's cu_seqlens for ids (B, T): where each (row, document) run starts in the flat batch, then B*T."""
+    starts = ids == BOS_ID
+    starts[:, 0] = True
+    return F.pad(torch.nonzero(starts.flatten()).flatten(), (0, 1), value=ids.numel()).int()
+
+
+def staged(batch: Tensor, micro: int, device: torch.device) -> list[Tensor]:
+    """A CPU batch (rows of seq_len + 1 ids) and each micro-batch's doc_offsets, pinned on CUDA for an async copy:
+    torch.nonzero on the GPU's ids would wait for its queue, a host sync a step (2026-12-06_train_h100.md)."""
+    parts = [batch, *(doc_offsets(x[:, :-1]) for x in batch.split(micro))]
+    return [t.pin_memory() for t in parts] if device.type == "cuda" else parts
+
+
+def on_device(parts: list[Tensor], device: torch.device) -> tuple[Tensor, list[Tensor]]:
+    x, *cus = (t.to(device, non_blocking=True) for t in parts)
+    for cu in cus:  # COMPILE=2 takes them into GPT.hidden: one graph for any number of documents
+        torch._dynamo.maybe_mark_dynamic(cu, 0)
+    return x, cus
+
+
 def load_val(pattern: str, vocab_size: int) -> Tensor:
     tokens = np.concatenate([load_shard(f) for f in val_shards(pattern)]).astype(np.int64)
     within_vocab(int(tokens.max(initial=0)), vocab_size, pattern)
@@ -451,7 +472,7 @@ class TokenLoader:
         self.at = (i, pos)
         return np.concatenate(out)
 
-    def _build(self, global_seqs: int) -> Tensor:
+    def _build(self, global_seqs: int, micro: int) -> list[Tensor]:
         per_rank = global_seqs // self.world
         if self.stream:
             span = per_rank * self.seq_len + 1
@@ -462,13 +483,14 @@ class TokenLoader:
             rows = [self.shards[s][o : o + self.seq_len + 1] for s, o in self.windows[idx]]
             batch = torch.from_numpy(np.stack(rows).astype(np.int64))
         within_vocab(int(batch.max()), self.vocab, self.pattern)
-        return batch.pin_memory() if self.device.type == "cuda" else batch
+        return staged(batch, micro, self.device)
 
-    def next_batch(self, global_seqs: int) -> Tensor:
-        """(global_seqs / world, seq_len + 1) int64 on the device; the next batch is built in the background."""
-        batch = (self.pending or self.pool.submit(self._build, global_seqs)).result()
-        self.pending = self.pool.submit(self._build, global_seqs)
-        return batch.to(self.device, non_blocking=True)
+    def next_batch(self, global_seqs: int, micro: int) -> tuple[Tensor, list[Tensor]]:
+        """(global_seqs / world, seq_len + 1) int64 on the device, and the doc_offsets of each micro-batch of `micro`
+        rows; the next batch is built and staged in the background, off the training loop's thread."""
+        parts = (self.pending or self.pool.submit(self._build, global_seqs, micro)).result()
+        self.pending = self.pool.submit(self._build, global_seqs, micro)
+        return on_device(parts, self.device)
 
 
 # -----------------------------------------------------------------------------
@@ -603,21 +625,20 @@ class AttnMask:
 
     start = 0  # the position of the batch's first column (ChunkCache: how far into its documents)
 
-    def __init__(self, ids: Tensor, doc_mask: bool, impl: str):
+    def __init__(self, ids: Tensor, doc_mask: bool, impl: str, cu: Tensor | None = None):
         B, T = ids.shape
         self.impl = impl if doc_mask else "causal"
         if self.impl == "causal":
             return
-        docs = (ids == BOS_ID).cumsum(1)
         if self.impl in PACKED_IMPLS:  # every (row, document) run becomes its own sequence
-            starts = torch.ones_like(ids, dtype=torch.bool)
-            starts[:, 1:] = docs[:, 1:] != docs[:, :-1]
-            self.cu = F.pad(torch.nonzero(starts.flatten()).flatten(), (0, 1), value=B * T).int()
+            self.cu = doc_offsets(ids) if cu is None else cu  # cu: training's, built on the CPU (staged)
             if self.impl == "varlen" and len(self.cu) > 65536:  # flash's grid holds at most 65,535 sequences
                 raise ValueError(f"{len(self.cu) - 1} documents in one {B}x{T} batch: over flash varlen's 65,535")
             torch._dynamo.maybe_mark_dynamic(self.cu, 0)  # one graph for any number of documents
-            self.max_len = T  # an upper bound needs no sync (nonzero has one: 2026-12-06_train_h100.md)
-        elif self.impl == "flex":
+            self.max_len = T  # an upper bound needs no host sync
+            return
+        docs = (ids == BOS_ID).cumsum(1)
+        if self.impl == "flex":
 
             def mask_mod(b, h, q, k):
                 return (k <= q) & (docs[b, q] == docs[b, k])
@@ -750,8 +771,8 @@ class Lanes(nn.Module):
 
     @staticmethod
     @torch.compiler.disable  # built eagerly (block masks, varlen offsets); the layers stay compiled
-    def make_mask(ids: Tensor, doc_mask: bool, impl: str, h: Hyperparameters) -> AttnMask:
-        return AttnMask(ids, doc_mask, impl)
+    def make_mask(ids: Tensor, doc_mask: bool, impl: str, h: Hyperparameters, cu=None) -> AttnMask:
+        return AttnMask(ids, doc_mask, impl, cu)
 
     def __init__(self, h: Hyperparameters, layer: int):
         super().__init__()
@@ -817,15 +838,17 @@ class GPT(nn.Module):
             if isinstance(m, CastedLinear):
                 nn.init.zeros_(m.weight) if getattr(m, "zero_init", False) else nn.init.orthogonal_(m.weight)
 
-    def hidden(self, ids: Tensor, doc_mask: bool, recur: bool = True, cache: ChunkCache | None = None) -> Tensor:
+    def hidden(self, ids: Tensor, doc_mask: bool, recur=True, cache: ChunkCache | None = None, cu=None) -> Tensor:
         """Final-normed hidden states (B, T, D) for ids (B, T); doc_mask: attention stays inside documents;
         recur: the layer order with depth recurrence (as trained, and as every eval runs); cache: ids are the next
-        chunk of the documents the cache holds (one per row), attending to their earlier chunks too."""
+        chunk of the documents the cache holds (one per row), attending to their earlier chunks too; cu: the
+        ids' doc_offsets, given (training: no host sync) or built by AttnMask."""
         x = self.embed(ids)
         if self.smear is not None:  # blend in the previous token, never across a document start
             prev = F.pad(x[:, :-1], (0, 0, 1, 0)) if cache is None else torch.cat([cache.before(x), x[:, :-1]], 1)
             x = torch.lerp(x, prev * (ids != BOS_ID).unsqueeze(-1).to(x.dtype), torch.sigmoid(self.smear).to(x.dtype))
-        mask = cache.begin(ids.size(1)) if cache else self.block_class.make_mask(ids, doc_mask, self.attn_impl, self.h)
+        make = self.block_class.make_mask
+        mask = cache.begin(ids.size(1)) if cache else make(ids, doc_mask, self.attn_impl, self.h, cu)
         x0 = x
         return rms_norm(self.layers(x, lambda j, i, y: run_block(self.blocks[i], y, x0, mask), recur))
 
@@ -865,9 +888,9 @@ class GPT(nn.Module):
         ent = torch.special.entr(logits.detach().log_softmax(-1).exp()).sum(-1)  # the n-gram gate reads it
         return torch.stack([nll, ent])
 
-    def forward(self, ids: Tensor, targets: Tensor, doc_mask=True, recur=True, entropy=False) -> Tensor:
+    def forward(self, ids: Tensor, targets: Tensor, doc_mask=True, recur=True, entropy=False, cu=None) -> Tensor:
         """Per-token NLL (B, T) in fp32; entropy=True: (2, B, T), the NLL and the model's entropy there."""
-        return self.nll(self.hidden(ids, doc_mask, recur), targets, entropy)
+        return self.nll(self.hidden(ids, doc_mask, recur, cu=cu), targets, entropy)
 
     def compile_parts(self, whole: bool = False) -> None:
         """whole=False (COMPILE=1, and the artifact's evals): each block and the loss head; blocks share two graphs
@@ -1134,15 +1157,15 @@ def batch_split(h: Hyperparameters) -> tuple[int, int, int]:
 
 
 def make_step(model: GPT, h: Hyperparameters, device: torch.device) -> Callable[..., Tensor]:
-    """step(batch, opt, lr_scale, momentum, recur): one optimizer step over a rank's batch in micro-batches;
-    returns the mean loss (a device tensor: no host sync)."""
+    """step((batch, offsets), opt, lr_scale, momentum, recur): one optimizer step over a rank's batch in micro-batches,
+    with each one's doc_offsets (TokenLoader.next_batch); returns the mean loss (a device tensor: no host sync)."""
     _, micro, accum = batch_split(h)
 
-    def step(batch: Tensor, opt: Optimizers, lr: float = 1.0, mom: float = h.muon_momentum, recur=False) -> Tensor:
+    def step(batch: tuple, opt: Optimizers, lr: float = 1.0, mom: float = h.muon_momentum, recur=False) -> Tensor:
         total = torch.zeros((), device=device)
-        for x in batch.split(micro):
+        for x, cu in zip(batch[0].split(micro), batch[1], strict=True):
             with autocast(device):
-                loss = model(x[:, :-1], x[:, 1:], doc_mask=bool(h.doc_mask), recur=recur).mean()
+                loss = model(x[:, :-1], x[:, 1:], doc_mask=bool(h.doc_mask), recur=recur, cu=cu).mean()
             (loss / accum).backward()
             total += loss.detach() / accum
         opt.step(lr, mom)
@@ -1159,10 +1182,10 @@ def warmup_and_restore(model: GPT, step: Callable[..., Tensor], h: Hyperparamete
     global_seqs, micro, _ = batch_split(h)
     g = torch.Generator().manual_seed(h.seed)
 
-    def batch(n: int) -> Tensor:
+    def batch(n: int) -> tuple[Tensor, list[Tensor]]:
         x = torch.randint(0, h.vocab_size, (n, h.train_seq_len + 1), generator=g)
         x[:, 0] = BOS_ID
-        return x.to(device)
+        return on_device(staged(x, micro, device), device)
 
     for recur in sorted({False, bool(h.recur_extra)}):
         for _ in range(h.warmup_steps):
@@ -1171,7 +1194,7 @@ def warmup_and_restore(model: GPT, step: Callable[..., Tensor], h: Hyperparamete
     if h.quant == "gptq" and h.calib == "train":
         sync(device)
         t0 = time.perf_counter()
-        calibrate(model, h, (batch(micro) for _ in range(h.calib_batches)), device)
+        calibrate(model, h, (batch(micro)[0] for _ in range(h.calib_batches)), device)
         sync(device)
         calib_s = slowest_rank(time.perf_counter() - t0, h, device)  # one reserve: ranks agree on the stop
     model.load_state_dict(init)
@@ -1200,7 +1223,7 @@ def train(h: Hyperparameters, model: GPT, device: torch.device, log: Logger, val
     steps, train_s, history = train_loop(h, model, step, loader, budget, device, log, val, luts)
     t0, hessians = time.perf_counter(), {}
     if h.quant == "gptq":  # calibration reads training data: it runs on the clock, in the reserve
-        train_batches = (loader.next_batch(global_seqs)[:micro] for _ in range(h.calib_batches))
+        train_batches = (loader.next_batch(global_seqs, micro)[0][:micro] for _ in range(h.calib_batches))
         batches = train_batches if h.calib == "train" else selfgen_batches(model, h, device, h.calib_batches, micro)
         hessians = calibrate(model, h, batches, device)
         sync(device)
@@ -1219,7 +1242,7 @@ def train_loop(h, model, step, loader, budget, device, log, val, luts) -> tuple[
     clock, so lr, recurrence and the stop agree on every rank); then the EMA weights go into the model.
     Returns (steps, seconds, [(step, loss)] of the logged steps)."""
     opt, ema = Optimizers(model, h), EMA(model, h.ema_decay, h.ema_warmup) if h.ema else None
-    global_seqs, steps, history, recur, read, step_ms = batch_split(h)[0], 0, [], False, (0, 0.0), 0.0
+    (global_seqs, micro, _), steps, history, recur, read, step_ms = batch_split(h), 0, [], False, (0, 0.0), 0.0
     sync(device)
     t0 = time.perf_counter()
     while True:
@@ -1239,7 +1262,7 @@ def train_loop(h, model, step, loader, budget, device, log, val, luts) -> tuple[
         mom_frac = min(1.0, steps / max(1, h.muon_momentum_warmup_steps))
         mom = h.muon_momentum_start + (h.muon_momentum - h.muon_momentum_start) * mom_frac
         scale = lr_scale(frac, h, step_ms, budget)
-        loss = step(loader.next_batch(global_seqs), opt, scale, mom, recur)
+        loss = step(loader.next_batch(global_seqs, micro), opt, scale, mom, recur)
         if ema is not None:
             ema.update()
         steps += 1

@@ -25,9 +25,10 @@ STEP_PATCH=gqa,rope (at 25be12f, rows of 2026-12-05_train.json; both now in trai
 kernel the k/v heads unrepeated, rope read RoPE's cos/sin from a table built once.
 STEP_DATA=glob: time real training windows (the first batch TokenLoader gives at the seed) instead of random
 tokens with a BOS every 1,000: the documents set the attention work (bench/doc_share.py).
-STEP_MASK=once: build each batch's attention mask once, before the timed steps (the same mask object after): the
-step without AttnMask's host sync (torch.nonzero of the varlen offsets waits for the GPU's queue), its upper bound
-(1.1-1.8 ms a step on an H100: 2026-12-06_train_h100.md).
+The varlen offsets come as training gives them: built on the CPU (train_gpt.staged) and copied with the batch each
+step. STEP_MASK=device: AttnMask builds them on the GPU instead, by torch.nonzero, which waits for the GPU's queue
+(a host sync a step: the training path before 2026-12-07). STEP_MASK=once: each batch's attention mask is built once,
+before the timed steps (the same mask object after): no mask work at all, a bound for both.
 STEP_MASK=static (FA3/FA4): the offsets by torch.nonzero_static, padded with empty sequences to B*T/64 of them: no
 host sync, for what the padding costs the kernels. STEP_KV=repeat (FA3/FA4): the k/v heads repeated to the query heads
 before the kernel (FA3's GQA backward sums each group's dk/dv into float32 buffers and converts them after).
@@ -79,9 +80,9 @@ def main() -> None:
     inductor.max_autotune_gemm = inductor.triton.enable_persistent_tma_matmul = autotune == "gemm"
     sustain = int(env.pop("STEP_SUSTAIN", "0"))
     data = env.pop("STEP_DATA", "")
-    mask_build = env.pop("STEP_MASK", "every step")
-    if mask_build not in ("every step", "once", "static"):
-        sys.exit(f"STEP_MASK={mask_build}: expected once or static (default: built every step)")
+    mask_build = env.pop("STEP_MASK", "staged")
+    if mask_build not in ("staged", "device", "once", "static"):
+        sys.exit(f"STEP_MASK={mask_build}: expected device, once or static (default: staged)")
     kv = env.pop("STEP_KV", "gqa")
     if kv not in ("gqa", "repeat"):
         sys.exit(f"STEP_KV={kv}: expected repeat (default: gqa)")
@@ -104,7 +105,7 @@ def main() -> None:
         tg.attend = repeated
     if mask_build == "static":  # FA3/FA4's offsets by nonzero_static: no host sync, padded with empty sequences
 
-        def static(ids, doc_mask, impl, h):
+        def static(ids, doc_mask, impl, h, cu=None):
             mask, (B, T) = tg.AttnMask.__new__(tg.AttnMask), ids.shape  # the fields AttnMask.__init__ would set
             starts = ids == tg.BOS_ID
             starts[:, 0] = True
@@ -117,10 +118,10 @@ def main() -> None:
     if mask_build == "once":
         masks, build = {}, tg.Lanes.make_mask
 
-        def once(ids, doc_mask, impl, h):
+        def once(ids, doc_mask, impl, h, cu=None):
             key = (ids.data_ptr(), *ids.shape, doc_mask, impl)  # the profile's batches are fixed tensors
             if key not in masks:
-                masks[key] = build(ids, doc_mask, impl, h)
+                masks[key] = build(ids, doc_mask, impl, h, cu)
             return masks[key]
 
         tg.Lanes.make_mask = staticmethod(torch.compiler.disable(once))
@@ -140,15 +141,19 @@ def main() -> None:
     seqs = h.train_batch_tokens // h.train_seq_len // h.world_size  # this rank's share of the global batch
     micro = max(1, min(seqs, h.micro_batch_tokens // h.train_seq_len))
     if data:
-        x = tg.TokenLoader(data, h.train_seq_len, h.seed, h.rank, h.world_size, dev).next_batch(seqs * h.world_size)
+        loader = tg.TokenLoader(data, h.train_seq_len, h.seed, h.rank, h.world_size, dev)
+        x = loader.next_batch(seqs * h.world_size, micro)[0].cpu()
     else:
-        x = torch.randint(4, h.vocab_size, (seqs, h.train_seq_len + 1), device=dev)
+        x = torch.randint(4, h.vocab_size, (seqs, h.train_seq_len + 1))
         x[:, ::1000] = tg.BOS_ID
+    parts = tg.staged(x, micro, dev)  # pinned, as TokenLoader stages each batch in its background thread
+    fixed = tg.on_device(parts, dev) if mask_build == "once" else None  # once: the same tensors, the same masks
 
     def fwd_bwd():
-        for xb in x.split(micro):
+        x, cus = fixed or tg.on_device(parts, dev)  # the step's copies, as in training
+        for xb, cu in zip(x.split(micro), cus if mask_build == "staged" else [None] * len(cus)):
             with torch.autocast("cuda", torch.bfloat16):
-                loss = model(xb[:, :-1], xb[:, 1:], doc_mask=True, recur=True).mean()
+                loss = model(xb[:, :-1], xb[:, 1:], doc_mask=True, recur=True, cu=cu).mean()
             loss.backward()
 
     def step():

@@ -101,13 +101,14 @@ def one_line_error():
     return check
 
 
-def loss_and_grads(model, x, bf16: bool = False) -> list:
-    """The mean loss on rows x (T + 1 ids each) and every parameter's gradient; bf16: under CPU bf16 autocast."""
+def loss_and_grads(model, x, bf16: bool = False, cu=None) -> list:
+    """The mean loss on rows x (T + 1 ids each) and every parameter's gradient; bf16: under CPU bf16 autocast;
+    cu: the inputs' varlen offsets, given as training gives them."""
     import torch
 
     model.zero_grad()
     with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-        loss = model(x[:, :-1], x[:, 1:]).mean()
+        loss = model(x[:, :-1], x[:, 1:], cu=cu).mean()
     loss.backward()
     return [loss.detach()] + [p.grad.clone() for p in model.parameters()]
 

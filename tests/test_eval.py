@@ -479,7 +479,7 @@ def test_ttt_batches_keep_varlen_sequences_few(setup, lora, monkeypatch):
     h, model, luts, tokens = setup
     seen = []
 
-    def spy(ids, doc_mask, impl, h):
+    def spy(ids, doc_mask, impl, h, cu=None):
         m = tg.AttnMask(ids, True, "varlen")  # the offsets the GPU kernel would get
         seen.append((len(m.cu) - 1, ids.size(0) + int((ids == tg.BOS_ID).sum())))
         return tg.AttnMask(ids, doc_mask, impl)

@@ -268,7 +268,7 @@ def test_calibration_reads_no_val_shard(tiny_data, monkeypatch):
     with recording_opens(monkeypatch) as opened:  # the pipeline of train_gpt.train()'s calibration branch
         loader = tg.TokenLoader(h.train_files, h.train_seq_len, h.seed, 0, 1, cpu)
         seqs = h.train_batch_tokens // h.train_seq_len  # one global batch of one rank, as train() takes it
-        batches = (fed.append(b) or b for b in (loader.next_batch(seqs) for _ in range(h.calib_batches)))
+        batches = (fed.append(b) or b for b in (loader.next_batch(seqs, seqs)[0] for _ in range(h.calib_batches)))
         hessians = tg.calibrate(model, h, batches, cpu)
     assert len(fed) == h.calib_batches and "tok_emb.weight" in hessians
     assert val_path not in opened

@@ -51,14 +51,16 @@ def test_warmup_leaves_weights_and_reads_no_data(tiny_data):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     seen = []
 
-    def step(x, opt, recur=False):
-        seen.append((x, recur))
-        model(x[:, :-1], x[:, 1:], recur=recur).mean().backward()
+    def step(batch, opt, recur=False):
+        seen.append((batch, recur))
+        x, cus = batch
+        model(x[:, :-1], x[:, 1:], recur=recur, cu=cus[0]).mean().backward()
         opt.step(1.0, 0.95)
 
     calib_s = tg.warmup_and_restore(model, step, h, torch.device("cpu"))
     assert [r for _, r in seen] == [False, False, True, True]  # two steps per graph: recurrence off and on
-    assert all(x[:, 0].eq(tg.BOS_ID).all() for x, _ in seen)  # random tokens, each row a document
+    assert all(x[:, 0].eq(tg.BOS_ID).all() for (x, _), _ in seen)  # random tokens, each row a document
+    assert all(torch.equal(cus[0], tg.doc_offsets(x[:, :-1])) for (x, cus), _ in seen)  # the staged offsets
     assert h.quant == "gptq" and calib_s > 0  # the calibration pass was timed (on random tokens)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -66,7 +68,7 @@ def test_warmup_leaves_weights_and_reads_no_data(tiny_data):
 def test_loader_deterministic_and_world_size_independent(tiny_data):
     def batches(seed: int, rank: int = 0, world: int = 1) -> list[torch.Tensor]:
         ld = tg.TokenLoader(str(tiny_data / "fineweb_train_*.bin"), 64, seed, rank, world, torch.device("cpu"))
-        return [ld.next_batch(8) for _ in range(3)]
+        return [ld.next_batch(8, 8 // world)[0] for _ in range(3)]
 
     a, b, c = batches(1), batches(1), batches(2)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
@@ -91,7 +93,7 @@ def test_stream_loader_reads_like_the_official_baseline(tiny_data):
         for r, ld in enumerate(loaders):
             start = step * span * world + r * span
             want = torch.cat([flat, flat])[start : start + span]
-            assert torch.equal(ld.next_batch(seqs), want.unfold(0, L + 1, L))
+            assert torch.equal(ld.next_batch(seqs, seqs)[0], want.unfold(0, L + 1, L))
 
 
 def test_bos_isolates_documents(tiny_data):
@@ -132,6 +134,24 @@ def _segments_attention(q, k, v, cu, dout=None):
     return res if dout is not None else (res[0], lse)
 
 
+def fake_fa3(monkeypatch) -> list:
+    """FA3's forward and backward as stand-ins with its signature, computed per sequence; returns their calls."""
+    calls = []
+
+    def fa3_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal):
+        calls.append(("fwd", k.size(1), cu_seqlens_q.tolist(), causal, softmax_scale == q.size(-1) ** -0.5))
+        return *_segments_attention(q, k, v, cu_seqlens_q), None
+
+    def fa3_bwd(dout, q, k, v, out, lse, cu, cu_k, _sq, _sk, max_q, max_k, dq, dk, dv, scale, causal):
+        calls.append(("bwd", tuple(lse.shape), cu.tolist(), causal, scale == q.size(-1) ** -0.5))
+        for buf, g in zip((dq, dk, dv), _segments_attention(q, k, v, cu, dout)):
+            buf.copy_(g)
+
+    monkeypatch.setattr(tg, "fa3_fwd", fa3_fwd)
+    monkeypatch.setattr(tg, "fa3_bwd", fa3_bwd)
+    return calls
+
+
 def test_varlen_call_gets_document_offsets_and_unrepeated_kv(monkeypatch):
     """attend's varlen path (the H100's) against the dense document mask, on the CPU: a stand-in for torch's
     flash varlen kernel checks the call the GPU gets (one sequence per (row, document), the 4 k/v heads as
@@ -162,16 +182,7 @@ def test_flash_varlen_op_calls_fa3_and_fa4_as_their_interfaces_expect(monkeypatc
     spec = importlib.util.spec_from_file_location("_copy_of_train_gpt", tg.__file__)
     monkeypatch.setitem(sys.modules, spec.name, importlib.util.module_from_spec(spec))
     spec.loader.exec_module(sys.modules[spec.name])
-    calls = []
-
-    def fa3_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal):
-        calls.append(("fwd", k.size(1), cu_seqlens_q.tolist(), causal, softmax_scale == 16**-0.5))
-        return *_segments_attention(q, k, v, cu_seqlens_q), None
-
-    def fa3_bwd(dout, q, k, v, out, lse, cu, cu_k, _sq, _sk, max_q, max_k, dq, dk, dv, scale, causal):
-        calls.append(("bwd", tuple(lse.shape), cu.tolist(), causal, scale == 16**-0.5))
-        for buf, g in zip((dq, dk, dv), _segments_attention(q, k, v, cu, dout)):
-            buf.copy_(g)
+    calls = fake_fa3(monkeypatch)
 
     def fa4_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal, return_lse):
         calls.append(("fwd", k.size(1), cu_seqlens_q.tolist(), causal and return_lse, softmax_scale == 16**-0.5))
@@ -181,8 +192,8 @@ def test_flash_varlen_op_calls_fa3_and_fa4_as_their_interfaces_expect(monkeypatc
         calls.append(("bwd", tuple(lse.shape), cu_seqlens_q.tolist(), causal, scale == 16**-0.5))
         return _segments_attention(q, k, v, cu_seqlens_q, dout)
 
-    for name, fn in dict(fa3_fwd=fa3_fwd, fa3_bwd=fa3_bwd, fa4_fwd=fa4_fwd, fa4_bwd=fa4_bwd).items():
-        monkeypatch.setattr(tg, name, fn)
+    monkeypatch.setattr(tg, "fa4_fwd", fa4_fwd)
+    monkeypatch.setattr(tg, "fa4_bwd", fa4_bwd)
     torch.manual_seed(0)
     ids = torch.randint(4, 1024, (2, 24))
     ids[0, 10] = ids[1, 0] = ids[1, 5] = tg.BOS_ID
@@ -200,6 +211,41 @@ def test_flash_varlen_op_calls_fa3_and_fa4_as_their_interfaces_expect(monkeypatc
             torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
     cu = [0, 10, 24, 29, 48]
     assert calls == 2 * [("fwd", 4, cu, True, True), ("bwd", (8, 48), cu, True, True)]
+
+
+def test_training_offsets_are_staged_on_the_cpu_and_compile_once(tiny_data, monkeypatch):
+    """The varlen offsets training gives the packed kernels are built on the CPU in TokenLoader's background thread
+    (doc_offsets of each micro-batch: on the GPU, nonzero is a host sync a step). On real windows they cut each row
+    at its BOS tokens and nowhere else; COMPILE=2's graph (aot_eager, FA3 as a stand-in) takes them for any number
+    of documents without recompiling, and gives the loss and gradients of the offsets AttnMask builds itself."""
+    h = hparams(tiny_data, TRAIN_SEQ_LEN="256", TRAIN_BATCH_TOKENS=str(8 * 256), MICRO_BATCH_TOKENS=str(4 * 256))
+    loader = tg.TokenLoader(h.train_files, h.train_seq_len, h.seed, 0, 1, torch.device("cpu"))
+    batches = [loader.next_batch(8, 4) for _ in range(3)]
+    for x, cus in batches:
+        assert len(cus) == 2
+        for rows, cu in zip(x.split(4), cus):
+            ids, cu = rows[:, :-1].flatten(), cu.tolist()
+            assert cu[0] == 0 and cu[-1] == len(ids) and cu == sorted(set(cu))
+            bos = set(torch.nonzero(ids == tg.BOS_ID).flatten().tolist())
+            assert set(cu[:-1]) == bos | set(range(0, len(ids), h.train_seq_len))  # a BOS or a row start
+    assert len({len(cu) for _, cus in batches for cu in cus}) > 1  # the document count varies
+    calls = fake_fa3(monkeypatch)
+    torch.manual_seed(0)
+    model = tg.GPT(h)
+    model.attn_impl = "fa3"
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    compiled = copy.deepcopy(model)
+    compile_whole(compiled, monkeypatch)
+    for i, (x, cus) in enumerate(batches):
+        with torch._dynamo.config.patch(error_on_recompile=i > 0):
+            got = loss_and_grads(compiled, x[:4], cu=cus[0])
+        want = loss_and_grads(model, x[:4])
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert calls[-4][2] == calls[-1][2] == cus[0].tolist()  # the staged offsets reached FA3
+    torch._dynamo.reset()
 
 
 @pytest.mark.parametrize(
@@ -335,7 +381,7 @@ def test_the_clock_is_read_every_clock_every_steps_and_every_step_near_the_cap(m
         return torch.zeros(())
 
     h = tg.Hyperparameters({**TINY, "CLOCK_EVERY": str(every), "EMA": "0", "ITERATIONS": "100000"})
-    loader = type("Loader", (), {"next_batch": lambda self, n: None})()
+    loader = type("Loader", (), {"next_batch": lambda self, n, micro: None})()
     n, train_s, _ = tg.train_loop(h, tg.GPT(h), step, loader, 10.0, torch.device("cpu"), lambda *a: None, None, None)
     assert n == 79 and train_s == 9.875  # the next step would end at the cap
     mid = [r for r in reads[1:-1] if r < n - 2 * every - 2]  # before the last 2 x (CLOCK_EVERY + 1) steps
