@@ -175,10 +175,11 @@ def test_varlen_call_gets_document_offsets_and_unrepeated_kv(monkeypatch):
 @pytest.mark.parametrize("impl", ["fa3", "fa4"])
 def test_flash_varlen_op_calls_fa3_and_fa4_as_their_interfaces_expect(monkeypatch, impl):
     """The custom op that COMPILE=2 traces (train_gpt::flash_varlen) around FA3's and FA4's forward and backward,
-    on the CPU: stand-ins with each library's signature check the calls (one sequence per (row, document), the
-    4 k/v heads unrepeated, causal, FA4 asked for the lse) and compute them; the output and the q/k/v gradients
-    must match SDPA with the dense document mask, eagerly and compiled (aot_eager, one graph). First a second copy of
-    train_gpt.py is imported into this process, as verify and make import a shipped one: the ops must survive it."""
+    on the CPU: stand-ins with each library's signature check the calls (one sequence per (row, document), FA4 the
+    4 k/v heads unrepeated, FA3 repeated to 8, causal, FA4 asked for the lse) and compute them; the output and the
+    q/k/v gradients must match SDPA with the dense document mask, eagerly and compiled (aot_eager, one graph). First a
+    second copy of train_gpt.py is imported into this process, as verify and make import a shipped one: the ops must
+    survive it."""
     spec = importlib.util.spec_from_file_location("_copy_of_train_gpt", tg.__file__)
     monkeypatch.setitem(sys.modules, spec.name, importlib.util.module_from_spec(spec))
     spec.loader.exec_module(sys.modules[spec.name])
@@ -209,8 +210,8 @@ def test_flash_varlen_op_calls_fa3_and_fa4_as_their_interfaces_expect(monkeypatc
     for fn in (tg.attend, torch.compile(tg.attend, backend="aot_eager", fullgraph=True)):
         for got, ref in zip(out_and_grads(fn, impl), want):
             torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
-    cu = [0, 10, 24, 29, 48]
-    assert calls == 2 * [("fwd", 4, cu, True, True), ("bwd", (8, 48), cu, True, True)]
+    cu, kv_heads = [0, 10, 24, 29, 48], 8 if impl == "fa3" else 4  # FA3 gets k/v repeated to the query heads
+    assert calls == 2 * [("fwd", kv_heads, cu, True, True), ("bwd", (8, 48), cu, True, True)]
 
 
 def test_training_offsets_are_staged_on_the_cpu_and_compile_once(tiny_data, monkeypatch):
