@@ -841,10 +841,9 @@ class GPT(nn.Module):
                 nn.init.zeros_(m.weight) if getattr(m, "zero_init", False) else nn.init.orthogonal_(m.weight)
 
     def hidden(self, ids: Tensor, doc_mask: bool, recur=True, cache: ChunkCache | None = None, cu=None) -> Tensor:
-        """Final-normed hidden states (B, T, D) for ids (B, T); doc_mask: attention stays inside documents;
-        recur: the layer order with depth recurrence (as trained, and as every eval runs); cache: ids are the next
-        chunk of the documents the cache holds (one per row), attending to their earlier chunks too; cu: the
-        ids' doc_offsets, given (training: no host sync) or built by AttnMask."""
+        """Final-normed hidden states (B, T, D) for ids (B, T); doc_mask: attention stays inside documents; recur: the
+        layer order with depth recurrence (as trained and evaluated); cache: ids are the next chunk of the documents
+        the cache holds (one per row), attending to their earlier chunks too; cu: the ids' doc_offsets, if staged."""
         x = self.embed(ids)
         if self.smear is not None:  # blend in the previous token, never across a document start
             prev = F.pad(x[:, :-1], (0, 0, 1, 0)) if cache is None else torch.cat([cache.before(x), x[:, :-1]], 1)

@@ -45,8 +45,10 @@ def test_no_function_is_over_60_lines():
 # ATTN_IMPL=fa4 (FA3's custom op made one for both libraries, its backward an op of its own, attn_impls for auto and
 # preflight) 29, and the fused MLP's TMA row check (FUSED_MLP=1 wants widths in multiples of 8) 2 (2,172); FP8_MLP
 # (its knob, the one-kernel-at-a-time check, its own multiple-of-16 check beside FUSED_MLP's, preflight's
-# compute-capability check) 6 (2,178). Raise it only with the feature that needs the lines, and say which.
-MAX_LINES = 2178
+# compute-capability check) 6 (2,178); the varlen offsets staged on the CPU in TokenLoader's thread (doc_offsets,
+# staged, on_device, the cu argument from the step down to AttnMask) 22, and FA3's k/v repeated to the query heads 2
+# (2,202). Raise it only with the feature that needs the lines, and say which.
+MAX_LINES = 2202
 
 
 def test_length_and_no_plug_in_inside():
