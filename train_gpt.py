@@ -654,7 +654,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: AttnMask) -> Tensor:
     B, T, H, D = q.shape
     if mask.impl in PACKED_IMPLS:
         qf, kf, vf = q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1)
-        if mask.impl == "fa3":  # FA3's GQA backward sums dk/dv per group in fp32 buffers: slower than repeating
+        if mask.impl == "fa3" and k.size(2) < H:  # FA3's GQA backward sums dk/dv per group in fp32: slower
             kf, vf = kf.repeat_interleave(H // k.size(2), 1), vf.repeat_interleave(H // k.size(2), 1)
         if mask.impl != "varlen":
             return flash_varlen(qf, kf, vf, mask.cu, mask.max_len, mask.impl == "fa4")[0].view(B, T, H, D)

@@ -30,8 +30,9 @@ step. STEP_MASK=device: AttnMask builds them on the GPU instead, by torch.nonzer
 (a host sync a step: the training path before 2026-12-07). STEP_MASK=once: each batch's attention mask is built once,
 before the timed steps (the same mask object after): no mask work at all, a bound for both.
 STEP_MASK=static (FA3/FA4): the offsets by torch.nonzero_static, padded with empty sequences to B*T/64 of them: no
-host sync, for what the padding costs the kernels. STEP_KV=repeat (FA3/FA4): the k/v heads repeated to the query heads
-before the kernel (FA3's GQA backward sums each group's dk/dv into float32 buffers and converts them after).
+host sync, for what the padding costs the kernels. STEP_KV=repeat (FA4): the k/v heads repeated to the query heads
+before the kernel, as train_gpt does for FA3 since 8168631 (FA3's GQA backward sums each group's dk/dv into float32
+buffers and converts them after; rows of 2026-12-07_train_staged.json with STEP_KV=repeat ran FA3 before that).
 STEP_TILES=BM,BN,BK,STAGES,WARPS,SPLIT/...: kernels.py's fused-MLP tiles, forward/backward (mlp_kernel.py --sweep).
 STEP_SUSTAIN=N: also time N steps in a row (the clock of a real run: heat and power limits) and read the SM
 clock and power from nvidia-smi right after.
@@ -93,11 +94,11 @@ def main() -> None:
             sys.exit(f"STEP_TILES={tiles}: expected BM,BN,BK,STAGES,WARPS,SPLIT/BM,BN,BK,STAGES,WARPS,SPLIT")
         kernels = tg.load_plugin("kernels")
         kernels.TILES.update({True: (*pair[0][:5], bool(pair[0][5])), False: (*pair[1][:5], bool(pair[1][5]))})
-    if kv == "repeat":  # FA3/FA4 on the k/v heads repeated to the query heads (no GQA inside the kernel)
+    if kv == "repeat":  # FA4 on the k/v heads repeated to the query heads (no GQA inside the kernel)
         attend = tg.attend
 
         def repeated(q, k, v, mask):
-            if mask.impl in ("fa3", "fa4"):
+            if mask.impl == "fa4":
                 g = q.size(2) // k.size(2)
                 k, v = k.repeat_interleave(g, 2), v.repeat_interleave(g, 2)
             return attend(q, k, v, mask)
@@ -131,8 +132,10 @@ def main() -> None:
         tg.dist.init_process_group("nccl", device_id=dev)
     torch.backends.cuda.matmul.allow_tf32 = True
     model = tg.GPT(h).to(dev)
-    if (mask_build == "static" or kv == "repeat") and model.attn_impl not in ("fa3", "fa4"):
-        sys.exit(f"STEP_MASK=static and STEP_KV=repeat are for ATTN_IMPL fa3 and fa4, not {model.attn_impl}")
+    if mask_build == "static" and model.attn_impl not in ("fa3", "fa4"):
+        sys.exit(f"STEP_MASK=static is for ATTN_IMPL fa3 and fa4, not {model.attn_impl}")
+    if kv == "repeat" and model.attn_impl != "fa4":
+        sys.exit(f"STEP_KV=repeat is for ATTN_IMPL=fa4 (train_gpt repeats FA3's k/v itself), not {model.attn_impl}")
     if dtype == "bf16":  # speed bound only: bf16 weights (numerics differ)
         model = model.bfloat16()
     if h.compile:
