@@ -237,15 +237,19 @@ def test_training_offsets_are_staged_on_the_cpu_and_compile_once(tiny_data, monk
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    compiled = copy.deepcopy(model)
+    compiled, built = copy.deepcopy(model), []
     compile_whole(compiled, monkeypatch)
+    monkeypatch.setattr(tg, "doc_offsets", lambda ids, f=tg.doc_offsets: built.append(1) or f(ids))
     for i, (x, cus) in enumerate(batches):
+        n = len(calls)
         with torch._dynamo.config.patch(error_on_recompile=i > 0):
             got = loss_and_grads(compiled, x[:4], cu=cus[0])
-        want = loss_and_grads(model, x[:4])
+        assert not built and {tuple(c[2]) for c in calls[n:]} == {tuple(cus[0].tolist())}  # FA3 got the staged ones
+        want = loss_and_grads(model, x[:4])  # AttnMask builds them
+        assert built
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-        assert calls[-4][2] == calls[-1][2] == cus[0].tolist()  # the staged offsets reached FA3
+        built.clear()
     torch._dynamo.reset()
 
 
