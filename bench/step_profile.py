@@ -34,12 +34,15 @@ host sync, for what the padding costs the kernels. STEP_KV=repeat (FA4): the k/v
 before the kernel, as train_gpt does for FA3 since 8168631 (FA3's GQA backward sums each group's dk/dv into float32
 buffers and converts them after; rows of 2026-12-07_train_staged.json with STEP_KV=repeat ran FA3 before that).
 STEP_TILES=BM,BN,BK,STAGES,WARPS,SPLIT/...: kernels.py's fused-MLP tiles, forward/backward (mlp_kernel.py --sweep).
+Each top kernel of Inductor's carries `origins`: the FX nodes (named after the model code's variables) and ATen ops
+that Inductor fused into it, read from the output code under its cache dir (TORCHINDUCTOR_CACHE_DIR, else its default).
 STEP_SUSTAIN=N: also time N steps in a row (the clock of a real run: heat and power limits) and read the SM
 clock and power from nvidia-smi right after.
 """
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -47,6 +50,7 @@ from pathlib import Path
 
 import torch
 import torch._inductor.config  # STEP_AUTOTUNE
+from torch._inductor.runtime.cache_dir_utils import cache_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from proxy_run import head_commit  # noqa: E402  (bench/ is this script's folder)
@@ -61,6 +65,27 @@ def timed(fn, n: int) -> float:
         fn()
     torch.cuda.synchronize()
     return (time.perf_counter() - t0) / n * 1000
+
+
+# Inductor's output code writes this comment above each Triton kernel it defines (torch/_inductor/utils.py,
+# get_kernel_metadata), after a "# kernel path:" line and before the node mapping and the graph fragment, whose
+# lines are not all comments: the first definition after it is its kernel's.
+ORIGIN = re.compile(
+    r"^# (?:Topologically Sorted|Unsorted) Source Nodes: \[([^\n]*)\], Original ATen: \[([^\n]*)\]\n.*?"
+    r"^(\w+) = async_compile\.triton\(",
+    re.M | re.S,
+)
+
+
+def kernel_origins(root: str, names: set[str]) -> dict[str, list[str]]:
+    """'source nodes | ATen ops' of each of Inductor's kernels among `names`, from every output-code file under
+    root; a name that kernels of several graphs share lists each of them."""
+    found: dict[str, set[str]] = {}
+    for f in Path(root).rglob("*.py"):
+        for m in ORIGIN.finditer(f.read_text(errors="replace")):
+            if m.group(3) in names:
+                found.setdefault(m.group(3), set()).add(f"{m.group(1)} | {m.group(2)}")
+    return {k: sorted(v) for k, v in found.items()}
 
 
 def gpu_state() -> str:
@@ -189,10 +214,14 @@ def main() -> None:
         return dict(
             total_cuda_ms=round(sum(e.device_time_total for e in ev) / 1000, 2),
             comm_ms=round(comm, 3),
-            top=[dict(name=e.key[:80], cuda_ms=round(e.device_time_total / 1000, 3), calls=e.count) for e in ev[:n]],
+            top=[dict(name=e.key, cuda_ms=round(e.device_time_total / 1000, 3), calls=e.count) for e in ev[:n]],
         )
 
     fb_k, opt_k = top(fwd_bwd), top(step)  # every rank profiles: the collectives need all of them
+    tops = fb_k["top"] + opt_k["top"]
+    origins = kernel_origins(cache_dir(), {t["name"] for t in tops if t["name"].startswith("triton_")})
+    for t in tops:
+        t |= dict(origins=origins[t["name"]]) if t["name"] in origins else {}
     kernel_ms = fb_k["total_cuda_ms"] + opt_k["total_cuda_ms"]  # one profiled step's; the rest of a step is GPU idle
     if h.rank == 0:
         print(

@@ -4,6 +4,7 @@ whose torch._scaled_mm the CPU torch runs too. The CUDA path of the first is the
 speed of both is a benchmark (bench/mlp_kernel.py), not a test."""
 
 import copy
+import importlib.util
 import json
 import os
 import subprocess
@@ -174,3 +175,44 @@ def test_a_bundled_kernels_plug_in_runs_from_the_packed_file(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert float(out.stdout.split()[-1]) < 1e-5
+
+
+def test_step_profile_finds_what_inductor_fused_into_a_kernel(tmp_path, monkeypatch):
+    """bench/step_profile.py lists, for each of Inductor's kernels in its top table, the source nodes and ATen ops
+    fused into it, from the comment Inductor's output code writes above the kernel's definition. The header here is
+    the one this torch's get_kernel_metadata writes; graph-fragment lines need not all be comments."""
+    import torch._inductor.utils as inductor_utils
+
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "bench"))
+    spec = importlib.util.spec_from_file_location("step_profile", os.path.join(ROOT, "bench", "step_profile.py"))
+    profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile)
+    header, mapping = inductor_utils.get_kernel_metadata([], type("Wrapper", (), {"comment": "#"})())
+    sigmoid = header.replace("[]", "[sigmoid, mul_3]", 1).replace("[]", "[aten.sigmoid, aten.mul]")
+    wrapper = f"""
+# kernel path: /tmp/ind/ab/cab.py
+{sigmoid}
+{mapping}
+#   mul_3 => mul
+# Graph fragment:
+#   %mul_3 : Tensor = call_function[target=torch.ops.aten.mul.Tensor](args = (%a,
+   %b), kwargs = {{}})
+triton_poi_fused_mul_sigmoid_0 = async_compile.triton('triton_poi_fused_mul_sigmoid_0', '''
+import triton
+''', device_str='cuda')
+
+
+# kernel path: /tmp/ind/cd/ccd.py
+{header}
+{mapping}
+triton_per_fused_sum_1 = async_compile.triton('triton_per_fused_sum_1', '''
+''', device_str='cuda')
+"""
+    (tmp_path / "ab").mkdir()
+    (tmp_path / "ab" / "cwrapper.py").write_text(wrapper)
+    (tmp_path / "ab" / "cab.py").write_text("import triton\n# a kernel's own source: no metadata\n")
+    names = {"triton_poi_fused_mul_sigmoid_0", "triton_per_fused_sum_1", "triton_poi_fused_absent_2"}
+    assert profile.kernel_origins(str(tmp_path), names) == {
+        "triton_poi_fused_mul_sigmoid_0": ["sigmoid, mul_3 | aten.sigmoid, aten.mul"],
+        "triton_per_fused_sum_1": [" | "],
+    }
