@@ -24,7 +24,9 @@ with epilogue fusion), the pointwise kernels as by default: the fused-MLP questi
 STEP_PATCH=gqa,rope (at 25be12f, rows of 2026-12-05_train.json; both now in train_gpt): gqa gave torch's varlen
 kernel the k/v heads unrepeated, rope read RoPE's cos/sin from a table built once.
 STEP_DATA=glob: time real training windows (the first batch TokenLoader gives at the seed) instead of random
-tokens with a BOS every 1,000: the documents set the attention work (bench/doc_share.py).
+tokens with a BOS every 1,000: the documents set the attention work (bench/doc_share.py). STEP_LOADER=1 (with
+STEP_DATA): every step takes the loader's next batch instead, built in its background thread as training's is, so
+the batches vary and the loader thread runs beside the timed steps, as in a run.
 The varlen offsets come as training gives them: built on the CPU (train_gpt.staged) and copied with the batch each
 step. STEP_MASK=device: AttnMask builds them on the GPU instead, by torch.nonzero, which waits for the GPU's queue
 (a host sync a step: the training path before 2026-12-07). STEP_MASK=once: each batch's attention mask is built once,
@@ -106,6 +108,7 @@ def main() -> None:
     inductor.max_autotune_gemm = inductor.triton.enable_persistent_tma_matmul = autotune == "gemm"
     sustain = int(env.pop("STEP_SUSTAIN", "0"))
     data = env.pop("STEP_DATA", "")
+    loader_on = env.pop("STEP_LOADER", "0") == "1"
     mask_build = env.pop("STEP_MASK", "staged")
     if mask_build not in ("staged", "device", "once", "static"):
         sys.exit(f"STEP_MASK={mask_build}: expected device, once or static (default: staged)")
@@ -176,9 +179,14 @@ def main() -> None:
         x[:, ::1000] = tg.BOS_ID
     parts = tg.staged(x, micro, dev)  # pinned, as TokenLoader stages each batch in its background thread
     fixed = tg.on_device(parts, dev) if mask_build == "once" else None  # once: the same tensors, the same masks
+    if loader_on and (not data or fixed):
+        sys.exit("STEP_LOADER=1 needs STEP_DATA, and builds a mask a batch (not STEP_MASK=once)")
 
     def fwd_bwd():
-        x, cus = fixed or tg.on_device(parts, dev)  # the step's copies, as in training
+        if loader_on:  # the next batch of the loader, built in its background thread while this one trains
+            x, cus = loader.next_batch(seqs * h.world_size, micro)
+        else:
+            x, cus = fixed or tg.on_device(parts, dev)  # the step's copies, as in training
         for xb, cu in zip(x.split(micro), cus if mask_build == "staged" else [None] * len(cus)):
             with torch.autocast("cuda", torch.bfloat16):
                 loss = model(xb[:, :-1], xb[:, 1:], doc_mask=True, recur=True, cu=cu).mean()
@@ -230,6 +238,7 @@ def main() -> None:
                     commit=head_commit(),  # the .devdata/COMMIT stamp first: a device's copy may carry a stale .git
                     gpu=torch.cuda.get_device_name(),
                     data=data or "random, a BOS every 1000",
+                    loader=loader_on,
                     mask=mask_build,
                     kv=kv,
                     attention=model.attn_impl,
