@@ -1183,19 +1183,19 @@ def warmup_and_restore(model: GPT, step: Callable[..., Tensor], h: Hyperparamete
     global_seqs, micro, _ = batch_split(h)
     g = torch.Generator().manual_seed(h.seed)
 
-    def batch(n: int) -> tuple[Tensor, list[Tensor]]:
+    def batch(n: int) -> Tensor:
         x = torch.randint(0, h.vocab_size, (n, h.train_seq_len + 1), generator=g)
         x[:, 0] = BOS_ID
-        return on_device(staged(x, micro, device), device)
+        return x
 
     for recur in sorted({False, bool(h.recur_extra)}):
         for _ in range(h.warmup_steps):
-            step(batch(global_seqs // h.world_size), scratch, recur=recur)
+            step(on_device(staged(batch(global_seqs // h.world_size), micro, device), device), scratch, recur=recur)
     calib_s = 0.0
     if h.quant == "gptq" and h.calib == "train":
         sync(device)
         t0 = time.perf_counter()
-        calibrate(model, h, (batch(micro)[0] for _ in range(h.calib_batches)), device)
+        calibrate(model, h, (batch(micro).to(device) for _ in range(h.calib_batches)), device)
         sync(device)
         calib_s = slowest_rank(time.perf_counter() - t0, h, device)  # one reserve: ranks agree on the stop
     model.load_state_dict(init)
