@@ -9,8 +9,8 @@ At 25be12f a varlen_gqa row gave the varlen kernel the k/v heads unrepeated (tra
 query heads): 3.66 vs 3.87 ms, gradients within 0.001; train_gpt's varlen has done so since.
 FA3 and FA4 (flash-attn-4 from PyPI: CuTe DSL kernels, compiled at their first call) run through train_gpt's own
 custom ops (ATTN_IMPL=fa3|fa4), as training calls them; the first call's time is a field. Where FA4 is installed but
-fails to import, its row says why (train_gpt then leaves it out of ATTN_IMPL=auto). fa3_mha: FA3 with the k/v heads
-repeated to the query heads before the call (no GQA in the kernel).
+fails to import, its row says why (train_gpt then leaves it out of ATTN_IMPL=auto). Since 8168631 train_gpt gives FA3
+the k/v heads repeated to the query heads, so the fa3 row times that (the separate fa3_mha row is gone; it never ran).
 Usage: python bench/attn.py SHARD [--batch 48 --seq 2048] -> JSON on stdout
 """
 
@@ -47,13 +47,6 @@ def time_ms(fn, reps: int = 20) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def mha(q, k, v, mask):
-    """attend with the k/v heads repeated to the query heads (the fa3_mha row): FA3's backward then writes dk and dv
-    directly, where for GQA it sums the group's query heads into float32 buffers and converts them after."""
-    g = q.size(2) // k.size(2)
-    return tg.attend(q, k.repeat_interleave(g, 2), v.repeat_interleave(g, 2), mask)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("shard")
@@ -72,8 +65,6 @@ def main() -> None:
     causal_flops = 3 * 2 * 2 * B * H * D * T * T / 2  # fwd+bwd, QK^T and AV, causal half
     attend = torch.compile(tg.attend)
     impls = ["causal", "flex", "sdpa"] + [k for k in ("varlen", "fa3", "fa4") if tg.attn_impls()[k]]
-    impls += ["fa3_mha"] if "fa3" in impls else []
-    fns = dict(fa3_mha=torch.compile(mha))
     rows = {"fa4": dict(error=FA4_ERROR[:300])} if FA4_ERROR else {}
 
     def out_and_grads(impl: str, fn=tg.attend) -> list[torch.Tensor]:
@@ -84,19 +75,18 @@ def main() -> None:
         return [out.detach().float()] + [t.grad.float() for t in (q, k, v)]
 
     ref = out_and_grads("sdpa")  # the dense document mask: the reference every doc-masked kernel must match
-    for name in impls:
-        impl, fn = name.removesuffix("_mha"), fns.get(name, attend)
+    for impl in impls:
 
-        def run(impl=impl, fn=fn):
-            fn(q, k, v, tg.AttnMask(tokens, impl != "causal", impl)).backward(grad)
+        def run(impl=impl):
+            attend(q, k, v, tg.AttnMask(tokens, impl != "causal", impl)).backward(grad)
 
         try:
             t0 = time.perf_counter()
             run()
             first_s = time.perf_counter() - t0
             ms = time_ms(run)
-            diffs = [(a - b).abs().max().item() for a, b in zip(out_and_grads(impl, fn), ref)]
-            rows[name] = dict(
+            diffs = [(a - b).abs().max().item() for a, b in zip(out_and_grads(impl, attend), ref)]
+            rows[impl] = dict(
                 ms=round(ms, 3),
                 causal_tflops=round(causal_flops / ms / 1e9, 1),
                 max_abs_diff_vs_dense_doc_mask=diffs[0],
@@ -104,9 +94,9 @@ def main() -> None:
                 first_call_s=round(first_s, 1),
             )  # k/v: summed over the GQA group
         except Exception as e:  # report, keep measuring the others
-            rows[name] = dict(error=f"{type(e).__name__}: {e}"[:300])
-        mask_ms = time_ms(lambda i=impl: tg.AttnMask(tokens, i != "causal", i)) if "ms" in rows[name] else None
-        rows[name]["mask_build_ms"] = mask_ms and round(mask_ms, 3)
+            rows[impl] = dict(error=f"{type(e).__name__}: {e}"[:300])
+        mask_ms = time_ms(lambda i=impl: tg.AttnMask(tokens, i != "causal", i)) if "ms" in rows[impl] else None
+        rows[impl]["mask_build_ms"] = mask_ms and round(mask_ms, 3)
     docs = int((tokens == tg.BOS_ID).sum())
     print(
         json.dumps(
