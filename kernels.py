@@ -1,5 +1,5 @@
-"""The MLP's training kernels on CUDA, a plug-in of train_gpt.py: the up-projection and activation fused
-(FUSED_MLP=1), or the MLP's GEMMs in float8 (FP8_MLP=1).
+"""Training kernels on CUDA, a plug-in of train_gpt.py: the MLP's up-projection and activation fused (FUSED_MLP=1),
+or the MLP's GEMMs in float8 (FP8_MLP=1); attention's XSA and sparse gate in one pass each way (FUSED_XSA=1).
 
 Eager, h = x W1^T is written, an elementwise kernel reads it and writes a = LeakyReLU(h)^2, and the backward reads
 h and da again to make dh. Here one GEMM writes h (kept for the backward) and a from its epilogue, and the
@@ -12,6 +12,12 @@ tensor: e4m3 for activations and weights, e5m2 (more range, less precision) for 
 recipe does. The activation stays torch code between them, so the compiled blocks fuse it with the float8 casts.
 At the record's width the scale, cast and transpose passes cost more than the faster GEMMs save, so it trains slower
 than bf16 there (bench/results/2026-12-06_train_h200.md); it is for wider MLPs, measured with bench/mlp_kernel.py.
+
+FUSED_XSA=1: Attention.out removes from each head's output its component along its kv head's normalised value
+(XSA), then scales the head by 2 sigmoid of a few input dims (the sparse gate). Compiled, Inductor ran these as
+reductions over the head dim at about a third of the memory bandwidth. Here one Triton kernel reads y, v and the
+gate's inputs once and writes the output; the backward reads them and the output's gradient once and writes dy, dv
+and the gate logits' gradient, from which two tiny GEMMs make the gate's input and weight gradients.
 """
 
 from __future__ import annotations
@@ -168,3 +174,87 @@ def fp8_mlp(x: Tensor, w1: Tensor, w2: Tensor, slope: float) -> Tensor:
     """fused_mlp's MLP with float8 GEMMs (FP8_MLP=1)."""
     a = F.leaky_relu(FP8Linear.apply(x.reshape(-1, x.size(-1)), w1), slope).square()
     return FP8Linear.apply(a, w2).view(*x.shape[:-1], w2.size(0))
+
+
+@triton.jit
+def _gate(x, w, rows, ok, h, sx, GD: tl.constexpr, GP: tl.constexpr):
+    """2 sigmoid(x[rows, :GD] . w[h]) in fp32: head h's gate for each row."""
+    k = tl.arange(0, GP)
+    xg = tl.load(x + rows[:, None] * sx + k[None, :], mask=ok[:, None] & (k[None, :] < GD), other=0.0)
+    return 2.0 * tl.sigmoid(
+        tl.sum(xg.to(tl.float32) * tl.load(w + h * GD + k, mask=k < GD, other=0.0).to(tl.float32), 1)
+    )
+
+
+@triton.jit
+def xsa_gate_kernel(y, v, x, w, dout, o, dv, dl, N, sx, H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr,
+                    GD: tl.constexpr, GP: tl.constexpr, BN: tl.constexpr, FORWARD: tl.constexpr):  # fmt: skip
+    """BN rows, the heads of kv head program_id(1). FORWARD: o = (y - (y.vn) vn) * gate. Else, from dout: o = dy,
+    dv (normalize's backward: the part along vn dropped unless the norm was clamped) and dl, the gate logits'."""
+    rows, j, d = tl.program_id(0) * BN + tl.arange(0, BN), tl.program_id(1), tl.arange(0, D)
+    ok = rows < N
+    at_v = (rows[:, None] * KV + j) * D + d[None, :]
+    val = tl.load(v + at_v, mask=ok[:, None], other=0.0).to(tl.float32)
+    norm = tl.sqrt(tl.sum(val * val, 1))
+    vn = val / tl.maximum(norm, 1e-12)[:, None]  # F.normalize's eps
+    dvn = tl.zeros((BN, D), dtype=tl.float32)
+    for i in tl.static_range(H // KV):
+        h = j * (H // KV) + i
+        at = (rows[:, None] * H + h) * D + d[None, :]
+        yh = tl.load(y + at, mask=ok[:, None], other=0.0).to(tl.float32)
+        yv, s = tl.sum(yh * vn, 1), _gate(x, w, rows, ok, h, sx, GD, GP)
+        if FORWARD:
+            tl.store(o + at, ((yh - yv[:, None] * vn) * s[:, None]).to(o.dtype.element_ty), mask=ok[:, None])
+        else:
+            g = tl.load(dout + at, mask=ok[:, None], other=0.0).to(tl.float32)
+            tl.store(dl + rows * H + h, tl.sum(g * (yh - yv[:, None] * vn), 1) * s * (1 - s / 2), mask=ok)
+            g *= s[:, None]
+            gv = tl.sum(g * vn, 1)
+            tl.store(o + at, (g - gv[:, None] * vn).to(o.dtype.element_ty), mask=ok[:, None])
+            dvn -= gv[:, None] * yh + yv[:, None] * g
+    if not FORWARD:
+        along = tl.where(norm > 1e-12, tl.sum(dvn * vn, 1), 0.0)
+        dvn = (dvn - along[:, None] * vn) / tl.maximum(norm, 1e-12)[:, None]
+        tl.store(dv + at_v, dvn.to(dv.dtype.element_ty), mask=ok[:, None])
+
+
+def _xsa_launch(y: Tensor, v: Tensor, x: Tensor, w: Tensor, dout: Tensor | None) -> tuple[Tensor, ...]:
+    (n, heads, d), kv, gd, bn = y.shape, v.size(1), w.size(1), 32
+    o, grads = torch.empty_like(y), () if dout is None else (torch.empty_like(v), y.new_empty(n, heads).float())
+    args = (y, v, x, w, dout, o, *(grads or (None, None)), n, x.stride(0), heads, kv, d, gd, triton.next_power_of_2(gd))
+    xsa_gate_kernel[(triton.cdiv(n, bn), kv)](*args, BN=bn, FORWARD=dout is None)
+    return (o, *grads)
+
+
+@torch.library.custom_op("kernels::xsa_gate", mutates_args=())
+def xsa_gate(y: Tensor, v: Tensor, x: Tensor, w: Tensor) -> Tensor:
+    """y (N, H, D) and v (N, KV, D) contiguous, x (N, C) whose first GD columns feed the gate, w (H, GD) -> (N, H, D):
+    each head's y without its component along its kv head's normalised v, times 2 sigmoid(x[:, :GD] w^T)."""
+    return _xsa_launch(y, v, x, w, None)[0]
+
+
+@xsa_gate.register_fake
+def _(y: Tensor, v: Tensor, x: Tensor, w: Tensor) -> Tensor:
+    return torch.empty_like(y)
+
+
+@torch.library.custom_op("kernels::xsa_gate_grad", mutates_args=())
+def xsa_gate_grad(dout: Tensor, y: Tensor, v: Tensor, x: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(dy, dv, d gate logits (N, H) fp32) of xsa_gate for its output's gradient dout."""
+    return _xsa_launch(y, v, x, w, dout)
+
+
+@xsa_gate_grad.register_fake
+def _(dout: Tensor, y: Tensor, v: Tensor, x: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return torch.empty_like(y), torch.empty_like(v), y.new_empty(y.shape[:2], dtype=torch.float32)
+
+
+def _xsa_backward(ctx, dout: Tensor) -> tuple[Tensor, ...]:
+    y, v, x, w = ctx.saved_tensors
+    dy, dv, dl = xsa_gate_grad(dout.contiguous(), y, v, x, w)
+    gd = w.size(1)  # the gate's input gradient lands in x's first gd columns (compiled, a fused add downstream)
+    dx = F.pad((dl @ w.float()).to(x.dtype), (0, x.size(1) - gd))
+    return dy, dv, dx, (dl.T @ x[:, :gd].float()).to(w.dtype)
+
+
+xsa_gate.register_autograd(_xsa_backward, setup_context=lambda ctx, inputs, output: ctx.save_for_backward(*inputs))

@@ -49,8 +49,9 @@ DEFAULTS: dict[str, object] = {
     **dict(DEV_VAL_FILES="", ITERATIONS=20000, MAX_WALLCLOCK_SECONDS=600.0, GPTQ_RESERVE_SECONDS=12.0, WARMUP_STEPS=10),
     **dict(TRAIN_BATCH_TOKENS=786432, TRAIN_SEQ_LEN=2048, MICRO_BATCH_TOKENS=131072, VAL_LOSS_EVERY=0),
     # TRAIN_LOG_EVERY steps; COMPILE: 0 eager, 1 each block, 2 GPT.hidden whole for training (ARCH=gpt); the clock
-    # is read (a host sync) every CLOCK_EVERY steps; FUSED_MLP=1 (Triton) or FP8_MLP=1: kernels.py's MLP trains on CUDA
-    **dict(TRAIN_LOG_EVERY=100, COMPILE=2, CLOCK_EVERY=10, FUSED_MLP=0, FP8_MLP=0),
+    # is read (a host sync) every CLOCK_EVERY steps; FUSED_MLP=1 (Triton) or FP8_MLP=1: kernels.py's MLP trains on CUDA,
+    # FUSED_XSA=1: its XSA + attention gate kernel does
+    **dict(TRAIN_LOG_EVERY=100, COMPILE=2, CLOCK_EVERY=10, FUSED_MLP=0, FP8_MLP=0, FUSED_XSA=0),
     **dict(NUM_LAYERS=11, MODEL_DIM=512, NUM_HEADS=8, NUM_KV_HEADS=4, MLP_MULT=4.0, LEAKY_SLOPE=0.5, ROPE_DIMS=16),
     **dict(ROPE_BASE=10000.0, QK_GAIN_INIT=5.0, LOGIT_SOFTCAP=30.0, TIED_EMBED_INIT_STD=0.005, DOC_MASK=1),
     **dict(
@@ -112,7 +113,7 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 FLAGS = ("DOC_MASK", "XSA", "SMEAR", "ATTN_GATE", "UNET", "SKIP_GATES", "X0_MIX", "LN_SCALE", "BF16_RESID")
 FLAGS += ("EMBED_BF16", "MUON_ROW_NORM", "POLAR_EXPRESS", "EMA", "EVAL_CROSS_DOC", "EVAL_ONLY", "TTT_LORA")
-FLAGS += ("TTT_GLOBAL", "TTT_CACHE", "OVERWRITE", "FUSED_MLP", "FP8_MLP")
+FLAGS += ("TTT_GLOBAL", "TTT_CACHE", "OVERWRITE", "FUSED_MLP", "FP8_MLP", "FUSED_XSA")
 SEED_ARCHS = ("worker", "pse", "scan")  # their blocks live in seed_archs.py, imported only when ARCH names one
 EVAL_PATHS = ("plain", "sliding", "ttt", "ngram", "ttt_ngram")
 TTT_TARGETS = ("c_q", "c_k", "c_v", "proj", "fc", "head")  # linears by name (proj: attention's and the MLP's)
@@ -211,6 +212,8 @@ class Hyperparameters:
         need(ok, "FUSED_MLP=1: MODEL_DIM and its MLP width must be multiples of 8 (TMA's 16-byte rows)")
         ok = not self.fp8_mlp or all(v % 16 == 0 for v in (self.model_dim, width, self.train_seq_len))
         need(ok, "FP8_MLP=1: MODEL_DIM, the MLP width and TRAIN_SEQ_LEN must be multiples of 16 (_scaled_mm's shapes)")
+        ok = not self.fused_xsa or (self.xsa and self.attn_gate and (dim // heads) & (dim // heads - 1) == 0)
+        need(ok, "FUSED_XSA=1: wants XSA=1, ATTN_GATE=1 and a power-of-two head dim (the kernel does both, by rows)")
 
     def listed(self, key: str) -> list[str]:
         """The non-empty items of a comma-separated knob (EVAL_PATHS, PRE_EXPORT_PATHS, CODECS, TTT_TARGETS)."""
@@ -238,7 +241,7 @@ BUNDLED: dict[str, str] = {}
 PLUGINS: dict[str, ModuleType] = {}
 PLUGIN_FILES: list[str] = []  # plug-ins loaded from files beside this one: the log embeds them too
 PLUGIN_USE = {"seed_archs": f"ARCH={'|'.join(SEED_ARCHS)}", "ngram_mix": "EVAL_PATHS=ngram|ttt_ngram"}
-PLUGIN_USE["kernels"] = "FUSED_MLP=1 or FP8_MLP=1"
+PLUGIN_USE["kernels"] = "FUSED_MLP=1, FP8_MLP=1 or FUSED_XSA=1"
 
 
 def load_plugin(name: str) -> ModuleType:
@@ -720,6 +723,7 @@ class Attention(nn.Module):
         if self.gate_dims:  # sparse gate: a head's output scaled by a sigmoid of a few input dims
             self.gate = CastedLinear(self.gate_dims, h.num_heads, bias=False)
             self.gate.zero_init = True
+        self.fused = load_plugin("kernels").xsa_gate if h.fused_xsa and torch.cuda.is_available() else None
 
     def forward(self, x: Tensor, mask: AttnMask) -> Tensor:
         q, k, v = self.qkv(x, mask.start)
@@ -738,6 +742,10 @@ class Attention(nn.Module):
     def out(self, x: Tensor, y: Tensor, v: Tensor) -> Tensor:
         """The attention output y (B, T, heads, head_dim) of input x and values v -> the block's branch."""
         B, T, C = x.shape
+        if self.fused and self.training and torch.is_grad_enabled() and y.dtype == torch.bfloat16:  # as the MLP's
+            y, v = y.flatten(0, 1).contiguous(), v.flatten(0, 1).contiguous()  # the kernel's row layout
+            y = self.fused(y, v, x.flatten(0, 1), self.gate.weight.to(y.dtype))
+            return self.proj(y.view(B, T, C))
         if self.xsa:  # remove each head's component along its own value vector
             g = y.view(B, T, self.kv_heads, -1, self.head_dim)
             vn = F.normalize(v, dim=-1).unsqueeze(3)
@@ -2115,7 +2123,7 @@ def preflight(h: Hyperparameters) -> None:
         raise ValueError(f"CODECS={h.codecs}: none of them is installed (pip install zstandard brotli)")
     if set(MIXED) & {*h.listed("eval_paths"), *h.listed("pre_export_paths")}:
         load_plugin("ngram_mix")  # now, so that the log embeds it
-    if (h.fused_mlp or h.fp8_mlp) and cuda:  # now, so that the log embeds it; on the CPU the MLP stays eager
+    if (h.fused_mlp or h.fp8_mlp or h.fused_xsa) and cuda:  # now, so that the log embeds it; the CPU stays eager
         load_plugin("kernels")
     if h.fp8_mlp and cuda and torch.cuda.get_device_capability() < (8, 9):
         raise ValueError(f"FP8_MLP=1: {torch.cuda.get_device_name()} has no float8 GEMMs (compute capability < 8.9)")
@@ -2184,8 +2192,8 @@ def main() -> None:
 
 def log_model(log: Logger, model: GPT) -> None:
     n, fused = sum(p.numel() for p in model.parameters()), {getattr(m, "fused", None) for m in model.modules()} - {None}
-    mlp = f"kernels.{fused.pop().__name__} in training" if fused else "eager"
-    log(f"model: {n:,} parameters, attention {model.attn_impl}, MLP {mlp}, layer order {model.orders[True]}")
+    kernels = f"kernels {', '.join(sorted(f.__name__ for f in fused))} in training" if fused else "eager MLP and XSA"
+    log(f"model: {n:,} parameters, attention {model.attn_impl}, {kernels}, layer order {model.orders[True]}")
 
 
 class RuleError(Exception):

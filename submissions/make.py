@@ -111,7 +111,8 @@ def load_logs(paths: list[str], score_path: str | None = None) -> list[dict]:
             raise SubmissionError(
                 f"{log['path']}: the run also executed {others} from beside train_gpt.py; a submission is one "
                 f"file: run the packed copy that bundles it (make pack ARCH={hp.get('arch')} "
-                f"EVAL_PATHS={hp.get('eval_paths')} FUSED_MLP={hp.get('fused_mlp', 0)} FP8_MLP={hp.get('fp8_mlp', 0)})"
+                f"EVAL_PATHS={hp.get('eval_paths')} FUSED_MLP={hp.get('fused_mlp', 0)} FP8_MLP={hp.get('fp8_mlp', 0)} "
+                f"FUSED_XSA={hp.get('fused_xsa', 0)})"
             )
     shas = Counter(log["code_sha256"] for log in logs)
     if len(shas) > 1:

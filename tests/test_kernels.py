@@ -1,7 +1,8 @@
-"""kernels.py checked on the CPU: the fused MLP (FUSED_MLP=1), whose Triton kernel runs under TRITON_INTERPRET=1
-(`make setup` installs triton beside the CPU torch; it ships with every CUDA torch), and the float8 MLP (FP8_MLP=1),
-whose torch._scaled_mm the CPU torch runs too. The CUDA path of the first is the same kernel with larger tiles; the
-speed of both is a benchmark (bench/mlp_kernel.py), not a test."""
+"""kernels.py checked on the CPU: the fused MLP (FUSED_MLP=1) and the XSA + gate kernel (FUSED_XSA=1), whose Triton
+kernels run under TRITON_INTERPRET=1 (`make setup` installs triton beside the CPU torch; it ships with every CUDA
+torch), and the float8 MLP (FP8_MLP=1), whose torch._scaled_mm the CPU torch runs too.
+The CUDA path of the first is the same kernel with larger tiles; the speed of each is a benchmark
+(bench/mlp_kernel.py, bench/step_profile.py), not a test."""
 
 import copy
 import importlib.util
@@ -76,6 +77,68 @@ def test_the_mlp_takes_the_kernel_only_to_train():
     mlp.eval()
     mlp(x)
     assert len(calls) == 1
+
+
+def xsa_branch(attn, x, y, v, fused: bool):
+    """Attention.out before its projection, its output and the gradients of x, y, v and the gate weight."""
+    x, y, v = (t.detach().clone().requires_grad_() for t in (x, y, v))
+    attn.gate.weight.grad = None
+    if fused:
+        out = K.xsa_gate(y.flatten(0, 1), v.flatten(0, 1), x.flatten(0, 1), attn.gate.weight).view_as(x)
+    else:
+        proj, attn.proj = attn.proj, torch.nn.Identity()
+        out, attn.proj = tg.Attention.out(attn, x, y, v), proj
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()  # an uneven upstream gradient
+    return [out.detach(), x.grad, y.grad, v.grad, attn.gate.weight.grad]
+
+
+def test_fused_xsa_matches_attention_out_forward_and_backward():
+    """kernels.xsa_gate against Attention.out's eager XSA + gate at the record's heads (8 over 4 kv heads, head dim
+    64, a 12-dim gate), in fp32: 2x37 rows fill no 32-row block, and one value vector's norm is under normalize's eps
+    (clamped: its backward keeps the part along v, scaled by 1/eps). x, y, v and the gate weight get gradients."""
+    attn = tg.Attention(tg.Hyperparameters({"PRESET": "record", "ATTN_IMPL": "sdpa"}))
+    torch.nn.init.normal_(attn.gate.weight, std=0.5)  # zero-initialised in a model: every gate would be 1
+    g = torch.Generator().manual_seed(2)
+    x, y, v = (torch.randn(2, 37, *shape, generator=g) for shape in ((512,), (8, 64), (4, 64)))
+    v[0, 3, 1] *= 1e-14
+    got, want = xsa_branch(attn, x, y, v, True), xsa_branch(attn, x, y, v, False)
+    clamped = torch.zeros_like(v, dtype=torch.bool)
+    clamped[0, 3, 1] = True
+    got[3], want[3] = got[3][~clamped], want[3][~clamped]  # the clamped row's gradient is ~1e12: on its own
+    got.append(xsa_branch(attn, x, y, v, True)[3][clamped])
+    want.append(xsa_branch(attn, x, y, v, False)[3][clamped])
+    for name, a, b in zip(("out", "dx", "dy", "dv", "dw", "dv_clamped"), got, want):
+        assert a.shape == b.shape and (a - b).abs().max() <= 1e-5 * b.abs().max(), name
+    assert want[-1].abs().min() > 1e6  # the clamped branch, not a zero gradient
+
+
+def test_attention_takes_the_xsa_kernel_to_train_and_compiles(monkeypatch):
+    """FUSED_XSA=1: Attention.out calls kernels.xsa_gate for bf16 in training with gradients on (COMPILE=2's graph
+    traces it: aot_eager, whole); eval (TTT), no_grad (calibration) and fp32 take the eager code. On the CPU the
+    attention stays eager unless told, as the MLP does."""
+    h = tg.Hyperparameters({"PRESET": "record", "ATTN_IMPL": "sdpa", "FUSED_XSA": "1"})
+    attn = tg.Attention(h)
+    assert attn.fused is None
+    torch.nn.init.normal_(attn.gate.weight, std=0.5)
+    calls = []
+    attn.fused = lambda *a: calls.append(1) or K.xsa_gate(*a)
+    g = torch.Generator().manual_seed(3)
+    x, y, v = (torch.randn(2, 40, *shape, generator=g).bfloat16() for shape in ((512,), (8, 64), (4, 64)))
+    want = tg.Attention.out(attn.eval(), x, y, v)
+    assert calls == []
+    f = torch.compile(attn.train().out, backend="aot_eager", fullgraph=True)
+    got = f(x, y, v)
+    assert calls == [1] and got.dtype == torch.bfloat16
+    assert (got.float() - want.float()).abs().max() <= 0.02 * want.float().abs().max()  # bf16 rounding apart
+    with torch.no_grad():
+        attn.out(x, y, v)
+    attn.out(x.float(), y.float(), v.float())
+    assert calls == [1]
+
+
+def test_fused_xsa_wants_what_it_fuses():
+    with pytest.raises(ValueError, match="FUSED_XSA=1: wants XSA=1, ATTN_GATE=1"):
+        tg.Hyperparameters({"PRESET": "record", "FUSED_XSA": "1", "XSA": "0"})
 
 
 @pytest.mark.parametrize("slope", [0.5, 0.0])
