@@ -220,11 +220,16 @@ def xsa_gate_kernel(y, v, x, w, dout, o, dv, dl, N, sx, H: tl.constexpr, KV: tl.
         tl.store(dv + at_v, dvn.to(dv.dtype.element_ty), mask=ok[:, None])
 
 
+# (rows a program, warps): 8 values of a row per thread, 16-byte loads. Compiled for sm90 (bench/kernel_resources.py)
+# the backward takes 128 registers a thread with 8 warps and none spilled; with 4 it took 255 (fewer blocks an SM).
+XSA_BLOCK = (32, 8)
+
+
 def _xsa_launch(y: Tensor, v: Tensor, x: Tensor, w: Tensor, dout: Tensor | None) -> tuple[Tensor, ...]:
-    (n, heads, d), kv, gd, bn = y.shape, v.size(1), w.size(1), 32
+    (n, heads, d), kv, gd, (bn, warps) = y.shape, v.size(1), w.size(1), XSA_BLOCK
     o, grads = torch.empty_like(y), () if dout is None else (torch.empty_like(v), y.new_empty(n, heads).float())
     args = (y, v, x, w, dout, o, *(grads or (None, None)), n, x.stride(0), heads, kv, d, gd, triton.next_power_of_2(gd))
-    xsa_gate_kernel[(triton.cdiv(n, bn), kv)](*args, BN=bn, FORWARD=dout is None)
+    xsa_gate_kernel[(triton.cdiv(n, bn), kv)](*args, BN=bn, FORWARD=dout is None, num_warps=warps)
     return (o, *grads)
 
 

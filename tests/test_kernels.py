@@ -208,14 +208,20 @@ def test_fp8_mlp_trains_in_the_whole_compiled_model(monkeypatch):
 
 
 def test_the_cuda_tiles_fit_the_h100s_shared_memory():
-    """bench/kernel_resources.py compiles gemm_act with kernels.CUDA_TILES for sm90 here (triton's own ptxas, no GPU):
-    each direction's kernel must need at most the H100's 232,448 bytes of shared memory a block, else it builds on the
-    card and fails at its first launch; a tile known to be over (262,208 bytes on an H100) is reported so."""
+    """bench/kernel_resources.py compiles gemm_act with kernels.CUDA_TILES, and xsa_gate_kernel both ways, for sm90
+    here (triton's own ptxas, no GPU; the interpreter the other tests use compiles nothing): each kernel must need at
+    most the H100's 232,448 bytes of shared memory a block, else it builds on the card and fails at its first launch,
+    and spill no registers; a tile known to be over (262,208 bytes on an H100) is reported so."""
     tool = os.path.join(ROOT, "bench", "kernel_resources.py")
     out = subprocess.run([sys.executable, tool], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr[-2000:]
     rows = [json.loads(line) for line in out.stdout.splitlines()]
-    assert [(r["forward"], tuple(r["tile"])) for r in rows] == list(K.CUDA_TILES.items())
+    gemm = [(r["forward"], tuple(r["tile"])) for r in rows if r["kernel"] == "gemm_act"]
+    assert gemm == list(K.CUDA_TILES.items())
+    assert [(r["forward"], tuple(r["tile"])) for r in rows if r["kernel"] == "xsa_gate"] == [
+        (True, K.XSA_BLOCK),
+        (False, K.XSA_BLOCK),
+    ]
     assert all(0 < r["shared"] <= 232448 and r["spill"] == 0 for r in rows), rows
     over = subprocess.run([sys.executable, tool, "--tiles", "128,256,64,4,8,0"], capture_output=True, text=True)
     assert over.returncode == 1 and json.loads(over.stdout.splitlines()[0])["shared"] > 232448
