@@ -265,3 +265,10 @@ def _xsa_backward(ctx, dout: Tensor) -> tuple[Tensor, ...]:
 
 
 xsa_gate.register_autograd(_xsa_backward, setup_context=lambda ctx, inputs, output: ctx.save_for_backward(*inputs))
+
+
+def fused_xsa(y: Tensor, v: Tensor, x: Tensor, w: Tensor) -> Tensor:
+    """Attention.out's XSA + gate (FUSED_XSA=1) for y (B, T, H, D), v (B, T, KV, D), its input x (B, T, C) and the gate
+    weight w (H, GD) -> (B, T, H * D), the projection's input."""
+    B, T = x.shape[:2]
+    return xsa_gate(y.flatten(0, 1).contiguous(), v.flatten(0, 1).contiguous(), x.flatten(0, 1), w).view(B, T, -1)

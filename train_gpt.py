@@ -723,7 +723,7 @@ class Attention(nn.Module):
         if self.gate_dims:  # sparse gate: a head's output scaled by a sigmoid of a few input dims
             self.gate = CastedLinear(self.gate_dims, h.num_heads, bias=False)
             self.gate.zero_init = True
-        self.fused = load_plugin("kernels").xsa_gate if h.fused_xsa and torch.cuda.is_available() else None
+        self.fused = load_plugin("kernels").fused_xsa if h.fused_xsa and torch.cuda.is_available() else None
 
     def forward(self, x: Tensor, mask: AttnMask) -> Tensor:
         q, k, v = self.qkv(x, mask.start)
@@ -743,9 +743,7 @@ class Attention(nn.Module):
         """The attention output y (B, T, heads, head_dim) of input x and values v -> the block's branch."""
         B, T, C = x.shape
         if self.fused and self.training and torch.is_grad_enabled() and y.dtype == torch.bfloat16:  # as the MLP's
-            y, v = y.flatten(0, 1).contiguous(), v.flatten(0, 1).contiguous()  # the kernel's row layout
-            y = self.fused(y, v, x.flatten(0, 1), self.gate.weight.to(y.dtype))
-            return self.proj(y.view(B, T, C))
+            return self.proj(self.fused(y, v, x, self.gate.weight.to(y.dtype)))
         if self.xsa:  # remove each head's component along its own value vector
             g = y.view(B, T, self.kv_heads, -1, self.head_dim)
             vn = F.normalize(v, dim=-1).unsqueeze(3)

@@ -121,7 +121,7 @@ def test_attention_takes_the_xsa_kernel_to_train_and_compiles(monkeypatch):
     assert attn.fused is None
     torch.nn.init.normal_(attn.gate.weight, std=0.5)
     calls = []
-    attn.fused = lambda *a: calls.append(1) or K.xsa_gate(*a)
+    attn.fused = lambda *a: calls.append(1) or K.fused_xsa(*a)
     g = torch.Generator().manual_seed(3)
     x, y, v = (torch.randn(2, 40, *shape, generator=g).bfloat16() for shape in ((512,), (8, 64), (4, 64)))
     want = tg.Attention.out(attn.eval(), x, y, v)
@@ -134,6 +134,17 @@ def test_attention_takes_the_xsa_kernel_to_train_and_compiles(monkeypatch):
         attn.out(x, y, v)
     attn.out(x.float(), y.float(), v.float())
     assert calls == [1]
+
+
+def test_the_log_names_every_kernel_that_trains():
+    """The log's model line names the kernels.py functions the blocks train with (the MLP's and the XSA's), else says
+    the code is eager."""
+    model, lines = tg.GPT(tg.Hyperparameters({**TINY})), []
+    tg.log_model(lines.append, model)
+    assert ", eager MLP and XSA, layer order" in lines[-1]
+    model.blocks[0].mlp.fused, model.blocks[1].attn.fused = K.fused_mlp, K.fused_xsa
+    tg.log_model(lines.append, model)
+    assert ", kernels fused_mlp, fused_xsa in training, layer order" in lines[-1]
 
 
 def test_fused_xsa_wants_what_it_fuses():
