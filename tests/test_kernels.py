@@ -112,8 +112,8 @@ def test_fused_xsa_matches_attention_out_forward_and_backward():
     assert want[-1].abs().min() > 1e6  # the clamped branch, not a zero gradient
 
 
-def test_attention_takes_the_xsa_kernel_to_train_and_compiles(monkeypatch):
-    """FUSED_XSA=1: Attention.out calls kernels.xsa_gate for bf16 in training with gradients on (COMPILE=2's graph
+def test_attention_takes_the_xsa_kernel_to_train_and_compiles():
+    """FUSED_XSA=1: Attention.out calls kernels.fused_xsa for bf16 in training with gradients on (COMPILE=2's graph
     traces it: aot_eager, whole); eval (TTT), no_grad (calibration) and fp32 take the eager code. On the CPU the
     attention stays eager unless told, as the MLP does."""
     h = tg.Hyperparameters({"PRESET": "record", "ATTN_IMPL": "sdpa", "FUSED_XSA": "1"})
