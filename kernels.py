@@ -179,16 +179,6 @@ def fp8_mlp(x: Tensor, w1: Tensor, w2: Tensor, slope: float) -> Tensor:
 
 
 @triton.jit
-def _gate(x, w, rows, ok, h, sx, GD: tl.constexpr, GP: tl.constexpr):
-    """2 sigmoid(x[rows, :GD] . w[h]) in fp32: head h's gate for each row."""
-    k = tl.arange(0, GP)
-    xg = tl.load(x + rows[:, None] * sx + k[None, :], mask=ok[:, None] & (k[None, :] < GD), other=0.0)
-    return 2.0 * tl.sigmoid(
-        tl.sum(xg.to(tl.float32) * tl.load(w + h * GD + k, mask=k < GD, other=0.0).to(tl.float32), 1)
-    )
-
-
-@triton.jit
 def xsa_gate_kernel(y, v, x, w, dout, o, dv, dl, N, sx, H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr,
                     GD: tl.constexpr, GP: tl.constexpr, BN: tl.constexpr, FORWARD: tl.constexpr):  # fmt: skip
     """BN rows, the heads of kv head program_id(1). FORWARD: o = (y - (y.vn) vn) * gate. Else, from dout: o = dy,
@@ -199,12 +189,15 @@ def xsa_gate_kernel(y, v, x, w, dout, o, dv, dl, N, sx, H: tl.constexpr, KV: tl.
     val = tl.load(v + at_v, mask=ok[:, None], other=0.0).to(tl.float32)
     norm = tl.sqrt(tl.sum(val * val, 1))
     vn = val / tl.maximum(norm, 1e-12)[:, None]  # F.normalize's eps
+    k = tl.arange(0, GP)  # the gate's inputs, x[rows, :GD], read once for the group's heads
+    xg = tl.load(x + rows[:, None] * sx + k[None, :], mask=ok[:, None] & (k[None, :] < GD), other=0.0).to(tl.float32)
     dvn = tl.zeros((BN, D), dtype=tl.float32)
     for i in tl.static_range(H // KV):
         h = j * (H // KV) + i
         at = (rows[:, None] * H + h) * D + d[None, :]
         yh = tl.load(y + at, mask=ok[:, None], other=0.0).to(tl.float32)
-        yv, s = tl.sum(yh * vn, 1), _gate(x, w, rows, ok, h, sx, GD, GP)
+        wh = tl.load(w + h * GD + k, mask=k < GD, other=0.0).to(tl.float32)
+        yv, s = tl.sum(yh * vn, 1), 2.0 * tl.sigmoid(tl.sum(xg * wh[None, :], 1))
         if FORWARD:
             tl.store(o + at, ((yh - yv[:, None] * vn) * s[:, None]).to(o.dtype.element_ty), mask=ok[:, None])
         else:
@@ -227,7 +220,8 @@ XSA_BLOCK = (32, 8)
 
 def _xsa_launch(y: Tensor, v: Tensor, x: Tensor, w: Tensor, dout: Tensor | None) -> tuple[Tensor, ...]:
     (n, heads, d), kv, gd, (bn, warps) = y.shape, v.size(1), w.size(1), XSA_BLOCK
-    o, grads = torch.empty_like(y), () if dout is None else (torch.empty_like(v), y.new_empty(n, heads).float())
+    o = torch.empty_like(y)
+    grads = () if dout is None else (torch.empty_like(v), y.new_empty(n, heads, dtype=torch.float32))
     args = (y, v, x, w, dout, o, *(grads or (None, None)), n, x.stride(0), heads, kv, d, gd, triton.next_power_of_2(gd))
     xsa_gate_kernel[(triton.cdiv(n, bn), kv)](*args, BN=bn, FORWARD=dout is None, num_warps=warps)
     return (o, *grads)
