@@ -2190,7 +2190,7 @@ def main() -> None:
 
 def log_model(log: Logger, model: GPT) -> None:
     n, fused = sum(p.numel() for p in model.parameters()), {getattr(m, "fused", None) for m in model.modules()} - {None}
-    kernels = f"kernels {', '.join(sorted(f.__name__ for f in fused))} in training" if fused else "eager MLP and XSA"
+    kernels = f"kernels {', '.join(sorted(f.__name__ for f in fused))} in training" if fused else "no kernels.py"
     log(f"model: {n:,} parameters, attention {model.attn_impl}, {kernels}, layer order {model.orders[True]}")
 
 
