@@ -242,7 +242,8 @@ def main() -> None:
                     mask=mask_build,
                     kv=kv,
                     attention=model.attn_impl,
-                    mlp=next((m.fused.__name__ for m in model.modules() if getattr(m, "fused", None)), "eager"),
+                    kernels=",".join(sorted({m.fused.__name__ for m in model.modules() if getattr(m, "fused", None)}))
+                    or "eager",  # every kernels.py function training (fused_mlp, fused_xsa, fp8_mlp)
                     mlp_tiles=tiles or "kernels.py's",
                     compile=h.compile,
                     weights=dtype,
