@@ -50,8 +50,8 @@ DEFAULTS: dict[str, object] = {
     **dict(TRAIN_BATCH_TOKENS=786432, TRAIN_SEQ_LEN=2048, MICRO_BATCH_TOKENS=131072, VAL_LOSS_EVERY=0),
     # TRAIN_LOG_EVERY steps; COMPILE: 0 eager, 1 each block, 2 GPT.hidden whole for training (ARCH=gpt); the clock
     # is read (a host sync) every CLOCK_EVERY steps; FUSED_MLP=1 (Triton) or FP8_MLP=1: kernels.py's MLP trains on CUDA,
-    # FUSED_XSA=1: its XSA + attention gate kernel does
-    **dict(TRAIN_LOG_EVERY=100, COMPILE=2, CLOCK_EVERY=10, FUSED_MLP=0, FP8_MLP=0, FUSED_XSA=0),
+    # FUSED_XSA=1: its XSA + attention gate kernel does; FUSED_QKV=1: q, k and v train as one GEMM each way
+    **dict(TRAIN_LOG_EVERY=100, COMPILE=2, CLOCK_EVERY=10, FUSED_MLP=0, FP8_MLP=0, FUSED_XSA=0, FUSED_QKV=0),
     **dict(NUM_LAYERS=11, MODEL_DIM=512, NUM_HEADS=8, NUM_KV_HEADS=4, MLP_MULT=4.0, LEAKY_SLOPE=0.5, ROPE_DIMS=16),
     **dict(ROPE_BASE=10000.0, QK_GAIN_INIT=5.0, LOGIT_SOFTCAP=30.0, TIED_EMBED_INIT_STD=0.005, DOC_MASK=1),
     **dict(
@@ -113,7 +113,7 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 FLAGS = ("DOC_MASK", "XSA", "SMEAR", "ATTN_GATE", "UNET", "SKIP_GATES", "X0_MIX", "LN_SCALE", "BF16_RESID")
 FLAGS += ("EMBED_BF16", "MUON_ROW_NORM", "POLAR_EXPRESS", "EMA", "EVAL_CROSS_DOC", "EVAL_ONLY", "TTT_LORA")
-FLAGS += ("TTT_GLOBAL", "TTT_CACHE", "OVERWRITE", "FUSED_MLP", "FP8_MLP", "FUSED_XSA")
+FLAGS += ("TTT_GLOBAL", "TTT_CACHE", "OVERWRITE", "FUSED_MLP", "FP8_MLP", "FUSED_XSA", "FUSED_QKV")
 SEED_ARCHS = ("worker", "pse", "scan")  # their blocks live in seed_archs.py, imported only when ARCH names one
 EVAL_PATHS = ("plain", "sliding", "ttt", "ngram", "ttt_ngram")
 TTT_TARGETS = ("c_q", "c_k", "c_v", "proj", "fc", "head")  # linears by name (proj: attention's and the MLP's)
@@ -724,6 +724,7 @@ class Attention(nn.Module):
             self.gate = CastedLinear(self.gate_dims, h.num_heads, bias=False)
             self.gate.zero_init = True
         self.fused = load_plugin("kernels").fused_xsa if h.fused_xsa and torch.cuda.is_available() else None
+        self.fused_qkv = bool(h.fused_qkv)
 
     def forward(self, x: Tensor, mask: AttnMask) -> Tensor:
         q, k, v = self.qkv(x, mask.start)
@@ -733,9 +734,13 @@ class Attention(nn.Module):
         """Normed, rotated, gained q and normed, rotated k, and v, (B, T, heads, head_dim), for positions
         start.. (bench/latency.py's KV-cache decoder calls this and `out` around its own attention)."""
         B, T, _ = x.shape
-        q = self.c_q(x).view(B, T, self.heads, self.head_dim)
-        k = self.c_k(x).view(B, T, self.kv_heads, self.head_dim)
-        v = self.c_v(x).view(B, T, self.kv_heads, self.head_dim)
+        lin = (self.c_q, self.c_k, self.c_v)
+        # FUSED_QKV: one GEMM each way (x read once, one dx); training only (calibration hooks, TTT adapters need lin)
+        if self.fused_qkv and self.training and torch.is_grad_enabled():
+            qkv = F.linear(x, torch.cat([m.weight for m in lin]).to(x.dtype)).split([m.out_features for m in lin], -1)
+        else:
+            qkv = [m(x) for m in lin]
+        q, k, v = (t.view(B, T, -1, self.head_dim) for t in qkv)
         q, k = self.rotary(rms_norm(q), start), self.rotary(rms_norm(k), start)
         return q * self.q_gain.to(q.dtype)[:, None], k, v
 

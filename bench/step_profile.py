@@ -39,7 +39,8 @@ STEP_TILES=BM,BN,BK,STAGES,WARPS,SPLIT/...: kernels.py's fused-MLP tiles, forwar
 Each top kernel of Inductor's carries `origins`: the FX nodes (named after the model code's variables) and ATen ops
 that Inductor fused into it, read from the output code under its cache dir (TORCHINDUCTOR_CACHE_DIR, else its default).
 STEP_SUSTAIN=N: also time N steps in a row (the clock of a real run: heat and power limits) and read the SM
-clock and power from nvidia-smi right after.
+clock and power from nvidia-smi right after. STEP_ARTIFACT=path: start from a trained artifact's (dequantized)
+weights instead of the initial ones, whose zero projections may draw less power than a run's weights.
 """
 
 import json
@@ -116,6 +117,9 @@ def main() -> None:
     if kv not in ("gqa", "repeat"):
         sys.exit(f"STEP_KV={kv}: expected repeat (default: gqa)")
     tiles = env.pop("STEP_TILES", "")
+    weights = env.pop("STEP_ARTIFACT", "")
+    if weights and not os.path.isfile(weights):
+        sys.exit(f"STEP_ARTIFACT={weights}: no such file (a .pgq artifact a run wrote)")
     if tiles:  # kernels.py's fused-MLP tiles, forward/backward: BM,BN,BK,stages,warps,split each
         pair = [tuple(int(v) for v in t.split(",")) for t in tiles.split("/")]
         if len(pair) != 2 or any(len(t) != 6 for t in pair):
@@ -164,6 +168,8 @@ def main() -> None:
         sys.exit(f"STEP_MASK=static is for ATTN_IMPL fa3 and fa4, not {model.attn_impl}")
     if kv == "repeat" and model.attn_impl != "fa4":
         sys.exit(f"STEP_KV=repeat is for ATTN_IMPL=fa4 (train_gpt repeats FA3's k/v itself), not {model.attn_impl}")
+    if weights:  # a trained model's operands: tensor-core power depends on their bits (2026-12-07_train_xsa_h100.md)
+        model.load_state_dict(tg.load_artifact(weights, h, dev)[0].state_dict())
     if dtype == "bf16":  # speed bound only: bf16 weights (numerics differ)
         model = model.bfloat16()
     if h.compile:
@@ -244,6 +250,8 @@ def main() -> None:
                     attention=model.attn_impl,
                     kernels=",".join(sorted({m.fused.__name__ for m in model.modules() if getattr(m, "fused", None)}))
                     or "eager",  # every kernels.py function training (fused_mlp, fused_xsa, fp8_mlp)
+                    fused_qkv=h.fused_qkv,
+                    weights_from=weights or "init",
                     mlp_tiles=tiles or "kernels.py's",
                     compile=h.compile,
                     weights=dtype,

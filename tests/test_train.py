@@ -344,6 +344,36 @@ def test_whole_compile_matches_eager(monkeypatch):
     assert [tg.Hyperparameters({"PRESET": "record", "ARCH": a, **e}).bf16_resid for a, e in cases] == [1, 0, 1]
 
 
+def test_fused_qkv_trains_as_the_three_linears_and_compiles(monkeypatch):
+    """FUSED_QKV=1: in training q, k and v come from one GEMM over the three linears' weights stacked. The loss and
+    every gradient equal the three linears', eager and in COMPILE=2's whole graph (aot_eager). Under no_grad
+    (calibration) and in eval mode (scoring, TTT) the linears themselves run, so their hooks and adapters see x."""
+    torch.manual_seed(0)
+    base = tg.GPT(tg.Hyperparameters(TINY))
+    with torch.no_grad():
+        for p in base.parameters():  # off the zero init, so every branch carries gradient
+            p.add_(0.01 * torch.randn_like(p))
+    fused = tg.GPT(tg.Hyperparameters({**TINY, "FUSED_QKV": "1"}))
+    fused.load_state_dict(base.state_dict())
+    x = torch.randint(4, 1024, (2, 65))
+    x[:, ::20] = tg.BOS_ID
+
+    want, compiled = loss_and_grads(base, x), copy.deepcopy(fused)
+    for got in (loss_and_grads(fused, x), (compile_whole(compiled, monkeypatch), loss_and_grads(compiled, x))[1]):
+        for a, b in zip(want, got, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    torch._dynamo.reset()
+    calls = []
+    for block in fused.blocks:
+        block.attn.c_v.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape))
+    loss_and_grads(fused, x)
+    assert calls == []  # training: the stacked GEMM
+    with torch.no_grad():
+        fused(x[:, :-1], x[:, 1:])
+    fused.eval()(x[:, :-1], x[:, 1:])
+    assert len(calls) == 2 * len(fused.orders[True])  # every virtual layer's c_v, both times
+
+
 def test_baseline_parameter_count():
     h = tg.Hyperparameters({"PRESET": "baseline"})
     model = tg.GPT(h)
