@@ -179,14 +179,14 @@ def fp8_mlp(x: Tensor, w1: Tensor, w2: Tensor, slope: float) -> Tensor:
 
 
 @triton.jit
-def xsa_gate_kernel(y, v, x, w, dout, o, dv, dl, N, sx, H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr,
+def xsa_gate_kernel(y, v, x, w, dout, o, dv, dl, N, sx, sv, H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr,
                     GD: tl.constexpr, GP: tl.constexpr, BN: tl.constexpr, FORWARD: tl.constexpr):  # fmt: skip
     """BN rows, the heads of kv head program_id(1). FORWARD: o = (y - (y.vn) vn) * gate. Else, from dout: o = dy,
     dv (normalize's backward: the part along vn dropped unless the norm was clamped) and dl, the gate logits'."""
     rows, j, d = tl.program_id(0) * BN + tl.arange(0, BN), tl.program_id(1), tl.arange(0, D)
     ok = rows < N
-    at_v = (rows[:, None] * KV + j) * D + d[None, :]
-    val = tl.load(v + at_v, mask=ok[:, None], other=0.0).to(tl.float32)
+    at_v = (rows[:, None] * KV + j) * D + d[None, :]  # dv's; v's rows are sv apart (FUSED_QKV: a view of q, k, v)
+    val = tl.load(v + rows[:, None] * sv + j * D + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
     norm = tl.sqrt(tl.sum(val * val, 1))
     vn = val / tl.maximum(norm, 1e-12)[:, None]  # F.normalize's eps
     k = tl.arange(0, GP)  # the gate's inputs, x[rows, :GD], read once for the group's heads
@@ -221,16 +221,18 @@ XSA_BLOCK = (32, 8)
 def _xsa_launch(y: Tensor, v: Tensor, x: Tensor, w: Tensor, dout: Tensor | None) -> tuple[Tensor, ...]:
     (n, heads, d), kv, gd, (bn, warps) = y.shape, v.size(1), w.size(1), XSA_BLOCK
     o = torch.empty_like(y)
-    grads = () if dout is None else (torch.empty_like(v), y.new_empty(n, heads, dtype=torch.float32))
-    args = (y, v, x, w, dout, o, *(grads or (None, None)), n, x.stride(0), heads, kv, d, gd, triton.next_power_of_2(gd))
+    grads = () if dout is None else (v.new_empty(v.shape), y.new_empty(n, heads, dtype=torch.float32))
+    args = (y, v, x, w, dout, o, *(grads or (None, None)), n, x.stride(0), v.stride(0), heads, kv, d, gd)
+    args += (triton.next_power_of_2(gd),)
     xsa_gate_kernel[(triton.cdiv(n, bn), kv)](*args, BN=bn, FORWARD=dout is None, num_warps=warps)
     return (o, *grads)
 
 
 @torch.library.custom_op("kernels::xsa_gate", mutates_args=())
 def xsa_gate(y: Tensor, v: Tensor, x: Tensor, w: Tensor) -> Tensor:
-    """y (N, H, D) and v (N, KV, D) contiguous, x (N, C) whose first GD columns feed the gate, w (H, GD) -> (N, H, D):
-    each head's y without its component along its kv head's normalised v, times 2 sigmoid(x[:, :GD] w^T)."""
+    """y (N, H, D) contiguous, v (N, KV, D) with contiguous rows, x (N, C) whose first GD columns feed the gate and
+    w (H, GD) -> (N, H, D): each head's y without its component along its kv head's normalised v, times
+    2 sigmoid(x[:, :GD] w^T)."""
     return _xsa_launch(y, v, x, w, None)[0]
 
 
@@ -247,7 +249,7 @@ def xsa_gate_grad(dout: Tensor, y: Tensor, v: Tensor, x: Tensor, w: Tensor) -> t
 
 @xsa_gate_grad.register_fake
 def _(dout: Tensor, y: Tensor, v: Tensor, x: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    return torch.empty_like(y), torch.empty_like(v), y.new_empty(y.shape[:2], dtype=torch.float32)
+    return torch.empty_like(y), v.new_empty(v.shape), y.new_empty(y.shape[:2], dtype=torch.float32)
 
 
 def _xsa_backward(ctx, dout: Tensor) -> tuple[Tensor, ...]:
@@ -264,5 +266,6 @@ xsa_gate.register_autograd(_xsa_backward, setup_context=lambda ctx, inputs, outp
 def fused_xsa(y: Tensor, v: Tensor, x: Tensor, w: Tensor) -> Tensor:
     """Attention.out's XSA + gate (FUSED_XSA=1) for y (B, T, H, D), v (B, T, KV, D), its input x (B, T, C) and the gate
     weight w (H, GD) -> (B, T, H * D), the projection's input."""
-    B, T = x.shape[:2]
-    return xsa_gate(y.flatten(0, 1).contiguous(), v.flatten(0, 1).contiguous(), x.flatten(0, 1), w).view(B, T, -1)
+    (B, T), v = x.shape[:2], v.flatten(0, 1)
+    v = v if v.stride()[1:] == (v.size(2), 1) else v.contiguous()  # rows apart is fine: FUSED_QKV's v is a view
+    return xsa_gate(y.flatten(0, 1).contiguous(), v, x.flatten(0, 1), w).view(B, T, -1)

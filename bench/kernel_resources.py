@@ -46,7 +46,9 @@ def usage(src: ASTSource, warps: int, stages: int = 3) -> tuple[int, int, int]:
 def xsa_resources(forward: bool) -> dict:
     """xsa_gate_kernel for 8 heads over 4 kv heads of 64 dims and a 12-dim gate (the record's), kernels.XSA_BLOCK."""
     (bn, warps), grads = kernels.XSA_BLOCK, ("dout", "dv", "dl")
-    sig = dict.fromkeys(("y", "v", "x", "w", "dout", "o", "dv"), "*bf16") | dict(dl="*fp32", N="i32", sx="i32")
+    sig = dict.fromkeys(("y", "v", "x", "w", "dout", "o", "dv"), "*bf16") | dict(
+        dl="*fp32", N="i32", sx="i32", sv="i32"
+    )
     meta = dict(H=8, KV=4, D=64, GD=12, GP=16, BN=bn, FORWARD=forward) | (dict.fromkeys(grads, None) if forward else {})
     sig |= dict.fromkeys(meta, "constexpr")
     src = ASTSource(kernels.xsa_gate_kernel, sig, constexprs={(i,): meta[k] for i, k in enumerate(sig) if k in meta})

@@ -112,6 +112,29 @@ def test_fused_xsa_matches_attention_out_forward_and_backward():
     assert want[-1].abs().min() > 1e6  # the clamped branch, not a zero gradient
 
 
+def test_fused_xsa_reads_v_in_place_from_fused_qkv(monkeypatch):
+    """With FUSED_QKV=1, v is a view of the stacked q, k, v output: its rows are 1,024 apart, not 256. fused_xsa hands
+    that view to the kernel as it is (no copy) and gives what a contiguous v gives, forward and every gradient."""
+    attn = tg.Attention(tg.Hyperparameters({"PRESET": "record", "ATTN_IMPL": "sdpa"}))
+    torch.nn.init.normal_(attn.gate.weight, std=0.5)
+    g = torch.Generator().manual_seed(4)
+    x, y, qkv = (torch.randn(2, 37, *shape, generator=g) for shape in ((512,), (8, 64), (1024,)))
+    strides, op = [], K.xsa_gate
+    monkeypatch.setattr(K, "xsa_gate", lambda y, v, *a: strides.append(v.stride()) or op(y, v, *a))
+
+    def run(qkv, contiguous):
+        qkv = qkv.detach().clone().requires_grad_()
+        v = qkv[..., 768:].view(2, 37, 4, 64)
+        out = K.fused_xsa(y, v.contiguous() if contiguous else v, x, attn.gate.weight)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        return out.detach(), qkv.grad
+
+    got, want = run(qkv, False), run(qkv, True)
+    assert strides == [(1024, 64, 1), (256, 64, 1)]
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_attention_takes_the_xsa_kernel_to_train_and_compiles():
     """FUSED_XSA=1: Attention.out calls kernels.fused_xsa for bf16 in training with gradients on (COMPILE=2's graph
     traces it: aot_eager, whole); eval (TTT), no_grad (calibration) and fp32 take the eager code. On the CPU the
