@@ -214,6 +214,7 @@ class Hyperparameters:
         need(ok, "FP8_MLP=1: MODEL_DIM, the MLP width and TRAIN_SEQ_LEN must be multiples of 16 (_scaled_mm's shapes)")
         ok = not self.fused_xsa or (self.xsa and self.attn_gate and (dim // heads) & (dim // heads - 1) == 0)
         need(ok, "FUSED_XSA=1: wants XSA=1, ATTN_GATE=1 and a power-of-two head dim (the kernel does both, by rows)")
+        need(not self.fused_qkv or self.bf16_resid, "FUSED_QKV=1 wants BF16_RESID=1 (it stacks bf16 casts)")
 
     def listed(self, key: str) -> list[str]:
         """The non-empty items of a comma-separated knob (EVAL_PATHS, PRE_EXPORT_PATHS, CODECS, TTT_TARGETS)."""
@@ -735,9 +736,10 @@ class Attention(nn.Module):
         start.. (bench/latency.py's KV-cache decoder calls this and `out` around its own attention)."""
         B, T, _ = x.shape
         lin = (self.c_q, self.c_k, self.c_v)
-        # FUSED_QKV: one GEMM each way (x read once, one dx); training only (calibration hooks, TTT adapters need lin)
-        if self.fused_qkv and self.training and torch.is_grad_enabled():
-            qkv = F.linear(x, torch.cat([m.weight for m in lin]).to(x.dtype)).split([m.out_features for m in lin], -1)
+        # FUSED_QKV: one GEMM each way, training only (calibration hooks, TTT adapters need lin). Each weight is cast
+        # before the stack: uncast, their gradients left a reused block as views of one buffer, which Inductor corrupts
+        if self.fused_qkv and self.training and torch.is_grad_enabled() and x.dtype != self.c_q.weight.dtype:
+            qkv = F.linear(x, torch.cat([m.weight.to(x.dtype) for m in lin])).split([m.out_features for m in lin], -1)
         else:
             qkv = [m(x) for m in lin]
         q, k, v = (t.view(B, T, -1, self.head_dim) for t in qkv)
