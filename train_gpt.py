@@ -912,8 +912,8 @@ class GPT(nn.Module):
         (COMPILE=2, training): hidden is one graph with run_block a region traced once and reused, so the glue
         between blocks fuses too, for a longer warm-up (bench/results/2026-12-05_train.md)."""
         torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
-        if whole:
-            self.hidden = torch.compile(self.hidden, dynamic=False)  # make_mask stays eager (compiler.disable)
+        if whole:  # make_mask stays eager (compiler.disable); buffer reuse overwrote what reused regions saved
+            self.hidden = torch.compile(self.hidden, dynamic=False, options={"allow_buffer_reuse": False})  # tests
         else:
             for block in self.blocks:
                 block.compile(dynamic=False)
