@@ -40,7 +40,9 @@ Each top kernel of Inductor's carries `origins`: the FX nodes (named after the m
 that Inductor fused into it, read from the output code under its cache dir (TORCHINDUCTOR_CACHE_DIR, else its default).
 STEP_SUSTAIN=N: also time N steps in a row (the clock of a real run: heat and power limits) and read the SM
 clock and power from nvidia-smi right after. STEP_ARTIFACT=path: start from a trained artifact's (dequantized)
-weights instead of the initial ones, whose zero projections may draw less power than a run's weights.
+weights instead of the initial ones, whose zero projections draw less power than a run's weights (on an H100: 612-618
+against 685 W, 1,975 against 1,860 MHz, 125.0 against 129.7 ms; 2026-12-07_qkv_h100.md). STEP_REUSE=1: compile with
+Inductor's buffer reuse, which train_gpt turns off for COMPILE=2 since 8145046 (bench/grad_check.py): what that costs.
 """
 
 import json
@@ -118,6 +120,10 @@ def main() -> None:
         sys.exit(f"STEP_KV={kv}: expected repeat (default: gqa)")
     tiles = env.pop("STEP_TILES", "")
     weights = env.pop("STEP_ARTIFACT", "")
+    reuse = env.pop("STEP_REUSE", "0") == "1"
+    if reuse:  # drop the option train_gpt compiles GPT.hidden with
+        compile_ = torch.compile
+        torch.compile = lambda fn, **kw: compile_(fn, **{k: v for k, v in kw.items() if k != "options"})
     if weights and not os.path.isfile(weights):
         sys.exit(f"STEP_ARTIFACT={weights}: no such file (a .pgq artifact a run wrote)")
     if tiles:  # kernels.py's fused-MLP tiles, forward/backward: BM,BN,BK,stages,warps,split each
@@ -252,6 +258,7 @@ def main() -> None:
                     or "eager",  # every kernels.py function training (fused_mlp, fused_xsa, fp8_mlp)
                     fused_qkv=h.fused_qkv,
                     weights_from=weights or "init",
+                    buffer_reuse=reuse,
                     mlp_tiles=tiles or "kernels.py's",
                     compile=h.compile,
                     weights=dtype,
