@@ -1,6 +1,8 @@
 """Does a compiled training step give the eager model's gradients? The same weights and tokens through the eager model
 and through train_gpt's compile (COMPILE=2 by default: GPT.hidden whole, each block a reused region), depth recurrence
-on; per parameter the relative difference |g - g_eager| / |g_eager|, worst first.
+on; per parameter the relative difference |g - g_eager| / |g_eager|, worst first. GRAD_BASE=KEY=VALUE,...
+(default COMPILE=0) sets what the reference model changes, e.g. GRAD_BASE=COMPILE=2,FUSED_QKV=0 with FUSED_QKV=1:
+the stacked q, k, v GEMM against the three linears, both compiled.
 
 Usage (device or CPU): python bench/grad_check.py [KEY=VALUE ...]  -> one JSON line on stdout.
 GRAD_SEQS (4): sequences of TRAIN_SEQ_LEN a step (eager keeps the whole graph: the record's 48 do not fit an H100).
@@ -28,11 +30,8 @@ import train_gpt as tg  # noqa: E402
 def main() -> None:
     env = {"PRESET": "record", **dict(a.split("=", 1) for a in sys.argv[1:])}
     seqs, steps = int(env.pop("GRAD_SEQS", "4")), int(env.pop("GRAD_STEPS", "2"))
-    dtype, reuse, weights = (
-        env.pop("GRAD_DTYPE", "fp32"),
-        env.pop("GRAD_REUSE", "0") == "1",
-        env.pop("GRAD_ARTIFACT", ""),
-    )
+    dtype, reuse = env.pop("GRAD_DTYPE", "fp32"), env.pop("GRAD_REUSE", "0") == "1"
+    weights, base = env.pop("GRAD_ARTIFACT", ""), env.pop("GRAD_BASE", "COMPILE=0")
     if dtype not in ("fp32", "bf16"):
         sys.exit(f"GRAD_DTYPE={dtype}: expected fp32 or bf16")
     if dtype == "fp32":
@@ -44,7 +43,8 @@ def main() -> None:
         compile_ = torch.compile
         torch.compile = lambda fn, **kw: compile_(fn, **{k: v for k, v in kw.items() if k != "options"})
     h = tg.Hyperparameters(env)
-    models = [tg.GPT(tg.Hyperparameters({**env, "COMPILE": "0"})).to(dev), tg.GPT(h).to(dev)]
+    hb = tg.Hyperparameters({**env, **dict(kv.split("=", 1) for kv in base.split(","))})
+    models = [tg.GPT(hb).to(dev), tg.GPT(h).to(dev)]
     torch.manual_seed(h.seed)
     with torch.no_grad():
         if weights:
@@ -53,8 +53,9 @@ def main() -> None:
             for p in models[0].parameters():
                 p.add_(0.01 * torch.randn_like(p))
     models[1].load_state_dict(models[0].state_dict())
-    if h.compile:
-        models[1].compile_parts(whole=h.compile == 2)
+    for m in models:
+        if m.h.compile:
+            m.compile_parts(whole=m.h.compile == 2)
     names = ["loss", *(n for n, _ in models[0].named_parameters())]
     worst = dict.fromkeys(names, 0.0)
     for step in range(steps):
@@ -78,6 +79,7 @@ def main() -> None:
                 torch=torch.__version__,
                 compile=h.compile,
                 buffer_reuse=reuse,
+                base=base,
                 dtype=dtype,
                 attention=models[1].attn_impl,
                 fused_qkv=h.fused_qkv,
