@@ -9,10 +9,11 @@ GRAD_SEQS (4): sequences of TRAIN_SEQ_LEN a step (eager keeps the whole graph: t
 GRAD_STEPS (2): steps, each on new tokens, without an update. GRAD_DTYPE=fp32 (default; TF32 off, and ATTN_IMPL=sdpa
 unless given, FA3/FA4 being bf16 only): a correct graph is within about 1e-5 of eager. GRAD_DTYPE=bf16: autocast as
 training runs (FA3 where auto picks it); rounding alone then moves the smallest gradients (q_gain's) by up to 0.27 of
-their norm in the tests' tiny model, so fp32 is the check. GRAD_REUSE=1: compile with Inductor's buffer
-reuse, as train_gpt did before 8145046; on the CPU (torch 2.13) that put resid_mix's gradient 24-70% off
-(bench/results/2026-12-07_qkv_h100.md). The weights are the initial ones moved off their zero init (every branch
-then carries gradient), or a trained artifact's with GRAD_ARTIFACT=path.
+their norm in the tests' tiny model, so fp32 is the check. GRAD_REUSE=1: compile with Inductor's buffer reuse, as
+train_gpt did before 8145046; on the CPU (torch 2.13) that put resid_mix's gradient 24-70% off
+(bench/results/2026-12-07_qkv_h100.md), and on an H100 (torch 2.11, record model) up to 74%
+(2026-12-07_gradfix_h100.md). The weights are the initial ones moved off their zero init (every branch then carries
+gradient), or a trained artifact's with GRAD_ARTIFACT=path.
 """
 
 import json
