@@ -41,8 +41,8 @@ train: ## train + export + eval: CPU tiny config by default; NPROC=8 for torchru
 	@if [ "$(NPROC)" = "1" ]; then $(PYTHON) train_gpt.py; \
 	else torchrun --standalone --nproc_per_node=$(NPROC) train_gpt.py; fi
 
-pack: ## [ARCH=worker|pse|scan] [EVAL_PATHS=...] [FUSED_MLP=1|FP8_MLP=1] [FUSED_XSA=1] write packed/train_gpt.py: minified + lzma self-extracting copy (fewer code bytes; runs identically); a seed ARCH bundles seed_archs.py into it, an n-gram path ngram_mix.py, FUSED_MLP=1, FP8_MLP=1 or FUSED_XSA=1 kernels.py
-	$(PYTHON) -m quant.pack train_gpt.py $(if $(filter-out gpt,$(ARCH)),--bundle seed_archs.py) $(if $(findstring ngram,$(EVAL_PATHS)),--bundle ngram_mix.py) $(if $(filter 1,$(FUSED_MLP) $(FP8_MLP) $(FUSED_XSA)),--bundle kernels.py) --out packed/train_gpt.py
+pack: ## [KEY=VALUE ...] write packed/train_gpt.py: minified + lzma self-extracting copy (fewer code bytes; runs identically), carrying the plug-ins the run these settings configure imports (the record's kernels.py; seed_archs.py for ARCH=worker|pse|scan, ngram_mix.py for an n-gram path)
+	$(PYTHON) -m quant.pack train_gpt.py --auto --out packed/train_gpt.py
 
 verify-artifact: ## ARTIFACT=path [LOG=log] [CODE=file] [VAL=glob TOKENIZER=model] [DEVICE=cpu|cuda]: size, decode, rebuild, re-score, compare
 	$(PYTHON) -m quant.verify $(ARTIFACT) --code $(or $(CODE),train_gpt.py) $(if $(LOG),--log $(LOG)) $(if $(VAL),--val '$(VAL)') $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) $(if $(DEVICE),--device $(DEVICE))

@@ -49,9 +49,9 @@ DEFAULTS: dict[str, object] = {
     **dict(DEV_VAL_FILES="", ITERATIONS=20000, MAX_WALLCLOCK_SECONDS=600.0, GPTQ_RESERVE_SECONDS=12.0, WARMUP_STEPS=10),
     **dict(TRAIN_BATCH_TOKENS=786432, TRAIN_SEQ_LEN=2048, MICRO_BATCH_TOKENS=131072, VAL_LOSS_EVERY=0),
     # TRAIN_LOG_EVERY steps; COMPILE: 0 eager, 1 each block, 2 GPT.hidden whole for training (ARCH=gpt); the clock
-    # is read (a host sync) every CLOCK_EVERY steps; FUSED_MLP=1 (Triton) or FP8_MLP=1: kernels.py's MLP trains on CUDA,
-    # FUSED_XSA=1: its XSA + attention gate kernel does; FUSED_QKV=1: q, k and v train as one GEMM each way
-    **dict(TRAIN_LOG_EVERY=100, COMPILE=2, CLOCK_EVERY=10, FUSED_MLP=0, FP8_MLP=0, FUSED_XSA=0, FUSED_QKV=0),
+    # is read (a host sync) every CLOCK_EVERY steps; FUSED_MLP=1 (Triton, Hopper) or FP8_MLP=1: kernels.py's MLP trains
+    # on CUDA, FUSED_XSA=1: its XSA + attention gate kernel does; FUSED_QKV=1: q, k and v train as one GEMM each way
+    **dict(TRAIN_LOG_EVERY=100, COMPILE=2, CLOCK_EVERY=10, FUSED_MLP=1, FP8_MLP=0, FUSED_XSA=1, FUSED_QKV=0),
     **dict(NUM_LAYERS=11, MODEL_DIM=512, NUM_HEADS=8, NUM_KV_HEADS=4, MLP_MULT=4.0, LEAKY_SLOPE=0.5, ROPE_DIMS=16),
     **dict(ROPE_BASE=10000.0, QK_GAIN_INIT=5.0, LOGIT_SOFTCAP=30.0, TIED_EMBED_INIT_STD=0.005, DOC_MASK=1),
     **dict(
@@ -97,7 +97,7 @@ PRESETS: dict[str, dict[str, object]] = {
         **dict(POLAR_EXPRESS=0, MUON_WD=0.0, EMBED_WD=0.0, ADAM_WD=0.0, GRAD_CLIP_NORM=0.0, EMA=0, WARMDOWN_FRAC=0.0),
         **dict(WARMDOWN_ITERS=1200, EMBED_BF16=1, COMPILE=1, QUANT="rtn", MATRIX_BITS=8, EMBED_BITS=8, ATTN_CLIP=0.0),
         **dict(MLP_CLIP=0.0, EMBED_CLIP=0.0, LQER_TOP=0, CODECS="zlib", EVAL_SEQ_LEN=1024, EVAL_STRIDE=1024),
-        **dict(EVAL_CROSS_DOC=1, EVAL_PATHS="plain", PRE_EXPORT_PATHS="plain"),
+        **dict(EVAL_CROSS_DOC=1, EVAL_PATHS="plain", PRE_EXPORT_PATHS="plain", FUSED_MLP=0),
     },
     # CPU default: the record stack, tiny, on the devset (`make train` anywhere); MODEL_DIM=72: the embedding gets GPTQ
     "tiny": {
@@ -157,14 +157,21 @@ class Hyperparameters:
             except ValueError:
                 raise ValueError(f"{key}={raw!r} is not a valid {type(default).__name__}") from None
             setattr(self, key.lower(), value)
+        kept = lambda k: k not in env and getattr(self, k.lower()) == DEFAULTS[k]  # the record's, not asked for
         if self.arch != "gpt":  # record defaults the seed archs do not take unless asked: they compile per block,
-            # keep the fp32 residual they were measured with (scan lost 0.31 bpb in bf16: 2026-12-06_refactor.md)
-            # and score with sliding windows (their blocks have no cached-context attention for TTT_CACHE)
+            # keep the fp32 residual they were measured with (scan lost 0.31 bpb in bf16: 2026-12-06_refactor.md),
+            # train without kernels.py and score with sliding windows (no cached-context attention for TTT_CACHE)
             self.compile = 1 if self.compile == 2 and not env.get("COMPILE") else self.compile
             self.bf16_resid = self.bf16_resid if env.get("BF16_RESID") else 0
-            kept = lambda k: k not in env and getattr(self, k.lower()) == DEFAULTS[k]  # the record's, not asked for
             self.eval_paths = "sliding" if kept("EVAL_PATHS") else self.eval_paths
             self.ttt_cache = 0 if kept("TTT_CACHE") else self.ttt_cache
+        # a default kernel this model cannot take (or FP8_MLP replaces) is off: an ablation stays one knob; so is it
+        # in EVAL_ONLY, which trains nothing (scoring an artifact needs no kernels.py)
+        hd, width = self.model_dim // max(1, self.num_heads), int(self.mlp_mult * self.model_dim)
+        fits = dict(FUSED_XSA=self.xsa and self.attn_gate and not hd & (hd - 1))
+        fits["FUSED_MLP"] = not (self.model_dim | width) % 8 and not self.fp8_mlp
+        for key in [k for k, ok in fits.items() if kept(k) and (self.arch != "gpt" or self.eval_only or not ok)]:
+            setattr(self, key.lower(), 0)
         self.run_id = self.run_id or f"{preset}_{uuid.uuid4().hex[:8]}"
         self.train_files = os.path.join(self.data_path, "fineweb_train_*.bin")
         self.val_files = os.path.join(self.data_path, "fineweb_val_*.bin")
@@ -219,6 +226,12 @@ class Hyperparameters:
     def listed(self, key: str) -> list[str]:
         """The non-empty items of a comma-separated knob (EVAL_PATHS, PRE_EXPORT_PATHS, CODECS, TTT_TARGETS)."""
         return [v for v in getattr(self, key).split(",") if v]
+
+    def plugins(self) -> list[str]:
+        """The plug-ins a run with these settings imports (`quant.pack --auto` bundles them into the packed copy)."""
+        use = [self.arch != "gpt", set(MIXED) & {*self.listed("eval_paths"), *self.listed("pre_export_paths")}]
+        use += [self.fused_mlp or self.fp8_mlp or self.fused_xsa]
+        return [name for name, used in zip(("seed_archs", "ngram_mix", "kernels"), use) if used]
 
     def for_model(self, model: dict[str, object]) -> Hyperparameters:
         """These settings with an artifact's model (its MODEL_KEYS values), built and checked anew."""
@@ -2126,10 +2139,10 @@ def preflight(h: Hyperparameters) -> None:
         raise ValueError(f"ATTN_IMPL={h.attn_impl}: not available on this machine (auto picks {default_attn_impl()})")
     if not h.eval_only and not any(_codec(c) for c in h.listed("codecs")):
         raise ValueError(f"CODECS={h.codecs}: none of them is installed (pip install zstandard brotli)")
-    if set(MIXED) & {*h.listed("eval_paths"), *h.listed("pre_export_paths")}:
-        load_plugin("ngram_mix")  # now, so that the log embeds it
-    if (h.fused_mlp or h.fp8_mlp or h.fused_xsa) and cuda:  # now, so that the log embeds it; the CPU stays eager
-        load_plugin("kernels")
+    for name in [p for p in h.plugins() if cuda or p != "kernels"]:  # now, so that the log embeds them
+        load_plugin(name)  # (the CPU trains without kernels.py)
+    if h.fused_mlp and cuda and torch.cuda.get_device_capability() < (9, 0):
+        raise ValueError(f"FUSED_MLP=1: {torch.cuda.get_device_name()} has no TMA (Hopper's): set FUSED_MLP=0")
     if h.fp8_mlp and cuda and torch.cuda.get_device_capability() < (8, 9):
         raise ValueError(f"FP8_MLP=1: {torch.cuda.get_device_name()} has no float8 GEMMs (compute capability < 8.9)")
     if h.eval_only and not os.path.isfile(h.artifact):

@@ -5,9 +5,8 @@
 # zstandard) and .devdata/COMMIT (git rev-parse HEAD, written before the call). Builds the devset for
 # the preset's tokenizer with 16 workers, then runs train + export + every eval via bench/proxy_run.py,
 # writing NAME.json and NAME.log to $OUT. Per-GPU faithful batch: the preset's 8-GPU global batch x NPROC/8.
-# PACKED=1 runs packed/train_gpt.py (`make pack`), the copy a submission ships: its bytes are the counted code; with
-# ARCH=worker|pse|scan among the KEY=VALUEs it bundles seed_archs.py, with an n-gram path ngram_mix.py, and with
-# FUSED_MLP=1, FP8_MLP=1 or FUSED_XSA=1 kernels.py, as make pack does.
+# PACKED=1 runs packed/train_gpt.py (`make pack` with the same KEY=VALUEs), the copy a submission ships: its bytes are
+# the counted code, and it carries the plug-ins the run imports (train_gpt.plugins: the record's kernels.py, ...).
 # KEEP_ARTIFACT=1 also copies artifacts/NAME.pgq to $OUT (under 16 MiB: it comes back; e.g. for bench/codec_levels.py).
 # A call returns at most 8 files from $OUT: batch no more runs than that into one call.
 # The record's default EVAL_PATHS=ttt (compile + both val sets, about 115 s on an H100 with the leader's adapter
@@ -37,10 +36,9 @@ else
 fi
 name=${NAME:-${preset}_proxy300_n${nproc}_s${seed}}
 script=train_gpt.py
-bundle=$(printf '%s\n' "$@" | grep -qE '^ARCH=(worker|pse|scan)$' && echo "--bundle seed_archs.py")  # make pack ARCH=...
-bundle+=$(printf '%s\n' "$@" | grep -qE '^(PRE_EXPORT|EVAL)_PATHS=.*ngram' && echo " --bundle ngram_mix.py")
-bundle+=$(printf '%s\n' "$@" | grep -qE '^((FUSED|FP8)_MLP|FUSED_XSA)=1$' && echo " --bundle kernels.py")
-if [ "${PACKED:-0}" = 1 ]; then python3 -m quant.pack train_gpt.py $bundle --out packed/train_gpt.py || exit 1; script=packed/train_gpt.py; fi
+if [ "${PACKED:-0}" = 1 ]; then
+  env PRESET=$preset "$@" python3 -m quant.pack train_gpt.py --auto --out packed/train_gpt.py || exit 1; script=packed/train_gpt.py
+fi
 python3 bench/proxy_run.py "$name" --nproc "$nproc" --out "$OUT" --timeout $(( ${RUN_TIMEOUT:-560} - SECONDS )) --script $script PRESET=$preset SEED=$seed \
   DATA_PATH=data/datasets/devset_$variant TOKENIZER_PATH=$tokenizer \
   DEV_VAL_FILES="data/datasets/devset_${variant}_fineweb_dev/fineweb_val_*.bin" \

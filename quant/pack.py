@@ -1,14 +1,15 @@
 """Self-extracting, minified + compressed copy of train_gpt.py: fewer code bytes in the 16 MB.
 
-    python -m quant.pack [train_gpt.py] [--bundle seed_archs.py ...] [--out packed/train_gpt.py]
+    python -m quant.pack [train_gpt.py] [--auto] [--bundle seed_archs.py ...] [--out packed/train_gpt.py]
 
 Minify = drop comments, docstrings and blank lines (the same bytes on any Python); the result is
 compressed with lzma (stdlib, so it runs wherever Python does) and wrapped in a two-line stub that
 decompresses and executes it. The packed file is what ships and what runs: it embeds its own source
 in the log and counts its own size, exactly as the plain file does. --bundle carries a module the run
-imports (seed_archs.py for ARCH=worker|pse|scan, ngram_mix.py for EVAL_PATHS=ngram|ttt_ngram; `make pack ARCH=...
-EVAL_PATHS=...`) inside the same file: its minified
-source fills train_gpt.py's BUNDLED table, from which train_gpt.load_plugin imports it.
+imports (seed_archs.py for ARCH=worker|pse|scan, ngram_mix.py for EVAL_PATHS=ngram|ttt_ngram, kernels.py for
+FUSED_MLP, FP8_MLP or FUSED_XSA) inside the same file: its minified source fills train_gpt.py's BUNDLED table, from
+which train_gpt.load_plugin imports it. --auto bundles what Hyperparameters.plugins names for the run the environment
+configures (PRESET=record unless given; `make pack [KEY=VALUE ...]` passes its variables), from beside the source.
 """
 
 from __future__ import annotations
@@ -103,17 +104,23 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m quant.pack", description=__doc__.splitlines()[0])
     ap.add_argument("source", nargs="?", default="train_gpt.py")
     ap.add_argument("--bundle", action="append", default=[], metavar="MODULE.py", help="a module the run imports")
+    ap.add_argument("--auto", action="store_true", help="bundle what the run the environment configures imports")
     ap.add_argument("--out", default=os.path.join("packed", "train_gpt.py"))
     args = ap.parse_args(argv)
     try:
         with open(args.source, encoding="utf-8") as f:
             src = f.read()
-        bundle = {}
+        bundle, here = {}, os.path.dirname(args.source)
+        if args.auto:  # the run's settings as train_gpt reads them (a bad value is its one-line ValueError)
+            import train_gpt as tg
+
+            h = tg.Hyperparameters({"PRESET": "record", **os.environ})
+            args.bundle += [os.path.join(here, f"{name}.py") for name in h.plugins()]
         for path in args.bundle:
             with open(path, encoding="utf-8") as f:
                 bundle[os.path.splitext(os.path.basename(path))[0]] = f.read()
         packed = pack(src, bundle)
-    except (OSError, SyntaxError) as e:
+    except (OSError, SyntaxError, ValueError) as e:
         print(f"error: {args.source}: {e}", file=sys.stderr)
         return 1
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

@@ -162,3 +162,27 @@ def test_the_record_path_never_loads_the_seed_architectures():
     )
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
+
+
+def test_the_record_kernels_are_on_where_they_fit_and_an_ablation_stays_one_knob():
+    """The record trains with kernels.py's MLP and XSA kernels by default (FUSED_MLP=1, FUSED_XSA=1: 2026-12-07's
+    valid run, bench/results/2026-12-07_gradfix_h100.md); FUSED_QKV stays opt-in (unchecked under torch varlen on a
+    GPU). A default kernel the model cannot take is off (an XSA, gate or width ablation is one knob); asked for, it
+    is the one-line error. The seed architectures and the baseline train without them unless asked. plugins() names
+    what the run imports, which `make pack` bundles."""
+    rec = lambda **kw: tg.Hyperparameters({"PRESET": "record", **kw})
+    kernels = lambda h: (h.fused_mlp, h.fused_xsa, h.fused_qkv)
+    assert kernels(rec()) == (1, 1, 0) and rec().plugins() == ["kernels"]
+    assert kernels(rec(XSA="0")) == kernels(rec(ATTN_GATE="0")) == kernels(rec(MODEL_DIM="576")) == (1, 0, 0)
+    assert kernels(rec(MLP_MULT="2.1")) == kernels(rec(FP8_MLP="1")) == (0, 1, 0)  # width 1,075: not TMA's 8s
+    assert kernels(rec(ARCH="scan")) == (0, 0, 0) and rec(ARCH="scan").plugins() == ["seed_archs"]
+    assert kernels(rec(ARCH="scan", FUSED_MLP="1")) == (1, 0, 0)
+    base = tg.Hyperparameters({"PRESET": "baseline"})
+    assert kernels(base) == (0, 0, 0) and base.plugins() == []
+    assert kernels(tg.Hyperparameters({"PRESET": "tiny"})) == (1, 0, 0)  # head dim 18: no XSA kernel
+    assert rec(EVAL_PATHS="ttt_ngram", FUSED_MLP="0", FUSED_XSA="0").plugins() == ["ngram_mix"]
+    assert kernels(rec(EVAL_ONLY="1")) == (0, 0, 0) and rec(EVAL_ONLY="1").plugins() == []  # scoring trains nothing
+    for over, needle in [(dict(XSA="0"), "FUSED_XSA=1: wants XSA=1"), (dict(MLP_MULT="2.1"), "FUSED_MLP=1: MODEL_DIM")]:
+        key = "FUSED_XSA" if "XSA" in needle else "FUSED_MLP"
+        with pytest.raises(ValueError, match=needle):
+            rec(**over, **{key: "1"})

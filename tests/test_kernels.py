@@ -212,6 +212,17 @@ def test_fp8_mlp_is_refused_without_float8_gemms(monkeypatch):
         tg.preflight(h)
 
 
+def test_fused_mlp_is_refused_without_tma(monkeypatch):
+    """The record's default FUSED_MLP=1 on a (faked) CUDA card before Hopper (an A100: no TMA descriptors) stops in
+    preflight, one line naming the card and the knob that turns it off, before any data is read."""
+    monkeypatch.setattr(tg.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(tg.torch.cuda, "get_device_capability", lambda *_: (8, 0))
+    monkeypatch.setattr(tg.torch.cuda, "get_device_name", lambda *_: "NVIDIA A100")
+    h = tg.Hyperparameters({**TINY, "ATTN_IMPL": "sdpa", "DATA_PATH": "/nonexistent"})
+    with pytest.raises(ValueError, match=r"FUSED_MLP=1: NVIDIA A100 has no TMA \(Hopper's\): set FUSED_MLP=0"):
+        tg.preflight(h)
+
+
 def test_fp8_mlp_trains_in_the_whole_compiled_model(monkeypatch):
     """COMPILE=2's graph (hidden whole, each block a nested region; aot_eager) traces the float8 MLP of the blocks
     under bf16 autocast, as a CUDA run trains it (on the CPU a model's MLP stays eager: the test sets the kernel)."""

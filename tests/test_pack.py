@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from quant.pack import main as pack_main
 from quant.pack import minify, pack, unpack
 from submissions.logs import read_log
 from tests.conftest import SP1024, TINY
@@ -81,6 +82,30 @@ def test_a_bundled_plug_in_runs_in_one_file(tiny_data, tmp_path, name):
     ]
     assert [f["name"] for f in read_log(tmp_path / "logs/pk.txt")["sources"]] == ["train_gpt.py"]
     assert marker not in unpack(pack(src)) and marker in unpack(packed.read_text())
+
+
+@pytest.mark.parametrize(
+    "env,carried",
+    [({}, ["kernels"]), ({"FUSED_MLP": "0", "FUSED_XSA": "0"}, []), ({"PRESET": "baseline"}, [])]
+    + [({"ARCH": "pse"}, ["seed_archs"]), ({"EVAL_PATHS": "ttt_ngram"}, ["ngram_mix", "kernels"])],
+)
+def test_pack_auto_carries_what_the_configured_run_imports(tmp_path, monkeypatch, env, carried):
+    """`make pack [KEY=VALUE ...]` (quant.pack --auto): the packed file carries the plug-ins train_gpt.plugins names
+    for the run those settings configure (PRESET=record unless given), and nothing else; a bad setting is its
+    one-line error and no file."""
+    for key in ("PRESET", "ARCH", "EVAL_PATHS", "FUSED_MLP", "FUSED_XSA", "FP8_MLP"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    out = tmp_path / "train_gpt.py"
+    assert pack_main([str(ROOT / "train_gpt.py"), "--auto", "--out", str(out)]) == 0
+    table = unpack(out.read_text()).split("BUNDLED = ")[1].split("\n")[0] if carried else ""
+    assert [name for name in ("seed_archs", "ngram_mix", "kernels") if f"'{name}': " in table] == carried
+    assert ("BUNDLED = {" in unpack(out.read_text())) == bool(carried)
+    monkeypatch.setenv("XSA", "0")
+    monkeypatch.setenv("FUSED_XSA", "1")
+    assert pack_main([str(ROOT / "train_gpt.py"), "--auto", "--out", str(tmp_path / "bad.py")]) == 1
+    assert not (tmp_path / "bad.py").exists()
 
 
 def test_minify_keeps_the_program_and_only_the_program():
