@@ -6,7 +6,7 @@
 # the preset's tokenizer with 16 workers, then runs train + export + every eval via bench/proxy_run.py,
 # writing NAME.json and NAME.log to $OUT. Per-GPU faithful batch: the preset's 8-GPU global batch x NPROC/8.
 # PACKED=1 runs packed/train_gpt.py (`make pack` with the same KEY=VALUEs), the copy a submission ships: its bytes are
-# the counted code, and it carries the plug-ins the run imports (train_gpt.plugins: the record's kernels.py, ...).
+# the counted code, and it carries the plug-ins the run imports (Hyperparameters.plugins: the record's kernels.py, ...).
 # KEEP_ARTIFACT=1 also copies artifacts/NAME.pgq to $OUT (under 16 MiB: it comes back; e.g. for bench/codec_levels.py).
 # A call returns at most 8 files from $OUT: batch no more runs than that into one call.
 # The record's default EVAL_PATHS=ttt (compile + both val sets, about 115 s on an H100 with the leader's adapter

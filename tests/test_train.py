@@ -406,7 +406,10 @@ def test_fused_qkv_under_inductor_with_recurrence():
     lost 0.037 bpb (bench/results/2026-12-07_qkv_h100.md)."""
     r = grad_check("GRAD_DTYPE=bf16", "FUSED_QKV=1", "GRAD_BASE=COMPILE=2,FUSED_QKV=0")
     assert (r["compile"], r["fused_qkv"], r["dtype"], r["buffer_reuse"]) == (2, 1, "bf16", False)
-    assert r["max_rel"] <= 0.05, r["worst"]  # bf16 rounding apart: about 2e-2 at most
+    # bf16 rounding apart: the weights within 2e-2; q_gain's small gradient moved 0.019-0.050 in six runs (Inductor's
+    # CPU reductions), so it gets 0.2. The bug this guards put c_k's gradient off by inf, or aborted.
+    weights = [w["rel"] for w in r["worst"] if not w["name"].endswith("q_gain")]  # 4 q_gains: the rest is in the top 8
+    assert max(weights) <= 0.02 and r["max_rel"] <= 0.2, r["worst"]
 
 
 def test_baseline_parameter_count():
