@@ -222,6 +222,8 @@ class Hyperparameters:
         ok = not self.fused_xsa or (self.xsa and self.attn_gate and (dim // heads) & (dim // heads - 1) == 0)
         need(ok, "FUSED_XSA=1: wants XSA=1, ATTN_GATE=1 and a power-of-two head dim (the kernel does both, by rows)")
         need(not self.fused_qkv or self.bf16_resid, "FUSED_QKV=1 wants BF16_RESID=1 (it stacks bf16 casts)")
+        ok = self.arch != "pse" or not (self.fused_qkv or self.fused_xsa)
+        need(ok, "FUSED_QKV/XSA=1: ARCH=pse's attention has neither")
 
     def listed(self, key: str) -> list[str]:
         """The non-empty items of a comma-separated knob (EVAL_PATHS, PRE_EXPORT_PATHS, CODECS, TTT_TARGETS)."""

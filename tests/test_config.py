@@ -68,6 +68,8 @@ def test_a_bad_value_is_one_line_naming_the_knob(key):
         (dict(FP8_MLP="1", MLP_MULT="2.25"), "FP8_MLP=1: MODEL_DIM, the MLP width and TRAIN_SEQ_LEN must be multiples"),
         (dict(FP8_MLP="1", TRAIN_SEQ_LEN="72"), "FP8_MLP=1: MODEL_DIM, the MLP width and TRAIN_SEQ_LEN"),
         (dict(FP8_MLP="1", FUSED_MLP="1"), "FUSED_MLP=1 and FP8_MLP=1: one MLP kernel at a time"),
+        (dict(ARCH="pse", FUSED_XSA="1"), "FUSED_QKV/XSA=1: ARCH=pse's attention has neither"),
+        (dict(ARCH="pse", FUSED_QKV="1", BF16_RESID="1"), "FUSED_QKV/XSA=1: ARCH=pse's attention has neither"),
     ],
 )
 def test_inconsistent_settings_are_refused_up_front(over, needle):
