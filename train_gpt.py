@@ -167,11 +167,10 @@ class Hyperparameters:
             self.ttt_cache = 0 if kept("TTT_CACHE") else self.ttt_cache
         # a default kernel this model cannot take (or FP8_MLP replaces) is off: an ablation stays one knob; so is it
         # in EVAL_ONLY, which trains nothing (scoring an artifact needs no kernels.py)
-        hd, width = self.model_dim // max(1, self.num_heads), int(self.mlp_mult * self.model_dim)
-        fits = dict(FUSED_XSA=self.xsa and self.attn_gate and not hd & (hd - 1))
-        fits["FUSED_MLP"] = not (self.model_dim | width) % 8 and not self.fp8_mlp
-        for key in [k for k, ok in fits.items() if kept(k) and (self.arch != "gpt" or self.eval_only or not ok)]:
-            setattr(self, key.lower(), 0)
+        off = self.arch != "gpt" or self.eval_only
+        for key, ok in self.kernel_fits().items():
+            if kept(key) and (off or not ok or (key == "FUSED_MLP" and self.fp8_mlp)):
+                setattr(self, key.lower(), 0)
         self.run_id = self.run_id or f"{preset}_{uuid.uuid4().hex[:8]}"
         self.train_files = os.path.join(self.data_path, "fineweb_train_*.bin")
         self.val_files = os.path.join(self.data_path, "fineweb_val_*.bin")
@@ -214,16 +213,23 @@ class Hyperparameters:
         need(1 <= self.ngram_order <= 16, f"NGRAM_ORDER={self.ngram_order}: expected 1..16")
         need(self.clock_every >= 1, f"CLOCK_EVERY={self.clock_every}: expected >= 1 (1 reads the clock every step)")
         need(not (self.fused_mlp and self.fp8_mlp), "FUSED_MLP=1 and FP8_MLP=1: one MLP kernel at a time")
-        width = int(self.mlp_mult * self.model_dim)
-        ok = not self.fused_mlp or self.model_dim % 8 == 0 == width % 8
+        width, fits = int(self.mlp_mult * self.model_dim), self.kernel_fits()
+        ok = not self.fused_mlp or fits["FUSED_MLP"]
         need(ok, "FUSED_MLP=1: MODEL_DIM and its MLP width must be multiples of 8 (TMA's 16-byte rows)")
         ok = not self.fp8_mlp or all(v % 16 == 0 for v in (self.model_dim, width, self.train_seq_len))
         need(ok, "FP8_MLP=1: MODEL_DIM, the MLP width and TRAIN_SEQ_LEN must be multiples of 16 (_scaled_mm's shapes)")
-        ok = not self.fused_xsa or (self.xsa and self.attn_gate and (dim // heads) & (dim // heads - 1) == 0)
+        ok = not self.fused_xsa or fits["FUSED_XSA"]
         need(ok, "FUSED_XSA=1: wants XSA=1, ATTN_GATE=1 and a power-of-two head dim (the kernel does both, by rows)")
         need(not self.fused_qkv or self.bf16_resid, "FUSED_QKV=1 wants BF16_RESID=1 (it stacks bf16 casts)")
         ok = self.arch != "pse" or not (self.fused_qkv or self.fused_xsa)
         need(ok, "FUSED_QKV/XSA=1: ARCH=pse's attention has neither")
+
+    def kernel_fits(self) -> dict[str, bool]:
+        """Which kernels.py kernels the model can take (XSA's: XSA and the gate on, power-of-two rows; the MLP's: TMA's
+        16-byte rows, MODEL_DIM and its width in multiples of 8); __init__'s defaults and _check's errors read it."""
+        hd, width = self.model_dim // max(1, self.num_heads), int(self.mlp_mult * self.model_dim)
+        xsa = bool(self.xsa and self.attn_gate and not hd & (hd - 1))
+        return dict(FUSED_XSA=xsa, FUSED_MLP=not (self.model_dim | width) % 8)
 
     def listed(self, key: str) -> list[str]:
         """The non-empty items of a comma-separated knob (EVAL_PATHS, PRE_EXPORT_PATHS, CODECS, TTT_TARGETS)."""

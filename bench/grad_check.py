@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from proxy_run import head_commit  # noqa: E402  (bench/ is this script's folder)
+from proxy_run import head_commit, with_buffer_reuse  # noqa: E402  (bench/ is this script's folder)
 
 import train_gpt as tg  # noqa: E402
 
@@ -40,9 +40,8 @@ def main() -> None:
     env.setdefault("COMPILE", "2")
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    if reuse:  # drop the option train_gpt compiles GPT.hidden with
-        compile_ = torch.compile
-        torch.compile = lambda fn, **kw: compile_(fn, **{k: v for k, v in kw.items() if k != "options"})
+    if reuse:
+        with_buffer_reuse()
     h = tg.Hyperparameters(env)
     hb = tg.Hyperparameters({**env, **dict(kv.split("=", 1) for kv in base.split(","))})
     models = [tg.GPT(hb).to(dev), tg.GPT(h).to(dev)]

@@ -58,7 +58,7 @@ import torch._inductor.config  # STEP_AUTOTUNE
 from torch._inductor.runtime.cache_dir_utils import cache_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from proxy_run import head_commit  # noqa: E402  (bench/ is this script's folder)
+from proxy_run import head_commit, with_buffer_reuse  # noqa: E402  (bench/ is this script's folder)
 
 import train_gpt as tg  # noqa: E402
 
@@ -121,9 +121,8 @@ def main() -> None:
     tiles = env.pop("STEP_TILES", "")
     weights = env.pop("STEP_ARTIFACT", "")
     reuse = env.pop("STEP_REUSE", "0") == "1"
-    if reuse:  # drop the option train_gpt compiles GPT.hidden with
-        compile_ = torch.compile
-        torch.compile = lambda fn, **kw: compile_(fn, **{k: v for k, v in kw.items() if k != "options"})
+    if reuse:
+        with_buffer_reuse()
     if weights and not os.path.isfile(weights):
         sys.exit(f"STEP_ARTIFACT={weights}: no such file (a .pgq artifact a run wrote)")
     if tiles:  # kernels.py's fused-MLP tiles, forward/backward: BM,BN,BK,stages,warps,split each
