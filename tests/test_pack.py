@@ -90,9 +90,9 @@ def test_a_bundled_plug_in_runs_in_one_file(tiny_data, tmp_path, name):
     + [({"ARCH": "pse"}, ["seed_archs"]), ({"EVAL_PATHS": "ttt_ngram"}, ["ngram_mix", "kernels"])],
 )
 def test_pack_auto_carries_what_the_configured_run_imports(tmp_path, monkeypatch, env, carried):
-    """`make pack [KEY=VALUE ...]` (quant.pack --auto): the packed file carries the plug-ins train_gpt.plugins names
-    for the run those settings configure (PRESET=record unless given), and nothing else; a bad setting is its
-    one-line error and no file."""
+    """`make pack [KEY=VALUE ...]` (quant.pack --auto): the packed file carries the plug-ins that
+    Hyperparameters.plugins names for the run those settings configure (PRESET=record unless given), and nothing
+    else; a bad setting is its one-line error and no file."""
     for key in ("PRESET", "ARCH", "EVAL_PATHS", "FUSED_MLP", "FUSED_XSA", "FP8_MLP"):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
