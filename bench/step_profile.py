@@ -21,6 +21,8 @@ pointwise work, e.g. LeakyReLU^2 into the MLP's first GEMM; no CUDA graphs); war
 It also autotunes every pointwise and reduction kernel: on an H100 it had not finished compiling after 208 s.
 STEP_AUTOTUNE=gemm: GEMM autotuning only (cuBLAS against Triton templates, the persistent TMA ones included,
 with epilogue fusion), the pointwise kernels as by default: the fused-MLP question at a smaller compile cost.
+STEP_AUTOTUNE=cd: Inductor's coordinate-descent tuning of its own pointwise and reduction kernels' block sizes,
+the GEMMs as by default: what the glue between the GEMMs and attention gains from tuning alone.
 STEP_PATCH=gqa,rope (at 25be12f, rows of 2026-12-05_train.json; both now in train_gpt): gqa gave torch's varlen
 kernel the k/v heads unrepeated, rope read RoPE's cos/sin from a table built once.
 STEP_DATA=glob: time real training windows (the first batch TokenLoader gives at the seed) instead of random
@@ -106,9 +108,12 @@ def main() -> None:
     dtype = env.pop("STEP_DTYPE", "fp32")
     n_top = int(env.pop("STEP_TOP", "12"))  # kernels listed per half
     autotune = env.pop("STEP_AUTOTUNE", "0")
+    if autotune not in ("0", "1", "gemm", "cd"):
+        sys.exit(f"STEP_AUTOTUNE={autotune}: expected 1, gemm or cd (default: 0)")
     inductor = torch._inductor.config
     inductor.max_autotune = autotune == "1"
     inductor.max_autotune_gemm = inductor.triton.enable_persistent_tma_matmul = autotune == "gemm"
+    inductor.coordinate_descent_tuning = autotune == "cd"
     sustain = int(env.pop("STEP_SUSTAIN", "0"))
     data = env.pop("STEP_DATA", "")
     loader_on = env.pop("STEP_LOADER", "0") == "1"
