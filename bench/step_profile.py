@@ -21,8 +21,9 @@ pointwise work, e.g. LeakyReLU^2 into the MLP's first GEMM; no CUDA graphs); war
 It also autotunes every pointwise and reduction kernel: on an H100 it had not finished compiling after 208 s.
 STEP_AUTOTUNE=gemm: GEMM autotuning only (cuBLAS against Triton templates, the persistent TMA ones included,
 with epilogue fusion), the pointwise kernels as by default: the fused-MLP question at a smaller compile cost.
-STEP_AUTOTUNE=cd: Inductor's coordinate-descent tuning of its own pointwise and reduction kernels' block sizes,
-the GEMMs as by default: what the glue between the GEMMs and attention gains from tuning alone.
+STEP_INDUCTOR=name=value,...: set Inductor config values (bools and ints; dotted names reach sub-configs, e.g.
+coordinate_descent_tuning=1: its own pointwise and reduction kernels' block sizes tuned by timing them), what the
+glue between the GEMMs and attention gains from Inductor alone; an unknown name is an error.
 STEP_PATCH=gqa,rope (at 25be12f, rows of 2026-12-05_train.json; both now in train_gpt): gqa gave torch's varlen
 kernel the k/v heads unrepeated, rope read RoPE's cos/sin from a table built once.
 STEP_DATA=glob: time real training windows (the first batch TokenLoader gives at the seed) instead of random
@@ -63,6 +64,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from proxy_run import head_commit, with_buffer_reuse  # noqa: E402  (bench/ is this script's folder)
 
 import train_gpt as tg  # noqa: E402
+
+
+def inductor_settings(spec: str) -> dict[str, int]:
+    """Apply STEP_INDUCTOR's name=value items to torch._inductor.config; returns them for the JSON row."""
+    done = {}
+    for item in filter(None, spec.split(",")):
+        name, _, value = item.partition("=")
+        *path, key = name.split(".")
+        cfg = torch._inductor.config
+        for part in path:
+            cfg = getattr(cfg, part, None)
+        if cfg is None or not hasattr(cfg, key) or not value.lstrip("-").isdigit():
+            sys.exit(f"STEP_INDUCTOR={item!r}: expected an Inductor config name=integer")
+        current = getattr(cfg, key)
+        setattr(cfg, key, bool(int(value)) if isinstance(current, bool) else int(value))
+        done[name] = getattr(cfg, key)
+    return done
 
 
 def timed(fn, n: int) -> float:
@@ -108,12 +126,12 @@ def main() -> None:
     dtype = env.pop("STEP_DTYPE", "fp32")
     n_top = int(env.pop("STEP_TOP", "12"))  # kernels listed per half
     autotune = env.pop("STEP_AUTOTUNE", "0")
-    if autotune not in ("0", "1", "gemm", "cd"):
-        sys.exit(f"STEP_AUTOTUNE={autotune}: expected 1, gemm or cd (default: 0)")
+    if autotune not in ("0", "1", "gemm"):
+        sys.exit(f"STEP_AUTOTUNE={autotune}: expected 1 or gemm (default: 0)")
     inductor = torch._inductor.config
     inductor.max_autotune = autotune == "1"
     inductor.max_autotune_gemm = inductor.triton.enable_persistent_tma_matmul = autotune == "gemm"
-    inductor.coordinate_descent_tuning = autotune == "cd"
+    inductor_set = inductor_settings(env.pop("STEP_INDUCTOR", ""))
     sustain = int(env.pop("STEP_SUSTAIN", "0"))
     data = env.pop("STEP_DATA", "")
     loader_on = env.pop("STEP_LOADER", "0") == "1"
@@ -267,6 +285,7 @@ def main() -> None:
                     compile=h.compile,
                     weights=dtype,
                     autotune=autotune,
+                    inductor=inductor_set,
                     bf16_resid=h.bf16_resid,
                     world_size=h.world_size,
                     seqs=seqs,
