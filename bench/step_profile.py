@@ -35,9 +35,10 @@ step. STEP_MASK=device: AttnMask builds them on the GPU instead, by torch.nonzer
 (a host sync a step: the training path before 2026-12-07). STEP_MASK=once: each batch's attention mask is built once,
 before the timed steps (the same mask object after): no mask work at all, a bound for both.
 STEP_MASK=static (FA3/FA4): the offsets by torch.nonzero_static, padded with empty sequences to B*T/64 of them: no
-host sync, for what the padding costs the kernels. STEP_KV=repeat (FA4): the k/v heads repeated to the query heads
-before the kernel, as train_gpt does for FA3 since 8168631 (FA3's GQA backward sums each group's dk/dv into float32
-buffers and converts them after; rows of 2026-12-07_train_staged.json with STEP_KV=repeat ran FA3 before that).
+host sync, for what the padding costs the kernels. STEP_KV=repeat (FA4, torch varlen): the k/v heads repeated to the
+query heads before the kernel, as train_gpt does for FA3 since 8168631 (FA3's GQA backward sums each group's dk/dv into
+float32 buffers and converts them after; torch varlen's sums them with an ATen reduction, 3.8 ms a step on an H100,
+2026-12-07_varlen_h100.md; rows of 2026-12-07_train_staged.json with STEP_KV=repeat ran FA3 before that).
 STEP_TILES=BM,BN,BK,STAGES,WARPS,SPLIT/...: kernels.py's fused-MLP tiles, forward/backward (mlp_kernel.py --sweep).
 Each top kernel of Inductor's carries `origins`: the FX nodes (named after the model code's variables) and ATen ops
 that Inductor fused into it, read from the output code under its cache dir (TORCHINDUCTOR_CACHE_DIR, else its default).
@@ -154,11 +155,11 @@ def main() -> None:
             sys.exit(f"STEP_TILES={tiles}: expected BM,BN,BK,STAGES,WARPS,SPLIT/BM,BN,BK,STAGES,WARPS,SPLIT")
         kernels = tg.load_plugin("kernels")
         kernels.TILES.update({True: (*pair[0][:5], bool(pair[0][5])), False: (*pair[1][:5], bool(pair[1][5]))})
-    if kv == "repeat":  # FA4 on the k/v heads repeated to the query heads (no GQA inside the kernel)
+    if kv == "repeat":  # FA4 or torch varlen on the k/v heads repeated to the query heads (no GQA inside the kernel)
         attend = tg.attend
 
         def repeated(q, k, v, mask):
-            if mask.impl == "fa4":
+            if mask.impl in ("fa4", "varlen"):
                 g = q.size(2) // k.size(2)
                 k, v = k.repeat_interleave(g, 2), v.repeat_interleave(g, 2)
             return attend(q, k, v, mask)
@@ -194,8 +195,8 @@ def main() -> None:
     model = tg.GPT(h).to(dev)
     if mask_build == "static" and model.attn_impl not in ("fa3", "fa4"):
         sys.exit(f"STEP_MASK=static is for ATTN_IMPL fa3 and fa4, not {model.attn_impl}")
-    if kv == "repeat" and model.attn_impl != "fa4":
-        sys.exit(f"STEP_KV=repeat is for ATTN_IMPL=fa4 (train_gpt repeats FA3's k/v itself), not {model.attn_impl}")
+    if kv == "repeat" and model.attn_impl not in ("fa4", "varlen"):
+        sys.exit(f"STEP_KV=repeat is for ATTN_IMPL fa4 and varlen (train_gpt repeats FA3's k/v), not {model.attn_impl}")
     if weights:  # a trained model's operands: tensor-core power depends on their bits (2026-12-07_train_xsa_h100.md)
         model.load_state_dict(tg.load_artifact(weights, h, dev)[0].state_dict())
     if dtype == "bf16":  # speed bound only: bf16 weights (numerics differ)
