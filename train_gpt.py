@@ -51,7 +51,7 @@ DEFAULTS: dict[str, object] = {
     # TRAIN_LOG_EVERY steps; COMPILE: 0 eager, 1 each block, 2 GPT.hidden whole for training (ARCH=gpt); the clock
     # is read (a host sync) every CLOCK_EVERY steps; FUSED_MLP=1 (Triton, Hopper) or FP8_MLP=1: kernels.py's MLP trains
     # on CUDA, FUSED_XSA=1: its XSA + attention gate kernel does; FUSED_QKV=1: q, k and v train as one GEMM each way
-    **dict(TRAIN_LOG_EVERY=100, COMPILE=2, CLOCK_EVERY=10, FUSED_MLP=1, FP8_MLP=0, FUSED_XSA=1, FUSED_QKV=0),
+    **dict(TRAIN_LOG_EVERY=100, COMPILE=2, CLOCK_EVERY=10, FUSED_MLP=1, FP8_MLP=0, FUSED_XSA=1, FUSED_QKV=1),
     **dict(NUM_LAYERS=11, MODEL_DIM=512, NUM_HEADS=8, NUM_KV_HEADS=4, MLP_MULT=4.0, LEAKY_SLOPE=0.5, ROPE_DIMS=16),
     **dict(ROPE_BASE=10000.0, QK_GAIN_INIT=5.0, LOGIT_SOFTCAP=30.0, TIED_EMBED_INIT_STD=0.005, DOC_MASK=1),
     **dict(
@@ -97,7 +97,7 @@ PRESETS: dict[str, dict[str, object]] = {
         **dict(POLAR_EXPRESS=0, MUON_WD=0.0, EMBED_WD=0.0, ADAM_WD=0.0, GRAD_CLIP_NORM=0.0, EMA=0, WARMDOWN_FRAC=0.0),
         **dict(WARMDOWN_ITERS=1200, EMBED_BF16=1, COMPILE=1, QUANT="rtn", MATRIX_BITS=8, EMBED_BITS=8, ATTN_CLIP=0.0),
         **dict(MLP_CLIP=0.0, EMBED_CLIP=0.0, LQER_TOP=0, CODECS="zlib", EVAL_SEQ_LEN=1024, EVAL_STRIDE=1024),
-        **dict(EVAL_CROSS_DOC=1, EVAL_PATHS="plain", PRE_EXPORT_PATHS="plain", FUSED_MLP=0),
+        **dict(EVAL_CROSS_DOC=1, EVAL_PATHS="plain", PRE_EXPORT_PATHS="plain", FUSED_MLP=0, FUSED_QKV=0),
     },
     # CPU default: the record stack, tiny, on the devset (`make train` anywhere); MODEL_DIM=72: the embedding gets GPTQ
     "tiny": {
@@ -165,10 +165,10 @@ class Hyperparameters:
             self.bf16_resid = self.bf16_resid if env.get("BF16_RESID") else 0
             self.eval_paths = "sliding" if kept("EVAL_PATHS") else self.eval_paths
             self.ttt_cache = 0 if kept("TTT_CACHE") else self.ttt_cache
-        # a default kernel this model cannot take (or FP8_MLP replaces) is off: an ablation stays one knob; so is it
-        # in EVAL_ONLY, which trains nothing (scoring an artifact needs no kernels.py)
+        # a default kernel this model cannot take (or FP8_MLP replaces; FUSED_QKV: an fp32 stream) is off: an ablation
+        # stays one knob; so is it in EVAL_ONLY, which trains nothing (scoring an artifact needs no kernels.py)
         off = self.arch != "gpt" or self.eval_only
-        for key, ok in self.kernel_fits().items():
+        for key, ok in {**self.kernel_fits(), "FUSED_QKV": bool(self.bf16_resid)}.items():
             if kept(key) and (off or not ok or (key == "FUSED_MLP" and self.fp8_mlp)):
                 setattr(self, key.lower(), 0)
         self.run_id = self.run_id or f"{preset}_{uuid.uuid4().hex[:8]}"
@@ -891,8 +891,8 @@ class GPT(nn.Module):
         """Normed token embeddings; under autocast with BF16_RESID in its dtype, as the official script's bf16
         embedding gives it: the residual stream's norms and adds then move half the bytes."""
         x = self.tok_emb(ids)
-        dev = x.device.type  # (no autocast on "meta": bench/latency.py's no-host-sync check runs there)
-        if self.h.bf16_resid and torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
+        dev = x.device.type  # not "meta" (latency.py's check): torch 2.11 broke the graph at is_autocast_available
+        if self.h.bf16_resid and dev != "meta" and torch.is_autocast_enabled(dev):
             x = x.to(torch.get_autocast_dtype(dev))
         return rms_norm(x)
 

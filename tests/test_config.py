@@ -167,21 +167,22 @@ def test_the_record_path_never_loads_the_seed_architectures():
 
 
 def test_the_record_kernels_are_on_where_they_fit_and_an_ablation_stays_one_knob():
-    """The record trains with kernels.py's MLP and XSA kernels by default (FUSED_MLP=1, FUSED_XSA=1: 2026-12-07's
-    valid run, bench/results/2026-12-07_gradfix_h100.md); FUSED_QKV stays opt-in (unchecked under torch varlen on a
-    GPU). A default kernel the model cannot take is off (an XSA, gate or width ablation is one knob); asked for, it
-    is the one-line error. The seed architectures and the baseline train without them unless asked. plugins() names
-    what the run imports, which `make pack` bundles."""
+    """The record trains with kernels.py's MLP and XSA kernels and the stacked q, k, v GEMM by default (FUSED_MLP=1,
+    FUSED_XSA=1: 2026-12-07's valid run, bench/results/2026-12-07_gradfix_h100.md; FUSED_QKV=1: its gradients under
+    torch varlen, 2026-12-07_varlen_h100.md). A default kernel the model cannot take is off (an XSA, gate, width or
+    fp32-stream ablation is one knob); asked for, it is the one-line error. The seed architectures and the baseline
+    train without them unless asked. plugins() names what the run imports, which `make pack` bundles."""
     rec = lambda **kw: tg.Hyperparameters({"PRESET": "record", **kw})
     kernels = lambda h: (h.fused_mlp, h.fused_xsa, h.fused_qkv)
-    assert kernels(rec()) == (1, 1, 0) and rec().plugins() == ["kernels"]
-    assert kernels(rec(XSA="0")) == kernels(rec(ATTN_GATE="0")) == kernels(rec(MODEL_DIM="576")) == (1, 0, 0)
-    assert kernels(rec(MLP_MULT="2.1")) == kernels(rec(FP8_MLP="1")) == (0, 1, 0)  # width 1,075: not TMA's 8s
+    assert kernels(rec()) == (1, 1, 1) and rec().plugins() == ["kernels"]
+    assert kernels(rec(XSA="0")) == kernels(rec(ATTN_GATE="0")) == kernels(rec(MODEL_DIM="576")) == (1, 0, 1)
+    assert kernels(rec(MLP_MULT="2.1")) == kernels(rec(FP8_MLP="1")) == (0, 1, 1)  # width 1,075: not TMA's 8s
+    assert kernels(rec(BF16_RESID="0")) == (1, 1, 0)  # the fp32 stream: the linears' own casts
     assert kernels(rec(ARCH="scan")) == (0, 0, 0) and rec(ARCH="scan").plugins() == ["seed_archs"]
     assert kernels(rec(ARCH="scan", FUSED_MLP="1")) == (1, 0, 0)
     base = tg.Hyperparameters({"PRESET": "baseline"})
     assert kernels(base) == (0, 0, 0) and base.plugins() == []
-    assert kernels(tg.Hyperparameters({"PRESET": "tiny"})) == (1, 0, 0)  # head dim 18: no XSA kernel
+    assert kernels(tg.Hyperparameters({"PRESET": "tiny"})) == (1, 0, 1)  # head dim 18: no XSA kernel
     assert rec(EVAL_PATHS="ttt_ngram", FUSED_MLP="0", FUSED_XSA="0").plugins() == ["ngram_mix"]
     assert kernels(rec(EVAL_ONLY="1")) == (0, 0, 0) and rec(EVAL_ONLY="1").plugins() == []  # scoring trains nothing
     for over, needle in [(dict(XSA="0"), "FUSED_XSA=1: wants XSA=1"), (dict(MLP_MULT="2.1"), "FUSED_MLP=1: MODEL_DIM")]:
