@@ -76,9 +76,9 @@ def inductor_settings(spec: str) -> dict[str, int]:
         cfg = torch._inductor.config
         for part in path:
             cfg = getattr(cfg, part, None)
-        if cfg is None or not hasattr(cfg, key) or not value.lstrip("-").isdigit():
-            sys.exit(f"STEP_INDUCTOR={item!r}: expected an Inductor config name=integer")
-        current = getattr(cfg, key)
+        current = getattr(cfg, key, None) if cfg is not None else None
+        if type(current) not in (bool, int) or not value.lstrip("-").isdigit():
+            sys.exit(f"STEP_INDUCTOR={item!r}: expected name=integer for one of Inductor's bool or int settings")
         setattr(cfg, key, bool(int(value)) if isinstance(current, bool) else int(value))
         done[name] = getattr(cfg, key)
     return done

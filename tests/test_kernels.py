@@ -330,3 +330,22 @@ triton_per_fused_sum_1 = async_compile.triton('triton_per_fused_sum_1', '''
         "triton_poi_fused_mul_sigmoid_0": ["sigmoid, mul_3 | aten.sigmoid, aten.mul"],
         "triton_per_fused_sum_1": [" | "],
     }
+
+
+def test_step_profile_sets_inductor_config_and_refuses_unknown_settings(monkeypatch):
+    """STEP_INDUCTOR=name=value,...: bool and int settings of torch._inductor.config (dotted names reach its
+    sub-configs) are set and reported for the JSON row; an unknown name, a non-integer value or a setting of another
+    type stops the profile with one line before any GPU work."""
+    import torch._inductor.config as cfg
+
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "bench"))
+    spec = importlib.util.spec_from_file_location("step_profile", os.path.join(ROOT, "bench", "step_profile.py"))
+    profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile)
+    with cfg.patch(coordinate_descent_tuning=False, **{"triton.spill_threshold": 16}):
+        got = profile.inductor_settings("coordinate_descent_tuning=1,triton.spill_threshold=24")
+        assert got == {"coordinate_descent_tuning": True, "triton.spill_threshold": 24}
+        assert cfg.coordinate_descent_tuning is True and cfg.triton.spill_threshold == 24
+    for bad in ("no_such_setting=1", "coordinate_descent_tuning=yes", "triton.nope=1", "cpp.simdlen=4"):
+        with pytest.raises(SystemExit, match="STEP_INDUCTOR="):
+            profile.inductor_settings(bad)
