@@ -165,10 +165,10 @@ class Hyperparameters:
             self.bf16_resid = self.bf16_resid if env.get("BF16_RESID") else 0
             self.eval_paths = "sliding" if kept("EVAL_PATHS") else self.eval_paths
             self.ttt_cache = 0 if kept("TTT_CACHE") else self.ttt_cache
-        # a default kernel this model cannot take (or FP8_MLP replaces; FUSED_QKV: an fp32 stream) is off: an ablation
-        # stays one knob; so is it in EVAL_ONLY, which trains nothing (scoring an artifact needs no kernels.py)
+        # a default kernel this run cannot take (or FP8_MLP replaces) is off: an ablation stays one knob; so is it in
+        # EVAL_ONLY, which trains nothing (scoring an artifact needs no kernels.py)
         off = self.arch != "gpt" or self.eval_only
-        for key, ok in {**self.kernel_fits(), "FUSED_QKV": bool(self.bf16_resid)}.items():
+        for key, ok in self.kernel_fits().items():
             if kept(key) and (off or not ok or (key == "FUSED_MLP" and self.fp8_mlp)):
                 setattr(self, key.lower(), 0)
         self.run_id = self.run_id or f"{preset}_{uuid.uuid4().hex[:8]}"
@@ -220,16 +220,16 @@ class Hyperparameters:
         need(ok, "FP8_MLP=1: MODEL_DIM, the MLP width and TRAIN_SEQ_LEN must be multiples of 16 (_scaled_mm's shapes)")
         ok = not self.fused_xsa or fits["FUSED_XSA"]
         need(ok, "FUSED_XSA=1: wants XSA=1, ATTN_GATE=1 and a power-of-two head dim (the kernel does both, by rows)")
-        need(not self.fused_qkv or self.bf16_resid, "FUSED_QKV=1 wants BF16_RESID=1 (it stacks bf16 casts)")
+        need(not self.fused_qkv or fits["FUSED_QKV"], "FUSED_QKV=1 wants BF16_RESID=1 (it stacks bf16 casts)")
         ok = self.arch != "pse" or not (self.fused_qkv or self.fused_xsa)
         need(ok, "FUSED_QKV/XSA=1: ARCH=pse's attention has neither")
 
     def kernel_fits(self) -> dict[str, bool]:
-        """Which kernels.py kernels the model can take (XSA's: XSA and the gate on, power-of-two rows; the MLP's: TMA's
-        16-byte rows, MODEL_DIM and its width in multiples of 8); __init__'s defaults and _check's errors read it."""
+        """Which fused paths the run can take (XSA: XSA, gate, power-of-two rows; MLP: TMA's 16-byte rows, MODEL_DIM and
+        width in 8s; QKV: the bf16 stream); __init__'s defaults and _check's errors read it."""
         hd, width = self.model_dim // max(1, self.num_heads), int(self.mlp_mult * self.model_dim)
         xsa = bool(self.xsa and self.attn_gate and not hd & (hd - 1))
-        return dict(FUSED_XSA=xsa, FUSED_MLP=not (self.model_dim | width) % 8)
+        return dict(FUSED_XSA=xsa, FUSED_MLP=not (self.model_dim | width) % 8, FUSED_QKV=bool(self.bf16_resid))
 
     def listed(self, key: str) -> list[str]:
         """The non-empty items of a comma-separated knob (EVAL_PATHS, PRE_EXPORT_PATHS, CODECS, TTT_TARGETS)."""
