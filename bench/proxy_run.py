@@ -31,12 +31,16 @@ def head_commit() -> str:
 
 
 def with_buffer_reuse() -> None:
-    """Make torch.compile drop the options train_gpt passes (COMPILE=2's allow_buffer_reuse=False since 8145046):
-    grad_check's GRAD_REUSE=1 and step_profile's STEP_REUSE=1 compile as train_gpt did before."""
+    """Make torch.compile drop COMPILE=2's allow_buffer_reuse=False (since 8145046; its other options stay):
+    grad_check's GRAD_REUSE=1 and step_profile's STEP_REUSE=1 reuse buffers as train_gpt did before."""
     import torch  # here: the run driver itself needs no torch
 
     compile_ = torch.compile
-    torch.compile = lambda fn, **kw: compile_(fn, **{k: v for k, v in kw.items() if k != "options"})
+
+    def compile_reusing(fn, options=None, **kw):
+        return compile_(fn, options={k: v for k, v in (options or {}).items() if k != "allow_buffer_reuse"}, **kw)
+
+    torch.compile = compile_reusing
 
 
 PEAK_FLOPS = 798e12  # measured bf16 8192^3 matmul on the lent H100 (device KINDS.md)

@@ -23,7 +23,9 @@ STEP_AUTOTUNE=gemm: GEMM autotuning only (cuBLAS against Triton templates, the p
 with epilogue fusion), the pointwise kernels as by default: the fused-MLP question at a smaller compile cost.
 STEP_INDUCTOR=name=value,...: set Inductor config values (bools and ints; dotted names reach sub-configs, e.g.
 coordinate_descent_tuning=1: its own pointwise and reduction kernels' block sizes tuned by timing them), what the
-glue between the GEMMs and attention gains from Inductor alone; an unknown name is an error.
+glue between the GEMMs and attention gains from Inductor alone; an unknown name is an error. COMPILE=2 passes its own
+options (no buffer reuse; combo_kernels since 2026-12-07_combo_h100, after STEP_INDUCTOR=combo_kernels=1 won here),
+and those win over STEP_INDUCTOR's.
 STEP_PATCH=gqa,rope (at 25be12f, rows of 2026-12-05_train.json; both now in train_gpt): gqa gave torch's varlen
 kernel the k/v heads unrepeated, rope read RoPE's cos/sin from a table built once.
 STEP_DATA=glob: time real training windows (the first batch TokenLoader gives at the seed) instead of random

@@ -52,9 +52,10 @@ def test_no_function_is_over_60_lines():
 # the BF16_RESID=1 check) 2 (2,215); the record's kernels on by default (a default kernel the model cannot take, or an
 # EVAL_ONLY run, has it off, so an ablation stays one knob; Hyperparameters.plugins, which make pack bundles from;
 # preflight's TMA check) 13 (2,228); ARCH=pse refusing FUSED_QKV/FUSED_XSA (its attention has neither) 2 (2,230);
-# Hyperparameters.kernel_fits, one place for the rule the defaults and the errors had each spelled out, 6 (2,236).
+# Hyperparameters.kernel_fits, one place for the rule the defaults and the errors had each spelled out, 6 (2,236);
+# COMPILE=2's Inductor options on a line of their own for combo_kernels (the small kernels share launches) 1 (2,237).
 # Raise it only with the feature that needs the lines, and say which.
-MAX_LINES = 2236
+MAX_LINES = 2237
 
 
 def test_length_and_no_plug_in_inside():
