@@ -934,8 +934,8 @@ class GPT(nn.Module):
         between blocks fuses too, for a longer warm-up (bench/results/2026-12-05_train.md)."""
         torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
         if whole:  # make_mask stays eager (compiler.disable); buffer reuse overwrote what reused regions saved;
-            opts = dict(allow_buffer_reuse=False, combo_kernels=True)  # combo: small kernels share launches (-1.3 ms)
-            self.hidden = torch.compile(self.hidden, dynamic=False, options=opts)  # tests
+            opts = dict(allow_buffer_reuse=False, combo_kernels=True)  # combo: small kernels share launches
+            self.hidden = torch.compile(self.hidden, dynamic=False, options=opts)  # tests; 2026-12-07_combo_h100.md
         else:
             for block in self.blocks:
                 block.compile(dynamic=False)
