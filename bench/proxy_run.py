@@ -2,11 +2,13 @@
 
 Usage: python bench/proxy_run.py NAME [--nproc N] [--out DIR] [--timeout S] [--script PATH] [KEY=VALUE ...]
 The KEY=VALUE pairs are env vars for train_gpt.py; --script runs another copy of it (packed/train_gpt.py
-from `make pack`: its own bytes are the counted code). The row holds the exact command, the git commit,
+from `make pack`: its own bytes are the counted code). The row holds the exact command, the git commit (and
+train_gpt.py's sha256: under a device stamp git cannot see a changed file),
 steps, ms/step, tokens/s, MFU (model FLOPs incl. causal attention / 798e12 per GPU, the bf16 matmul
 rate measured on this H100), peak memory, artifact bytes, every eval line, and the compliance lines.
 """
 
+import hashlib
 import json
 import os
 import signal
@@ -140,23 +142,18 @@ def main() -> None:
     log = log_path.read_text() if log_path.exists() else ""
     (out / f"{name}.log").write_text(log + "\n--- stderr ---\n" + stderr[-20000:])
     commit = head_commit()  # the log's code sha256 (parsed below) pins the file that really ran
-    dirty = (
-        not STAMP.exists()
-        and commit != "unknown"
-        and bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "train_gpt.py", "quant/pack.py"],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-            ).stdout.strip()
-        )
-    )
+    # under a stamp no git can tell (the device's copy): None, and train_gpt_sha256 says which source ran, to compare
+    # with `git show COMMIT:train_gpt.py | sha256sum` (a file swapped in on the device once passed as clean)
+    dirty = None
+    if not STAMP.exists() and commit != "unknown":
+        git = ["git", "status", "--porcelain", "train_gpt.py", "quant/pack.py"]
+        dirty = bool(subprocess.run(git, cwd=ROOT, capture_output=True, text=True).stdout.strip())
     row = dict(
         name=name,
         command=" ".join(env_pairs + cmd[1:] if nproc > 1 else env_pairs + ["python", script]),
         git_commit=commit,
         train_gpt_dirty=dirty,
+        train_gpt_sha256=hashlib.sha256((ROOT / "train_gpt.py").read_bytes()).hexdigest(),
         returncode=returncode,
         wall_seconds=round(time.time() - t0, 1),
         **parse(log),
