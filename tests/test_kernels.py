@@ -62,6 +62,22 @@ def test_fused_mlp_compiles_as_one_graph():
         assert (a - b).abs().max() <= 1e-5 * b.abs().max()
 
 
+def test_fused_mlp_adds_a_residual_in_its_down_projection():
+    """fused_mlp(..., r) (Block's fold: the residual add in the second GEMM) is r + the MLP, and r's gradient is the
+    upstream one; compiled whole (aot_eager) too. fp8_mlp takes r the same way, added after its float8 GEMM."""
+    g = torch.Generator().manual_seed(5)
+    x, w1, w2 = torch.randn(2, 37, 40, generator=g), torch.randn(72, 40, generator=g), torch.randn(40, 72, generator=g)
+    r = torch.randn(2, 37, 40, generator=g)
+    ref = grads(lambda x, w1, w2, r: r + eager(x, w1, w2, 0.5), x, w1, w2, r)
+    f = torch.compile(lambda x, w1, w2, r: K.fused_mlp(x, w1, w2, 0.5, r), backend="aot_eager", fullgraph=True)
+    for fused in (grads(lambda x, w1, w2, r: K.fused_mlp(x, w1, w2, 0.5, r), x, w1, w2, r), grads(f, x, w1, w2, r)):
+        for name, a, b in zip(("out", "dx", "dw1", "dw2", "dr"), fused, ref, strict=True):
+            assert a.shape == b.shape and (a - b).abs().max() <= 1e-5 * b.abs().max(), name
+    fp8 = grads(lambda x, w1, w2, r: K.fp8_mlp(x, w1, w2, 0.5, r), x, w1, w2, r)
+    for a, b in zip(fp8, grads(lambda x, w1, w2, r: r + K.fp8_mlp(x, w1, w2, 0.5), x, w1, w2, r), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_the_mlp_takes_the_kernel_only_to_train():
     """MLP.forward calls kernels.py for bf16 activations in training mode with gradients on; calibration (no_grad:
     its hooks must see fc and proj) and TTT (eval mode: its adapters sit on the linears) take the eager path."""
@@ -157,6 +173,80 @@ def test_attention_takes_the_xsa_kernel_to_train_and_compiles():
         attn.out(x, y, v)
     attn.out(x.float(), y.float(), v.float())
     assert calls == [1]
+
+
+def fold_model(**env):
+    """A tiny model with XSA and the attention gate (what the XSA kernel fuses), moved off its zero init."""
+    torch.manual_seed(0)
+    model = tg.GPT(tg.Hyperparameters({**TINY, "XSA": "1", "ATTN_GATE": "1", **env}))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def test_the_folds_are_the_residual_adds_they_replace():
+    """Attention.fold(x, mask, r, s) = r + s * Attention(x) and MLP.fold(x, r, s) = r + s * MLP(x) with the kernels
+    (fp32, where the kernels' and eager's arithmetic agree to 1e-5), every gradient too: s's now comes from the
+    scaled weight's, r's is the upstream one. A fold that lost s, r or the gate would be off by O(1)."""
+    blk = fold_model(PARALLEL_FROM="-1").blocks[1]
+    blk.attn.fused = K.fused_xsa
+    g = torch.Generator().manual_seed(6)
+    x, r = torch.randn(2, 40, 32, generator=g), torch.randn(2, 40, 32, generator=g)
+    ids = torch.randint(4, 100, (2, 40), generator=g)
+    ids[:, ::17] = tg.BOS_ID
+    mask = tg.Block.make_mask(ids, True, "sdpa", blk.attn)
+
+    def run(fold: bool, mod, *args):
+        args = [a.detach().clone().requires_grad_() for a in args]
+        s = blk.attn_scale if mod is blk.attn else blk.mlp_scale
+        mod.zero_grad(), setattr(s, "grad", None)
+        if fold:
+            y = mod.fold(args[0], mask, args[1], s) if mod is blk.attn else mod.fold(*args, s)
+        else:
+            y = args[1] + s * (mod(args[0], mask) if mod is blk.attn else mod(args[0]))
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        params = [p.grad for p in mod.parameters() if p.grad is not None]
+        return [y.detach(), *(a.grad for a in args), s.grad.clone(), *params]
+
+    for mod in (blk.attn, blk.mlp):
+        if mod is blk.mlp:
+            blk.mlp.fused = K.fused_mlp
+        got, want = run(True, mod, x, r), run(False, mod, x, r)
+        assert len(got) == len(want) > 5
+        for i, (a, b) in enumerate(zip(got, want, strict=True)):
+            assert (a - b).abs().max() <= 1e-5 * b.abs().max(), (type(mod).__name__, i)
+
+
+def test_a_block_trains_through_the_folds_and_compiles(monkeypatch):
+    """With both kernels set (bf16 training), every virtual layer's Block adds its residuals in the projections'
+    GEMMs (serial and parallel blocks, recurrence on), eagerly and in COMPILE=2's whole graph (aot_eager), and gives
+    the eager model's loss and gradients to bf16's rounding: no parameter's gradient moves further from the eager
+    bf16 one than twice as far as that is from fp32's (up to 0.13 of its norm here: q_gain). The MLP kernel runs in
+    fp32 here: the interpreter's bf16 tl.dot gives garbage (1e21 off at any shape); on the GPU bf16 trains."""
+    model, x, calls = fold_model(), torch.randint(4, 100, (2, 65)), []
+    want, fp32 = loss_and_grads(model, x, bf16=True), loss_and_grads(model, x)
+    floor = [float((a - b).norm() / b.norm()) for a, b in zip(want[1:], fp32[1:], strict=True)]
+
+    def mlp32(x, w1, w2, slope, r=None):
+        calls.append(r is not None)
+        with torch.autocast("cpu", enabled=False):  # fp32 throughout, its backward too
+            y = K.fused_mlp(x.float(), w1.float(), w2.float(), slope, None if r is None else r.float())
+        return y.to(x.dtype)
+
+    for b in model.blocks:
+        b.attn.fused, b.mlp.fused = K.fused_xsa, mlp32
+    got = loss_and_grads(model, x, bf16=True)
+    assert calls == [True] * len(model.orders[True])  # every virtual layer folded, parallel lanes included
+    compiled = copy.deepcopy(model)
+    compile_whole(compiled, monkeypatch)
+    traced = loss_and_grads(compiled, x, bf16=True)
+    torch._dynamo.reset()
+    assert len(calls) > len(model.orders[True]) and all(calls)
+    for run in (got, traced):
+        torch.testing.assert_close(run[0], want[0], rtol=2e-3, atol=0)
+        for a, b, f in zip(run[1:], want[1:], floor, strict=True):
+            assert float((a - b).norm() / b.norm()) < 2 * f + 1e-3
 
 
 def test_the_log_names_every_kernel_that_trains():

@@ -53,9 +53,11 @@ def test_no_function_is_over_60_lines():
 # EVAL_ONLY run, has it off, so an ablation stays one knob; Hyperparameters.plugins, which make pack bundles from;
 # preflight's TMA check) 13 (2,228); ARCH=pse refusing FUSED_QKV/FUSED_XSA (its attention has neither) 2 (2,230);
 # Hyperparameters.kernel_fits, one place for the rule the defaults and the errors had each spelled out, 6 (2,236);
-# COMPILE=2's Inductor options on a line of their own for combo_kernels (the small kernels share launches) 1 (2,237).
+# COMPILE=2's Inductor options on a line of their own for combo_kernels (the small kernels share launches) 1 (2,237);
+# the residual adds and branch scales folded into the projections' GEMMs (Attention.fold, MLP.fold, Block's branch
+# for them; the file as the record run ran it, 2026-12-07_fold_h100) 16 (2,253).
 # Raise it only with the feature that needs the lines, and say which.
-MAX_LINES = 2237
+MAX_LINES = 2253
 
 
 def test_length_and_no_plug_in_inside():
