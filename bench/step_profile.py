@@ -160,11 +160,9 @@ def main() -> None:
     if kv == "repeat":  # FA4 or torch varlen on the k/v heads repeated to the query heads (no GQA inside the kernel)
         attend = tg.attend
 
-        def repeated(q, k, v, mask):
-            if mask.impl in ("fa4", "varlen"):
-                g = q.size(2) // k.size(2)
-                k, v = k.repeat_interleave(g, 2), v.repeat_interleave(g, 2)
-            return attend(q, k, v, mask)
+        def repeated(q, k, v, mask):  # the attention kind is checked once the model is built (below)
+            g = q.size(2) // k.size(2)
+            return attend(q, k.repeat_interleave(g, 2), v.repeat_interleave(g, 2), mask)
 
         tg.attend = repeated
     if mask_build == "static":  # FA3/FA4's offsets by nonzero_static: no host sync, padded with empty sequences
