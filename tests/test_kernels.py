@@ -223,7 +223,8 @@ def test_a_block_trains_through_the_folds_and_compiles(monkeypatch):
     GEMMs (serial and parallel blocks, recurrence on), eagerly and in COMPILE=2's whole graph (aot_eager), and gives
     the eager model's loss and gradients to bf16's rounding: no parameter's gradient moves further from the eager
     bf16 one than twice as far as that is from fp32's (up to 0.13 of its norm here: q_gain). The MLP kernel runs in
-    fp32 here: the interpreter's bf16 tl.dot gives garbage (1e21 off at any shape); on the GPU bf16 trains."""
+    fp32 here: the interpreter keeps bf16 as uint16 and its tl.dot multiplies the bit patterns (triton-lang/triton
+    #11584, unsupported); on the GPU bf16 trains."""
     model, x, calls = fold_model(), torch.randint(4, 100, (2, 65)), []
     want, fp32 = loss_and_grads(model, x, bf16=True), loss_and_grads(model, x)
     floor = [float((a - b).norm() / b.norm()) for a, b in zip(want[1:], fp32[1:], strict=True)]
