@@ -115,39 +115,35 @@ def _(dy: Tensor, w2: Tensor, h: Tensor, slope: float) -> Tensor:
 
 
 @torch.library.custom_op("kernels::mlp", mutates_args=())
-def mlp(x: Tensor, w1: Tensor, w2: Tensor, slope: float, r: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """(r + act(x W1^T) W2^T, act(x W1^T), x W1^T) for x (M, d): the MLP (added to a residual r, if given, by the
-    down-projection's GEMM: Block folds its residual add there), and what its backward keeps."""
+def mlp(x: Tensor, w1: Tensor, w2: Tensor, slope: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(act(x W1^T) W2^T, act(x W1^T), x W1^T) for x (M, d): the MLP, and what its backward keeps."""
     a, h = mlp_up(x, w1, slope)
-    return (F.linear(a, w2) if r is None else torch.addmm(r, a, w2.T)), a, h
+    return F.linear(a, w2), a, h
 
 
 @mlp.register_fake
-def _(x: Tensor, w1: Tensor, w2: Tensor, slope: float, r: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+def _(x: Tensor, w1: Tensor, w2: Tensor, slope: float) -> tuple[Tensor, Tensor, Tensor]:
     return x.new_empty(x.size(0), w2.size(0)), x.new_empty(x.size(0), w1.size(0)), x.new_empty(x.size(0), w1.size(0))
 
 
 def _setup(ctx, inputs: tuple, output: tuple) -> None:
-    x, w1, w2, ctx.slope, r = inputs
+    x, w1, w2, ctx.slope = inputs
     ctx.save_for_backward(x, w1, w2, *output[1:])
     ctx.set_materialize_grads(False)  # a and h are outputs only to be kept: no zero gradients for them
-    ctx.residual = r is not None
 
 
 def _backward(ctx, dy: Tensor, _da: Tensor | None, _dh: Tensor | None) -> tuple[Tensor | None, ...]:
     x, w1, w2, a, h = ctx.saved_tensors
     dh = mlp_down_grad(dy.contiguous(), w2, h, ctx.slope)
-    return dh @ w1, dh.T @ x, dy.T @ a, None, dy if ctx.residual else None
+    return dh @ w1, dh.T @ x, dy.T @ a, None
 
 
 mlp.register_autograd(_backward, setup_context=_setup)
 
 
-def fused_mlp(x: Tensor, w1: Tensor, w2: Tensor, slope: float, r: Tensor | None = None) -> Tensor:
-    """The MLP of x (..., d) in x's dtype, plus r (..., out) if given: r + proj(LeakyReLU(fc(x), slope)^2) with the
-    weights W1, W2 as given."""
-    r = None if r is None else r.reshape(-1, r.size(-1)).contiguous()
-    return mlp(x.reshape(-1, x.size(-1)).contiguous(), w1, w2, slope, r)[0].view(*x.shape[:-1], w2.size(0))
+def fused_mlp(x: Tensor, w1: Tensor, w2: Tensor, slope: float) -> Tensor:
+    """The MLP of x (..., d) in x's dtype: proj(LeakyReLU(fc(x), slope)^2) with the weights W1, W2 as given."""
+    return mlp(x.reshape(-1, x.size(-1)).contiguous(), w1, w2, slope)[0].view(*x.shape[:-1], w2.size(0))
 
 
 def to_fp8(t: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -175,11 +171,10 @@ class FP8Linear(torch.autograd.Function):
         return dx, torch._scaled_mm(g8.T.contiguous(), x8.T.contiguous().T, scale_a=sg, scale_b=sx, out_dtype=dy.dtype)
 
 
-def fp8_mlp(x: Tensor, w1: Tensor, w2: Tensor, slope: float, r: Tensor | None = None) -> Tensor:
-    """fused_mlp's MLP with float8 GEMMs (FP8_MLP=1); r is added after (_scaled_mm adds a bias vector, not a matrix)."""
+def fp8_mlp(x: Tensor, w1: Tensor, w2: Tensor, slope: float) -> Tensor:
+    """fused_mlp's MLP with float8 GEMMs (FP8_MLP=1)."""
     a = F.leaky_relu(FP8Linear.apply(x.reshape(-1, x.size(-1)), w1), slope).square()
-    y = FP8Linear.apply(a, w2).view(*x.shape[:-1], w2.size(0))
-    return y if r is None else r + y
+    return FP8Linear.apply(a, w2).view(*x.shape[:-1], w2.size(0))
 
 
 @triton.jit

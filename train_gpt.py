@@ -767,12 +767,12 @@ class Attention(nn.Module):
         q, k = self.rotary(rms_norm(q), start), self.rotary(rms_norm(k), start)
         return q * self.q_gain.to(q.dtype)[:, None], k, v
 
-    def fold(self, x: Tensor, mask: AttnMask, r: Tensor, s: Tensor) -> Tensor:
-        """r + s * the branch, in training with the XSA kernel: s scales proj's rows and r is added in its GEMM."""
+    def fold(self, x: Tensor, mask: AttnMask, s: Tensor) -> Tensor:
+        """s * the branch, in training with the XSA kernel: s scales proj's rows (its gradient then comes from the
+        weight's, not from a reduction over the activations)."""
         q, k, v = self.qkv(x, mask.start)
         z = self.fused(attend(q, k, v, mask), v, x, self.gate.weight.to(x.dtype))
-        w = (self.proj.weight * s[:, None]).to(r.dtype)
-        return torch.addmm(r.flatten(0, 1), z.flatten(0, 1), w.T).view_as(r)
+        return F.linear(z, (self.proj.weight * s[:, None]).to(x.dtype))
 
     def out(self, x: Tensor, y: Tensor, v: Tensor) -> Tensor:
         """The attention output y (B, T, heads, head_dim) of input x and values v -> the block's branch."""
@@ -803,10 +803,9 @@ class MLP(nn.Module):
             return self.fused(x, self.fc.weight.to(x.dtype), self.proj.weight.to(x.dtype), self.slope)
         return self.proj(F.leaky_relu(self.fc(x), self.slope).square())
 
-    def fold(self, x: Tensor, r: Tensor, s: Tensor) -> Tensor:
-        """r + s * MLP(x), in training with the MLP kernel: s scales proj's rows and r is added in its GEMM."""
-        w2 = (self.proj.weight * s[:, None]).to(r.dtype)
-        return self.fused(x, self.fc.weight.to(r.dtype), w2, self.slope, r)
+    def fold(self, x: Tensor, s: Tensor) -> Tensor:
+        """s * MLP(x), in training with the MLP kernel: s scales proj's rows."""
+        return self.fused(x, self.fc.weight.to(x.dtype), (self.proj.weight * s[:, None]).to(x.dtype), self.slope)
 
 
 class Lanes(nn.Module):
@@ -852,9 +851,10 @@ class Block(Lanes):
     def forward(self, x: Tensor, x0: Tensor, mask: AttnMask) -> Tensor:
         x = self.mix(x, x0)
         a, m = self.attn, self.mlp
+        # with both kernels the branch scales ride in proj's weights: no branch output is kept for their gradients
         if self.training and torch.is_grad_enabled() and x.dtype == torch.bfloat16 and a.fused and m.fused:
-            xa = a.fold(self.norm(x), mask, x, self.attn_scale)
-            return m.fold(self.norm(x if self.parallel else xa), xa, self.mlp_scale)
+            xa = x + a.fold(self.norm(x), mask, self.attn_scale)
+            return xa + m.fold(self.norm(x if self.parallel else xa), self.mlp_scale)
         return self.branches(x, self.attn(self.norm(x), mask))
 
     def branches(self, x: Tensor, a: Tensor) -> Tensor:

@@ -62,22 +62,6 @@ def test_fused_mlp_compiles_as_one_graph():
         assert (a - b).abs().max() <= 1e-5 * b.abs().max()
 
 
-def test_fused_mlp_adds_a_residual_in_its_down_projection():
-    """fused_mlp(..., r) (Block's fold: the residual add in the second GEMM) is r + the MLP, and r's gradient is the
-    upstream one; compiled whole (aot_eager) too. fp8_mlp takes r the same way, added after its float8 GEMM."""
-    g = torch.Generator().manual_seed(5)
-    x, w1, w2 = torch.randn(2, 37, 40, generator=g), torch.randn(72, 40, generator=g), torch.randn(40, 72, generator=g)
-    r = torch.randn(2, 37, 40, generator=g)
-    ref = grads(lambda x, w1, w2, r: r + eager(x, w1, w2, 0.5), x, w1, w2, r)
-    f = torch.compile(lambda x, w1, w2, r: K.fused_mlp(x, w1, w2, 0.5, r), backend="aot_eager", fullgraph=True)
-    for fused in (grads(lambda x, w1, w2, r: K.fused_mlp(x, w1, w2, 0.5, r), x, w1, w2, r), grads(f, x, w1, w2, r)):
-        for name, a, b in zip(("out", "dx", "dw1", "dw2", "dr"), fused, ref, strict=True):
-            assert a.shape == b.shape and (a - b).abs().max() <= 1e-5 * b.abs().max(), name
-    fp8 = grads(lambda x, w1, w2, r: K.fp8_mlp(x, w1, w2, 0.5, r), x, w1, w2, r)
-    for a, b in zip(fp8, grads(lambda x, w1, w2, r: r + K.fp8_mlp(x, w1, w2, 0.5), x, w1, w2, r), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-
-
 def test_the_mlp_takes_the_kernel_only_to_train():
     """MLP.forward calls kernels.py for bf16 activations in training mode with gradients on; calibration (no_grad:
     its hooks must see fc and proj) and TTT (eval mode: its adapters sit on the linears) take the eager path."""
@@ -185,42 +169,35 @@ def fold_model(**env):
     return model
 
 
-def test_the_folds_are_the_residual_adds_they_replace():
-    """Attention.fold(x, mask, r, s) = r + s * Attention(x) and MLP.fold(x, r, s) = r + s * MLP(x) with the kernels
-    (fp32, where the kernels' and eager's arithmetic agree to 1e-5), every gradient too: s's now comes from the
-    scaled weight's, r's is the upstream one. A fold that lost s, r or the gate would be off by O(1)."""
+def test_the_folds_are_the_scaled_branches_they_replace():
+    """Attention.fold(x, mask, s) = s * Attention(x) and MLP.fold(x, s) = s * MLP(x) with the kernels (fp32, where
+    the kernels' and eager's arithmetic agree to 1e-5), every gradient too: s's now comes from the scaled weight's.
+    A fold that lost s or the gate would be off by O(1)."""
     blk = fold_model(PARALLEL_FROM="-1").blocks[1]
-    blk.attn.fused = K.fused_xsa
+    blk.attn.fused, blk.mlp.fused = K.fused_xsa, K.fused_mlp
     g = torch.Generator().manual_seed(6)
-    x, r = torch.randn(2, 40, 32, generator=g), torch.randn(2, 40, 32, generator=g)
+    x = torch.randn(2, 40, 32, generator=g)
     ids = torch.randint(4, 100, (2, 40), generator=g)
     ids[:, ::17] = tg.BOS_ID
     mask = tg.Block.make_mask(ids, True, "sdpa", blk.attn)
 
-    def run(fold: bool, mod, *args):
-        args = [a.detach().clone().requires_grad_() for a in args]
-        s = blk.attn_scale if mod is blk.attn else blk.mlp_scale
+    def run(fold: bool, mod, s):
+        xx, args = x.detach().clone().requires_grad_(), (mask,) if mod is blk.attn else ()
         mod.zero_grad(), setattr(s, "grad", None)
-        if fold:
-            y = mod.fold(args[0], mask, args[1], s) if mod is blk.attn else mod.fold(*args, s)
-        else:
-            y = args[1] + s * (mod(args[0], mask) if mod is blk.attn else mod(args[0]))
+        y = mod.fold(xx, *args, s) if fold else s * mod(xx, *args)
         (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
-        params = [p.grad for p in mod.parameters() if p.grad is not None]
-        return [y.detach(), *(a.grad for a in args), s.grad.clone(), *params]
+        return [y.detach(), xx.grad, s.grad.clone(), *(p.grad for p in mod.parameters() if p.grad is not None)]
 
-    for mod in (blk.attn, blk.mlp):
-        if mod is blk.mlp:
-            blk.mlp.fused = K.fused_mlp
-        got, want = run(True, mod, x, r), run(False, mod, x, r)
-        assert len(got) == len(want) > 5
+    for mod, s in ((blk.attn, blk.attn_scale), (blk.mlp, blk.mlp_scale)):
+        got, want = run(True, mod, s), run(False, mod, s)
+        assert len(got) == len(want) > 4
         for i, (a, b) in enumerate(zip(got, want, strict=True)):
             assert (a - b).abs().max() <= 1e-5 * b.abs().max(), (type(mod).__name__, i)
 
 
 def test_a_block_trains_through_the_folds_and_compiles(monkeypatch):
-    """With both kernels set (bf16 training), every virtual layer's Block adds its residuals in the projections'
-    GEMMs (serial and parallel blocks, recurrence on), eagerly and in COMPILE=2's whole graph (aot_eager), and gives
+    """With both kernels set (bf16 training), every virtual layer's Block scales its branches in the projections'
+    weights (serial and parallel blocks, recurrence on), eagerly and in COMPILE=2's whole graph (aot_eager), and gives
     the eager model's loss and gradients to bf16's rounding: no parameter's gradient moves further from the eager
     bf16 one than twice as far as that is from fp32's (up to 0.13 of its norm here: q_gain). The MLP kernel runs in
     fp32 here: the interpreter keeps bf16 as uint16 and its tl.dot multiplies the bit patterns (triton-lang/triton
@@ -229,21 +206,22 @@ def test_a_block_trains_through_the_folds_and_compiles(monkeypatch):
     want, fp32 = loss_and_grads(model, x, bf16=True), loss_and_grads(model, x)
     floor = [float((a - b).norm() / b.norm()) for a, b in zip(want[1:], fp32[1:], strict=True)]
 
-    def mlp32(x, w1, w2, slope, r=None):
-        calls.append(r is not None)
+    def mlp32(x, w1, w2, slope):
+        calls.append(1)
         with torch.autocast("cpu", enabled=False):  # fp32 throughout, its backward too
-            y = K.fused_mlp(x.float(), w1.float(), w2.float(), slope, None if r is None else r.float())
-        return y.to(x.dtype)
+            return K.fused_mlp(x.float(), w1.float(), w2.float(), slope).to(x.dtype)
 
+    folds, fold = [], tg.Attention.fold
+    monkeypatch.setattr(tg.Attention, "fold", lambda self, *a: folds.append(1) or fold(self, *a))
     for b in model.blocks:
         b.attn.fused, b.mlp.fused = K.fused_xsa, mlp32
     got = loss_and_grads(model, x, bf16=True)
-    assert calls == [True] * len(model.orders[True])  # every virtual layer folded, parallel lanes included
+    assert len(folds) == len(calls) == len(model.orders[True])  # every virtual layer folded, parallel lanes included
     compiled = copy.deepcopy(model)
     compile_whole(compiled, monkeypatch)
     traced = loss_and_grads(compiled, x, bf16=True)
     torch._dynamo.reset()
-    assert len(calls) > len(model.orders[True]) and all(calls)
+    assert len(folds) > len(model.orders[True])  # the trace went through the folds
     for run in (got, traced):
         torch.testing.assert_close(run[0], want[0], rtol=2e-3, atol=0)
         for a, b, f in zip(run[1:], want[1:], floor, strict=True):
