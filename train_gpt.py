@@ -748,9 +748,9 @@ class Attention(nn.Module):
         self.fused = load_plugin("kernels").fused_xsa if h.fused_xsa and torch.cuda.is_available() else None
         self.fused_qkv = bool(h.fused_qkv)
 
-    def forward(self, x: Tensor, mask: AttnMask) -> Tensor:
+    def forward(self, x: Tensor, mask: AttnMask, s: Tensor | None = None) -> Tensor:
         q, k, v = self.qkv(x, mask.start)
-        return self.out(x, attend(q, k, v, mask), v)
+        return self.out(x, attend(q, k, v, mask), v, s)
 
     def qkv(self, x: Tensor, start: int | Tensor = 0) -> tuple[Tensor, Tensor, Tensor]:
         """Normed, rotated, gained q and normed, rotated k, and v, (B, T, heads, head_dim), for positions
@@ -767,25 +767,20 @@ class Attention(nn.Module):
         q, k = self.rotary(rms_norm(q), start), self.rotary(rms_norm(k), start)
         return q * self.q_gain.to(q.dtype)[:, None], k, v
 
-    def fold(self, x: Tensor, mask: AttnMask, s: Tensor) -> Tensor:
-        """s * the branch, in training with the XSA kernel: s scales proj's rows (its gradient then comes from the
-        weight's, not from a reduction over the activations)."""
-        q, k, v = self.qkv(x, mask.start)
-        z = self.fused(attend(q, k, v, mask), v, x, self.gate.weight.to(x.dtype))
-        return F.linear(z, (self.proj.weight * s[:, None]).to(x.dtype))
-
-    def out(self, x: Tensor, y: Tensor, v: Tensor) -> Tensor:
-        """The attention output y (B, T, heads, head_dim) of input x and values v -> the block's branch."""
+    def out(self, x: Tensor, y: Tensor, v: Tensor, s: Tensor | None = None) -> Tensor:
+        """The attention output y (B, T, heads, head_dim) of input x and values v -> the block's branch, times s."""
         B, T, C = x.shape
         if self.fused and self.training and torch.is_grad_enabled() and y.dtype == torch.bfloat16:  # as the MLP's
-            return self.proj(self.fused(y, v, x, self.gate.weight.to(y.dtype)))
+            z = self.fused(y, v, x, self.gate.weight.to(y.dtype))
+            return self.proj(z) if s is None else F.linear(z, (self.proj.weight * s[:, None]).to(z.dtype))
         if self.xsa:  # remove each head's component along its own value vector
             g = y.view(B, T, self.kv_heads, -1, self.head_dim)
             vn = F.normalize(v, dim=-1).unsqueeze(3)
             y = (g - (g * vn).sum(-1, keepdim=True) * vn).view(B, T, self.heads, self.head_dim)
         if self.gate_dims:
             y = y * (2 * torch.sigmoid(self.gate(x[..., : self.gate_dims]))).unsqueeze(-1)
-        return self.proj(y.reshape(B, T, C))
+        y = self.proj(y.reshape(B, T, C))
+        return y if s is None else s.to(y.dtype) * y
 
 
 class MLP(nn.Module):
@@ -797,15 +792,13 @@ class MLP(nn.Module):
         kernels = load_plugin("kernels") if (h.fused_mlp or h.fp8_mlp) and torch.cuda.is_available() else None
         self.fused = kernels and (kernels.fp8_mlp if h.fp8_mlp else kernels.fused_mlp)
 
-    def forward(self, x: Tensor) -> Tensor:  # relu^2 (slope 0) or LeakyReLU(slope)^2
+    def forward(self, x: Tensor, s: Tensor | None = None) -> Tensor:  # relu^2 (slope 0) or LeakyReLU(slope)^2, times s
         # kernels.py trains only: calibration's hooks and TTT's adapters (TTT runs in eval mode) need the linears
         if self.fused and self.training and torch.is_grad_enabled() and x.dtype == torch.bfloat16:
-            return self.fused(x, self.fc.weight.to(x.dtype), self.proj.weight.to(x.dtype), self.slope)
-        return self.proj(F.leaky_relu(self.fc(x), self.slope).square())
-
-    def fold(self, x: Tensor, s: Tensor) -> Tensor:
-        """s * MLP(x), in training with the MLP kernel: s scales proj's rows."""
-        return self.fused(x, self.fc.weight.to(x.dtype), (self.proj.weight * s[:, None]).to(x.dtype), self.slope)
+            w2 = self.proj.weight if s is None else self.proj.weight * s[:, None]
+            return self.fused(x, self.fc.weight.to(x.dtype), w2.to(x.dtype), self.slope)
+        y = self.proj(F.leaky_relu(self.fc(x), self.slope).square())
+        return y if s is None else s.to(y.dtype) * y
 
 
 class Lanes(nn.Module):
@@ -853,8 +846,8 @@ class Block(Lanes):
         a, m = self.attn, self.mlp
         # with both kernels the branch scales ride in proj's weights: no branch output is kept for their gradients
         if self.training and torch.is_grad_enabled() and x.dtype == torch.bfloat16 and a.fused and m.fused:
-            xa = x + a.fold(self.norm(x), mask, self.attn_scale)
-            return xa + m.fold(self.norm(x if self.parallel else xa), self.mlp_scale)
+            xa = x + a(self.norm(x), mask, self.attn_scale)
+            return xa + m(self.norm(x if self.parallel else xa), self.mlp_scale)
         return self.branches(x, self.attn(self.norm(x), mask))
 
     def branches(self, x: Tensor, a: Tensor) -> Tensor:

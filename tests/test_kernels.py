@@ -170,11 +170,10 @@ def fold_model(**env):
 
 
 def test_the_folds_are_the_scaled_branches_they_replace():
-    """Attention.fold(x, mask, s) = s * Attention(x) and MLP.fold(x, s) = s * MLP(x) with the kernels (fp32, where
-    the kernels' and eager's arithmetic agree to 1e-5), every gradient too: s's now comes from the scaled weight's.
-    A fold that lost s or the gate would be off by O(1)."""
+    """Attention(x, mask, s) = s * Attention(x, mask) and MLP(x, s) = s * MLP(x), with the kernels (s folded into
+    proj's rows) and without (fp32, where the kernels' and eager's arithmetic agree to 1e-5), every gradient too:
+    with the kernels s's comes from the scaled weight's. A fold that lost s or the gate would be off by O(1)."""
     blk = fold_model(PARALLEL_FROM="-1").blocks[1]
-    blk.attn.fused, blk.mlp.fused = K.fused_xsa, K.fused_mlp
     g = torch.Generator().manual_seed(6)
     x = torch.randn(2, 40, 32, generator=g)
     ids = torch.randint(4, 100, (2, 40), generator=g)
@@ -184,15 +183,17 @@ def test_the_folds_are_the_scaled_branches_they_replace():
     def run(fold: bool, mod, s):
         xx, args = x.detach().clone().requires_grad_(), (mask,) if mod is blk.attn else ()
         mod.zero_grad(), setattr(s, "grad", None)
-        y = mod.fold(xx, *args, s) if fold else s * mod(xx, *args)
+        y = mod(xx, *args, s) if fold else s * mod(xx, *args)
         (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
         return [y.detach(), xx.grad, s.grad.clone(), *(p.grad for p in mod.parameters() if p.grad is not None)]
 
-    for mod, s in ((blk.attn, blk.attn_scale), (blk.mlp, blk.mlp_scale)):
-        got, want = run(True, mod, s), run(False, mod, s)
-        assert len(got) == len(want) > 4
-        for i, (a, b) in enumerate(zip(got, want, strict=True)):
-            assert (a - b).abs().max() <= 1e-5 * b.abs().max(), (type(mod).__name__, i)
+    for kernels in (True, False):
+        blk.attn.fused, blk.mlp.fused = (K.fused_xsa, K.fused_mlp) if kernels else (None, None)
+        for mod, s in ((blk.attn, blk.attn_scale), (blk.mlp, blk.mlp_scale)):
+            got, want = run(True, mod, s), run(False, mod, s)
+            assert len(got) == len(want) > 4
+            for i, (a, b) in enumerate(zip(got, want, strict=True)):
+                assert (a - b).abs().max() <= 1e-5 * b.abs().max(), (type(mod).__name__, kernels, i)
 
 
 def test_a_block_trains_through_the_folds_and_compiles(monkeypatch):
@@ -211,17 +212,17 @@ def test_a_block_trains_through_the_folds_and_compiles(monkeypatch):
         with torch.autocast("cpu", enabled=False):  # fp32 throughout, its backward too
             return K.fused_mlp(x.float(), w1.float(), w2.float(), slope).to(x.dtype)
 
-    folds, fold = [], tg.Attention.fold
-    monkeypatch.setattr(tg.Attention, "fold", lambda self, *a: folds.append(1) or fold(self, *a))
+    folds, forward = [], tg.Attention.forward
+    monkeypatch.setattr(tg.Attention, "forward", lambda self, *a: folds.append(len(a) == 3) or forward(self, *a))
     for b in model.blocks:
         b.attn.fused, b.mlp.fused = K.fused_xsa, mlp32
     got = loss_and_grads(model, x, bf16=True)
-    assert len(folds) == len(calls) == len(model.orders[True])  # every virtual layer folded, parallel lanes included
+    assert folds == [True] * len(calls) and len(calls) == len(model.orders[True])  # every virtual layer folded
     compiled = copy.deepcopy(model)
     compile_whole(compiled, monkeypatch)
     traced = loss_and_grads(compiled, x, bf16=True)
     torch._dynamo.reset()
-    assert len(folds) > len(model.orders[True])  # the trace went through the folds
+    assert all(folds) and len(folds) > len(model.orders[True])  # the trace went through the folds
     for run in (got, traced):
         torch.testing.assert_close(run[0], want[0], rtol=2e-3, atol=0)
         for a, b, f in zip(run[1:], want[1:], floor, strict=True):
