@@ -361,6 +361,20 @@ def test_a_bundled_kernels_plug_in_runs_from_the_packed_file(tmp_path):
     assert float(out.stdout.split()[-1]) < 1e-5
 
 
+def test_a_kernels_module_imported_first_is_the_plug_in():
+    """A script that imports kernels.py itself before train_gpt loads it gets one module, not a second copy, which
+    registered the kernels:: custom ops again; calls through the first then crashed at random (segfaults, a missing
+    op schema: 2026-12-07_fold_args.md). The log still embeds the file."""
+    script = (
+        "import kernels, train_gpt as tg\n"
+        "assert tg.load_plugin('kernels') is kernels\n"
+        "assert tg.PLUGIN_FILES == [tg.os.path.join(tg.os.path.dirname(tg.__file__), 'kernels.py')], tg.PLUGIN_FILES\n"
+    )
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
 def test_step_profile_finds_what_inductor_fused_into_a_kernel(tmp_path, monkeypatch):
     """bench/step_profile.py lists, for each of Inductor's kernels in its top table, the source nodes and ATen ops
     fused into it, from the comment Inductor's output code writes above the kernel's definition. The header here is

@@ -56,9 +56,10 @@ def test_no_function_is_over_60_lines():
 # COMPILE=2's Inductor options on a line of their own for combo_kernels (the small kernels share launches) 1 (2,237);
 # the residual adds and branch scales folded into the projections' GEMMs (Attention.fold, MLP.fold, Block's branch
 # for them) 16 (2,253), then only the scales, the adds left to Inductor (no addmm copy; 2026-12-07_sfold_h100) 0;
-# the folds as an optional scale s of Attention.forward/out and MLP.forward, not second forwards, paid 7 back (2,246).
+# the folds as an optional scale s of Attention.forward/out and MLP.forward, not second forwards, paid 7 back (2,246);
+# load_plugin keeping a plug-in a script imported first (a second kernels.py registered its custom ops again) 4 (2,250).
 # Raise it only with the feature that needs the lines, and say which.
-MAX_LINES = 2246
+MAX_LINES = 2250
 
 
 def test_length_and_no_plug_in_inside():
