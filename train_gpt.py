@@ -276,7 +276,7 @@ def load_plugin(name: str) -> ModuleType:
         mod = sys.modules.get(name)  # imported already (a script's `import kernels`): kept, as a second copy registers
         # kernels.py's custom ops again, and calls through the first then crash at random (2026-12-07_fold_args.md)
         if name in BUNDLED or os.path.realpath(getattr(mod, "__file__", None) or "") != os.path.realpath(path):
-            PLUGINS[name] = sys.modules[name] = mod = ModuleType(name)
+            sys.modules[name] = mod = ModuleType(name)
             mod.__file__ = path
             source = BUNDLED.get(name) or open(path, encoding="utf-8").read()
             linecache.cache[path] = (len(source), None, source.splitlines(True), path)  # Triton's jit reads the source
